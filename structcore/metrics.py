@@ -39,9 +39,7 @@ _NAN = float("nan")
 def _f1_max(precision: NDArray[np.floating[Any]], recall: NDArray[np.floating[Any]]) -> float:
     """Maximum of ``2PR / (P + R)`` over a precision-recall curve (0 where ``P + R == 0``)."""
     denom = precision + recall
-    f1 = np.divide(
-        2.0 * precision * recall, denom, out=np.zeros_like(denom, dtype=np.float64), where=denom > 0
-    )
+    f1 = np.divide(2.0 * precision * recall, denom, out=np.zeros_like(denom, dtype=np.float64), where=denom > 0)
     return float(f1.max()) if f1.size else _NAN
 
 
@@ -224,9 +222,7 @@ def _check_limit(fpr_limit: float) -> None:
         raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
 
 
-def _aupro_from_curve(
-    curve: tuple[NDArray[np.float64], NDArray[np.float64]] | None, fpr_limit: float
-) -> float:
+def _aupro_from_curve(curve: tuple[NDArray[np.float64], NDArray[np.float64]] | None, fpr_limit: float) -> float:
     if curve is None:
         return _NAN
     fprs, pros = curve

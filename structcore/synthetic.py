@@ -172,9 +172,7 @@ def _noise(rng: np.random.Generator, size: int, cell_y: float, cell_x: float | N
     """
     cx = cell_y if cell_x is None else cell_x
     if cell_y <= 1.0 and cx <= 1.0:  # white; uniform is ~5x faster to draw than normal
-        return ((rng.random((size, size), dtype=np.float32) - 0.5) * np.float32(math.sqrt(12.0))).astype(
-            np.float32
-        )
+        return ((rng.random((size, size), dtype=np.float32) - 0.5) * np.float32(math.sqrt(12.0))).astype(np.float32)
     iy, wy, ny = _spline_taps(size, max(cell_y, 1.0))
     ix, wx, nx = _spline_taps(size, max(cx, 1.0))
     low = rng.standard_normal((ny, nx), dtype=np.float32)
@@ -210,9 +208,7 @@ def _rgb(color: Sequence[float] | NDArray[np.float32]) -> NDArray[np.float32]:
 
 
 def _jitter_color(rng: np.random.Generator, color: Color, amount: float) -> NDArray[np.float32]:
-    return np.clip(np.asarray(color, dtype=np.float32) + rng.uniform(-amount, amount, 3), 0, 1).astype(
-        np.float32
-    )
+    return np.clip(np.asarray(color, dtype=np.float32) + rng.uniform(-amount, amount, 3), 0, 1).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -532,9 +528,7 @@ def _luminance(image: FloatImage) -> FloatImage:
     return (0.299 * image[..., 0] + 0.587 * image[..., 1] + 0.114 * image[..., 2]).astype(np.float32)
 
 
-def _defect_scratch(
-    rng: np.random.Generator, scene: _Scene, size: int
-) -> tuple[FloatImage, FloatImage, float]:
+def _defect_scratch(rng: np.random.Generator, scene: _Scene, size: int) -> tuple[FloatImage, FloatImage, float]:
     cy, cx = _pick_pixel(rng, _start_region(scene, size, 0.12))
     angle = scene.axis + float(rng.normal(0, 0.15)) if scene.axis is not None else _u(rng, 0, 2 * np.pi)
     scale = size / 256.0
@@ -557,9 +551,7 @@ def _defect_crack(rng: np.random.Generator, scene: _Scene, size: int) -> tuple[F
     for _ in range(int(rng.integers(1, 3))):
         root = main[int(rng.integers(main.shape[0]))]
         side = rng.choice([-1.0, 1.0]) * _u(rng, 0.5, 1.0)
-        branch = _jagged(
-            rng, (float(root[0]), float(root[1])), angle + side, length * _u(rng, 0.15, 0.3), 5 * scale
-        )
+        branch = _jagged(rng, (float(root[0]), float(root[1])), angle + side, length * _u(rng, 0.15, 0.3), 5 * scale)
         alpha = np.maximum(alpha, _stroke(branch, 0.7 * half_w, size))
     return _rgb((0.05, 0.04, 0.04)), alpha * scene.obj, 0.92
 
@@ -573,9 +565,7 @@ def _defect_spot(rng: np.random.Generator, scene: _Scene, size: int) -> tuple[Fl
     return stain, alpha, _u(rng, 0.8, 0.95)
 
 
-def _defect_missing(
-    rng: np.random.Generator, scene: _Scene, size: int
-) -> tuple[FloatImage, FloatImage, float]:
+def _defect_missing(rng: np.random.Generator, scene: _Scene, size: int) -> tuple[FloatImage, FloatImage, float]:
     radius = _u(rng, 0.055, 0.1) * size
     region = _start_region(scene, size, 0.1)
     if scene.is_object:  # a chunk broken off the product's border
@@ -722,9 +712,7 @@ def make_category(
     image_seeds = np.random.SeedSequence([seed, CATEGORY_KINDS.index(kind)]).generate_state(max(total, 1))
     seeds = [int(s) for s in image_seeds[:total]]
     offset = int(np.random.default_rng([seed, 99]).integers(len(DEFECT_TYPES)))
-    defects = ["good"] * n_test_good + [
-        DEFECT_TYPES[(offset + i) % len(DEFECT_TYPES)] for i in range(n_test_bad)
-    ]
+    defects = ["good"] * n_test_good + [DEFECT_TYPES[(offset + i) % len(DEFECT_TYPES)] for i in range(n_test_bad)]
     train = np.zeros((n_train, size, size, 3), dtype=np.uint8)
     for i in range(n_train):
         train[i] = make_image(kind, seeds[i], size)[0]
@@ -777,9 +765,7 @@ def write_mvtec_layout(category: SyntheticCategory, root: Path, name: str) -> Pa
     for d in category.test_defects:
         counts[d] = counts.get(d, 0) + 1
     seen: dict[str, int] = {}
-    for img, mask, defect in zip(
-        category.test_images, category.test_masks, category.test_defects, strict=True
-    ):
+    for img, mask, defect in zip(category.test_images, category.test_masks, category.test_defects, strict=True):
         k = seen.get(defect, 0)
         seen[defect] = k + 1
         stem = _index_name(k, counts[defect])
@@ -817,8 +803,6 @@ def write_dataset(
         Category name -> category folder.
     """
     return {
-        kind: write_mvtec_layout(
-            make_category(kind, n_train, n_test_good, n_test_bad, seed, size), root, kind
-        )
+        kind: write_mvtec_layout(make_category(kind, n_train, n_test_good, n_test_bad, seed, size), root, kind)
         for kind in kinds
     }

@@ -221,9 +221,7 @@ def vits_state() -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def vitb_files(
-    tmp_path_factory: pytest.TempPathFactory, vitb_state: dict[str, torch.Tensor]
-) -> dict[str, Path]:
+def vitb_files(tmp_path_factory: pytest.TempPathFactory, vitb_state: dict[str, torch.Tensor]) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("vitb")
     pth = root / "meta" / "dinov2_vitb14_pretrain.pth"
     pth.parent.mkdir()
@@ -271,9 +269,7 @@ def _one_thread() -> Iterator[None]:
 # ---------------------------------------------------------------------------------------------
 
 
-def test_meta_pth_and_hf_folder_give_identical_features(
-    vitb_files: dict[str, Path], vitb_meta: DinoV2
-) -> None:
+def test_meta_pth_and_hf_folder_give_identical_features(vitb_files: dict[str, Path], vitb_meta: DinoV2) -> None:
     meta = vitb_meta
     hf = create_backbone("dinov2-vitb14", weights=vitb_files["hf"])
     assert meta.info.weights_sha256 == sha256_file(vitb_files["pth"])
@@ -331,9 +327,7 @@ def test_pos_embed_interpolation_follows_meta_offset_variant(rows: int, cols: in
         model.pos_embed.normal_(generator=torch.Generator().manual_seed(rows * 100 + cols))
     ours = model.interpolate_pos_encoding(rows, cols)
     assert ours.shape == (1, 1 + rows * cols, 64)
-    torch.testing.assert_close(
-        ours.double(), reference_pos_embed(model.pos_embed, rows, cols), rtol=1e-5, atol=2e-5
-    )
+    torch.testing.assert_close(ours.double(), reference_pos_embed(model.pos_embed, rows, cols), rtol=1e-5, atol=2e-5)
     if (rows, cols) != (37, 37):
         # The offset variant is measurably different from the plain size= variant.
         size_variant = torch.nn.functional.interpolate(
@@ -423,9 +417,7 @@ def test_sizes_shapes_and_layer_indices(
     # Each returned map is the block it claims to be: compare with Meta-style taps of every block.
     images = torch.randn(2, 3, pixels, pixels, generator=torch.Generator().manual_seed(8))
     taps: list[torch.Tensor] = []
-    hooks = [
-        block.register_forward_hook(lambda _m, _i, out: taps.append(out)) for block in backbone.model.blocks
-    ]
+    hooks = [block.register_forward_hook(lambda _m, _i, out: taps.append(out)) for block in backbone.model.blocks]
     maps = backbone.extract(images)
     for hook in hooks:
         hook.remove()
@@ -500,9 +492,7 @@ def test_wrong_files(tmp_path: Path, vits_pth: Path) -> None:
         _assert_one_sentence(str(error.value), "dinov2_vitb14_pretrain.pth")
 
 
-def test_shape_mismatch_and_missing_key_name_the_key(
-    tmp_path: Path, vits_state: dict[str, torch.Tensor]
-) -> None:
+def test_shape_mismatch_and_missing_key_name_the_key(tmp_path: Path, vits_state: dict[str, torch.Tensor]) -> None:
     bad = dict(vits_state)
     bad["blocks.4.mlp.fc1.weight"] = bad["blocks.4.mlp.fc1.weight"][:-1]
     torch.save(bad, tmp_path / "bad.pth")

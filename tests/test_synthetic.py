@@ -82,9 +82,7 @@ def _features(img: np.ndarray) -> np.ndarray:
     h, w = gray.shape
     yy, xx = np.mgrid[:h, :w]
     r = np.hypot(yy - h / 2, xx - w / 2) / (h / 2)
-    bands = [
-        power[(r >= lo) & (r < hi)].sum() for lo, hi in ((0, 0.05), (0.05, 0.15), (0.15, 0.35), (0.35, 1.5))
-    ]
+    bands = [power[(r >= lo) & (r < hi)].sum() for lo, hi in ((0, 0.05), (0.05, 0.15), (0.15, 0.35), (0.35, 1.5))]
     spectrum = np.log(np.asarray(bands) / power.sum() + 1e-9) / 10.0
     return np.concatenate([x.mean(axis=(0, 1)), x.std(axis=(0, 1)), spectrum])
 
@@ -98,8 +96,7 @@ def test_kinds_look_different() -> None:
         assert np.linalg.norm(centroids[a] - centroids[b]) > 0.2, (a, b)
     # at least most pairs differ already in mean colour
     colour_gaps = [
-        np.abs(centroids[a][:3] - centroids[b][:3]).max()
-        for a, b in itertools.combinations(CATEGORY_KINDS, 2)
+        np.abs(centroids[a][:3] - centroids[b][:3]).max() for a, b in itertools.combinations(CATEGORY_KINDS, 2)
     ]
     assert np.mean(np.asarray(colour_gaps) > 0.05) > 0.8
     # a nearest-centroid classifier on these crude features recognises held-out images

@@ -273,13 +273,9 @@ class DinoVisionTransformer(nn.Module):
                 float(rows + self.interpolate_offset) / side,
                 float(cols + self.interpolate_offset) / side,
             )
-            patch_pos = interpolate(
-                patch_pos, scale_factor=scale, mode="bicubic", antialias=self.interpolate_antialias
-            )
+            patch_pos = interpolate(patch_pos, scale_factor=scale, mode="bicubic", antialias=self.interpolate_antialias)
         else:
-            patch_pos = interpolate(
-                patch_pos, size=(rows, cols), mode="bicubic", antialias=self.interpolate_antialias
-            )
+            patch_pos = interpolate(patch_pos, size=(rows, cols), mode="bicubic", antialias=self.interpolate_antialias)
         if tuple(patch_pos.shape[-2:]) != (rows, cols):  # pragma: no cover - Meta asserts the same
             msg = f"position embeddings interpolated to {tuple(patch_pos.shape[-2:])}, not {(rows, cols)}"
             raise RuntimeError(msg)
@@ -606,16 +602,12 @@ def build_model(
     stored = int(state["pos_embed"].shape[1]) - 1 if state["pos_embed"].ndim == 3 else -1
     grid = math.isqrt(max(stored, 0))
     if grid * grid != stored:
-        raise _error(
-            vit, f"{source} has pos_embed of shape {tuple(state['pos_embed'].shape)}, not (1, 1 + M*M, C)"
-        )
+        raise _error(vit, f"{source} has pos_embed of shape {tuple(state['pos_embed'].shape)}, not (1, 1 + M*M, C)")
     registers = state.get("register_tokens")
     num_registers = 0
     if registers is not None:
         if registers.ndim != 3:
-            raise _error(
-                vit, f"{source} has register_tokens of shape {tuple(registers.shape)}, not (1, R, C)"
-            )
+            raise _error(vit, f"{source} has register_tokens of shape {tuple(registers.shape)}, not (1, R, C)")
         num_registers = int(registers.shape[1])
     state.setdefault("mask_token", torch.zeros(1, vit.embed_dim))
     expected = _expected_shapes(vit, grid, num_registers)
@@ -623,9 +615,7 @@ def build_model(
         if key not in state:
             raise _error(vit, f"{source} lacks the parameter {key}")
         if tuple(state[key].shape) != shape:
-            raise _error(
-                vit, f"{source} has {key} of shape {tuple(state[key].shape)} where {shape} is expected"
-            )
+            raise _error(vit, f"{source} has {key} of shape {tuple(state[key].shape)} where {shape} is expected")
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
         warnings.warn(
@@ -647,9 +637,7 @@ def build_model(
     return model.eval().requires_grad_(False)
 
 
-def load_checkpoint(
-    size: str | ViTSize, weights: str | Path | None = None
-) -> tuple[dict[str, torch.Tensor], str]:
+def load_checkpoint(size: str | ViTSize, weights: str | Path | None = None) -> tuple[dict[str, torch.Tensor], str]:
     """Find and read a DINOv2 checkpoint; returns (state dict in Meta's names, sha256 of the file).
 
     Args:
@@ -804,9 +792,7 @@ def _factory(arch: str) -> None:
     def _build(weights: str | Path | None = None) -> Backbone:
         return DinoV2.from_weights(vit, weights)
 
-    _build.__doc__ = (
-        f"DINOv2 {vit.title} from ``weights`` (default $TORCH_HOME/hub/checkpoints/{vit.filename})."
-    )
+    _build.__doc__ = f"DINOv2 {vit.title} from ``weights`` (default $TORCH_HOME/hub/checkpoints/{vit.filename})."
 
 
 for _arch in DINOV2_SIZES:

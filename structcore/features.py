@@ -1,0 +1,223 @@
+"""Patch features: backbone maps -> local pooling -> one grid -> per-layer L2 norm -> concat -> W.
+
+Method.md steps 2-4. The projection matrix ``W`` is an explicit array: it is drawn once
+(:func:`make_projection`) and then stored and passed back in, never re-drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from structcore.backbones.base import Backbone
+from structcore.preprocess import Preprocessing, load_image, preprocess_image
+
+#: Dimension of the projected patch vectors.
+DEFAULT_DIM = 512
+#: Seed of the projection matrix.
+DEFAULT_PROJECTION_SEED = 42
+
+ImageSource = str | Path | Image.Image | np.ndarray
+
+
+def make_projection(in_dim: int, dim: int = DEFAULT_DIM, seed: int = DEFAULT_PROJECTION_SEED) -> np.ndarray:
+    """Gaussian random projection ``W`` (in_dim, dim), entries N(0, 1/dim), float32."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((in_dim, dim)) / np.sqrt(dim)).astype(np.float32)
+
+
+def fuse_layers(layer_maps: Sequence[torch.Tensor], local_pool: int = 1) -> torch.Tensor:
+    """Local average pool, resample to the finest grid, L2-normalise each layer, concatenate.
+
+    Args:
+        layer_maps: per-layer tensors (B, C_l, H_l, W_l).
+        local_pool: size of the stride-1 average pool applied to each map (1 = none).
+
+    Returns:
+        (B, H, W, sum C_l) float32, on the finest grid among the layers.
+    """
+    height = max(int(layer.shape[-2]) for layer in layer_maps)
+    width = max(int(layer.shape[-1]) for layer in layer_maps)
+    fused = []
+    for layer in layer_maps:
+        layer = layer.float()
+        if local_pool > 1:
+            layer = F.avg_pool2d(layer, kernel_size=local_pool, stride=1, padding=local_pool // 2)
+        if layer.shape[-2:] != (height, width):
+            layer = F.interpolate(layer, size=(height, width), mode="bilinear", align_corners=False)
+        fused.append(F.normalize(layer, p=2.0, dim=1, eps=1e-12))
+    return torch.cat(fused, dim=1).permute(0, 2, 3, 1)
+
+
+class FeatureExtractor:
+    """Images -> projected patch vectors (B, H*W, D) on the backbone's patch grid.
+
+    Args:
+        backbone: the frozen backbone.
+        projection: ``W`` of shape (sum of the backbone's channels, D).
+        geometry: resize / crop settings.
+        batch_size: images per backbone call.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        projection: np.ndarray,
+        geometry: Preprocessing | None = None,
+        batch_size: int = 8,
+    ):
+        in_dim = sum(backbone.info.channels)
+        if projection.ndim != 2 or projection.shape[0] != in_dim:
+            msg = f"projection has shape {projection.shape}; backbone {backbone.info.name} needs ({in_dim}, D)"
+            raise ValueError(msg)
+        self.backbone = backbone
+        self.projection = np.ascontiguousarray(projection, dtype=np.float32)
+        self.geometry = geometry or Preprocessing()
+        self.batch_size = batch_size
+        self._projection_t = torch.from_numpy(self.projection)
+        self._mean = torch.tensor(backbone.info.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(backbone.info.std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    @property
+    def dim(self) -> int:
+        """Dimension D of the projected vectors."""
+        return int(self.projection.shape[1])
+
+    def grid_shape(self) -> tuple[int, int]:
+        """Patch grid (H, W) for this geometry, found with one dummy forward pass (cached)."""
+        if not hasattr(self, "_grid"):
+            dummy = torch.zeros(1, 3, self.geometry.crop, self.geometry.crop)
+            maps = self.backbone.extract(dummy)
+            self._grid = (max(int(m.shape[-2]) for m in maps), max(int(m.shape[-1]) for m in maps))
+        return self._grid
+
+    def prepare(self, sources: Sequence[ImageSource]) -> torch.Tensor:
+        """Load + preprocess + normalise images into a (B, 3, crop, crop) tensor."""
+        arrays = [
+            preprocess_image(load_image(source) if isinstance(source, str | Path) else source, self.geometry)
+            for source in sources
+        ]
+        batch = torch.from_numpy(np.stack(arrays))
+        return (batch - self._mean) / self._std
+
+    @torch.inference_mode()
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images (B, 3, crop, crop) -> projected patch vectors (B, H*W, D) float32."""
+        layer_maps = self.backbone.extract(images)
+        fused = fuse_layers(layer_maps, self.backbone.info.local_pool)
+        batch, height, width, channels = fused.shape
+        projected = fused.reshape(batch * height * width, channels) @ self._projection_t
+        return projected.reshape(batch, height * width, self.dim)
+
+    def iter_embeddings(self, sources: Sequence[ImageSource]) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (start index, (b, H*W, D) float32 array) per batch of ``sources``."""
+        for start in range(0, len(sources), self.batch_size):
+            batch = self.prepare(sources[start : start + self.batch_size])
+            yield start, self.embed(batch).numpy()
+
+
+@dataclass(frozen=True)
+class FeatureSpace:
+    """Everything that fixes the meaning of a projected patch vector (one per registry).
+
+    Routing compares categories, so every category of a registry lives in one feature space.
+    """
+
+    backbone: str
+    weights_sha256: str
+    layers: tuple[str, ...]
+    channels: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    local_pool: int
+    resize: int
+    crop: int
+    dim: int
+    projection: np.ndarray
+
+    def describe(self) -> dict[str, object]:
+        """JSON-compatible description (everything but the projection matrix itself)."""
+        return {
+            "backbone": self.backbone,
+            "weights_sha256": self.weights_sha256,
+            "layers": list(self.layers),
+            "channels": list(self.channels),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "local_pool": self.local_pool,
+            "resize": self.resize,
+            "crop": self.crop,
+            "dim": self.dim,
+        }
+
+    def differences(self, other: FeatureSpace) -> list[str]:
+        """Human-readable differences to ``other`` (empty when the spaces are the same)."""
+        mine, theirs = self.describe(), other.describe()
+        found = [f"{key}: {mine[key]} vs {theirs[key]}" for key in mine if mine[key] != theirs[key]]
+        if not found and not np.array_equal(self.projection, other.projection):
+            found.append("projection matrix W differs")
+        return found
+
+    @classmethod
+    def from_description(cls, description: dict[str, object], projection: np.ndarray) -> FeatureSpace:
+        """Inverse of :meth:`describe` plus the projection matrix."""
+        return cls(
+            backbone=str(description["backbone"]),
+            weights_sha256=str(description["weights_sha256"]),
+            layers=tuple(str(v) for v in description["layers"]),  # type: ignore[attr-defined]
+            channels=tuple(int(v) for v in description["channels"]),  # type: ignore[attr-defined]
+            mean=tuple(float(v) for v in description["mean"]),  # type: ignore[attr-defined]
+            std=tuple(float(v) for v in description["std"]),  # type: ignore[attr-defined]
+            local_pool=int(description["local_pool"]),  # type: ignore[call-overload]
+            resize=int(description["resize"]),  # type: ignore[call-overload]
+            crop=int(description["crop"]),  # type: ignore[call-overload]
+            dim=int(description["dim"]),  # type: ignore[call-overload]
+            projection=np.asarray(projection, dtype=np.float32),
+        )
+
+    @property
+    def geometry(self) -> Preprocessing:
+        """Resize / crop settings."""
+        return Preprocessing(resize=self.resize, crop=self.crop)
+
+
+def new_feature_space(
+    backbone: Backbone,
+    resize: int = 448,
+    crop: int = 392,
+    dim: int = DEFAULT_DIM,
+    seed: int = DEFAULT_PROJECTION_SEED,
+) -> FeatureSpace:
+    """A fresh feature space for ``backbone``, drawing ``W`` once from ``seed``."""
+    info = backbone.info
+    return FeatureSpace(
+        backbone=info.name,
+        weights_sha256=info.weights_sha256,
+        layers=info.layers,
+        channels=info.channels,
+        mean=tuple(info.mean),
+        std=tuple(info.std),
+        local_pool=info.local_pool,
+        resize=resize,
+        crop=crop,
+        dim=dim,
+        projection=make_projection(sum(info.channels), dim, seed),
+    )
+
+
+def build_extractor(space: FeatureSpace, backbone: Backbone, batch_size: int = 8) -> FeatureExtractor:
+    """A :class:`FeatureExtractor` for ``space``; refuses a backbone whose weights differ."""
+    info = backbone.info
+    if info.name != space.backbone or info.weights_sha256 != space.weights_sha256:
+        msg = (
+            f"backbone {info.name} (weights sha256 {info.weights_sha256[:12]}) does not match the feature "
+            f"space's {space.backbone} (weights sha256 {space.weights_sha256[:12]})"
+        )
+        raise ValueError(msg)
+    return FeatureExtractor(backbone, space.projection, space.geometry, batch_size=batch_size)

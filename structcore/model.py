@@ -1,0 +1,360 @@
+"""A fitted category: coreset bank + routing prototypes + StructCore calibration, in one object.
+
+``CategoryModel.fit`` takes the projected patch vectors of a category's train-good images
+(n_images, P, D) and builds everything; :func:`fit_category` streams images through a
+:class:`~structcore.features.FeatureExtractor` into that matrix (the only large allocation) first.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from structcore.anomaly_map import DEFAULT_SIGMA, anomaly_maps
+from structcore.coreset import KCenterGreedy
+from structcore.features import FeatureExtractor, ImageSource
+from structcore.knn import DEFAULT_K, PatchKNN
+from structcore.routing import (
+    DEFAULT_PROTOTYPES,
+    DEFAULT_ROUTE_QUANTILE,
+    l2_normalize,
+    leave_one_out_route_scores,
+    patch_vectors_to_prototypes,
+    route_distances,
+)
+from structcore.scoring import (
+    DEFAULT_TOP_RATIO,
+    ImageScores,
+    StructCoreCalibrator,
+    base_scores,
+    structural_descriptor,
+)
+
+CALIBRATION_MODES = ("loo", "in-sample", "holdout")
+#: Default calibration mode (see docs/calibration.md for the measurements behind it).
+DEFAULT_CALIBRATION = "loo"
+DEFAULT_SEED = 42
+#: Images scored per anomaly-map batch during calibration (bounds the memory of the maps).
+_MAP_BATCH = 16
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class CategoryPrediction:
+    """Per-image anomaly maps (B, H, W) and base / struct / hybrid scores."""
+
+    maps: np.ndarray
+    scores: ImageScores
+
+
+class CategoryModel:
+    """One product category: memory bank, routing prototypes and StructCore statistics.
+
+    Args:
+        coreset_ratio: share of the train patch vectors kept in the bank.
+        k: neighbours averaged per patch score.
+        calibration: ``"loo"``, ``"in-sample"`` or ``"holdout"`` (method.md "Calibration bias").
+        holdout_ratio: share of train images kept out of the bank in ``"holdout"`` mode.
+        n_prototypes: routing prototypes K.
+        proxy_dim: dimension of the coreset's distance proxy (``None`` = exact).
+        route_quantile: quantile of train route scores used as the ``unknown`` threshold.
+        sigma: Gaussian blur of the anomaly map.
+        bank_dtype: ``"float32"`` or ``"float16"`` storage of the bank.
+        index: faiss index kind (``"flat"`` exact, ``"hnsw"`` approximate).
+        seed: seeds the coreset, the prototypes and the holdout split.
+
+    Attributes:
+        bank_: (M, D) memory bank.
+        bank_image_ids_: (M,) train image index each bank vector came from.
+        prototypes_: (K, D) L2-normalised routing prototypes.
+        calibrator_: fitted :class:`StructCoreCalibrator`.
+        route_threshold_: unknown-input threshold on the route score.
+        grid_: patch grid (h, w); map_size_: side of the anomaly map.
+        n_train_images_: images used; calibration_scores_: train-good scores used for calibration.
+        fit_seconds_: wall time of :meth:`fit`.
+    """
+
+    _knn: PatchKNN | None = None
+
+    def __init__(
+        self,
+        coreset_ratio: float = 0.01,
+        k: int = DEFAULT_K,
+        calibration: str = DEFAULT_CALIBRATION,
+        holdout_ratio: float = 0.2,
+        n_prototypes: int = DEFAULT_PROTOTYPES,
+        proxy_dim: int | None = 128,
+        route_quantile: float = DEFAULT_ROUTE_QUANTILE,
+        sigma: float = DEFAULT_SIGMA,
+        bank_dtype: str = "float32",
+        index: str = "flat",
+        seed: int = DEFAULT_SEED,
+    ):
+        self.coreset_ratio = coreset_ratio
+        self.k = k
+        self.calibration = calibration
+        self.holdout_ratio = holdout_ratio
+        self.n_prototypes = n_prototypes
+        self.proxy_dim = proxy_dim
+        self.route_quantile = route_quantile
+        self.sigma = sigma
+        self.bank_dtype = bank_dtype
+        self.index = index
+        self.seed = seed
+
+    # ------------------------------------------------------------------ fit
+    def fit(
+        self,
+        patch_vectors: np.ndarray,
+        grid: tuple[int, int],
+        map_size: int,
+        progress: Callable[[str], None] | None = None,
+    ) -> CategoryModel:
+        """Fit from the projected patch vectors (n_images, P, D) of train-good images.
+
+        Args:
+            patch_vectors: (n_images, P, D) float32, P = grid[0] * grid[1].
+            grid: patch grid (h, w).
+            map_size: side of the anomaly maps (the crop size).
+            progress: optional callback receiving the name of each stage as it starts.
+        """
+        started = time.perf_counter()
+        if self.calibration not in CALIBRATION_MODES:
+            msg = f"unknown calibration mode {self.calibration!r}; choose one of {CALIBRATION_MODES}"
+            raise ValueError(msg)
+        n_images, n_patches, dim = patch_vectors.shape
+        if n_patches != grid[0] * grid[1]:
+            msg = f"patch count {n_patches} does not match grid {grid}"
+            raise ValueError(msg)
+        min_images = 3 if self.calibration == "holdout" else 2
+        if n_images < min_images:
+            msg = f"need at least {min_images} train images for {self.calibration!r} calibration, got {n_images}"
+            raise ValueError(msg)
+        self.grid_ = (int(grid[0]), int(grid[1]))
+        self.map_size_ = int(map_size)
+        self.n_train_images_ = n_images
+        report = progress or (lambda _stage: None)
+
+        bank_images, calibration_images = self._split(n_images)
+        flat = patch_vectors.reshape(n_images * n_patches, dim)
+        image_of_row = np.repeat(np.arange(n_images, dtype=np.int32), n_patches)
+
+        report("coreset")
+        if len(bank_images) == n_images:
+            candidate_rows: np.ndarray | None = None
+            candidates = flat
+        else:
+            candidate_rows = (bank_images[:, None] * n_patches + np.arange(n_patches)).ravel()
+            candidates = flat[candidate_rows]
+        selector = KCenterGreedy(ratio=self.coreset_ratio, proxy_dim=self.proxy_dim, seed=self.seed)
+        selected = selector.fit(candidates).indices_
+        rows = selected if candidate_rows is None else candidate_rows[selected]
+        self.bank_ = flat[rows].astype(self.bank_dtype)
+        self.bank_image_ids_ = image_of_row[rows]
+        self.coreset_radius_ = selector.radius_
+
+        report("prototypes")
+        self.prototypes_, prototype_rows = patch_vectors_to_prototypes(flat, self.n_prototypes, seed=self.seed)
+        own_routes = leave_one_out_route_scores(patch_vectors, self.prototypes_, image_of_row[prototype_rows])
+        self.route_threshold_ = float(np.quantile(own_routes, self.route_quantile))
+
+        report("calibration")
+        self._knn = None
+        calibration_patch_scores = self._calibration_patch_scores(patch_vectors, calibration_images)
+        base, descriptors = self._map_statistics(calibration_patch_scores)
+        self.calibrator_ = StructCoreCalibrator().fit_descriptors(base, descriptors)
+        scores = self.calibrator_.score_descriptors(base, descriptors)
+        self.calibration_scores_ = {"base": scores.base, "struct": scores.struct, "hybrid": scores.hybrid}
+        self.fit_seconds_ = time.perf_counter() - started
+        return self
+
+    def _split(self, n_images: int) -> tuple[np.ndarray, np.ndarray]:
+        everything = np.arange(n_images)
+        if self.calibration != "holdout":
+            return everything, everything
+        held = max(2, round(n_images * self.holdout_ratio))
+        held = min(held, n_images - 1)
+        order = np.random.default_rng(self.seed).permutation(n_images)
+        return np.sort(order[held:]), np.sort(order[:held])
+
+    def _calibration_patch_scores(self, patch_vectors: np.ndarray, images: np.ndarray) -> np.ndarray:
+        knn = self.knn()
+        if self.calibration != "loo":
+            return np.stack([knn.score(patch_vectors[i]) for i in images])
+        # Leave-one-image-out: search past the image's own bank vectors and drop them.
+        own_counts = np.bincount(self.bank_image_ids_, minlength=patch_vectors.shape[0])
+        if knn.size_ - own_counts.max() < self.k:
+            msg = "bank too small for leave-one-out calibration; raise the coreset ratio or add images"
+            raise ValueError(msg)
+        scores = []
+        for image in images:
+            distances, neighbours = knn.search(patch_vectors[image], self.k + int(own_counts[image]))
+            distances = np.where(self.bank_image_ids_[neighbours] == image, np.inf, distances)
+            distances.sort(axis=1)
+            scores.append(distances[:, : self.k].mean(axis=1))
+        return np.stack(scores)
+
+    def _map_statistics(self, patch_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        base, descriptors = [], []
+        for start in range(0, len(patch_scores), _MAP_BATCH):
+            maps = self._maps(patch_scores[start : start + _MAP_BATCH])
+            base.append(base_scores(maps))
+            descriptors.append(structural_descriptor(maps, DEFAULT_TOP_RATIO))
+        return np.concatenate(base), np.concatenate(descriptors)
+
+    # ------------------------------------------------------------- predict
+    def knn(self) -> PatchKNN:
+        """The kNN index over the bank (built on first use)."""
+        if self._knn is None:
+            self._knn = PatchKNN(k=self.k, index=self.index).fit(self.bank_)
+        assert self._knn is not None
+        return self._knn
+
+    def _maps(self, patch_scores: np.ndarray) -> np.ndarray:
+        grids = patch_scores.reshape(len(patch_scores), *self.grid_)
+        return anomaly_maps(grids, self.map_size_, self.sigma)
+
+    def patch_scores(self, patch_vectors: np.ndarray) -> np.ndarray:
+        """Patch scores (B, P) of projected patch vectors (B, P, D)."""
+        batch, n_patches, dim = patch_vectors.shape
+        return self.knn().score(patch_vectors.reshape(batch * n_patches, dim)).reshape(batch, n_patches)
+
+    def predict(self, patch_vectors: np.ndarray) -> CategoryPrediction:
+        """Anomaly maps and image scores for projected patch vectors (B, P, D)."""
+        maps = self._maps(self.patch_scores(patch_vectors))
+        return CategoryPrediction(maps=maps, scores=self.calibrator_.score(maps))
+
+    def route_score(self, patch_vectors: np.ndarray) -> np.ndarray:
+        """Route scores (B,) against this category's own prototypes."""
+        owners = np.zeros(len(self.prototypes_), dtype=np.int64)
+        return route_distances(patch_vectors, self.prototypes_, owners, 1)[:, 0]
+
+    # --------------------------------------------------------- persistence
+    #: Names of the arrays returned by :meth:`to_arrays`.
+    ARRAY_NAMES = (
+        "bank",
+        "bank_image_ids",
+        "prototypes",
+        "calibration_base",
+        "calibration_struct",
+        "calibration_hybrid",
+    )
+
+    def get_params(self) -> dict[str, object]:
+        """Constructor settings (scikit-learn style)."""
+        return {
+            "coreset_ratio": self.coreset_ratio,
+            "k": self.k,
+            "calibration": self.calibration,
+            "holdout_ratio": self.holdout_ratio,
+            "n_prototypes": self.n_prototypes,
+            "proxy_dim": self.proxy_dim,
+            "route_quantile": self.route_quantile,
+            "sigma": self.sigma,
+            "bank_dtype": self.bank_dtype,
+            "index": self.index,
+            "seed": self.seed,
+        }
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The fitted arrays, by name (see :attr:`ARRAY_NAMES`)."""
+        return {
+            "bank": self.bank_,
+            "bank_image_ids": self.bank_image_ids_.astype(np.int32),
+            "prototypes": self.prototypes_.astype(np.float32),
+            "calibration_base": np.asarray(self.calibration_scores_["base"], dtype=np.float64),
+            "calibration_struct": np.asarray(self.calibration_scores_["struct"], dtype=np.float64),
+            "calibration_hybrid": np.asarray(self.calibration_scores_["hybrid"], dtype=np.float64),
+        }
+
+    def to_metadata(self) -> dict[str, object]:
+        """The fitted scalars and settings as JSON-compatible data."""
+        return {
+            "params": self.get_params(),
+            "grid": list(self.grid_),
+            "map_size": self.map_size_,
+            "n_train_images": self.n_train_images_,
+            "route_threshold": self.route_threshold_,
+            "calibrator": self.calibrator_.get_state(),
+            "coreset_radius": self.coreset_radius_,
+            "fit_seconds": self.fit_seconds_,
+        }
+
+    @classmethod
+    def from_parts(cls, arrays: dict[str, np.ndarray], metadata: dict[str, object]) -> CategoryModel:
+        """Rebuild a fitted model from :meth:`to_arrays` and :meth:`to_metadata` output."""
+        params = dict(metadata["params"])  # type: ignore[call-overload]
+        model = cls(**params)
+        model.bank_ = np.asarray(arrays["bank"])
+        model.bank_image_ids_ = np.asarray(arrays["bank_image_ids"])
+        model.prototypes_ = np.asarray(arrays["prototypes"], dtype=np.float32)
+        model.calibration_scores_ = {
+            kind: np.asarray(arrays[f"calibration_{kind}"]) for kind in ("base", "struct", "hybrid")
+        }
+        grid = list(metadata["grid"])  # type: ignore[call-overload]
+        model.grid_ = (int(grid[0]), int(grid[1]))
+        model.map_size_ = int(metadata["map_size"])  # type: ignore[call-overload]
+        model.n_train_images_ = int(metadata["n_train_images"])  # type: ignore[call-overload]
+        model.route_threshold_ = float(metadata["route_threshold"])  # type: ignore[arg-type]
+        model.calibrator_ = StructCoreCalibrator.from_state(dict(metadata["calibrator"]))  # type: ignore[call-overload]
+        model.coreset_radius_ = float(metadata.get("coreset_radius", float("nan")))  # type: ignore[arg-type]
+        model.fit_seconds_ = float(metadata.get("fit_seconds", float("nan")))  # type: ignore[arg-type]
+        model._knn = None
+        return model
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Decision thresholds (99.5% train-good quantile) for base / struct / hybrid."""
+        return dict(self.calibrator_.thresholds_)
+
+
+def embed_images(
+    extractor: FeatureExtractor,
+    sources: Sequence[ImageSource],
+    on_batch: ProgressCallback | None = None,
+) -> np.ndarray:
+    """Stream ``sources`` through the extractor into one (n_images, P, D) float32 array.
+
+    The output is allocated once; besides it, memory holds one batch of backbone activations.
+    """
+    grid = extractor.grid_shape()
+    output = np.empty((len(sources), grid[0] * grid[1], extractor.dim), dtype=np.float32)
+    for start, batch in extractor.iter_embeddings(sources):
+        output[start : start + len(batch)] = batch
+        if on_batch is not None:
+            on_batch(start + len(batch), len(sources))
+    return output
+
+
+def fit_category(
+    extractor: FeatureExtractor,
+    sources: Sequence[ImageSource],
+    model: CategoryModel | None = None,
+    on_batch: ProgressCallback | None = None,
+) -> CategoryModel:
+    """Embed train-good images and fit a :class:`CategoryModel` on them (``model`` gives the settings)."""
+    model = model or CategoryModel()
+    patch_vectors = embed_images(extractor, sources, on_batch)
+    return model.fit(patch_vectors, extractor.grid_shape(), extractor.geometry.crop)
+
+
+def expected_bank_size(n_vectors: int, ratio: float) -> int:
+    """Bank size the coreset produces for ``n_vectors`` at ``ratio``."""
+    return max(1, min(n_vectors, math.ceil(n_vectors * ratio)))
+
+
+__all__ = [
+    "CALIBRATION_MODES",
+    "DEFAULT_CALIBRATION",
+    "CategoryModel",
+    "CategoryPrediction",
+    "embed_images",
+    "expected_bank_size",
+    "fit_category",
+    "l2_normalize",
+]

@@ -1,0 +1,155 @@
+"""Image and mask loading and preprocessing (method.md step 1).
+
+Every image of a registry is preprocessed alike: RGB, resize to ``resize`` x ``resize``, centre
+crop ``crop`` x ``crop`` (``crop == resize`` means no crop), values in [0, 1]. Masks take the
+same geometric path with nearest-neighbour resampling.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Largest image (in pixels) that is decoded; larger headers are refused before decoding
+#: (a decompression bomb would otherwise exhaust memory). 16k x 16k covers real line cameras.
+MAX_IMAGE_PIXELS = 16384 * 16384
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+class ImageReadError(ValueError):
+    """An input file is not a usable image. The message names the file and the reason."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Geometry of the preprocessing: resize to ``resize``, then centre crop ``crop``."""
+
+    resize: int = 448
+    crop: int = 392
+
+    def __post_init__(self) -> None:
+        if not 0 < self.crop <= self.resize:
+            msg = f"crop ({self.crop}) must be in 1..resize ({self.resize})"
+            raise ValueError(msg)
+
+    @property
+    def crop_box(self) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) of the centre crop inside the resized image."""
+        offset = (self.resize - self.crop) // 2
+        return (offset, offset, offset + self.crop, offset + self.crop)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F, 1, ...) to 8-bit RGB.
+
+    16-bit and 32-bit integer images are scaled to 8 bits by their bit depth (not clipped);
+    float images are assumed to hold values in [0, 1].
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in {"I;16", "I;16B", "I;16L", "I;16N", "I"}:
+        values = np.clip(np.asarray(image).astype(np.int64), 0, None)
+        if image.mode.startswith("I;16"):
+            bits = 16
+        else:
+            peak = int(values.max()) if values.size else 0
+            bits = 8 if peak < 256 else 16 if peak < 65536 else 32
+        scaled = (values >> (bits - 8)).astype(np.uint8)
+        return Image.fromarray(scaled, mode="L").convert("RGB")
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+        scaled = np.clip(np.round(values * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(scaled, mode="L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Read an image file into an 8-bit RGB PIL image, EXIF orientation applied.
+
+    Raises:
+        ImageReadError: the file is missing, empty, not an image, truncated, or too large.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise ImageReadError(path, f"cannot read file ({error.strerror})") from error
+    if size == 0:
+        raise ImageReadError(path, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+            width, height = opened.size
+            if width * height > max_pixels:
+                msg = f"image too large ({width}x{height} pixels; limit {max_pixels})"
+                raise ImageReadError(path, msg)
+            opened.load()
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError as error:
+        raise ImageReadError(path, "not a readable image file") from error
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageReadError(path, f"image too large ({error})") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(path, f"corrupt or truncated image ({error})") from error
+    if min(opened.size) < 1:
+        raise ImageReadError(path, "image has no pixels")
+    image: Image.Image = ImageOps.exif_transpose(opened) or opened
+    return to_rgb(image)
+
+
+def preprocess_image(image: Image.Image | np.ndarray, geometry: Preprocessing) -> np.ndarray:
+    """Resize + centre crop an image; returns float32 (3, crop, crop) in [0, 1]."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(_as_uint8_rgb(image))
+    image = to_rgb(image)
+    resized = image.resize((geometry.resize, geometry.resize), Image.Resampling.BILINEAR)
+    if geometry.crop != geometry.resize:
+        resized = resized.crop(geometry.crop_box)
+    array = np.asarray(resized, dtype=np.float32) / 255.0
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def preprocess_mask(mask: Image.Image | np.ndarray, geometry: Preprocessing) -> np.ndarray:
+    """Resize (nearest) + centre crop a mask; returns bool (crop, crop), True = anomalous."""
+    if isinstance(mask, np.ndarray):
+        mask = Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255, mode="L")
+    if mask.mode not in {"L", "1"}:
+        mask = mask.convert("L")
+    resized = mask.resize((geometry.resize, geometry.resize), Image.Resampling.NEAREST)
+    if geometry.crop != geometry.resize:
+        resized = resized.crop(geometry.crop_box)
+    return np.asarray(resized) > 0
+
+
+def load_mask(path: str | Path, geometry: Preprocessing) -> np.ndarray:
+    """Read and preprocess a ground-truth mask file (any non-zero pixel is anomalous)."""
+    try:
+        with Image.open(path) as mask:
+            mask.load()
+            return preprocess_mask(mask, geometry)
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(path, f"unreadable mask ({error})") from error
+
+
+def _as_uint8_rgb(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.shape[2] == 4:
+        array = array[:, :, :3]
+    if array.dtype != np.uint8:
+        array = np.clip(array, 0, 255).astype(np.uint8)
+    return array

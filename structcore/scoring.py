@@ -1,0 +1,150 @@
+"""StructCore image scoring: structural descriptor, diagonal Mahalanobis calibration, hybrid score.
+
+Method.md steps 7-11. All functions work on blurred anomaly maps (B, H, W); pixel maps are never
+changed here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Share of the map's pixels averaged by the top-k mean.
+DEFAULT_TOP_RATIO = 0.01
+#: Added to standard deviations before dividing.
+EPS = 1e-6
+#: Quantile of train-good scores used as the decision threshold.
+DEFAULT_QUANTILE = 0.995
+#: Names of the descriptor's dimensions, in order.
+DESCRIPTOR_NAMES = ("std", "topk_mean", "tv")
+SCORE_KINDS = ("base", "struct", "hybrid")
+
+
+def base_scores(maps: np.ndarray) -> np.ndarray:
+    """Max-pooled image scores (B,) of maps (B, H, W)."""
+    return maps.reshape(maps.shape[0], -1).max(axis=1).astype(np.float64)
+
+
+def structural_descriptor(maps: np.ndarray, top_ratio: float = DEFAULT_TOP_RATIO) -> np.ndarray:
+    """phi(S) = [std(s), mean of the top ceil(H*W*r) values, TV(S)] per map; returns (B, 3) float64.
+
+    ``std`` is the population standard deviation (ddof = 0). ``TV(S) = (1/(H*W)) * sum of
+    |S[i+1,j] - S[i,j]| + |S[i,j+1] - S[i,j]|`` over the terms that stay inside the map.
+    """
+    if maps.ndim == 2:
+        maps = maps[None]
+    batch, height, width = maps.shape
+    values = maps.reshape(batch, -1).astype(np.float64)
+    count = max(1, math.ceil(height * width * top_ratio))
+    top_values = np.partition(values, values.shape[1] - count, axis=1)[:, -count:]
+    maps64 = values.reshape(batch, height, width)
+    vertical = np.abs(np.diff(maps64, axis=1)).sum(axis=(1, 2))
+    horizontal = np.abs(np.diff(maps64, axis=2)).sum(axis=(1, 2))
+    return np.stack(
+        [values.std(axis=1), top_values.mean(axis=1), (vertical + horizontal) / (height * width)],
+        axis=1,
+    )
+
+
+@dataclass(frozen=True)
+class ImageScores:
+    """Per-image scores: max-pooled base, structural distance, and their hybrid."""
+
+    base: np.ndarray
+    struct: np.ndarray
+    hybrid: np.ndarray
+
+    def by_kind(self, kind: str) -> np.ndarray:
+        """The scores of one kind: ``"base"``, ``"struct"`` or ``"hybrid"``."""
+        return {"base": self.base, "struct": self.struct, "hybrid": self.hybrid}[kind]
+
+
+class StructCoreCalibrator:
+    """Fits the StructCore statistics on train-good maps and scores new maps.
+
+    Args:
+        top_ratio: share r of the top-k mean.
+        quantile: quantile of train-good scores used as each threshold.
+        eps: added to standard deviations.
+
+    Attributes:
+        mu_: (3,) mean of phi over train-good maps.
+        sigma_: (3,) population std of phi over train-good maps.
+        lambda_: ``std(base) / (std(D_struct) + eps)`` over train-good maps.
+        thresholds_: quantile of train-good base / struct / hybrid scores.
+        n_samples_: number of train-good maps used.
+    """
+
+    def __init__(self, top_ratio: float = DEFAULT_TOP_RATIO, quantile: float = DEFAULT_QUANTILE, eps: float = EPS):
+        self.top_ratio = top_ratio
+        self.quantile = quantile
+        self.eps = eps
+
+    def fit(self, maps: np.ndarray) -> StructCoreCalibrator:
+        """Fit on train-good anomaly maps (B, H, W)."""
+        return self.fit_descriptors(base_scores(maps), structural_descriptor(maps, self.top_ratio))
+
+    def fit_descriptors(self, base: np.ndarray, descriptors: np.ndarray) -> StructCoreCalibrator:
+        """Fit from precomputed base scores (B,) and descriptors (B, 3) of train-good maps."""
+        base = np.asarray(base, dtype=np.float64)
+        descriptors = np.asarray(descriptors, dtype=np.float64)
+        if base.ndim != 1 or descriptors.shape != (base.shape[0], 3) or base.shape[0] < 2:
+            msg = f"need at least 2 train-good maps; got base {base.shape}, descriptors {descriptors.shape}"
+            raise ValueError(msg)
+        self.mu_ = descriptors.mean(axis=0)
+        self.sigma_ = descriptors.std(axis=0)
+        struct = self.struct_distance(descriptors)
+        self.lambda_ = float(base.std() / (struct.std() + self.eps))
+        hybrid = base + self.lambda_ * struct
+        self.thresholds_ = {
+            "base": float(np.quantile(base, self.quantile)),
+            "struct": float(np.quantile(struct, self.quantile)),
+            "hybrid": float(np.quantile(hybrid, self.quantile)),
+        }
+        self.n_samples_ = int(base.shape[0])
+        return self
+
+    def struct_distance(self, descriptors: np.ndarray) -> np.ndarray:
+        """Diagonal Mahalanobis distance ``||(phi - mu) / (sigma + eps)||_2`` per row."""
+        standardized = (np.asarray(descriptors, dtype=np.float64) - self.mu_) / (self.sigma_ + self.eps)
+        return np.sqrt((standardized**2).sum(axis=1))
+
+    def score_descriptors(self, base: np.ndarray, descriptors: np.ndarray) -> ImageScores:
+        """Scores from precomputed base scores and descriptors."""
+        struct = self.struct_distance(descriptors)
+        base = np.asarray(base, dtype=np.float64)
+        return ImageScores(base=base, struct=struct, hybrid=base + self.lambda_ * struct)
+
+    def score(self, maps: np.ndarray) -> ImageScores:
+        """Base, struct and hybrid scores of anomaly maps (B, H, W)."""
+        return self.score_descriptors(base_scores(maps), structural_descriptor(maps, self.top_ratio))
+
+    def get_state(self) -> dict[str, object]:
+        """Plain-data state (floats and lists) for storage."""
+        return {
+            "mu": [float(v) for v in self.mu_],
+            "sigma": [float(v) for v in self.sigma_],
+            "lambda": self.lambda_,
+            "thresholds": dict(self.thresholds_),
+            "n_samples": self.n_samples_,
+            "top_ratio": self.top_ratio,
+            "quantile": self.quantile,
+            "eps": self.eps,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, object]) -> StructCoreCalibrator:
+        """Rebuild a fitted calibrator from :meth:`get_state` output."""
+        calibrator = cls(
+            top_ratio=float(state["top_ratio"]),  # type: ignore[arg-type]
+            quantile=float(state["quantile"]),  # type: ignore[arg-type]
+            eps=float(state["eps"]),  # type: ignore[arg-type]
+        )
+        calibrator.mu_ = np.asarray(state["mu"], dtype=np.float64)
+        calibrator.sigma_ = np.asarray(state["sigma"], dtype=np.float64)
+        calibrator.lambda_ = float(state["lambda"])  # type: ignore[arg-type]
+        calibrator.thresholds_ = {k: float(v) for k, v in dict(state["thresholds"]).items()}  # type: ignore[call-overload]
+        calibrator.n_samples_ = int(state["n_samples"])  # type: ignore[call-overload]
+        return calibrator

@@ -1,0 +1,44 @@
+"""End to end on real MVTec AD bottle images with the embedded backbone (a couple of minutes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from structcore.backbones import Backbone
+from structcore.features import build_extractor, new_feature_space
+from structcore.metrics import image_metrics, pixel_metrics
+from structcore.model import CategoryModel, embed_images
+from structcore.preprocess import load_mask
+
+from .conftest import MVTEC_BOTTLE
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (MVTEC_BOTTLE / "train" / "good").is_dir(), reason="MVTec AD bottle not present"),
+]
+
+
+def test_bottle_hybrid_auroc(backbone: Backbone) -> None:
+    space = new_feature_space(backbone)
+    extractor = build_extractor(space, backbone, batch_size=8)
+    train = sorted((MVTEC_BOTTLE / "train" / "good").glob("*.png"))
+    tests = sorted((MVTEC_BOTTLE / "test").glob("*/*.png"))
+    labels = np.array([path.parent.name != "good" for path in tests])
+    model = CategoryModel(coreset_ratio=0.01).fit(embed_images(extractor, train), extractor.grid_shape(), space.crop)
+    prediction = model.predict(embed_images(extractor, tests))
+    masks = np.stack(
+        [
+            load_mask(MVTEC_BOTTLE / "ground_truth" / p.parent.name / f"{p.stem}_mask.png", space.geometry)
+            if label
+            else np.zeros((space.crop, space.crop), dtype=bool)
+            for p, label in zip(tests, labels, strict=True)
+        ]
+    )
+    hybrid = image_metrics(labels, prediction.scores.hybrid)
+    pixel = pixel_metrics(masks, prediction.maps)
+    print(f"bottle: hybrid I-AUROC {hybrid['auroc']:.4f}, P-AUROC {pixel['auroc']:.4f}, AUPRO {pixel['aupro']:.4f}")
+    assert hybrid["auroc"] >= 0.99
+    assert pixel["auroc"] >= 0.97
+    good_rejected = prediction.scores.hybrid[~labels] > model.thresholds["hybrid"]
+    assert good_rejected.mean() <= 0.1

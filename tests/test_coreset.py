@@ -1,0 +1,71 @@
+"""Greedy k-center coreset: determinism, start point, exactness and covering quality."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from structcore.coreset import KCenterGreedy, covering_radius
+
+
+def reference_kcenter(points: np.ndarray, count: int, start: int) -> list[int]:
+    """Textbook farthest-point selection with a full distance recomputation each step."""
+    selected = [start]
+    for _ in range(count - 1):
+        centers = points[selected]
+        distances = ((points[:, None, :] - centers[None, :, :]) ** 2).sum(-1).min(axis=1)
+        selected.append(int(np.argmax(distances)))
+    return selected
+
+
+def clustered(n_points: int, n_clusters: int, dim: int, seed: int) -> np.ndarray:
+    generator = np.random.default_rng(seed)
+    centers = generator.normal(0, 10, (n_clusters, dim))
+    sizes = generator.multinomial(n_points, generator.dirichlet(np.ones(n_clusters) * 0.3))
+    parts = [generator.normal(c, 0.5, (s, dim)) for c, s in zip(centers, sizes, strict=True)]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def test_seeded_runs_identical() -> None:
+    points = np.random.default_rng(0).normal(size=(3000, 64)).astype(np.float32)
+    first = KCenterGreedy(ratio=0.02, seed=7).fit(points).indices_
+    second = KCenterGreedy(ratio=0.02, seed=7).fit(points).indices_
+    other = KCenterGreedy(ratio=0.02, seed=8).fit(points).indices_
+    np.testing.assert_array_equal(first, second)
+    assert not np.array_equal(first, other)
+    assert len(first) == 60 and len(set(first.tolist())) == 60
+
+
+def test_start_point_is_in_coreset() -> None:
+    points = np.random.default_rng(1).normal(size=(500, 16)).astype(np.float32)
+    selector = KCenterGreedy(n_select=10, seed=3).fit(points)
+    assert selector.indices_[0] == int(np.random.default_rng(3).integers(500))
+
+
+def test_exact_mode_matches_reference() -> None:
+    points = np.random.default_rng(2).normal(size=(400, 8)).astype(np.float32)
+    selector = KCenterGreedy(n_select=25, proxy_dim=None, seed=5).fit(points)
+    assert selector.indices_.tolist() == reference_kcenter(points.astype(np.float64), 25, int(selector.indices_[0]))
+
+
+def test_covering_radius_beats_random_subset() -> None:
+    points = clustered(20000, 40, 32, seed=3)
+    selector = KCenterGreedy(ratio=0.005, proxy_dim=None, seed=0).fit(points)
+    greedy = covering_radius(points, points[selector.indices_])
+    random_rows = np.random.default_rng(0).choice(len(points), len(selector.indices_), replace=False)
+    random = covering_radius(points, points[random_rows])
+    assert greedy * 2 <= random, (greedy, random)
+
+
+def test_proxy_selection_covers_well() -> None:
+    points = clustered(20000, 40, 256, seed=4)
+    exact = KCenterGreedy(ratio=0.005, proxy_dim=None, seed=0).fit(points)
+    proxy = KCenterGreedy(ratio=0.005, proxy_dim=128, seed=0).fit(points)
+    exact_radius = covering_radius(points, points[exact.indices_])
+    proxy_radius = covering_radius(points, points[proxy.indices_])
+    assert proxy_radius <= 1.25 * exact_radius
+
+
+def test_ratio_edges() -> None:
+    points = np.zeros((10, 4), dtype=np.float32)
+    assert len(KCenterGreedy(ratio=0.01).fit(points).indices_) == 1
+    assert len(KCenterGreedy(ratio=1.0).fit(points).indices_) == 10

@@ -1,0 +1,145 @@
+"""Real embedded backbone + projection + category model + routing on synthetic categories."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from structcore.backbones import BackboneError, create_backbone
+from structcore.features import FeatureExtractor, fuse_layers, make_projection
+from structcore.model import CategoryModel, embed_images
+from structcore.routing import PrototypeRouter
+from structcore.synthetic import make_category
+
+
+def test_backbone_hooks_equal_truncated_forward(backbone) -> None:  # type: ignore[no-untyped-def]
+    captured: dict[int, torch.Tensor] = {}
+    handles = [
+        backbone.model._blocks[i].register_forward_hook(lambda _m, _i, out, i=i: captured.__setitem__(i, out.clone()))
+        for i in (6, 14)
+    ]
+    images = torch.randn(2, 3, 128, 128)
+    try:
+        with torch.inference_mode():
+            backbone.model.extract_features(images)
+        reference = dict(captured)
+    finally:
+        for handle in handles:
+            handle.remove()
+    maps = backbone.extract(images)
+    assert [tuple(m.shape) for m in maps] == [(2, 48, 16, 16), (2, 120, 8, 8)]
+    torch.testing.assert_close(maps[0], reference[6])
+    torch.testing.assert_close(maps[1], reference[14])
+
+
+def test_backbone_unknown_and_missing_weights(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(BackboneError, match="unknown backbone"):
+        create_backbone("resnet-9000")
+    with pytest.raises(BackboneError, match="not found"):
+        create_backbone("efficientnet-lite2", weights=tmp_path / "nope.pth")
+
+
+def test_projection_is_seeded_and_scaled() -> None:
+    first, second = make_projection(168, 512, 42), make_projection(168, 512, 42)
+    np.testing.assert_array_equal(first, second)
+    assert first.shape == (168, 512) and abs(first.std() - 1 / np.sqrt(512)) < 2e-3
+
+
+def test_fuse_normalises_each_layer() -> None:
+    layers = [torch.randn(1, 4, 8, 8) * 10, torch.randn(1, 6, 4, 4) * 0.1]
+    fused = fuse_layers(layers, local_pool=3)
+    assert fused.shape == (1, 8, 8, 10)
+    torch.testing.assert_close(fused[..., :4].norm(dim=-1), torch.ones(1, 8, 8))
+    torch.testing.assert_close(fused[..., 4:].norm(dim=-1), torch.ones(1, 8, 8))
+
+
+def test_extractor_rejects_wrong_projection(backbone) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="projection"):
+        FeatureExtractor(backbone, np.zeros((10, 512), dtype=np.float32))
+
+
+@pytest.fixture(scope="module")
+def synthetic_features(small_extractor):  # type: ignore[no-untyped-def]
+    """Patch vectors of three synthetic categories (train and test) at 128 px."""
+    features = {}
+    for kind, seed in [("carpet", 1), ("pill", 2), ("wood", 3)]:
+        category = make_category(kind, n_train=12, n_test_good=4, n_test_bad=4, seed=seed, size=128)
+        features[kind] = (
+            embed_images(small_extractor, category.train_images),
+            embed_images(small_extractor, category.test_images),
+            np.asarray(category.test_labels, dtype=bool),
+        )
+    return features
+
+
+def test_category_model_scores_defects_higher(synthetic_features, small_extractor) -> None:  # type: ignore[no-untyped-def]
+    train, test, labels = synthetic_features["carpet"]
+    model = CategoryModel(coreset_ratio=0.1).fit(train, small_extractor.grid_shape(), 128)
+    prediction = model.predict(test)
+    assert prediction.maps.shape == (len(test), 128, 128)
+    for kind in ("base", "hybrid"):
+        scores = prediction.scores.by_kind(kind)
+        assert scores[labels].mean() > scores[~labels].mean()
+
+
+@pytest.mark.parametrize("mode", ["loo", "in-sample", "holdout"])
+def test_calibration_modes(synthetic_features, small_extractor, mode) -> None:  # type: ignore[no-untyped-def]
+    train, _, _ = synthetic_features["pill"]
+    model = CategoryModel(coreset_ratio=0.1, calibration=mode).fit(train, small_extractor.grid_shape(), 128)
+    expected_count = 2 if mode == "holdout" else len(train)  # 20% of 12 rounds to 2
+    assert model.calibrator_.n_samples_ == expected_count
+    assert set(model.thresholds) == {"base", "struct", "hybrid"}
+    if mode == "holdout":
+        assert len(model.bank_image_ids_) and len(set(model.bank_image_ids_.tolist())) <= len(train) - 2
+
+
+def test_loo_excludes_own_image(synthetic_features, small_extractor) -> None:  # type: ignore[no-untyped-def]
+    train, _, _ = synthetic_features["wood"]
+    grid = small_extractor.grid_shape()
+    loo = CategoryModel(coreset_ratio=0.2, calibration="loo").fit(train, grid, 128)
+    in_sample = CategoryModel(coreset_ratio=0.2, calibration="in-sample").fit(train, grid, 128)
+    np.testing.assert_array_equal(loo.bank_, in_sample.bank_)
+    # In-sample maps see their own bank vectors (distance 0): LOO base scores are never lower.
+    assert np.all(loo.calibration_scores_["base"] >= in_sample.calibration_scores_["base"] - 1e-9)
+    # Brute force for image 0: drop its own bank rows, kNN on the rest.
+    others = loo.bank_[loo.bank_image_ids_ != 0].astype(np.float64)
+    squared = ((train[0][:, None, :].astype(np.float64) - others[None]) ** 2).sum(-1)
+    patch_scores = np.sort(squared, axis=1)[:, :5].mean(axis=1)
+    from structcore.anomaly_map import anomaly_maps
+
+    expected_base = anomaly_maps(patch_scores.reshape(1, *grid), 128).max()
+    assert loo.calibration_scores_["base"][0] == pytest.approx(expected_base, rel=1e-4)
+
+
+def test_model_round_trip(synthetic_features, small_extractor) -> None:  # type: ignore[no-untyped-def]
+    train, test, _ = synthetic_features["carpet"]
+    model = CategoryModel(coreset_ratio=0.1).fit(train, small_extractor.grid_shape(), 128)
+    restored = CategoryModel.from_parts(model.to_arrays(), model.to_metadata())
+    np.testing.assert_array_equal(restored.predict(test).scores.hybrid, model.predict(test).scores.hybrid)
+
+
+def test_router_picks_category_and_flags_unknown(synthetic_features, small_extractor) -> None:  # type: ignore[no-untyped-def]
+    router = PrototypeRouter()
+    grid = small_extractor.grid_shape()
+    for kind in ("carpet", "pill"):
+        model = CategoryModel(coreset_ratio=0.1).fit(synthetic_features[kind][0], grid, 128)
+        router.add(kind, model.prototypes_, model.route_threshold_)
+    for kind in ("carpet", "pill"):
+        test = synthetic_features[kind][1]
+        result = router.route(test)
+        assert result.categories == [kind] * len(test)
+        assert result.all_scores.shape == (len(test), 2)
+        good = ~synthetic_features[kind][2]
+        assert not result.unknown[good].any()
+    unseen = router.route(synthetic_features["wood"][1])
+    assert unseen.unknown.all()
+
+
+def test_router_rejects_duplicates_and_empty() -> None:
+    router = PrototypeRouter()
+    with pytest.raises(ValueError, match="no categories"):
+        router.scores(np.zeros((1, 4, 8), dtype=np.float32))
+    router.add("a", np.eye(8, dtype=np.float32))
+    with pytest.raises(ValueError, match="already"):
+        router.add("a", np.eye(8, dtype=np.float32))
