@@ -1,0 +1,554 @@
+"""Export / import of categories as one self-contained HDF5 bundle.
+
+Layout (format version 1)::
+
+    /                      attrs: format, format_version, library_version, created_at, manifest
+    /feature_space         attrs: description (JSON of FeatureSpace.describe())
+    /feature_space/projection                  W (in_dim, D)
+    /categories/<name>     attrs: record (JSON: model metadata and version facts)
+    /categories/<name>/<array>                 bank, bank_image_ids, prototypes, calibration_*
+
+``manifest`` is JSON: the format and version, and for the feature space and every category the
+shape, dtype and sha256 (:func:`registry.storage.array_sha256`) of each array plus the sha256
+of each JSON attribute. Datasets are stored contiguous and uncompressed, little-endian.
+
+Import reads nothing but plain numeric datasets and string attributes (h5py never unpickles)
+and checks everything before the first byte is written to the registry; the categories are
+then committed together in one database transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import h5py
+import numpy as np
+
+from registry.core import ARRAY_NAMES, NAME_PATTERN, PendingVersion, VersionInfo, library_version
+from registry.errors import (
+    BundleChecksumError,
+    BundleContentError,
+    BundleError,
+    BundleFeatureSpaceError,
+    BundleFormatError,
+    BundleNameCollisionError,
+    RegistryError,
+)
+from registry.models import utcnow
+from registry.storage import ALLOWED_DTYPES, array_sha256, canonical, dtype_name
+from structcore.features import FeatureSpace
+from structcore.model import CALIBRATION_MODES, CategoryModel
+
+if TYPE_CHECKING:
+    from registry.core import Registry
+
+FORMAT = "structcore-registry-bundle"
+FORMAT_VERSION = 1
+#: Largest array a bundle may declare, in bytes.
+MAX_ARRAY_BYTES = 16 << 30
+#: Largest JSON attribute, in characters.
+MAX_JSON_CHARS = 64 << 20
+#: Most categories in one bundle.
+MAX_CATEGORIES = 10_000
+
+ROOT_ATTRS = frozenset({"format", "format_version", "library_version", "created_at", "manifest"})
+FLOAT_ARRAYS = frozenset({"bank", "prototypes", "calibration_base", "calibration_struct", "calibration_hybrid"})
+
+
+def _json_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _dumps(data: object) -> str:
+    return json.dumps(data, sort_keys=True, allow_nan=False, separators=(",", ":"))
+
+
+# -------------------------------------------------------------------------------- export
+def export_bundle(registry: Registry, names: Sequence[str] | None, path: Path) -> Path:
+    """Write the current versions of ``names`` (all categories when ``None``) to ``path``.
+
+    The file is written next to ``path`` under a temporary name and renamed at the end.
+    """
+    names = registry.names() if names is None else list(dict.fromkeys(names))
+    if not names:
+        msg = "nothing to export: the registry has no categories" if not registry.names() else "no categories named"
+        raise RegistryError(msg)
+    space = registry.feature_space()
+    description = _dumps(space.describe())
+    projection = canonical(space.projection)
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "feature_space": {
+            "description_sha256": _json_sha256(description),
+            "arrays": {"projection": _array_entry(projection)},
+        },
+        "categories": {},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with h5py.File(tmp, "w", track_order=True) as handle:
+            handle.attrs["format"] = FORMAT
+            handle.attrs["format_version"] = FORMAT_VERSION
+            handle.attrs["library_version"] = library_version()
+            handle.attrs["created_at"] = utcnow().isoformat() + "Z"
+            fs_group = handle.create_group("feature_space")
+            fs_group.attrs["description"] = description
+            fs_group.create_dataset("projection", data=projection)
+            categories = handle.create_group("categories", track_order=True)
+            for name in names:
+                info = registry.version_info(name)
+                model = registry.load_category(name)  # reads with checksum verification
+                arrays = {array: canonical(value) for array, value in model.to_arrays().items()}
+                record = _dumps(_version_record(info, model))
+                group = categories.create_group(name)
+                group.attrs["record"] = record
+                entries = {}
+                for array in ARRAY_NAMES:
+                    group.create_dataset(array, data=arrays[array])
+                    entries[array] = _array_entry(arrays[array])
+                manifest["categories"][name] = {"record_sha256": _json_sha256(record), "arrays": entries}
+            handle.attrs["manifest"] = _dumps(manifest)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _array_entry(array: np.ndarray) -> dict[str, Any]:
+    return {"shape": [int(v) for v in array.shape], "dtype": dtype_name(array), "sha256": array_sha256(array)}
+
+
+def _version_record(info: VersionInfo, model: CategoryModel) -> dict[str, Any]:
+    return {
+        "model_metadata": _plain(model.to_metadata()),
+        "source_version": info.version,
+        "source_uuid": info.uuid,
+        "created_at": info.created_at.isoformat() + "Z",
+        "library_version": info.library_version,
+        "origin": info.origin,
+    }
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy: non-finite floats (e.g. a NaN coreset radius) become None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _restore_metadata(metadata: Any) -> dict[str, Any]:
+    """Inverse of :func:`_plain` for the optional scalars (None -> absent -> NaN default)."""
+    restored = dict(metadata)
+    for key in ("coreset_radius", "fit_seconds"):
+        if restored.get(key, 0.0) is None:
+            del restored[key]
+    return restored
+
+
+# -------------------------------------------------------------------------------- import
+@dataclass
+class _BundledCategory:
+    name: str
+    record: dict[str, Any]
+    entries: dict[str, dict[str, Any]]
+
+
+@dataclass
+class ValidatedBundle:
+    """What a bundle holds, after every check passed (arrays are re-read when written)."""
+
+    path: Path
+    space: FeatureSpace
+    categories: list[_BundledCategory]
+
+
+def _refuse(cls: type[BundleError], path: Path, problem: str, hint: str = "export it again") -> BundleError:
+    return cls(f"bundle {path} {problem}; {hint}")
+
+
+def _check_link(group: h5py.Group, name: str, path: Path) -> None:
+    link = group.get(name, getlink=True)
+    if not isinstance(link, h5py.HardLink):
+        raise _refuse(
+            BundleContentError, path, f"member {group.name}/{name} is a {type(link).__name__}, not stored data"
+        )
+
+
+def _members(group: h5py.Group, expected: set[str] | None, path: Path) -> list[str]:
+    names = list(group.keys())
+    for name in names:
+        _check_link(group, name, path)
+    if expected is not None:
+        unknown = sorted(set(names) - expected)
+        missing = sorted(expected - set(names))
+        if unknown:
+            raise _refuse(BundleContentError, path, f"has unexpected members in {group.name}: {', '.join(unknown)}")
+        if missing:
+            raise _refuse(BundleContentError, path, f"lacks members in {group.name}: {', '.join(missing)}")
+    return names
+
+
+def _string_attr(obj: h5py.HLObject, key: str, path: Path) -> str:
+    if key not in obj.attrs:
+        raise _refuse(BundleFormatError, path, f"has no {key!r} attribute on {obj.name}")
+    value = obj.attrs[key]
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="strict")
+    if not isinstance(value, str):
+        raise _refuse(BundleFormatError, path, f"attribute {key!r} on {obj.name} is not text")
+    if len(value) > MAX_JSON_CHARS:
+        raise _refuse(BundleFormatError, path, f"attribute {key!r} on {obj.name} is too large")
+    return value
+
+
+def _json_attr(obj: h5py.HLObject, key: str, path: Path) -> Any:
+    try:
+        return json.loads(_string_attr(obj, key, path))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise _refuse(
+            BundleFormatError, path, f"attribute {key!r} on {obj.name} is not valid JSON ({error})"
+        ) from error
+
+
+def _check_dataset(dataset: h5py.Dataset, entry: Any, ndim: int, path: Path) -> None:
+    """Structure checks of one dataset, before any of its data is read."""
+    where = dataset.name
+    if not isinstance(entry, dict) or not {"shape", "dtype", "sha256"} <= set(entry):
+        raise _refuse(BundleFormatError, path, f"has no manifest entry for {where}")
+    dtype = dataset.dtype
+    if (
+        dtype.fields is not None
+        or dtype.subdtype is not None
+        or h5py.check_vlen_dtype(dtype) is not None
+        or h5py.check_string_dtype(dtype) is not None
+        or dtype.newbyteorder("=") not in {d.newbyteorder("=") for d in ALLOWED_DTYPES}
+    ):
+        allowed = ", ".join(sorted(str(d) for d in ALLOWED_DTYPES))
+        raise _refuse(BundleContentError, path, f"dataset {where} has dtype {dtype}; only {allowed} are accepted")
+    if dataset.is_virtual or dataset.external:
+        raise _refuse(BundleContentError, path, f"dataset {where} refers to data outside the bundle")
+    if dataset.compression not in (None, "gzip", "lzf") or dataset.scaleoffset is not None:
+        raise _refuse(BundleContentError, path, f"dataset {where} uses an unsupported filter ({dataset.compression})")
+    shape = tuple(int(v) for v in dataset.shape)
+    if len(shape) != ndim or any(v < 1 for v in shape):
+        raise _refuse(
+            BundleContentError, path, f"dataset {where} has shape {list(shape)}, expected {ndim} non-empty axes"
+        )
+    if math.prod(shape) * dtype.itemsize > MAX_ARRAY_BYTES:
+        raise _refuse(
+            BundleContentError, path, f"dataset {where} declares {list(shape)} ({dtype}), beyond the size limit"
+        )
+    if [int(v) for v in entry["shape"]] != list(shape) or str(entry["dtype"]) != dtype.newbyteorder("<").str:
+        raise _refuse(
+            BundleContentError,
+            path,
+            f"dataset {where} has shape {list(shape)} {dtype.newbyteorder('<').str} but the manifest says "
+            f"{entry['shape']} {entry['dtype']}",
+        )
+
+
+def _read_verified(dataset: h5py.Dataset, entry: dict[str, Any], path: Path) -> np.ndarray:
+    """Read a (structure-checked) dataset and check its checksum and finiteness."""
+    try:
+        data = canonical(dataset[()])
+    except OSError as error:
+        raise _refuse(BundleFormatError, path, f"dataset {dataset.name} cannot be read ({error})") from error
+    if array_sha256(data) != entry["sha256"]:
+        raise _refuse(
+            BundleChecksumError, path, f"dataset {dataset.name} does not match its checksum (the file is damaged)"
+        )
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        raise _refuse(BundleContentError, path, f"dataset {dataset.name} contains NaN or infinite values")
+    return data
+
+
+def _validate_space(handle: h5py.File, manifest: dict[str, Any], path: Path) -> FeatureSpace:
+    group = handle["feature_space"]
+    if not isinstance(group, h5py.Group):
+        raise _refuse(BundleContentError, path, "member /feature_space is not a group")
+    _members(group, {"projection"}, path)
+    _only_attrs(group, {"description"}, path)
+    text = _string_attr(group, "description", path)
+    fs_manifest = manifest.get("feature_space")
+    if not isinstance(fs_manifest, dict) or fs_manifest.get("description_sha256") != _json_sha256(text):
+        raise _refuse(BundleChecksumError, path, "feature-space description does not match its checksum")
+    try:
+        description = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise _refuse(BundleFormatError, path, f"feature-space description is not JSON ({error})") from error
+    dataset = group["projection"]
+    if not isinstance(dataset, h5py.Dataset):
+        raise _refuse(BundleContentError, path, "member /feature_space/projection is not a dataset")
+    entry = dict(fs_manifest.get("arrays", {})).get("projection")
+    _check_dataset(dataset, entry, 2, path)
+    assert isinstance(entry, dict)
+    try:
+        channels = [int(c) for c in description["channels"]]
+        dim = int(description["dim"])
+        crop, resize = int(description["crop"]), int(description["resize"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise _refuse(BundleFormatError, path, f"feature-space description is incomplete ({error})") from error
+    if tuple(dataset.shape) != (sum(channels), dim) or not 0 < crop <= resize:
+        raise _refuse(
+            BundleContentError,
+            path,
+            f"projection has shape {list(dataset.shape)} but the description needs {[sum(channels), dim]}",
+        )
+    projection = _read_verified(dataset, entry, path)
+    try:
+        return FeatureSpace.from_description(description, projection.astype(np.float32))
+    except (KeyError, TypeError, ValueError) as error:
+        raise _refuse(BundleFormatError, path, f"feature-space description is invalid ({error})") from error
+
+
+def _only_attrs(obj: h5py.HLObject, allowed: set[str] | frozenset[str], path: Path) -> None:
+    unknown = sorted(set(obj.attrs.keys()) - set(allowed))
+    if unknown:
+        raise _refuse(BundleContentError, path, f"has unexpected attributes on {obj.name}: {', '.join(unknown)}")
+
+
+def _validate_category(
+    group: h5py.Group, name: str, entry: Any, space: FeatureSpace, path: Path, *, keep: bool
+) -> tuple[_BundledCategory, dict[str, np.ndarray] | None]:
+    """Check one category fully; returns it, and its arrays when ``keep``."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("arrays"), dict):
+        raise _refuse(BundleFormatError, path, f"manifest has no entry for category {name!r}")
+    _members(group, set(ARRAY_NAMES), path)
+    _only_attrs(group, {"record"}, path)
+    text = _string_attr(group, "record", path)
+    if entry.get("record_sha256") != _json_sha256(text):
+        raise _refuse(BundleChecksumError, path, f"record of category {name!r} does not match its checksum")
+    try:
+        record = json.loads(text)
+        metadata = _restore_metadata(record["model_metadata"])
+        record["model_metadata"] = metadata
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+        raise _refuse(BundleFormatError, path, f"record of category {name!r} is invalid ({error})") from error
+    entries = {array: entry["arrays"].get(array) for array in ARRAY_NAMES}
+    datasets: dict[str, h5py.Dataset] = {}
+    for array in ARRAY_NAMES:
+        dataset = group[array]
+        if not isinstance(dataset, h5py.Dataset):
+            raise _refuse(BundleContentError, path, f"member {group.name}/{array} is not a dataset")
+        ndim = 2 if array in {"bank", "prototypes"} else 1
+        _check_dataset(dataset, entries[array], ndim, path)
+        expected_kind = "f" if array in FLOAT_ARRAYS else "i"
+        if dataset.dtype.kind != expected_kind:
+            raise _refuse(
+                BundleContentError, path, f"dataset {dataset.name} has dtype {dataset.dtype}, not {expected_kind}"
+            )
+        datasets[array] = dataset
+    bank_rows, bank_dim = datasets["bank"].shape
+    n_protos, proto_dim = datasets["prototypes"].shape
+    n_calibration = {datasets[a].shape[0] for a in ARRAY_NAMES if a.startswith("calibration_")}
+    if bank_dim != space.dim or proto_dim != space.dim:
+        problem = f"category {name!r} has vectors of dimension {bank_dim}/{proto_dim}, the feature space {space.dim}"
+        raise _refuse(BundleContentError, path, problem)
+    if datasets["bank_image_ids"].shape != (bank_rows,) or len(n_calibration) != 1 or min(n_calibration) < 2:
+        raise _refuse(BundleContentError, path, f"category {name!r} has inconsistent array shapes")
+    arrays = {array: _read_verified(datasets[array], entries[array], path) for array in ARRAY_NAMES}
+    try:
+        n_train = int(metadata["n_train_images"])
+        params = dict(metadata["params"])
+        map_size = int(metadata["map_size"])
+        model = CategoryModel.from_parts(arrays, metadata)
+    except (KeyError, TypeError, ValueError) as error:
+        raise _refuse(BundleFormatError, path, f"metadata of category {name!r} is invalid ({error})") from error
+    ids = arrays["bank_image_ids"]
+    if ids.min() < 0 or ids.max() >= n_train:
+        raise _refuse(BundleContentError, path, f"category {name!r} has bank image ids outside 0..{n_train - 1}")
+    if params.get("calibration") not in CALIBRATION_MODES or map_size != space.crop or n_protos < 1:
+        raise _refuse(BundleContentError, path, f"category {name!r} has settings that do not fit its feature space")
+    if not np.isfinite(model.route_threshold_) and model.route_threshold_ != float("inf"):
+        raise _refuse(BundleContentError, path, f"category {name!r} has an invalid route threshold")
+    bundled = _BundledCategory(name=name, record=record, entries={a: dict(e) for a, e in entries.items() if e})
+    return bundled, arrays if keep else None
+
+
+def read_bundle(path: Path) -> ValidatedBundle:
+    """Open and fully validate a bundle (format, members, dtypes, shapes, checksums, values)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BundleFormatError(f"no bundle file at {path}; check the path")
+    if path.stat().st_size == 0 or not h5py.is_hdf5(str(path)):
+        raise _refuse(BundleFormatError, path, "is not an HDF5 file", "pass a file written by `registry export`")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise _refuse(BundleFormatError, path, f"is truncated or damaged ({error})") from error
+    try:
+        with handle:
+            return _validate(handle, path)
+    except BundleError:
+        raise
+    except (OSError, KeyError, RuntimeError) as error:  # low-level HDF5 read failures of a damaged file
+        raise _refuse(BundleFormatError, path, f"is truncated or damaged ({error})") from error
+
+
+def _validate(handle: h5py.File, path: Path) -> ValidatedBundle:
+    fmt = handle.attrs.get("format")
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode("utf-8", "replace")
+    if fmt != FORMAT:
+        raise _refuse(
+            BundleFormatError, path, "is not a structcore registry bundle", "pass a file written by `registry export`"
+        )
+    version = handle.attrs.get("format_version")
+    if not isinstance(version, int | np.integer) or int(version) != FORMAT_VERSION:
+        raise _refuse(
+            BundleFormatError,
+            path,
+            f"has format version {version}, this library reads version {FORMAT_VERSION}",
+            "upgrade structcore-registry or export the bundle with a matching version",
+        )
+    _only_attrs(handle, ROOT_ATTRS, path)
+    if "manifest" not in handle.attrs:
+        raise _refuse(BundleFormatError, path, "has no manifest")
+    manifest = _json_attr(handle, "manifest", path)
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != FORMAT
+        or not isinstance(manifest.get("categories"), dict)
+    ):
+        raise _refuse(BundleFormatError, path, "has an invalid manifest")
+    _members(handle, {"feature_space", "categories"}, path)
+    space = _validate_space(handle, manifest, path)
+    group = handle["categories"]
+    if not isinstance(group, h5py.Group):
+        raise _refuse(BundleContentError, path, "member /categories is not a group")
+    names = _members(group, None, path)
+    if len(names) > MAX_CATEGORIES:
+        raise _refuse(BundleContentError, path, f"holds {len(names)} categories, more than {MAX_CATEGORIES}")
+    for name in names:
+        if not NAME_PATTERN.fullmatch(name):
+            raise _refuse(BundleContentError, path, f"has a category with an unsafe name {name!r}")
+    declared = set(manifest["categories"])
+    if declared != set(names):
+        problem = f"manifest lists categories {sorted(declared)} but the file holds {sorted(names)}"
+        raise _refuse(BundleFormatError, path, problem)
+    categories = []
+    for name in names:
+        member = group[name]
+        if not isinstance(member, h5py.Group):
+            raise _refuse(BundleContentError, path, f"member /categories/{name} is not a group")
+        bundled, _ = _validate_category(member, name, manifest["categories"][name], space, path, keep=False)
+        categories.append(bundled)
+    return ValidatedBundle(path=path, space=space, categories=categories)
+
+
+def _targets(bundle: ValidatedBundle, rename: Mapping[str, str] | None) -> dict[str, str]:
+    names = [c.name for c in bundle.categories]
+    rename = dict(rename or {})
+    unknown = sorted(set(rename) - set(names))
+    if unknown:
+        raise BundleError(
+            f"rename names {', '.join(unknown)}, which the bundle {bundle.path} does not hold; "
+            f"it holds {', '.join(names)}"
+        )
+    targets = {name: rename.get(name, name) for name in names}
+    for target in targets.values():
+        if not NAME_PATTERN.fullmatch(target):
+            raise BundleError(f"cannot rename to {target!r}: not a valid category name; use A-Z a-z 0-9 . _ -")
+    if len(set(targets.values())) != len(targets):
+        raise BundleError("rename maps two bundled categories to the same name; give each its own name")
+    return targets
+
+
+def import_bundle(
+    registry: Registry, path: Path, *, rename: Mapping[str, str] | None = None, replace: bool = False
+) -> list[VersionInfo]:
+    """Validate ``path`` completely, then write its categories and commit them together."""
+    bundle = read_bundle(path)
+    targets = _targets(bundle, rename)
+    own = registry.feature_space()
+    differences = own.differences(bundle.space)
+    if differences:
+        if len(registry) == 0:
+            registry._adopt_feature_space(bundle.space, weights_path=None)
+        else:
+            raise BundleFeatureSpaceError(
+                f"bundle {path}",
+                differences,
+                "import it into a registry made in the same feature space, or a new folder",
+            )
+    existing = set(registry.names())
+    collisions = sorted(t for t in targets.values() if t in existing)
+    if collisions and not replace:
+        listing = ", ".join(repr(c) for c in collisions)
+        raise BundleNameCollisionError(
+            f"the registry already has categor{'y' if len(collisions) == 1 else 'ies'} {listing}; "
+            "import with rename={OLD: NEW} (`--rename OLD=NEW`) or replace=True (`--replace`)"
+        )
+    pending = []
+    for bundled in bundle.categories:
+        pending.append(
+            PendingVersion(
+                name=targets[bundled.name],
+                arrays=_reader(bundle.path, bundled.name, bundle.space),
+                metadata=dict(bundled.record["model_metadata"]),
+                train_images=[],
+                origin=f"import:{bundle.path.name}",
+                must_be_new=not replace,
+            )
+        )
+    return registry._commit_versions(pending)
+
+
+def _reader(path: Path, name: str, space: FeatureSpace) -> Any:
+    """Re-read (and re-check) one category's arrays when its store is written."""
+
+    def read() -> dict[str, np.ndarray]:
+        with h5py.File(path, "r") as handle:
+            manifest = json.loads(_string_attr(handle, "manifest", path))
+            group = handle["categories"][name]
+            _, arrays = _validate_category(group, name, manifest["categories"][name], space, path, keep=True)
+        assert arrays is not None
+        return arrays
+
+    return read
+
+
+def init_from_bundle(
+    cls: type[Registry],
+    root: Path,
+    bundle_path: Path,
+    *,
+    rename: Mapping[str, str] | None = None,
+    weights: str | Path | None = None,
+) -> Registry:
+    """Create a registry at ``root`` in the bundle's feature space, then import the bundle."""
+    from registry.core import _check_init_target
+
+    bundle = read_bundle(bundle_path)
+    _targets(bundle, rename)
+    _check_init_target(root)
+    weights_path = None if weights is None else str(Path(weights).resolve())
+    registry = cls._create(root, bundle.space, weights_path=weights_path, seed=None)
+    registry.import_(bundle_path, rename=rename)
+    return registry
+
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "ValidatedBundle",
+    "export_bundle",
+    "import_bundle",
+    "init_from_bundle",
+    "read_bundle",
+]

@@ -1,0 +1,1265 @@
+"""The :class:`Registry`: a folder holding one feature space and any number of fitted categories.
+
+Layout of a registry folder (see ``docs/registry.md``)::
+
+    registry.sqlite                 SQLite (WAL): feature space, categories, versions
+    registry.lock                   advisory lock file (flock)
+    feature_space.zarr/             W, the projection matrix
+    stores/<category>/<uuid>.zarr/  one zarr store per category version
+    tmp/                            stores being written (and leftovers of crashed writers)
+
+``structcore`` does the method (arrays in, arrays out); this module persists its results.
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import importlib.metadata
+import re
+import threading
+import uuid as uuid_module
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.orm import Session
+
+from registry import storage
+from registry.db import (
+    DB_FILE,
+    current_revision,
+    head_revision,
+    known_revision,
+    make_engine,
+    read_session,
+    run_write,
+    upgrade_schema,
+)
+from registry.errors import (
+    BundleNameCollisionError,
+    FeatureSpaceMismatchError,
+    IntegrityError,
+    InvalidNameError,
+    NotARegistryError,
+    ReadOnlyError,
+    RegistryError,
+    RegistryExistsError,
+    SchemaOutdatedError,
+    SchemaTooNewError,
+    UnknownCategoryError,
+    UnknownVersionError,
+)
+from registry.models import CategoryRow, CategoryVersionRow, FeatureSpaceRow, utcnow
+from registry.storage import STORES_DIR, TMP_DIR, ArrayRecord, array_sha256, checkpoint, registry_lock
+from structcore.backbones.base import Backbone, BackboneError, create_backbone
+from structcore.features import FeatureExtractor, FeatureSpace, build_extractor, new_feature_space
+from structcore.model import CategoryModel, embed_images
+from structcore.routing import PrototypeRouter
+
+if TYPE_CHECKING:
+    from registry.inference import PredictionRecord
+    from structcore.features import ImageSource
+
+#: Category names: safe as a single path component on every file system.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: Name of the projection store (a re-initialised empty registry uses ``feature_space-<id>.zarr``).
+FEATURE_SPACE_STORE = "feature_space.zarr"
+#: The arrays of a category version, in store order.
+ARRAY_NAMES: tuple[str, ...] = tuple(CategoryModel.ARRAY_NAMES)
+#: Default number of loaded categories (memory banks) kept in memory per Registry.
+DEFAULT_CACHE_SIZE = 8
+
+Stage = Callable[[str], None]
+BatchProgress = Callable[[int, int], None]
+
+
+class BackboneLoadError(RegistryError):
+    """The registry's backbone cannot be built (missing or wrong weights file)."""
+
+
+@functools.cache
+def library_version() -> str:
+    """Installed version of the ``structcore-registry`` distribution."""
+    try:
+        return importlib.metadata.version("structcore-registry")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout
+        return "unknown"
+
+
+def validate_name(name: object) -> str:
+    """Return ``name`` if it is a safe category name, else raise :class:`InvalidNameError`."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise InvalidNameError(str(name))
+    return name
+
+
+# ------------------------------------------------------------------------------ records
+@dataclass(frozen=True)
+class VersionInfo:
+    """One version of a category, as the database records it."""
+
+    category: str
+    version: int
+    uuid: str
+    is_current: bool
+    store_path: str
+    created_at: datetime
+    n_train_images: int
+    bank_size: int
+    n_prototypes: int
+    coreset_ratio: float
+    seed: int
+    calibration_mode: str
+    calibration: dict[str, Any]
+    route_threshold: float
+    fit_seconds: float | None
+    library_version: str
+    origin: str
+    arrays: dict[str, dict[str, Any]]
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Decision thresholds (base / struct / hybrid)."""
+        return {k: float(v) for k, v in dict(self.calibration.get("thresholds", {})).items()}
+
+    @classmethod
+    def from_row(cls, row: CategoryVersionRow, category: str, is_current: bool) -> VersionInfo:
+        """Build from a database row."""
+        return cls(
+            category=category,
+            version=row.version,
+            uuid=row.uuid,
+            is_current=is_current,
+            store_path=row.store_path,
+            created_at=row.created_at,
+            n_train_images=row.n_train_images,
+            bank_size=int(row.arrays["bank"]["shape"][0]),
+            n_prototypes=int(row.arrays["prototypes"]["shape"][0]),
+            coreset_ratio=row.coreset_ratio,
+            seed=row.seed,
+            calibration_mode=row.calibration_mode,
+            calibration=dict(row.calibration),
+            route_threshold=row.route_threshold,
+            fit_seconds=row.fit_seconds,
+            library_version=row.library_version,
+            origin=row.origin or "fit",
+            arrays={k: dict(v) for k, v in row.arrays.items()},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form (for the CLI's ``--json``)."""
+        data = dict(self.__dict__)
+        data["created_at"] = self.created_at.isoformat() + "Z"
+        data["thresholds"] = self.thresholds
+        return data
+
+
+@dataclass(frozen=True)
+class CategoryInfo:
+    """A category with all its versions (oldest first)."""
+
+    name: str
+    description: str | None
+    created_at: datetime
+    current_version: int | None
+    versions: tuple[VersionInfo, ...]
+
+    @property
+    def current(self) -> VersionInfo | None:
+        """The current version."""
+        return next((v for v in self.versions if v.is_current), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-compatible form."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "created_at": self.created_at.isoformat() + "Z",
+            "current_version": self.current_version,
+            "versions": [v.to_dict() for v in self.versions],
+        }
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of :meth:`Registry.verify`.
+
+    ``kind`` is one of ``sqlite-integrity``, ``foreign-key``, ``feature-space``, ``missing-store``,
+    ``bad-array``, ``checksum-mismatch``, ``bad-current-version``, ``orphan-store``, ``temp-file``
+    and ``stray-file``; the last three are removed by :meth:`Registry.gc`.
+    """
+
+    kind: str
+    message: str
+    path: str | None = None
+    category: str | None = None
+    version: int | None = None
+
+    @property
+    def removable(self) -> bool:
+        """True for leftovers that :meth:`Registry.gc` deletes."""
+        return self.kind in GC_KINDS
+
+
+GC_KINDS = frozenset({"orphan-store", "temp-file", "stray-file"})
+
+
+@dataclass
+class VerifyReport:
+    """Result of :meth:`Registry.verify`: problems found (after repair, if asked) and what was removed."""
+
+    problems: list[Problem] = field(default_factory=list)
+    checked_versions: int = 0
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing is wrong."""
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class GcReport:
+    """Paths (relative to the registry root) that :meth:`Registry.gc` removed."""
+
+    removed: list[str]
+
+
+@dataclass
+class PendingVersion:
+    """A category version about to be written (internal to the registry's write path)."""
+
+    name: str
+    arrays: Callable[[], dict[str, np.ndarray]]
+    metadata: dict[str, Any]
+    train_images: list[str]
+    origin: str
+    description: str | None = None
+    #: Refuse (instead of adding a version) when the name exists at commit time.
+    must_be_new: bool = False
+    uuid: str = field(default_factory=lambda: str(uuid_module.uuid4()))
+
+
+# Checksums already verified in this process: (resolved store path, array name, sha256).
+_VERIFIED: set[tuple[str, str, str]] = set()
+_VERIFIED_LOCK = threading.Lock()
+
+
+class Registry:
+    """A registry folder: one feature space, categories with versioned memory banks.
+
+    Create with :meth:`init`, open with :meth:`open`. A ``Registry`` object is meant for one
+    thread; any number of processes may open the same folder (reads never block; writes are
+    serialised by SQLite and may run concurrently for different categories).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        engine: Engine,
+        *,
+        read_only: bool = False,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        weights: str | Path | None = None,
+    ):
+        self._root = root
+        self._engine = engine
+        self._read_only = read_only
+        self._cache_size = max(1, int(cache_size))
+        self._weights_override = None if weights is None else str(weights)
+        self._cache: OrderedDict[str, CategoryModel] = OrderedDict()
+        self._prototypes: dict[str, np.ndarray] = {}
+        self._router: PrototypeRouter | None = None
+        self._router_token: tuple[tuple[str, str], ...] | None = None
+        self._backbone: Backbone | None = None
+        self._space: FeatureSpace | None = None
+        self._row = self._feature_space_row()
+        self._projection_sha = self._row.projection_sha256
+
+    # ----------------------------------------------------------------- create / open
+    @classmethod
+    def init(
+        cls,
+        root: str | Path,
+        backbone: str = "efficientnet-lite2",
+        weights: str | Path | None = None,
+        resize: int = 448,
+        crop: int = 392,
+        dim: int = 512,
+        seed: int = 42,
+    ) -> Registry:
+        """Create a registry at ``root`` with a new feature space (W drawn once from ``seed``).
+
+        ``weights`` is the backbone's weights file for backbones that do not embed theirs; its
+        path is recorded. An existing registry without categories is re-initialised (its
+        feature space replaced); one with categories is refused.
+
+        Raises:
+            RegistryExistsError: ``root`` holds categories, or files that are not a registry's.
+            BackboneLoadError: the backbone cannot be built.
+        """
+        root = Path(root)
+        _check_init_target(root)
+        bb = _create_backbone(backbone, weights)
+        space = new_feature_space(bb, resize=resize, crop=crop, dim=dim, seed=seed)
+        weights_path = None if weights is None else str(Path(weights).resolve())
+        registry = cls._create(root, space, weights_path=weights_path, seed=seed)
+        registry._backbone = bb
+        return registry
+
+    @classmethod
+    def _create(cls, root: Path, space: FeatureSpace, *, weights_path: str | None, seed: int | None) -> Registry:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / TMP_DIR).mkdir(exist_ok=True)
+        (root / STORES_DIR).mkdir(exist_ok=True)
+        with registry_lock(root, exclusive=True):
+            database = root / DB_FILE
+            engine = make_engine(database)
+            try:
+                revision = current_revision(engine) if database.exists() else None
+                if revision is not None and not known_revision(revision):
+                    raise SchemaTooNewError(root, revision, head_revision())
+                if revision != head_revision():
+                    upgrade_schema(database)
+                _install_feature_space(root, engine, space, weights_path=weights_path, seed=seed)
+            finally:
+                engine.dispose()
+        return cls.open(root)
+
+    @classmethod
+    def open(
+        cls,
+        root: str | Path,
+        *,
+        read_only: bool = False,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        weights: str | Path | None = None,
+    ) -> Registry:
+        """Open the registry at ``root``, upgrading an older database schema first.
+
+        Args:
+            root: the registry folder.
+            read_only: refuse writes; an outdated schema raises :class:`SchemaOutdatedError`
+                instead of being upgraded.
+            cache_size: loaded categories kept in memory (LRU).
+            weights: backbone weights file to use instead of the recorded one.
+
+        Raises:
+            NotARegistryError: no (complete) registry at ``root``.
+            SchemaOutdatedError: read-only and the schema is older than this library's.
+            SchemaTooNewError: the registry was written by a newer library.
+        """
+        root = Path(root)
+        database = root / DB_FILE
+        if not database.is_file():
+            raise NotARegistryError(root)
+        engine = make_engine(database)
+        try:
+            revision = current_revision(engine)
+            head = head_revision()
+            if revision is None:
+                raise NotARegistryError(root, "the database has no schema")
+            if revision != head:
+                if not known_revision(revision):
+                    raise SchemaTooNewError(root, revision, head)
+                if read_only:
+                    raise SchemaOutdatedError(root, revision, head)
+                with registry_lock(root, exclusive=True):
+                    if current_revision(engine) != head:
+                        upgrade_schema(database)
+            return cls(root, engine, read_only=read_only, cache_size=cache_size, weights=weights)
+        except BaseException:
+            engine.dispose()
+            raise
+
+    @classmethod
+    def upgrade(cls, root: str | Path) -> tuple[str | None, str]:
+        """Upgrade the database schema of the registry at ``root`` (``registry upgrade``).
+
+        Returns:
+            (revision before, revision after).
+        """
+        root = Path(root)
+        database = root / DB_FILE
+        if not database.is_file():
+            raise NotARegistryError(root)
+        engine = make_engine(database)
+        try:
+            with registry_lock(root, exclusive=True):
+                before = current_revision(engine)
+                head = head_revision()
+                if before is not None and not known_revision(before):
+                    raise SchemaTooNewError(root, before, head)
+                if before != head:
+                    upgrade_schema(database)
+                return before, current_revision(engine) or head
+        finally:
+            engine.dispose()
+
+    @classmethod
+    def init_from_bundle(
+        cls,
+        root: str | Path,
+        bundle: str | Path,
+        *,
+        rename: Mapping[str, str] | None = None,
+        weights: str | Path | None = None,
+    ) -> Registry:
+        """Create a registry at ``root`` in the bundle's feature space and import the bundle."""
+        from registry.bundle import init_from_bundle
+
+        return init_from_bundle(cls, Path(root), Path(bundle), rename=rename, weights=weights)
+
+    def close(self) -> None:
+        """Release the database connections and cached models."""
+        self._cache.clear()
+        self._engine.dispose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Registry({str(self._root)!r})"
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def root(self) -> Path:
+        """The registry folder."""
+        return self._root
+
+    @property
+    def read_only(self) -> bool:
+        """True when opened read-only."""
+        return self._read_only
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine on ``registry.sqlite``."""
+        return self._engine
+
+    def schema_revision(self) -> str | None:
+        """The database's schema revision."""
+        return current_revision(self._engine)
+
+    def _check_writable(self, action: str) -> None:
+        if self._read_only:
+            raise ReadOnlyError(self._root, action)
+
+    # ----------------------------------------------------------------- feature space
+    def _feature_space_row(self) -> FeatureSpaceRow:
+        with read_session(self._engine) as session:
+            row = session.get(FeatureSpaceRow, 1)
+        if row is None:
+            raise NotARegistryError(self._root, "initialisation did not finish")
+        return row
+
+    def feature_space(self) -> FeatureSpace:
+        """The registry's feature space, W included (checksum-verified on first load)."""
+        if self._space is None:
+            row = self._row
+            store = self._root / row.projection_path
+            try:
+                projection = storage.read_array(store, "projection")
+            except Exception as error:
+                raise IntegrityError("<feature space>", 0, store, f"cannot be read ({error})") from error
+            key = (str(store.resolve()), "projection", row.projection_sha256)
+            if key not in _VERIFIED:
+                if array_sha256(projection) != row.projection_sha256:
+                    raise IntegrityError("<feature space>", 0, store / "projection", "does not match its checksum")
+                with _VERIFIED_LOCK:
+                    _VERIFIED.add(key)
+            self._space = FeatureSpace.from_description(_row_description(row), projection)
+        return self._space
+
+    def feature_space_info(self) -> dict[str, Any]:
+        """The feature space's description plus its stored extras (weights path, W checksum)."""
+        row = self._row
+        info: dict[str, Any] = dict(_row_description(row))
+        info.update(
+            weights_path=row.weights_path,
+            projection_seed=row.projection_seed,
+            projection_path=row.projection_path,
+            projection_sha256=row.projection_sha256,
+            library_version=row.library_version,
+            created_at=row.created_at.isoformat() + "Z",
+        )
+        return info
+
+    def backbone(self) -> Backbone:
+        """The registry's backbone, built once per ``Registry`` object."""
+        if self._backbone is None:
+            row = self._row
+            self._backbone = _create_backbone(row.backbone, self._weights_override or row.weights_path)
+        return self._backbone
+
+    def extractor(self, batch_size: int = 8) -> FeatureExtractor:
+        """A :class:`FeatureExtractor` for this registry's feature space.
+
+        Raises:
+            BackboneLoadError: the backbone's weights are missing.
+            FeatureSpaceMismatchError: the weights found are not the ones the registry was made with.
+        """
+        space = self.feature_space()
+        bb = self.backbone()
+        if bb.info.name != space.backbone or bb.info.weights_sha256 != space.weights_sha256:
+            differences = [
+                f"backbone: {bb.info.name} vs {space.backbone}",
+                f"weights sha256: {bb.info.weights_sha256[:12]} vs {space.weights_sha256[:12]}",
+            ]
+            raise FeatureSpaceMismatchError(
+                "the backbone weights found", differences, "pass the weights file the registry was made with"
+            )
+        return build_extractor(space, bb, batch_size=batch_size)
+
+    # ----------------------------------------------------------------- writing
+    def add_category(
+        self,
+        name: str,
+        train_images: Sequence[ImageSource],
+        model: CategoryModel | None = None,
+        on_batch: BatchProgress | None = None,
+        on_stage: Stage | None = None,
+        *,
+        batch_size: int = 8,
+        description: str | None = None,
+    ) -> VersionInfo:
+        """Embed ``train_images``, fit a category and store it as a new version of ``name``.
+
+        Refitting an existing name adds a version that becomes current; other categories are
+        never touched. The fit runs outside any database transaction or lock.
+
+        Args:
+            name: category name (see :data:`NAME_PATTERN`).
+            train_images: good images (paths, PIL images or arrays).
+            model: an unfitted :class:`CategoryModel` giving the settings (it is not modified).
+            on_batch: ``on_batch(done, total)`` after each embedded batch.
+            on_stage: ``on_stage(stage)`` with ``embed``, ``fit``, ``coreset``, ``prototypes``,
+                ``calibration``, ``write`` and ``done``.
+            batch_size: images per backbone call.
+            description: free text stored with the category.
+
+        Raises:
+            structcore.preprocess.ImageReadError: a train image cannot be read.
+        """
+        self._check_writable("add a category")
+        validate_name(name)
+        sources = builtins.list(train_images)
+        if len(sources) < 2:
+            msg = f"category {name!r} needs at least 2 train images, got {len(sources)}; pass more good images"
+            raise RegistryError(msg)
+        stage: Stage = on_stage or (lambda _stage: None)
+        fitted = CategoryModel(**(model or CategoryModel()).get_params())  # type: ignore[arg-type]
+        extractor = self.extractor(batch_size)
+        stage("embed")
+        vectors = embed_images(extractor, sources, on_batch)
+        stage("fit")
+        fitted.fit(vectors, extractor.grid_shape(), extractor.geometry.crop, progress=stage)
+        del vectors
+        stage("write")
+        info = self.add_fitted(name, fitted, train_images=sources, description=description)
+        stage("done")
+        return info
+
+    def add_fitted(
+        self,
+        name: str,
+        model: CategoryModel,
+        train_images: Sequence[ImageSource] = (),
+        *,
+        description: str | None = None,
+    ) -> VersionInfo:
+        """Store an already fitted model (fitted in this registry's feature space) as a new version."""
+        self._check_writable("add a category")
+        validate_name(name)
+        if not hasattr(model, "bank_"):
+            msg = f"the model for category {name!r} is not fitted; use add_category to fit it"
+            raise RegistryError(msg)
+        if model.bank_.shape[1] != self._row.dim or model.map_size_ != self._row.crop:
+            differences = [
+                f"dim: {model.bank_.shape[1]} vs {self._row.dim}",
+                f"map size: {model.map_size_} vs crop {self._row.crop}",
+            ]
+            raise FeatureSpaceMismatchError(f"the model for {name!r}", differences, "fit it with registry.extractor()")
+        arrays = model.to_arrays()
+        pending = PendingVersion(
+            name=name,
+            arrays=lambda: arrays,
+            metadata=model.to_metadata(),
+            train_images=[_source_name(s, i) for i, s in enumerate(train_images)],
+            origin="fit",
+            description=description,
+        )
+        return self._commit_versions([pending])[0]
+
+    def _commit_versions(self, pending: Sequence[PendingVersion]) -> builtins.list[VersionInfo]:
+        """Write stores to ``tmp/``, move them into ``stores/``, then commit all rows at once.
+
+        A crash before the commit leaves only unreferenced folders (found by :meth:`verify`,
+        removed by :meth:`gc`); the commit is the single point where the new versions appear.
+        """
+        published: builtins.list[Path] = []
+        temporary: builtins.list[Path] = []
+        committed = False
+        with registry_lock(self._root, exclusive=False):
+            try:
+                records: builtins.list[dict[str, ArrayRecord]] = []
+                for item in pending:
+                    tmp = storage.new_tmp_path(self._root)
+                    temporary.append(tmp)
+                    attributes = {"category": item.name, "uuid": item.uuid, "metadata": item.metadata}
+                    records.append(storage.write_store(tmp, item.arrays(), attributes))
+                    checkpoint("tmp-written")
+                    final = self._root / _store_path(item.name, item.uuid)
+                    storage.publish(tmp, final)
+                    published.append(final)
+                checkpoint("renamed")
+                infos = run_write(self._engine, lambda session: self._insert_versions(session, pending, records))
+                committed = True
+                checkpoint("committed")
+            except BaseException:
+                if not committed:  # nothing refers to the new stores: remove them now (else gc will)
+                    for path in published + temporary:
+                        storage.discard(self._root, path)
+                raise
+        self._router_token = None
+        return infos
+
+    def _insert_versions(
+        self, session: Session, pending: Sequence[PendingVersion], records: Sequence[dict[str, ArrayRecord]]
+    ) -> builtins.list[VersionInfo]:
+        space_row = session.get(FeatureSpaceRow, 1)
+        if space_row is None or space_row.projection_sha256 != self._projection_sha:
+            raise FeatureSpaceMismatchError(
+                "the registry's feature space changed while fitting, so this fit",
+                ["projection matrix W was replaced"],
+                "open the registry again and refit",
+            )
+        infos = []
+        now = utcnow()
+        for item, record in zip(pending, records, strict=True):
+            category = session.scalars(select(CategoryRow).where(CategoryRow.name == item.name)).one_or_none()
+            if category is None:
+                category = CategoryRow(name=item.name, last_version=0, created_at=now, description=item.description)
+                session.add(category)
+                session.flush()
+            elif item.must_be_new:
+                msg = (
+                    f"category {item.name!r} was added to the registry during the import; "
+                    "import again with rename or replace"
+                )
+                raise BundleNameCollisionError(msg)
+            elif item.description is not None:
+                category.description = item.description
+            category.last_version += 1
+            metadata = item.metadata
+            params = dict(metadata["params"])
+            row = CategoryVersionRow(
+                category_id=category.id,
+                version=category.last_version,
+                uuid=item.uuid,
+                store_path=_store_path(item.name, item.uuid),
+                arrays={name: rec.to_json() for name, rec in record.items()},
+                coreset_ratio=float(params["coreset_ratio"]),
+                seed=int(params["seed"]),
+                n_train_images=int(metadata["n_train_images"]),
+                calibration_mode=str(params["calibration"]),
+                calibration=dict(metadata["calibrator"]),
+                route_threshold=float(metadata["route_threshold"]),
+                model_metadata=metadata,
+                train_images=item.train_images,
+                fit_seconds=_finite_or_none(metadata.get("fit_seconds")),
+                library_version=library_version(),
+                created_at=now,
+                origin=item.origin,
+            )
+            session.add(row)
+            session.flush()
+            category.current_version_id = row.id
+            infos.append(VersionInfo.from_row(row, item.name, is_current=True))
+        session.flush()
+        checkpoint("in-transaction")
+        return infos
+
+    def set_current(self, name: str, version: int) -> VersionInfo:
+        """Make ``version`` the current version of ``name``."""
+        self._check_writable("change the current version")
+
+        def work(session: Session) -> VersionInfo:
+            category = self._category_row(session, name)
+            row = self._version_row(session, category, version)
+            category.current_version_id = row.id
+            return VersionInfo.from_row(row, name, is_current=True)
+
+        info = run_write(self._engine, work)
+        self._router_token = None
+        return info
+
+    def set_description(self, name: str, description: str | None) -> None:
+        """Set (or clear) the free-text description of a category."""
+        self._check_writable("change a description")
+
+        def work(session: Session) -> None:
+            self._category_row(session, name).description = description
+
+        run_write(self._engine, work)
+
+    def remove(self, name: str, version: int | None = None) -> builtins.list[VersionInfo]:
+        """Remove one version of ``name``, or the whole category (``version=None``).
+
+        Removing the current version makes the newest remaining one current; removing the last
+        version removes the category. Rows are deleted first, then the stores (a crash in
+        between leaves orphan stores for :meth:`gc`). Returns the removed versions.
+        """
+        self._check_writable("remove a category")
+
+        def work(session: Session) -> builtins.list[VersionInfo]:
+            category = self._category_row(session, name)
+            versions = builtins.list(
+                session.scalars(
+                    select(CategoryVersionRow)
+                    .where(CategoryVersionRow.category_id == category.id)
+                    .order_by(CategoryVersionRow.version)
+                )
+            )
+            doomed = versions if version is None else [self._version_row(session, category, version)]
+            remaining = [v for v in versions if v not in doomed]
+            infos = [VersionInfo.from_row(v, name, v.id == category.current_version_id) for v in doomed]
+            if not remaining:
+                category.current_version_id = None
+            elif category.current_version_id in {v.id for v in doomed}:
+                category.current_version_id = remaining[-1].id
+            session.flush()
+            for row in doomed:
+                session.delete(row)
+            if not remaining:
+                session.delete(category)
+            return infos
+
+        with registry_lock(self._root, exclusive=False):
+            removed = run_write(self._engine, work)
+            checkpoint("row-deleted")
+            for info in removed:
+                storage.discard(self._root, self._root / info.store_path)
+                self._cache.pop(info.uuid, None)
+                self._prototypes.pop(info.uuid, None)
+            category_dir = self._root / STORES_DIR / name
+            if category_dir.is_dir() and not any(category_dir.iterdir()):
+                category_dir.rmdir()
+        self._router_token = None
+        return removed
+
+    # ----------------------------------------------------------------- reading
+    def _category_row(self, session: Session, name: str) -> CategoryRow:
+        category = session.scalars(select(CategoryRow).where(CategoryRow.name == name)).one_or_none()
+        if category is None:
+            raise UnknownCategoryError(name, session.scalars(select(CategoryRow.name)).all())
+        return category
+
+    def _version_row(self, session: Session, category: CategoryRow, version: int | None) -> CategoryVersionRow:
+        if version is None:
+            if category.current_version_id is None:
+                msg = f"category {category.name!r} has no current version; pick one with set_current"
+                raise RegistryError(msg)
+            row = session.get(CategoryVersionRow, category.current_version_id)
+        else:
+            row = session.scalars(
+                select(CategoryVersionRow).where(
+                    CategoryVersionRow.category_id == category.id, CategoryVersionRow.version == version
+                )
+            ).one_or_none()
+        if row is None:
+            known = session.scalars(
+                select(CategoryVersionRow.version)
+                .where(CategoryVersionRow.category_id == category.id)
+                .order_by(CategoryVersionRow.version)
+            ).all()
+            raise UnknownVersionError(category.name, -1 if version is None else version, known)
+        return row
+
+    def names(self) -> builtins.list[str]:
+        """Category names, sorted."""
+        with read_session(self._engine) as session:
+            return builtins.list(session.scalars(select(CategoryRow.name).order_by(CategoryRow.name)))
+
+    def __len__(self) -> int:
+        with read_session(self._engine) as session:
+            return int(session.scalar(select(func.count()).select_from(CategoryRow)) or 0)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self.names()
+
+    def list(self) -> builtins.list[CategoryInfo]:
+        """Every category with its versions, sorted by name."""
+        with read_session(self._engine) as session:
+            categories = session.scalars(select(CategoryRow).order_by(CategoryRow.name)).all()
+            versions = session.scalars(select(CategoryVersionRow).order_by(CategoryVersionRow.version)).all()
+            by_category: dict[int, builtins.list[CategoryVersionRow]] = {}
+            for row in versions:
+                by_category.setdefault(row.category_id, []).append(row)
+            return [_category_info(c, by_category.get(c.id, [])) for c in categories]
+
+    def show(self, name: str) -> CategoryInfo:
+        """One category with all its versions."""
+        with read_session(self._engine) as session:
+            category = self._category_row(session, name)
+            versions = session.scalars(
+                select(CategoryVersionRow)
+                .where(CategoryVersionRow.category_id == category.id)
+                .order_by(CategoryVersionRow.version)
+            ).all()
+            return _category_info(category, builtins.list(versions))
+
+    def version_info(self, name: str, version: int | None = None) -> VersionInfo:
+        """One version (the current one by default)."""
+        with read_session(self._engine) as session:
+            category = self._category_row(session, name)
+            row = self._version_row(session, category, version)
+            return VersionInfo.from_row(row, name, row.id == category.current_version_id)
+
+    def _read_checked(self, info: VersionInfo, array: str) -> np.ndarray:
+        """Read one array of a version, checking shape, dtype and (once per process) sha256."""
+        store = self._root / info.store_path
+        file = Path(info.store_path) / array
+        record = ArrayRecord.from_json(info.arrays[array])
+        try:
+            data = storage.read_array(store, array)
+        except Exception as error:
+            raise IntegrityError(info.category, info.version, file, f"cannot be read ({error})") from error
+        found = ArrayRecord(tuple(int(v) for v in data.shape), storage.dtype_name(data), "")
+        if (found.shape, found.dtype) != (record.shape, record.dtype):
+            problem = f"has shape {list(found.shape)} {found.dtype}, expected {list(record.shape)} {record.dtype}"
+            raise IntegrityError(info.category, info.version, file, problem)
+        key = (str(store.resolve()), array, record.sha256)
+        if key not in _VERIFIED:
+            if array_sha256(data) != record.sha256:
+                raise IntegrityError(info.category, info.version, file, "does not match its checksum")
+            with _VERIFIED_LOCK:
+                _VERIFIED.add(key)
+        return data
+
+    def load_category(self, name: str, version: int | None = None) -> CategoryModel:
+        """The fitted :class:`CategoryModel` of ``name`` (current version by default).
+
+        Loaded models are kept in an LRU cache of ``cache_size`` entries; the returned object
+        is shared with the cache, so do not refit it.
+
+        Raises:
+            UnknownCategoryError, UnknownVersionError: no such category / version.
+            IntegrityError: a stored array is missing, unreadable or fails its checksum.
+        """
+        with read_session(self._engine) as session:
+            category = self._category_row(session, name)
+            row = self._version_row(session, category, version)
+            info = VersionInfo.from_row(row, name, row.id == category.current_version_id)
+            metadata = dict(row.model_metadata)
+        cached = self._cache.get(info.uuid)
+        if cached is not None:
+            self._cache.move_to_end(info.uuid)
+            return cached
+        arrays = {array: self._read_checked(info, array) for array in ARRAY_NAMES}
+        model = CategoryModel.from_parts(arrays, metadata)
+        self._cache[info.uuid] = model
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return model
+
+    def _current_versions(self) -> builtins.list[VersionInfo]:
+        with read_session(self._engine) as session:
+            rows = session.execute(
+                select(CategoryRow.name, CategoryVersionRow)
+                .join(CategoryVersionRow, CategoryRow.current_version_id == CategoryVersionRow.id)
+                .order_by(CategoryRow.name)
+            ).all()
+            return [VersionInfo.from_row(row, name, is_current=True) for name, row in rows]
+
+    def load_router(self) -> PrototypeRouter:
+        """A :class:`PrototypeRouter` over the current version of every category (by name order).
+
+        Reads only the prototypes (small); rebuilt only when a current version changed.
+        """
+        versions = self._current_versions()
+        token = tuple((v.category, v.uuid) for v in versions)
+        if self._router is not None and token == self._router_token:
+            return self._router
+        router = PrototypeRouter()
+        for info in versions:
+            prototypes = self._prototypes.get(info.uuid)
+            if prototypes is None:
+                prototypes = self._read_checked(info, "prototypes")
+                self._prototypes[info.uuid] = prototypes
+            router.add(info.category, prototypes, info.route_threshold)
+        self._router, self._router_token = router, token
+        return router
+
+    def predict(
+        self,
+        sources: Sequence[ImageSource],
+        category: str | None = None,
+        *,
+        batch_size: int = 8,
+        on_batch: BatchProgress | None = None,
+    ) -> builtins.list[PredictionRecord]:
+        """Score images, routed (``category=None``) or against one category; see :func:`registry.inference.predict`."""
+        from registry.inference import predict
+
+        return predict(self, sources, category, batch_size=batch_size, on_batch=on_batch)
+
+    # ----------------------------------------------------------------- bundles
+    def export(self, names: Iterable[str] | None, path: str | Path) -> Path:
+        """Write the current version of each of ``names`` (all when ``None``) to one HDF5 bundle."""
+        from registry.bundle import export_bundle
+
+        return export_bundle(self, None if names is None else builtins.list(names), Path(path))
+
+    def import_(
+        self, path: str | Path, rename: Mapping[str, str] | None = None, replace: bool = False
+    ) -> builtins.list[VersionInfo]:
+        """Import a bundle; everything is validated before anything is written.
+
+        Args:
+            path: the bundle file.
+            rename: ``{name in bundle: name in registry}``.
+            replace: a bundled category whose name exists becomes that category's new current
+                version (older versions are kept) instead of being refused.
+
+        Raises:
+            BundleError: (a subclass naming the problem) when the bundle is refused.
+        """
+        self._check_writable("import a bundle")
+        from registry.bundle import import_bundle
+
+        return import_bundle(self, Path(path), rename=rename, replace=replace)
+
+    def _adopt_feature_space(self, space: FeatureSpace, *, weights_path: str | None) -> None:
+        """Replace the feature space of a registry without categories (used by import)."""
+        self._check_writable("replace the feature space")
+        with registry_lock(self._root, exclusive=True):
+            _install_feature_space(self._root, self._engine, space, weights_path=weights_path, seed=None)
+        self._row = self._feature_space_row()
+        self._projection_sha = self._row.projection_sha256
+        self._space = None
+        self._backbone = None
+        self._router_token = None
+
+    # ----------------------------------------------------------------- checks
+    def verify(self, repair: bool = False, checksums: bool = True) -> VerifyReport:
+        """Check the database and every store; with ``repair`` also remove leftovers (as :meth:`gc`).
+
+        Always re-reads and re-hashes every array (``checksums=False`` checks shapes only).
+        Holds the registry lock exclusively, so writers pause their final step meanwhile.
+        """
+        if repair:
+            self._check_writable("repair the registry")
+        with registry_lock(self._root, exclusive=True):
+            report = VerifyReport()
+            report.problems.extend(self._check_database())
+            report.problems.extend(self._check_feature_space(checksums))
+            version_problems, checked = self._check_versions(checksums)
+            report.problems.extend(version_problems)
+            report.checked_versions = checked
+            leftovers = self._find_leftovers()
+            if repair:
+                report.repaired = self._remove(leftovers)
+            else:
+                report.problems.extend(leftovers)
+        return report
+
+    def gc(self) -> GcReport:
+        """Remove orphan stores (no database row), temporary folders and stray files."""
+        self._check_writable("collect garbage")
+        with registry_lock(self._root, exclusive=True):
+            return GcReport(removed=self._remove(self._find_leftovers()))
+
+    def _remove(self, leftovers: Sequence[Problem]) -> builtins.list[str]:
+        removed = []
+        for problem in leftovers:
+            assert problem.path is not None
+            storage.discard(self._root, self._root / problem.path)
+            removed.append(problem.path)
+        stores = self._root / STORES_DIR
+        if stores.is_dir():
+            for folder in stores.iterdir():
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+        tmp = self._root / TMP_DIR
+        for leftover in tmp.iterdir() if tmp.is_dir() else ():
+            storage.discard(self._root, leftover)
+        return removed
+
+    def _check_database(self) -> builtins.list[Problem]:
+        problems = []
+        with self._engine.connect() as connection:
+            result = [r[0] for r in connection.execute(text("PRAGMA integrity_check")).fetchall()]
+            if result != ["ok"]:
+                message = "; ".join(str(r) for r in result[:5])
+                problems.append(Problem("sqlite-integrity", f"sqlite integrity_check: {message}", DB_FILE))
+            for table, rowid, parent, _key in connection.execute(text("PRAGMA foreign_key_check")).fetchall():
+                message = f"row {rowid} of {table} points to a missing row of {parent}"
+                problems.append(Problem("foreign-key", message, DB_FILE))
+            connection.rollback()
+        with read_session(self._engine) as session:
+            for category in session.scalars(select(CategoryRow)):
+                current = category.current_version_id
+                row = None if current is None else session.get(CategoryVersionRow, current)
+                if row is None or row.category_id != category.id:
+                    message = f"category {category.name!r} has no valid current version"
+                    problems.append(Problem("bad-current-version", message, DB_FILE, category.name))
+        return problems
+
+    def _check_feature_space(self, checksums: bool) -> builtins.list[Problem]:
+        row = self._feature_space_row()
+        store = self._root / row.projection_path
+        try:
+            projection = storage.read_array(store, "projection")
+        except Exception as error:
+            return [Problem("feature-space", f"{row.projection_path} cannot be read ({error})", row.projection_path)]
+        expected = (sum(int(c) for c in row.channels), row.dim)
+        if projection.shape != expected:
+            message = f"{row.projection_path} has shape {list(projection.shape)}, expected {list(expected)}"
+            return [Problem("feature-space", message, row.projection_path)]
+        if checksums and array_sha256(projection) != row.projection_sha256:
+            return [Problem("feature-space", f"{row.projection_path} does not match its checksum", row.projection_path)]
+        return []
+
+    def _check_versions(self, checksums: bool) -> tuple[builtins.list[Problem], int]:
+        problems: builtins.list[Problem] = []
+        with read_session(self._engine) as session:
+            rows = session.execute(
+                select(CategoryRow.name, CategoryRow.current_version_id, CategoryVersionRow).join(
+                    CategoryVersionRow, CategoryVersionRow.category_id == CategoryRow.id
+                )
+            ).all()
+            infos = [VersionInfo.from_row(row, name, current == row.id) for name, current, row in rows]
+        for info in infos:
+            store = self._root / info.store_path
+            if not (store / "zarr.json").is_file():
+                message = f"category {info.category!r} version {info.version}: store {info.store_path} is missing"
+                problems.append(Problem("missing-store", message, info.store_path, info.category, info.version))
+                continue
+            for array, raw in info.arrays.items():
+                record = ArrayRecord.from_json(raw)
+                where = f"{info.store_path}/{array}"
+                try:
+                    data = storage.read_array(store, array)
+                except Exception as error:
+                    message = f"category {info.category!r} version {info.version}: {where} cannot be read ({error})"
+                    problems.append(Problem("bad-array", message, where, info.category, info.version))
+                    continue
+                if (tuple(data.shape), storage.dtype_name(data)) != (record.shape, record.dtype):
+                    message = (
+                        f"category {info.category!r} version {info.version}: {where} has shape "
+                        f"{list(data.shape)} {storage.dtype_name(data)}, expected {list(record.shape)} {record.dtype}"
+                    )
+                    problems.append(Problem("bad-array", message, where, info.category, info.version))
+                elif checksums and array_sha256(data) != record.sha256:
+                    message = f"category {info.category!r} version {info.version}: {where} does not match its checksum"
+                    problems.append(Problem("checksum-mismatch", message, where, info.category, info.version))
+        return problems, len(infos)
+
+    def _find_leftovers(self) -> builtins.list[Problem]:
+        """Orphan stores, temporary folders and stray files (call with the exclusive lock held)."""
+        with read_session(self._engine) as session:
+            referenced = set(session.scalars(select(CategoryVersionRow.store_path)))
+            projection_path = session.scalars(select(FeatureSpaceRow.projection_path)).one_or_none()
+        problems = []
+        for entry in sorted(self._root.iterdir()):
+            name = entry.name
+            if name.startswith("feature_space") and name.endswith(".zarr") and name != projection_path:
+                problems.append(Problem("orphan-store", f"{name} is an unused feature-space store", name))
+        tmp = self._root / TMP_DIR
+        for entry in sorted(tmp.iterdir()) if tmp.is_dir() else []:
+            relative = f"{TMP_DIR}/{entry.name}"
+            problems.append(Problem("temp-file", f"{relative} is left over from an interrupted write", relative))
+        stores = self._root / STORES_DIR
+        for folder in sorted(stores.iterdir()) if stores.is_dir() else []:
+            if not folder.is_dir():
+                relative = f"{STORES_DIR}/{folder.name}"
+                problems.append(Problem("stray-file", f"{relative} does not belong in {STORES_DIR}/", relative))
+                continue
+            for entry in sorted(folder.iterdir()):
+                relative = f"{STORES_DIR}/{folder.name}/{entry.name}"
+                if relative in referenced:
+                    continue
+                if entry.is_dir() and entry.name.endswith(".zarr"):
+                    message = f"{relative} is a store that no category version refers to"
+                    problems.append(Problem("orphan-store", message, relative, folder.name))
+                else:
+                    problems.append(Problem("stray-file", f"{relative} does not belong in {STORES_DIR}/", relative))
+        return problems
+
+
+# ---------------------------------------------------------------------------- helpers
+def _store_path(name: str, version_uuid: str) -> str:
+    return f"{STORES_DIR}/{name}/{version_uuid}.zarr"
+
+
+def _source_name(source: object, index: int) -> str:
+    if isinstance(source, str | Path):
+        return str(Path(source).resolve())
+    return f"<in-memory image {index}>"
+
+
+def _finite_or_none(value: object) -> float | None:
+    if value is None:
+        return None
+    number = float(value)  # type: ignore[arg-type]
+    return number if np.isfinite(number) else None
+
+
+def _row_description(row: FeatureSpaceRow) -> dict[str, object]:
+    return {
+        "backbone": row.backbone,
+        "weights_sha256": row.weights_sha256,
+        "layers": builtins.list(row.layers),
+        "channels": builtins.list(row.channels),
+        "mean": builtins.list(row.mean),
+        "std": builtins.list(row.std),
+        "local_pool": row.local_pool,
+        "resize": row.resize,
+        "crop": row.crop,
+        "dim": row.dim,
+    }
+
+
+def _category_info(category: CategoryRow, versions: Sequence[CategoryVersionRow]) -> CategoryInfo:
+    current = next((v.version for v in versions if v.id == category.current_version_id), None)
+    return CategoryInfo(
+        name=category.name,
+        description=category.description,
+        created_at=category.created_at,
+        current_version=current,
+        versions=tuple(VersionInfo.from_row(v, category.name, v.id == category.current_version_id) for v in versions),
+    )
+
+
+def _create_backbone(name: str, weights: str | Path | None) -> Backbone:
+    try:
+        return create_backbone(name, weights)
+    except BackboneError as error:
+        raise BackboneLoadError(str(error)) from error
+
+
+#: Files and folders a registry folder may hold before ``init`` (leftovers of a crashed init).
+_OWN_ENTRIES = frozenset({DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm", storage.LOCK_FILE, TMP_DIR, STORES_DIR})
+
+
+def _check_init_target(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        msg = f"{root} is a file; choose a folder for the registry"
+        raise RegistryExistsError(msg)
+    if not root.exists():
+        return
+    database = root / DB_FILE
+    if database.is_file():
+        engine = make_engine(database)
+        try:
+            revision = current_revision(engine)
+            if revision is not None and known_revision(revision):
+                with read_session(engine) as session:
+                    try:
+                        count = session.scalar(select(func.count()).select_from(CategoryRow)) or 0
+                    except Exception:  # schema too old to query: treat as populated, refuse
+                        count = 1
+                if count:
+                    msg = (
+                        f"a registry with {count} categor{'y' if count == 1 else 'ies'} already exists at {root}; "
+                        "open it with `registry list`, or choose an empty folder"
+                    )
+                    raise RegistryExistsError(msg)
+            elif revision is not None:
+                raise SchemaTooNewError(root, revision, head_revision())
+        finally:
+            engine.dispose()
+        return
+    foreign = sorted(
+        e.name for e in root.iterdir() if e.name not in _OWN_ENTRIES and not e.name.startswith("feature_space")
+    )
+    if foreign:
+        msg = f"folder {root} is not empty ({', '.join(foreign[:3])}) and holds no registry; choose an empty folder"
+        raise RegistryExistsError(msg)
+
+
+def _install_feature_space(
+    root: Path, engine: Engine, space: FeatureSpace, *, weights_path: str | None, seed: int | None
+) -> None:
+    """Write W and the feature-space row (only while the registry has no categories).
+
+    Call with the registry lock held exclusively. W goes to ``feature_space.zarr`` unless that
+    store is in use (re-initialisation), then to ``feature_space-<id>.zarr``; the old store is
+    removed after the commit.
+    """
+    with read_session(engine) as session:
+        old = session.get(FeatureSpaceRow, 1)
+    old_path = None if old is None else old.projection_path
+    if old is not None and old.weights_path == weights_path:
+        try:
+            projection = storage.read_array(root / old.projection_path, "projection")
+        except Exception:  # unreadable: replace it
+            projection = None
+        if projection is not None:
+            existing = FeatureSpace.from_description(_row_description(old), projection)
+            if not existing.differences(space):
+                return  # the same feature space: nothing to do
+    target = FEATURE_SPACE_STORE
+    if old_path == target:
+        target = f"feature_space-{uuid_module.uuid4().hex[:12]}.zarr"
+    storage.discard(root, root / target)  # an unreferenced leftover of a crashed init
+    tmp = storage.new_tmp_path(root)
+    records = storage.write_store(tmp, {"projection": space.projection}, {"feature_space": space.describe()})
+    storage.publish(tmp, root / target)
+
+    def work(session: Session) -> None:
+        count = session.scalar(select(func.count()).select_from(CategoryRow)) or 0
+        if count:
+            msg = f"the registry at {root} has categories; its feature space cannot be replaced"
+            raise RegistryExistsError(msg)
+        row = session.get(FeatureSpaceRow, 1) or FeatureSpaceRow(id=1)
+        row.backbone = space.backbone
+        row.weights_sha256 = space.weights_sha256
+        row.weights_path = weights_path
+        row.layers = builtins.list(space.layers)
+        row.channels = [int(c) for c in space.channels]
+        row.mean = [float(v) for v in space.mean]
+        row.std = [float(v) for v in space.std]
+        row.local_pool = int(space.local_pool)
+        row.resize = int(space.resize)
+        row.crop = int(space.crop)
+        row.dim = int(space.dim)
+        row.projection_seed = seed
+        row.projection_path = target
+        row.projection_sha256 = records["projection"].sha256
+        row.library_version = library_version()
+        row.created_at = utcnow()
+        session.add(row)
+
+    try:
+        run_write(engine, work)
+    except BaseException:
+        storage.discard(root, root / target)
+        raise
+    if old_path is not None and old_path != target:
+        storage.discard(root, root / old_path)
+
+
+__all__ = [
+    "ARRAY_NAMES",
+    "NAME_PATTERN",
+    "BackboneLoadError",
+    "CategoryInfo",
+    "GcReport",
+    "Problem",
+    "Registry",
+    "VerifyReport",
+    "VersionInfo",
+    "library_version",
+    "validate_name",
+]

@@ -1,0 +1,147 @@
+"""Routed inference over a registry: embed a batch, route it, score each image against its category.
+
+An unreadable image gives a record with ``error`` set; the other images of its batch are
+still scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
+
+import numpy as np
+from PIL import Image
+
+from registry.errors import RegistryError
+from structcore.preprocess import ImageReadError, load_image
+
+if TYPE_CHECKING:
+    from registry.core import Registry
+    from structcore.features import ImageSource
+
+
+class PredictionRecord(TypedDict):
+    """The result for one image (scores are ``None`` when ``error`` is set)."""
+
+    path: str
+    category: str | None
+    route_score: float | None
+    unknown: bool | None
+    score_base: float | None
+    score_struct: float | None
+    score_hybrid: float | None
+    threshold: float | None
+    anomalous: bool | None
+    error: str | None
+
+
+def _name(source: object, index: int) -> str:
+    return str(source) if isinstance(source, str | Path) else f"<in-memory image {index}>"
+
+
+def _error_record(path: str, message: str) -> PredictionRecord:
+    return PredictionRecord(
+        path=path,
+        category=None,
+        route_score=None,
+        unknown=None,
+        score_base=None,
+        score_struct=None,
+        score_hybrid=None,
+        threshold=None,
+        anomalous=None,
+        error=message,
+    )
+
+
+def predict(
+    registry: Registry,
+    sources: Sequence[ImageSource],
+    category: str | None = None,
+    *,
+    batch_size: int = 8,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> list[PredictionRecord]:
+    """Score ``sources`` with the registry's categories.
+
+    With ``category=None`` each image is routed to the category whose prototypes are nearest
+    (``unknown`` when its route score exceeds that category's threshold; it is still scored
+    there). With a category, every image is scored against it and ``route_score``/``unknown``
+    are measured against that category's own prototypes.
+
+    Args:
+        registry: an open registry.
+        sources: image paths, PIL images or arrays.
+        category: score against this category instead of routing.
+        batch_size: images per backbone call.
+        on_batch: ``on_batch(done, total)`` after each batch.
+
+    Returns:
+        One :class:`PredictionRecord` per source, in order. ``threshold`` is the hybrid
+        threshold and ``anomalous`` is ``score_hybrid > threshold``.
+    """
+    if category is None:
+        router = registry.load_router()
+        if not router.categories_:
+            msg = f"the registry at {registry.root} has no categories; add one with `registry add`"
+            raise RegistryError(msg)
+    else:
+        registry.load_category(category)  # fail early on an unknown category
+        router = None
+    extractor = registry.extractor(batch_size)
+    records: list[PredictionRecord] = []
+    total = len(sources)
+    for start in range(0, total, batch_size):
+        batch = sources[start : start + batch_size]
+        names = [_name(source, start + i) for i, source in enumerate(batch)]
+        batch_records: list[PredictionRecord | None] = [None] * len(batch)
+        images: list[Image.Image | np.ndarray] = []
+        positions: list[int] = []
+        for i, source in enumerate(batch):
+            try:
+                images.append(load_image(source) if isinstance(source, str | Path) else source)
+                positions.append(i)
+            except ImageReadError as error:
+                batch_records[i] = _error_record(names[i], str(error))
+        if images:
+            vectors = extractor.embed(extractor.prepare(images)).numpy()
+            if router is not None:
+                routed = router.route(vectors)
+                chosen = list(routed.categories)
+                route_scores = np.asarray(routed.route_scores, dtype=np.float64)
+                unknown = np.asarray(routed.unknown, dtype=bool)
+            else:
+                assert category is not None
+                model = registry.load_category(category)
+                chosen = [category] * len(images)
+                route_scores = np.asarray(model.route_score(vectors), dtype=np.float64)
+                unknown = route_scores > model.route_threshold_
+            for name in dict.fromkeys(chosen):
+                rows = [j for j, c in enumerate(chosen) if c == name]
+                model = registry.load_category(name)
+                scores = model.predict(vectors[rows]).scores
+                threshold = float(model.thresholds["hybrid"])
+                for k, j in enumerate(rows):
+                    hybrid = float(scores.hybrid[k])
+                    batch_records[positions[j]] = PredictionRecord(
+                        path=names[positions[j]],
+                        category=name,
+                        route_score=float(route_scores[j]),
+                        unknown=bool(unknown[j]),
+                        score_base=float(scores.base[k]),
+                        score_struct=float(scores.struct[k]),
+                        score_hybrid=hybrid,
+                        threshold=threshold,
+                        anomalous=hybrid > threshold,
+                        error=None,
+                    )
+        for record in batch_records:
+            assert record is not None
+            records.append(record)
+        if on_batch is not None:
+            on_batch(min(start + batch_size, total), total)
+    return records
+
+
+__all__ = ["PredictionRecord", "predict"]
