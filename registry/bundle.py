@@ -80,7 +80,7 @@ def export_bundle(registry: Registry, names: Sequence[str] | None, path: Path) -
     if not names:
         msg = "nothing to export: the registry has no categories" if not registry.names() else "no categories named"
         raise RegistryError(msg)
-    space = registry.feature_space()
+    space = registry.feature_space
     description = _dumps(space.describe())
     projection = canonical(space.projection)
     manifest: dict[str, Any] = {
@@ -475,7 +475,7 @@ def import_bundle(
     """Validate ``path`` completely, then write its categories and commit them together."""
     bundle = read_bundle(path)
     targets = _targets(bundle, rename)
-    own = registry.feature_space()
+    own = registry.feature_space
     differences = own.differences(bundle.space)
     if differences:
         if len(registry) == 0:
@@ -524,23 +524,15 @@ def _reader(path: Path, name: str, space: FeatureSpace) -> Any:
 
 
 def init_from_bundle(
-    cls: type[Registry],
-    root: Path,
-    bundle_path: Path,
-    *,
-    rename: Mapping[str, str] | None = None,
-    weights: str | Path | None = None,
+    cls: type[Registry], root: Path, bundle_path: Path, *, weights: str | Path | None = None
 ) -> Registry:
-    """Create a registry at ``root`` in the bundle's feature space, then import the bundle."""
+    """Create an empty registry at ``root`` in the bundle's feature space (validating the bundle first)."""
     from registry.core import _check_init_target
 
     bundle = read_bundle(bundle_path)
-    _targets(bundle, rename)
     _check_init_target(root)
     weights_path = None if weights is None else str(Path(weights).resolve())
-    registry = cls._create(root, bundle.space, weights_path=weights_path, seed=None)
-    registry.import_(bundle_path, rename=rename)
-    return registry
+    return cls._create(root, bundle.space, weights_path=weights_path, seed=None)
 
 
 __all__ = [

@@ -63,7 +63,7 @@ from structcore.model import CategoryModel, embed_images
 from structcore.routing import PrototypeRouter
 
 if TYPE_CHECKING:
-    from registry.inference import PredictionRecord
+    from registry.inference import ImageCallback, PredictionRecord
     from structcore.features import ImageSource
 
 #: Category names: safe as a single path component on every file system.
@@ -403,18 +403,15 @@ class Registry:
             engine.dispose()
 
     @classmethod
-    def init_from_bundle(
-        cls,
-        root: str | Path,
-        bundle: str | Path,
-        *,
-        rename: Mapping[str, str] | None = None,
-        weights: str | Path | None = None,
-    ) -> Registry:
-        """Create a registry at ``root`` in the bundle's feature space and import the bundle."""
+    def init_from_bundle(cls, root: str | Path, bundle: str | Path, *, weights: str | Path | None = None) -> Registry:
+        """Create an empty registry at ``root`` in the feature space of ``bundle`` (W included).
+
+        The bundle is validated first; import its categories with :meth:`import_` afterwards.
+        ``weights`` is the backbone's weights file where the backbone does not embed its own.
+        """
         from registry.bundle import init_from_bundle
 
-        return init_from_bundle(cls, Path(root), Path(bundle), rename=rename, weights=weights)
+        return init_from_bundle(cls, Path(root), Path(bundle), weights=weights)
 
     def close(self) -> None:
         """Release the database connections and cached models."""
@@ -462,8 +459,9 @@ class Registry:
             raise NotARegistryError(self._root, "initialisation did not finish")
         return row
 
+    @property
     def feature_space(self) -> FeatureSpace:
-        """The registry's feature space, W included (checksum-verified on first load)."""
+        """The registry's feature space, W included (read and checksum-verified on first use)."""
         if self._space is None:
             row = self._row
             store = self._root / row.projection_path
@@ -508,7 +506,7 @@ class Registry:
             BackboneLoadError: the backbone's weights are missing.
             FeatureSpaceMismatchError: the weights found are not the ones the registry was made with.
         """
-        space = self.feature_space()
+        space = self.feature_space
         bb = self.backbone()
         if bb.info.name != space.backbone or bb.info.weights_sha256 != space.weights_sha256:
             differences = [
@@ -740,6 +738,7 @@ class Registry:
             session.flush()
             for row in doomed:
                 session.delete(row)
+            session.flush()  # versions first: the database would cascade them with the category
             if not remaining:
                 session.delete(category)
             return infos
@@ -907,11 +906,12 @@ class Registry:
         *,
         batch_size: int = 8,
         on_batch: BatchProgress | None = None,
+        on_image: ImageCallback | None = None,
     ) -> builtins.list[PredictionRecord]:
         """Score images, routed (``category=None``) or against one category; see :func:`registry.inference.predict`."""
         from registry.inference import predict
 
-        return predict(self, sources, category, batch_size=batch_size, on_batch=on_batch)
+        return predict(self, sources, category, batch_size=batch_size, on_batch=on_batch, on_image=on_image)
 
     # ----------------------------------------------------------------- bundles
     def export(self, names: Iterable[str] | None, path: str | Path) -> Path:

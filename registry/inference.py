@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from registry.errors import RegistryError
-from structcore.preprocess import ImageReadError, load_image
+from structcore.preprocess import ImageReadError, load_image, preprocess_image
 
 if TYPE_CHECKING:
     from registry.core import Registry
@@ -34,6 +34,11 @@ class PredictionRecord(TypedDict):
     threshold: float | None
     anomalous: bool | None
     error: str | None
+
+
+#: ``on_image(record, image, anomaly_map)``: the preprocessed crop (3, H, W) float in [0, 1] and its
+#: anomaly map (H, W), for each successfully scored image.
+ImageCallback = Callable[[PredictionRecord, np.ndarray, np.ndarray], None]
 
 
 def _name(source: object, index: int) -> str:
@@ -62,6 +67,7 @@ def predict(
     *,
     batch_size: int = 8,
     on_batch: Callable[[int, int], None] | None = None,
+    on_image: ImageCallback | None = None,
 ) -> list[PredictionRecord]:
     """Score ``sources`` with the registry's categories.
 
@@ -76,6 +82,7 @@ def predict(
         category: score against this category instead of routing.
         batch_size: images per backbone call.
         on_batch: ``on_batch(done, total)`` after each batch.
+        on_image: ``on_image(record, image, anomaly_map)`` per scored image (see :data:`ImageCallback`).
 
     Returns:
         One :class:`PredictionRecord` per source, in order. ``threshold`` is the hybrid
@@ -120,7 +127,8 @@ def predict(
             for name in dict.fromkeys(chosen):
                 rows = [j for j, c in enumerate(chosen) if c == name]
                 model = registry.load_category(name)
-                scores = model.predict(vectors[rows]).scores
+                prediction = model.predict(vectors[rows])
+                scores = prediction.scores
                 threshold = float(model.thresholds["hybrid"])
                 for k, j in enumerate(rows):
                     hybrid = float(scores.hybrid[k])
@@ -136,6 +144,11 @@ def predict(
                         anomalous=hybrid > threshold,
                         error=None,
                     )
+                    if on_image is not None:
+                        record = batch_records[positions[j]]
+                        assert record is not None
+                        crop = preprocess_image(images[j], extractor.geometry)
+                        on_image(record, crop, prediction.maps[k])
         for record in batch_records:
             assert record is not None
             records.append(record)
@@ -144,4 +157,4 @@ def predict(
     return records
 
 
-__all__ = ["PredictionRecord", "predict"]
+__all__ = ["ImageCallback", "PredictionRecord", "predict"]
