@@ -62,7 +62,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 def load_manifest(dataset: str) -> dict[str, Any]:
     """The manifest of ``dataset`` (``"mvtec_ad"`` or ``"visa"``) as a dict (a fresh copy)."""
     data = _read_json(MANIFEST_DIR / DATASETS[_canonical(dataset)])
-    return json.loads(json.dumps(data))  # type: ignore[no-any-return]
+    copy: dict[str, Any] = json.loads(json.dumps(data))
+    return copy
 
 
 def continual_orders(dataset: str) -> dict[str, list[list[str]]]:
@@ -182,9 +183,7 @@ class DatasetCheck:
         out.extend(m.describe() for m in self.mismatches)
         out.extend(w.describe() for w in self.downscaled)
         out.extend(self.problems)
-        out.extend(
-            f"{name}: checksum {state}" for name, state in self.checksums.items() if state != "official"
-        )
+        out.extend(f"{name}: checksum {state}" for name, state in self.checksums.items() if state != "official")
         return out
 
     def summary(self) -> str:
@@ -232,9 +231,7 @@ _VISA_FOLDER_LABELS = {GOOD: "normal", "bad": "anomaly"}
 
 def _visa_prepared_counts(folder: Path) -> tuple[dict[str, dict[str, int]], dict[str, int], list[Path]]:
     counts, masks, samples = _count_mvtec_category(folder)
-    renamed = {
-        split: {_VISA_FOLDER_LABELS.get(k, k): v for k, v in per.items()} for split, per in counts.items()
-    }
+    renamed = {split: {_VISA_FOLDER_LABELS.get(k, k): v for k, v in per.items()} for split, per in counts.items()}
     return renamed, {_VISA_FOLDER_LABELS.get(k, k): v for k, v in masks.items()}, samples
 
 
@@ -356,18 +353,16 @@ def check_dataset(
     if name == "visa" and (root / VISA_SPLIT).is_file():
         layout = "visa"
         rows = read_visa_split(root / VISA_SPLIT)
-        counts, masks, samples, absent = _visa_csv_counts(root, rows)
+        all_counts, all_masks, all_samples, absent = _visa_csv_counts(root, rows)
         if absent:
             problems.append(f"{absent} files listed in {VISA_SPLIT.as_posix()} are missing on disk")
-        for cat in counts:
+        for cat in all_counts:
             if (root / cat).is_dir():
-                per_category[cat] = (counts[cat], masks.get(cat, {}), samples.get(cat, []))
+                per_category[cat] = (all_counts[cat], all_masks.get(cat, {}), all_samples.get(cat, []))
         candidates = [c for c in on_disk if (root / c / "Data").is_dir()]
     else:
         if name == "visa" and any((root / c / "Data").is_dir() for c in on_disk):
-            problems.append(
-                f"{VISA_SPLIT.as_posix()} is missing: the VisA split cannot be checked without it"
-            )
+            problems.append(f"{VISA_SPLIT.as_posix()} is missing: the VisA split cannot be checked without it")
         counter = _visa_prepared_counts if name == "visa" else _count_mvtec_category
         candidates = [c for c in on_disk if (root / c / "train").is_dir() or (root / c / "test").is_dir()]
         for cat in candidates:

@@ -1,0 +1,280 @@
+"""Evaluation plots (matplotlib, Agg backend; nothing is shown on screen).
+
+* ``scatter_base_hybrid.png``: base vs hybrid score per test image, one panel per category, with
+  the 99.5% train-good thresholds as lines and the cross-over regions shaded (paper's Figure 2).
+* ``histograms.png``: base / struct / hybrid score histograms of test-good, test-anomalous and
+  the train-good calibration scores, with the thresholds.
+* ``roc.png``: image ROC curves of the three scores per category.
+* ``overlays/<category>.png``: a few test images with their mask and anomaly map.
+* ``continual_heatmap.png``: the continual step x category matrix (image AUROC, hybrid).
+* ``routing_confusion.png``: the MUAD routing confusion matrix.
+
+Scatter, histograms, ROC and overlays use each image scored by its own category (the figures
+of the ``separate`` protocol).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import auc, roc_curve
+
+from registry.eval.protocols import KINDS, Collected, crossover_counts
+from structcore.preprocess import load_image, load_mask, preprocess_image
+
+__all__ = [
+    "plot_continual_heatmap",
+    "plot_histograms",
+    "plot_overlays",
+    "plot_roc",
+    "plot_routing_confusion",
+    "plot_scatter",
+    "write_plots",
+]
+
+_GOOD_COLOR = "#2c7fb8"
+_BAD_COLOR = "#d95f0e"
+_TRAIN_COLOR = "#7f7f7f"
+
+
+def _grid(n: int, max_cols: int = 4, size: float = 3.6) -> tuple[Figure, list[Any]]:
+    cols = max(1, min(max_cols, n))
+    rows = max(1, math.ceil(n / cols))
+    figure, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    flat = list(axes.ravel())
+    for axis in flat[n:]:
+        axis.axis("off")
+    return figure, flat
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _own(collected: Collected, name: str) -> np.ndarray:
+    return collected.runs[name].scores[name]
+
+
+def plot_scatter(collected: Collected, path: Path) -> Path:
+    """Base vs hybrid scores with thresholds and shaded cross-over regions, one panel per category."""
+    figure, axes = _grid(len(collected.names))
+    for axis, name in zip(axes, collected.names, strict=False):
+        scores = _own(collected, name)
+        labels = np.asarray(collected.runs[name].data.labels)
+        base, hybrid = scores[:, 0], scores[:, 2]
+        t_base, t_hyb = collected.thresholds[name]["base"], collected.thresholds[name]["hybrid"]
+        x_lo, x_hi = float(min(base.min(), t_base)), float(max(base.max(), t_base))
+        y_lo, y_hi = float(min(hybrid.min(), t_hyb)), float(max(hybrid.max(), t_hyb))
+        pad_x, pad_y = 0.05 * (x_hi - x_lo or 1.0), 0.05 * (y_hi - y_lo or 1.0)
+        x_lo, x_hi, y_lo, y_hi = x_lo - pad_x, x_hi + pad_x, y_lo - pad_y, y_hi + pad_y
+        # Base rejects, hybrid accepts (base FP fixed / FN introduced) and the reverse.
+        axis.fill_between([t_base, x_hi], y_lo, t_hyb, color="#a1d99b", alpha=0.35, lw=0, label="base FP fixed")
+        axis.fill_between([x_lo, t_base], t_hyb, y_hi, color="#fdae6b", alpha=0.35, lw=0, label="base FN recovered")
+        axis.scatter(base[labels == 0], hybrid[labels == 0], s=12, c=_GOOD_COLOR, label="normal (GT)")
+        axis.scatter(base[labels == 1], hybrid[labels == 1], s=12, c=_BAD_COLOR, marker="^", label="anomaly (GT)")
+        axis.axvline(t_base, color="k", lw=1, ls="--")
+        axis.axhline(t_hyb, color="k", lw=1, ls=":")
+        counts = crossover_counts(labels, base, hybrid, np.full(len(base), t_base), np.full(len(base), t_hyb))
+        axis.text(
+            0.02,
+            0.98,
+            f"T_base={t_base:.3f}  T_hyb={t_hyb:.3f}\nFP fixed {counts['fp_fixed']}, "
+            f"FN recovered {counts['fn_recovered']}\nFP added {counts['fp_introduced']}, "
+            f"FN added {counts['fn_introduced']}",
+            transform=axis.transAxes,
+            va="top",
+            fontsize=7,
+        )
+        axis.set_xlim(x_lo, x_hi)
+        axis.set_ylim(y_lo, y_hi)
+        axis.set_title(name, fontsize=9)
+        axis.set_xlabel("base score (max of map)", fontsize=8)
+        axis.set_ylabel("hybrid score (base + λ·D_struct)", fontsize=8)
+    axes[0].legend(fontsize=6, loc="lower right")
+    figure.suptitle("Base vs hybrid image scores; shaded: decisions StructCore changes", fontsize=10)
+    return _save(figure, path)
+
+
+def plot_histograms(collected: Collected, path: Path) -> Path:
+    """Score histograms (test-good, test-anomalous, train-good calibration) per category and kind."""
+    rows = len(collected.names)
+    figure, axes = plt.subplots(rows, 3, figsize=(11, 2.6 * rows), squeeze=False)
+    for r, name in enumerate(collected.names):
+        scores = _own(collected, name)
+        labels = np.asarray(collected.runs[name].data.labels)
+        for k, kind in enumerate(KINDS):
+            axis = axes[r, k]
+            values = scores[:, k]
+            train = collected.calibration.get(name, {}).get(kind, np.empty(0))
+            everything = np.concatenate([values, train])
+            bins = np.linspace(float(everything.min()), float(everything.max()) + 1e-12, 30)
+            axis.hist(train, bins=bins, color=_TRAIN_COLOR, alpha=0.5, density=True, label="train-good (calib.)")
+            axis.hist(values[labels == 0], bins=bins, color=_GOOD_COLOR, alpha=0.6, density=True, label="test good")
+            axis.hist(values[labels == 1], bins=bins, color=_BAD_COLOR, alpha=0.6, density=True, label="test anomalous")
+            axis.axvline(collected.thresholds[name][kind], color="k", lw=1, ls="--", label="99.5% threshold")
+            axis.set_title(f"{name}: {kind}", fontsize=9)
+            axis.tick_params(labelsize=7)
+    axes[0, 0].legend(fontsize=6)
+    return _save(figure, path)
+
+
+def plot_roc(collected: Collected, path: Path) -> Path:
+    """Image ROC curves of base / struct / hybrid, one panel per category."""
+    figure, axes = _grid(len(collected.names), size=3.2)
+    colors = {"base": "#1b9e77", "struct": "#7570b3", "hybrid": "#d95f02"}
+    for axis, name in zip(axes, collected.names, strict=False):
+        scores = _own(collected, name)
+        labels = np.asarray(collected.runs[name].data.labels)
+        if labels.min() == labels.max():
+            axis.text(0.5, 0.5, "one class only", ha="center")
+            axis.set_title(name, fontsize=9)
+            continue
+        for k, kind in enumerate(KINDS):
+            fpr, tpr, _ = roc_curve(labels, scores[:, k])
+            area = float(auc(fpr, tpr))
+            axis.plot(fpr, tpr, color=colors[kind], lw=1.2, label=f"{kind} {100 * area:.1f}")
+        axis.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls=":")
+        axis.set_title(name, fontsize=9)
+        axis.set_xlabel("FPR", fontsize=8)
+        axis.set_ylabel("TPR", fontsize=8)
+        axis.legend(fontsize=7, loc="lower right")
+    return _save(figure, path)
+
+
+def _pick_examples(labels: np.ndarray, hybrid: np.ndarray, count: int) -> list[int]:
+    """Most and least anomalous-looking anomalies and goods: the informative cases first."""
+    bad = np.flatnonzero(labels == 1)
+    good = np.flatnonzero(labels == 0)
+    ordered: list[int] = []
+    pools = [
+        bad[np.argsort(-hybrid[bad])],  # confident detections
+        good[np.argsort(-hybrid[good])],  # worst good
+        bad[np.argsort(hybrid[bad])],  # hardest anomalies
+        good[np.argsort(hybrid[good])],  # cleanest good
+    ]
+    position = 0
+    while len(ordered) < min(count, len(labels)) and any(position < len(p) for p in pools):
+        for pool in pools:
+            if position < len(pool) and int(pool[position]) not in ordered and len(ordered) < count:
+                ordered.append(int(pool[position]))
+        position += 1
+    return ordered
+
+
+def plot_overlays(collected: Collected, name: str, path: Path, count: int = 4) -> Path:
+    """A few test images of ``name``: image, mask, and anomaly map over the image."""
+    run = collected.runs[name]
+    labels = np.asarray(run.data.labels)
+    scores = _own(collected, name)
+    picks = _pick_examples(labels, scores[:, 2], count)
+    geometry = collected.geometry
+    figure, axes = plt.subplots(len(picks), 3, figsize=(8, 2.7 * len(picks)), squeeze=False)
+    maps = [collected.maps.get((name, name, i)) for i in picks]
+    low = min(float(m.min()) for m in maps)
+    high = max(float(m.max()) for m in maps)
+    for row, (i, anomaly_map) in enumerate(zip(picks, maps, strict=True)):
+        image = preprocess_image(load_image(run.data.test[i]), geometry).transpose(1, 2, 0)
+        mask_path = run.data.masks[i]
+        mask = load_mask(mask_path, geometry) if mask_path is not None else np.zeros(image.shape[:2], dtype=bool)
+        axes[row, 0].imshow(image)
+        axes[row, 0].set_title(
+            f"{run.data.defects[i]} {Path(run.data.test[i]).name}\nhybrid {scores[i, 2]:.3f} "
+            f"(thr {collected.thresholds[name]['hybrid']:.3f})",
+            fontsize=7,
+        )
+        axes[row, 1].imshow(mask, cmap="gray", vmin=0, vmax=1)
+        caption = "ground-truth mask" if mask_path is not None else "good (no defect)" if labels[i] == 0 else "no mask"
+        axes[row, 1].set_title(caption, fontsize=7)
+        axes[row, 2].imshow(image)
+        axes[row, 2].imshow(anomaly_map, cmap="jet", alpha=0.5, vmin=low, vmax=high)
+        axes[row, 2].contour(mask, levels=[0.5], colors="white", linewidths=0.8)
+        axes[row, 2].set_title(f"anomaly map (max {anomaly_map.max():.3f})", fontsize=7)
+        for axis in axes[row]:
+            axis.axis("off")
+    figure.suptitle(name, fontsize=10)
+    return _save(figure, path)
+
+
+def plot_continual_heatmap(
+    matrix: Sequence[Sequence[float | None]], columns: Sequence[str], path: Path, title: str
+) -> Path:
+    """Step x category heat-map of a continual metric (values in %)."""
+    values = np.asarray([[np.nan if v is None else float(v) for v in row] for row in matrix], dtype=np.float64)
+    figure, axis = plt.subplots(figsize=(1.0 + 0.65 * len(columns), 1.0 + 0.45 * len(values)))
+    masked = np.ma.masked_invalid(100.0 * values)
+    finite = values[np.isfinite(values)]
+    low = 100.0 * float(finite.min()) if finite.size else 0.0
+    image = axis.imshow(masked, cmap="viridis", vmin=min(low, 99.0), vmax=100.0, aspect="auto")
+    for (t, j), value in np.ndenumerate(values):
+        if math.isfinite(value):
+            axis.text(j, t, f"{100 * value:.1f}", ha="center", va="center", fontsize=6, color="w")
+    axis.set_xticks(range(len(columns)), columns, rotation=60, ha="right", fontsize=7)
+    axis.set_yticks(range(len(values)), [str(t) for t in range(len(values))], fontsize=7)
+    axis.set_xlabel("category (in order of addition)", fontsize=8)
+    axis.set_ylabel("step", fontsize=8)
+    axis.set_title(title, fontsize=9)
+    figure.colorbar(image, ax=axis, fraction=0.04)
+    return _save(figure, path)
+
+
+def plot_routing_confusion(labels: Sequence[str], matrix: Sequence[Sequence[int]], path: Path) -> Path:
+    """Routing confusion matrix (rows: true category; columns: routed to), row-normalised colours."""
+    counts = np.asarray(matrix, dtype=np.float64)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+    figure, axis = plt.subplots(figsize=(1.5 + 0.5 * len(labels), 1.2 + 0.45 * len(labels)))
+    image = axis.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    for (i, j), value in np.ndenumerate(counts):
+        if value:
+            axis.text(j, i, str(int(value)), ha="center", va="center", fontsize=6)
+    axis.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+    axis.set_yticks(range(len(labels)), labels, fontsize=7)
+    axis.set_xlabel("routed to", fontsize=8)
+    axis.set_ylabel("true category", fontsize=8)
+    figure.colorbar(image, ax=axis, fraction=0.04)
+    return _save(figure, path)
+
+
+def write_plots(
+    collected: Collected,
+    results: dict[str, Any],
+    out: Path,
+    overlays_per_category: int = 4,
+) -> list[Path]:
+    """Write every plot that applies to ``results`` under ``out``; returns the files written."""
+    written = [
+        plot_scatter(collected, out / "scatter_base_hybrid.png"),
+        plot_histograms(collected, out / "histograms.png"),
+        plot_roc(collected, out / "roc.png"),
+    ]
+    if overlays_per_category > 0:
+        for name in collected.names:
+            written.append(plot_overlays(collected, name, out / "overlays" / f"{name}.png", overlays_per_category))
+    protocols = results.get("protocols", {})
+    if "continual" in protocols:
+        part = protocols["continual"]
+        written.append(
+            plot_continual_heatmap(
+                part["matrix"]["image_auroc_hybrid"],
+                part["columns"],
+                out / "continual_heatmap.png",
+                "Continual: image AUROC (hybrid) after each step, %",
+            )
+        )
+    if "muad" in protocols:
+        confusion = protocols["muad"]["routing"]["confusion"]
+        written.append(plot_routing_confusion(confusion["labels"], confusion["matrix"], out / "routing_confusion.png"))
+    return written

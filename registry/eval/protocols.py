@@ -1,0 +1,679 @@
+"""Evaluation protocols: ``separate``, ``muad`` and ``continual`` (method.md "Evaluation protocols").
+
+All protocols share one pass over the test images (:func:`collect`): each test image is
+embedded once, its route scores against every evaluated category are kept (a few floats), and
+it is scored by every category it can be routed to under the requested protocols (its own
+category always, which also gives the ``separate`` figures). Scores are kept per image and
+category; anomaly maps go to a :class:`MapCache` (memory up to a budget, then a temporary
+file), so patch vectors (P x 512 float32, about 5 MB per image at a 49 x 49 grid) are never
+held beyond one batch.
+
+* ``separate``: category known; each image scored against its own category.
+* ``muad``: every category fitted into one store; each image routed among all evaluated
+  categories (category unknown) and scored by the chosen one; per-category metrics, their plain
+  mean, routing accuracy and the confusion matrix.
+* ``continual``: categories added step by step in a given order; after each step every seen
+  category is evaluated with routing among the categories seen so far. Because a category's
+  route score does not depend on the other categories (prototype routing), the routing of every
+  step is an argmin over a subset of the route-score columns from the single pass; the result
+  equals re-running the test set after each step. Reports the step x category matrix, the final
+  mean and the forgetting measure FM.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from registry.eval.datasets import CategoryData, Dataset
+from registry.eval.store import CategoryStore, ModelLike
+from structcore.metrics import image_metrics, pixel_metrics
+from structcore.preprocess import Preprocessing, load_mask
+
+__all__ = [
+    "KINDS",
+    "MATRIX_METRICS",
+    "PROTOCOLS",
+    "CategoryRun",
+    "Collected",
+    "MapCache",
+    "Progress",
+    "ProgressCallback",
+    "category_metrics",
+    "collect",
+    "crossover_counts",
+    "evaluate_continual",
+    "evaluate_muad",
+    "evaluate_separate",
+    "fit_missing",
+    "forgetting",
+    "mean_metrics",
+    "normalize_order",
+]
+
+#: Protocol names.
+PROTOCOLS = ("separate", "muad", "continual")
+#: Image score kinds, in the order of the score columns.
+KINDS = ("base", "struct", "hybrid")
+#: Metrics tracked in the continual step x category matrices.
+MATRIX_METRICS = (
+    "image_auroc_hybrid",
+    "image_auroc_base",
+    "image_auroc_struct",
+    "image_ap_hybrid",
+    "pixel_auroc",
+    "pixel_ap",
+    "aupro",
+    "routing_accuracy",
+)
+_NAN = float("nan")
+
+
+# ------------------------------------------------------------------------------------ progress
+@dataclass(frozen=True)
+class Progress:
+    """One progress report.
+
+    Attributes:
+        stage: ``"fit"`` (embedding + fitting a category), ``"reuse"`` (a fitted category is
+            reused), ``"test"`` (embedding + scoring test images), ``"metrics"`` (one category of
+            one protocol, or one continual step), ``"plots"``, ``"write"`` or ``"done"``.
+        category: category concerned (empty when none).
+        done: units done within the stage for this category (images, or categories).
+        total: units in all.
+        protocol: protocol concerned (``"metrics"`` stage), else empty.
+    """
+
+    stage: str
+    category: str = ""
+    done: int = 0
+    total: int = 0
+    protocol: str = ""
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def _quiet(_event: Progress) -> None:
+    return None
+
+
+# ------------------------------------------------------------------------------------ map cache
+class MapCache:
+    """Anomaly maps by key, in memory up to ``memory_bytes``, then appended to a temporary file.
+
+    Args:
+        memory_bytes: bytes of maps held in memory before spilling to disk.
+        directory: where the spill file goes (default: the system's temporary folder).
+    """
+
+    def __init__(self, memory_bytes: int = 1 << 30, directory: str | Path | None = None):
+        self.memory_bytes = int(memory_bytes)
+        self._directory = None if directory is None else Path(directory)
+        self._memory: dict[tuple[Any, ...], np.ndarray] = {}
+        self._disk: dict[tuple[Any, ...], tuple[int, tuple[int, ...]]] = {}
+        self._held = 0
+        self._file: Any = None
+        self._path: Path | None = None
+        self._offset = 0
+
+    def __len__(self) -> int:
+        return len(self._memory) + len(self._disk)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._memory or key in self._disk
+
+    @property
+    def spilled(self) -> int:
+        """Maps written to disk."""
+        return len(self._disk)
+
+    def put(self, key: tuple[Any, ...], array: np.ndarray) -> None:
+        """Store ``array`` (as float32) under ``key`` (replacing nothing: first write wins)."""
+        if key in self:
+            return
+        data = np.ascontiguousarray(array, dtype=np.float32)
+        if self._held + data.nbytes <= self.memory_bytes:
+            self._memory[key] = data.copy()
+            self._held += data.nbytes
+            return
+        if self._file is None:
+            if self._directory is not None:
+                self._directory.mkdir(parents=True, exist_ok=True)
+            handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - kept open for the cache's life
+                prefix="eval-maps-", suffix=".f32", dir=self._directory, delete=False
+            )
+            self._file, self._path = handle, Path(handle.name)
+        self._file.write(data.tobytes())
+        self._disk[key] = (self._offset, data.shape)
+        self._offset += data.nbytes
+
+    def get(self, key: tuple[Any, ...]) -> np.ndarray:
+        """The map stored under ``key``."""
+        if key in self._memory:
+            return self._memory[key]
+        offset, shape = self._disk[key]
+        self._file.flush()
+        count = int(np.prod(shape))
+        with self._path.open("rb") as handle:  # type: ignore[union-attr]
+            handle.seek(offset)
+            return np.fromfile(handle, dtype=np.float32, count=count).reshape(shape)
+
+    def close(self) -> None:
+        """Drop everything and delete the spill file."""
+        self._memory.clear()
+        self._disk.clear()
+        self._held = 0
+        if self._file is not None:
+            self._file.close()
+            if self._path is not None:
+                self._path.unlink(missing_ok=True)
+            self._file, self._path = None, None
+
+    def __enter__(self) -> MapCache:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------------------ orders
+def normalize_order(order: Sequence[str | Sequence[str]] | None, categories: Sequence[str]) -> list[list[str]]:
+    """Continual steps from an order: names (one per step) or lists of names (one list per step).
+
+    ``None`` gives the alphabetical order, one category per step.
+
+    Raises:
+        ValueError: unknown or repeated categories, or an empty step.
+    """
+    if order is None:
+        return [[name] for name in sorted(categories)]
+    steps = [[item] if isinstance(item, str) else list(item) for item in order]
+    flat = [name for step in steps for name in step]
+    if any(not step for step in steps):
+        msg = "continual order has an empty step"
+        raise ValueError(msg)
+    repeated = sorted({name for name in flat if flat.count(name) > 1})
+    if repeated:
+        msg = f"continual order repeats {', '.join(repeated)}"
+        raise ValueError(msg)
+    unknown = [name for name in flat if name not in categories]
+    if unknown:
+        msg = f"continual order names categories not in the dataset: {', '.join(unknown)}"
+        raise ValueError(msg)
+    return steps
+
+
+# ------------------------------------------------------------------------------------ fitting
+def fit_missing(
+    store: CategoryStore,
+    dataset: Dataset,
+    names: Sequence[str],
+    progress: ProgressCallback = _quiet,
+    refit: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Fit every category of ``names`` the store does not hold yet, in order.
+
+    Returns:
+        Per category: ``{"reused": bool, "seconds": float, "n_train": int}``.
+    """
+    report: dict[str, dict[str, Any]] = {}
+    for name in names:
+        data = dataset.categories[name]
+        if store.has(name) and not refit:
+            progress(Progress("reuse", name, len(data.train), len(data.train)))
+            report[name] = {"reused": True, "seconds": 0.0, "n_train": len(data.train)}
+            continue
+        started = time.perf_counter()
+        progress(Progress("fit", name, 0, len(data.train)))
+
+        def on_batch(done: int, total: int, name: str = name) -> None:
+            progress(Progress("fit", name, done, total))
+
+        store.add(name, list(data.train), on_batch=on_batch)
+        report[name] = {"reused": False, "seconds": time.perf_counter() - started, "n_train": len(data.train)}
+    return report
+
+
+# ------------------------------------------------------------------------------------ collect
+@dataclass
+class CategoryRun:
+    """Everything the single pass kept for one category's test images.
+
+    Attributes:
+        data: the category's files.
+        route: (n, C) route scores against the run's categories (``None`` without routing).
+        scores: model category -> (n, 3) base / struct / hybrid scores (``nan`` where the image
+            was not scored by that model).
+        timings: seconds spent embedding, routing and scoring.
+    """
+
+    data: CategoryData
+    route: np.ndarray | None
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Collected:
+    """Result of :func:`collect`: per-category runs, maps, models' thresholds, routing settings."""
+
+    names: list[str]
+    runs: dict[str, CategoryRun]
+    maps: MapCache
+    thresholds: dict[str, dict[str, float]]
+    calibration: dict[str, dict[str, np.ndarray]]
+    route_thresholds: np.ndarray | None
+    geometry: Preprocessing
+    steps: list[list[str]]
+
+    def threshold_matrix(self, models: Sequence[str]) -> np.ndarray:
+        """(n, 3) thresholds of the given model per image."""
+        return np.asarray([[self.thresholds[m][k] for k in KINDS] for m in models], dtype=np.float64)
+
+
+def _candidates(
+    true_index: int,
+    row: np.ndarray | None,
+    masks: Sequence[np.ndarray],
+) -> set[int]:
+    found = {true_index}
+    if row is None:
+        return found
+    for allowed in masks:
+        found.add(int(np.flatnonzero(allowed)[np.argmin(row[allowed])]))
+    return found
+
+
+def collect(
+    dataset: Dataset,
+    store: CategoryStore,
+    names: Sequence[str],
+    protocols: Iterable[str],
+    steps: Sequence[Sequence[str]] | None = None,
+    progress: ProgressCallback = _quiet,
+    maps: MapCache | None = None,
+) -> Collected:
+    """Embed every test image of ``names`` once; route it and score it with every candidate category.
+
+    Args:
+        dataset: the dataset (its categories must be fitted in ``store``).
+        store: the category store.
+        names: evaluated categories (route targets are limited to these).
+        protocols: protocols to prepare for (subset of :data:`PROTOCOLS`).
+        steps: continual steps (only with ``continual``); default one category per step.
+        progress: progress callback.
+        maps: map cache (a fresh one in memory by default).
+    """
+    wanted = set(protocols)
+    unknown = wanted - set(PROTOCOLS)
+    if unknown:
+        msg = f"unknown protocols: {', '.join(sorted(unknown))}; choose from {', '.join(PROTOCOLS)}"
+        raise ValueError(msg)
+    names = list(names)
+    index = {name: i for i, name in enumerate(names)}
+    cont_steps = [list(s) for s in (steps or [[n] for n in names])]
+    models: dict[str, ModelLike] = {name: store.load(name) for name in names}
+    routing = bool(wanted & {"muad", "continual"})
+    columns: np.ndarray | None = None
+    route_thresholds: np.ndarray | None = None
+    router = None
+    if routing:
+        router = store.router()
+        missing = [n for n in names if n not in router.categories_]
+        if missing:
+            msg = f"the store's router lacks {', '.join(missing)}"
+            raise ValueError(msg)
+        columns = np.asarray([router.categories_.index(n) for n in names])
+        route_thresholds = np.asarray(router.thresholds_, dtype=np.float64)[columns]
+    # Allowed route targets per image category: muad = all; continual = seen set of each later step.
+    step_of = {name: t for t, step in enumerate(cont_steps) for name in step}
+    seen_masks: list[np.ndarray] = []
+    seen: set[str] = set()
+    for step in cont_steps:
+        seen |= set(step)
+        seen_masks.append(np.asarray([n in seen for n in names]))
+    all_mask = np.ones(len(names), dtype=bool)
+    cache = maps if maps is not None else MapCache()
+    extractor = store.extractor()
+    runs: dict[str, CategoryRun] = {}
+    for name in names:
+        data = dataset.categories[name]
+        n = len(data.test)
+        masks: list[np.ndarray] = []
+        if "muad" in wanted:
+            masks.append(all_mask)
+        if "continual" in wanted and name in step_of:
+            masks.extend(seen_masks[step_of[name] :])
+        run = CategoryRun(data=data, route=np.full((n, len(names)), np.nan) if routing else None)
+        timings = {"embed": 0.0, "route": 0.0, "score": 0.0}
+        progress(Progress("test", name, 0, n))
+        iterator = iter(extractor.iter_embeddings(list(data.test)))
+        while True:
+            started = time.perf_counter()
+            try:
+                start, vectors = next(iterator)
+            except StopIteration:
+                break
+            timings["embed"] += time.perf_counter() - started
+            batch = len(vectors)
+            rows: np.ndarray | None = None
+            if router is not None and columns is not None and run.route is not None:
+                started = time.perf_counter()
+                rows = np.asarray(router.scores(vectors), dtype=np.float64)[:, columns]
+                run.route[start : start + batch] = rows
+                timings["route"] += time.perf_counter() - started
+            per_image = [_candidates(index[name], None if rows is None else rows[j], masks) for j in range(batch)]
+            started = time.perf_counter()
+            for model_index in sorted(set().union(*per_image)):
+                model_name = names[model_index]
+                picked = [j for j in range(batch) if model_index in per_image[j]]
+                prediction = models[model_name].predict(vectors[picked])
+                table = run.scores.setdefault(model_name, np.full((n, 3), np.nan))
+                for k, j in enumerate(picked):
+                    table[start + j] = [float(prediction.scores.by_kind(kind)[k]) for kind in KINDS]
+                    cache.put((name, model_name, start + j), prediction.maps[k])
+            timings["score"] += time.perf_counter() - started
+            progress(Progress("test", name, start + batch, n))
+        run.timings = timings
+        runs[name] = run
+    return Collected(
+        names=names,
+        runs=runs,
+        maps=cache,
+        thresholds={name: {k: float(v) for k, v in models[name].thresholds.items()} for name in names},
+        calibration={
+            name: {k: np.asarray(v, dtype=np.float64) for k, v in models[name].calibration_scores_.items()}
+            for name in names
+        },
+        route_thresholds=route_thresholds,
+        geometry=extractor.geometry,
+        steps=cont_steps,
+    )
+
+
+# ------------------------------------------------------------------------------------ metrics
+def crossover_counts(
+    labels: np.ndarray, base: np.ndarray, hybrid: np.ndarray, t_base: np.ndarray, t_hybrid: np.ndarray
+) -> dict[str, int]:
+    """Decisions that differ between the base and the hybrid score (paper's Figure 2).
+
+    ``fp_fixed``: good images rejected by base, accepted by hybrid; ``fn_recovered``: anomalous
+    images accepted by base, rejected by hybrid; ``fp_introduced`` / ``fn_introduced`` the reverse.
+    """
+    good = labels == 0
+    base_reject = base > t_base
+    hyb_reject = hybrid > t_hybrid
+    return {
+        "fp_fixed": int(np.count_nonzero(good & base_reject & ~hyb_reject)),
+        "fn_recovered": int(np.count_nonzero(~good & ~base_reject & hyb_reject)),
+        "fp_introduced": int(np.count_nonzero(good & ~base_reject & hyb_reject)),
+        "fn_introduced": int(np.count_nonzero(~good & base_reject & ~hyb_reject)),
+    }
+
+
+def _rate(flags: np.ndarray) -> float:
+    return float(np.mean(flags)) if flags.size else _NAN
+
+
+def load_masks(data: CategoryData, geometry: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the test images after the preprocessing geometry, and which images are usable.
+
+    Good images get an empty mask; anomalous images without a mask file are not usable for
+    pixel metrics. Returns ``(masks (n_usable, crop, crop) bool, usable indices)``.
+    """
+    usable = [i for i, (label, mask) in enumerate(zip(data.labels, data.masks, strict=True)) if label == 0 or mask]
+    out = np.zeros((len(usable), geometry.crop, geometry.crop), dtype=bool)
+    for k, i in enumerate(usable):
+        path = data.masks[i]
+        if path is not None:
+            out[k] = load_mask(path, geometry)
+    return out, np.asarray(usable, dtype=np.int64)
+
+
+def category_metrics(
+    collected: Collected,
+    name: str,
+    routed: Sequence[str],
+    pixel: bool = True,
+    pixel_cache: dict[tuple[Any, ...], dict[str, float]] | None = None,
+    max_pixels: int | None = None,
+) -> dict[str, Any]:
+    """All figures of one category when its test images are scored by the ``routed`` models.
+
+    Args:
+        collected: the single pass.
+        name: the category.
+        routed: model category per test image (the category itself for ``separate``).
+        pixel: compute pixel metrics (needs masks).
+        pixel_cache: pixel metrics by ``(name, routed...)``, reused across continual steps.
+        max_pixels: cap on pixels for pixel AUROC / AP / F1 (AUPRO stays exact).
+
+    Returns:
+        Flat dict: ``n_test``, ``n_good``, ``n_anomalous``; ``image_{auroc,ap,f1_max}_{kind}``;
+        ``frr_{kind}`` (test-good rejected at the routed model's 99.5% train-good threshold) and
+        ``tpr_{kind}`` (anomalous rejected); ``pixel_{auroc,ap,f1_max}`` and ``aupro``;
+        ``routing_accuracy`` and ``unknown_rate``; cross-over counts (``fp_fixed``, ...).
+    """
+    run = collected.runs[name]
+    labels = np.asarray(run.data.labels, dtype=np.int64)
+    n = len(labels)
+    scores = np.empty((n, 3))
+    for i, model in enumerate(routed):
+        scores[i] = run.scores[model][i]
+    if not np.all(np.isfinite(scores)):
+        msg = f"{name}: some images were not scored by their routed category"
+        raise RuntimeError(msg)
+    thresholds = collected.threshold_matrix(routed)
+    out: dict[str, Any] = {"n_test": n, "n_good": int(np.sum(labels == 0)), "n_anomalous": int(np.sum(labels == 1))}
+    good = labels == 0
+    for k, kind in enumerate(KINDS):
+        for metric, value in image_metrics(labels, scores[:, k]).items():
+            out[f"image_{metric}_{kind}"] = value
+        rejected = scores[:, k] > thresholds[:, k]
+        out[f"frr_{kind}"] = _rate(rejected[good])
+        out[f"tpr_{kind}"] = _rate(rejected[~good])
+    out.update({"pixel_auroc": _NAN, "pixel_ap": _NAN, "pixel_f1_max": _NAN, "aupro": _NAN})
+    if pixel and run.data.has_masks:
+        key = (name, *routed)
+        cached = None if pixel_cache is None else pixel_cache.get(key)
+        if cached is None:
+            masks, usable = load_masks(run.data, collected.geometry)
+            maps = np.stack([collected.maps.get((name, routed[i], int(i))) for i in usable])
+            found = pixel_metrics(masks, maps, max_pixels=max_pixels)
+            cached = {f"pixel_{m}" if m != "aupro" else m: float(v) for m, v in found.items()}
+            del maps, masks
+            if pixel_cache is not None:
+                pixel_cache[key] = cached
+        out.update(cached)
+    routed_self = np.asarray([m == name for m in routed])
+    out["routing_accuracy"] = _rate(routed_self) if run.route is not None else _NAN
+    out["unknown_rate"] = _NAN if run.route is None else _rate(_unknown_flags(collected, name, routed))
+    out.update(crossover_counts(labels, scores[:, 0], scores[:, 2], thresholds[:, 0], thresholds[:, 2]))
+    return out
+
+
+def _unknown_flags(collected: Collected, name: str, routed: Sequence[str]) -> np.ndarray:
+    """Images whose route score to their routed category exceeds that category's threshold."""
+    run = collected.runs[name]
+    if run.route is None or collected.route_thresholds is None:
+        return np.zeros(len(routed), dtype=bool)
+    index = {m: i for i, m in enumerate(collected.names)}
+    cols = np.asarray([index[m] for m in routed], dtype=np.int64)
+    best = run.route[np.arange(len(routed)), cols]
+    return np.asarray(best > collected.route_thresholds[cols])
+
+
+def mean_metrics(per_category: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Plain (unweighted) mean over categories of every numeric figure; ``nan`` entries are skipped."""
+    keys: list[str] = []
+    for metrics in per_category.values():
+        keys.extend(k for k in metrics if k not in keys)
+    out: dict[str, float] = {}
+    for key in keys:
+        values = np.asarray(
+            [float(m[key]) for m in per_category.values() if isinstance(m.get(key), int | float)], dtype=np.float64
+        )
+        finite = values[np.isfinite(values)]
+        out[key] = float(finite.mean()) if finite.size else _NAN
+    return out
+
+
+def _routed(collected: Collected, name: str, allowed: np.ndarray) -> list[str]:
+    run = collected.runs[name]
+    assert run.route is not None
+    candidates = np.flatnonzero(allowed)
+    choice = candidates[np.argmin(run.route[:, allowed], axis=1)]
+    return [collected.names[i] for i in choice]
+
+
+def evaluate_separate(
+    collected: Collected,
+    progress: ProgressCallback = _quiet,
+    pixel: bool = True,
+    max_pixels: int | None = None,
+) -> dict[str, Any]:
+    """Category known: every image scored against its own category."""
+    per: dict[str, dict[str, Any]] = {}
+    for i, name in enumerate(collected.names):
+        routed = [name] * len(collected.runs[name].data.test)
+        per[name] = category_metrics(collected, name, routed, pixel=pixel, max_pixels=max_pixels)
+        per[name]["routing_accuracy"] = _NAN
+        per[name]["unknown_rate"] = _NAN
+        progress(Progress("metrics", name, i + 1, len(collected.names), "separate"))
+    return {"per_category": per, "mean": mean_metrics(per)}
+
+
+def evaluate_muad(
+    collected: Collected,
+    progress: ProgressCallback = _quiet,
+    pixel: bool = True,
+    max_pixels: int | None = None,
+    pixel_cache: dict[tuple[Any, ...], dict[str, float]] | None = None,
+) -> dict[str, Any]:
+    """Unified: each image routed among all evaluated categories, scored by the chosen one.
+
+    Returns:
+        ``per_category`` and ``mean`` metrics, plus ``routing``: overall ``accuracy`` (over
+        images), ``mean_accuracy`` (over categories), ``unknown_rate`` and ``confusion``
+        (``labels`` and ``matrix[true][routed]`` counts).
+    """
+    names = collected.names
+    allowed = np.ones(len(names), dtype=bool)
+    per: dict[str, dict[str, Any]] = {}
+    confusion = np.zeros((len(names), len(names)), dtype=np.int64)
+    unknown = 0
+    total = 0
+    for i, name in enumerate(names):
+        routed = _routed(collected, name, allowed)
+        per[name] = category_metrics(
+            collected, name, routed, pixel=pixel, pixel_cache=pixel_cache, max_pixels=max_pixels
+        )
+        for model in routed:
+            confusion[i, names.index(model)] += 1
+        unknown += int(np.count_nonzero(_unknown_flags(collected, name, routed)))
+        total += len(routed)
+        progress(Progress("metrics", name, i + 1, len(names), "muad"))
+    accuracy = float(np.trace(confusion) / confusion.sum()) if confusion.sum() else _NAN
+    return {
+        "per_category": per,
+        "mean": mean_metrics(per),
+        "routing": {
+            "accuracy": accuracy,
+            "mean_accuracy": mean_metrics(per)["routing_accuracy"],
+            "unknown_rate": unknown / total if total else _NAN,
+            "confusion": {"labels": list(names), "matrix": confusion.tolist()},
+        },
+    }
+
+
+def forgetting(matrix: np.ndarray, added_at: Sequence[int]) -> float:
+    """Forgetting measure FM (GCR's definition), for steps that may add several categories.
+
+    FM = mean over the categories added before the final step of (best value from the step the
+    category was added to the final step) - (value at the final step). Categories whose final
+    value is ``nan`` are left out; ``nan`` when no term remains. With one category per step this
+    equals :func:`structcore.metrics.forgetting_measure`.
+
+    Args:
+        matrix: (steps, categories) values, ``nan`` before a category is added.
+        added_at: step index at which each category (column) was added.
+    """
+    a = np.asarray(matrix, dtype=np.float64)
+    last = a.shape[0] - 1
+    terms = []
+    for j, step in enumerate(added_at):
+        if step >= last:
+            continue
+        column = a[step:, j]
+        finite = column[np.isfinite(column)]
+        if finite.size == 0 or not math.isfinite(a[last, j]):
+            continue
+        terms.append(float(finite.max() - a[last, j]))
+    return float(np.mean(terms)) if terms else _NAN
+
+
+def evaluate_continual(
+    collected: Collected,
+    progress: ProgressCallback = _quiet,
+    pixel: bool = True,
+    max_pixels: int | None = None,
+    pixel_cache: dict[tuple[Any, ...], dict[str, float]] | None = None,
+    matrix_metrics: Sequence[str] = MATRIX_METRICS,
+) -> dict[str, Any]:
+    """Continual: after each step, every seen category evaluated with routing among the seen ones.
+
+    Returns:
+        ``steps`` (per step: ``added``, ``seen``, ``per_category``, ``mean``, ``routing_accuracy``
+        over the seen images), ``matrix`` (per metric: ``(steps, categories)`` lists with
+        ``None`` before a category is added; columns in order of addition), ``final``
+        (per-category metrics and mean at the last step) and ``forgetting`` (FM per metric).
+    """
+    steps = collected.steps
+    order = [name for step in steps for name in step]
+    added_at = [t for t, step in enumerate(steps) for _ in step]
+    cache = pixel_cache if pixel_cache is not None else {}
+    matrices = {metric: np.full((len(steps), len(order)), np.nan) for metric in matrix_metrics}
+    results: list[dict[str, Any]] = []
+    seen: list[str] = []
+    for t, step in enumerate(steps):
+        seen.extend(step)
+        allowed = np.asarray([n in seen for n in collected.names])
+        per: dict[str, dict[str, Any]] = {}
+        correct = total = 0
+        for name in seen:
+            routed = _routed(collected, name, allowed)
+            per[name] = category_metrics(collected, name, routed, pixel=pixel, pixel_cache=cache, max_pixels=max_pixels)
+            correct += sum(m == name for m in routed)
+            total += len(routed)
+            j = order.index(name)
+            for metric in matrix_metrics:
+                value = per[name].get(metric, _NAN)
+                matrices[metric][t, j] = float(value) if isinstance(value, int | float) else _NAN
+        results.append(
+            {
+                "step": t,
+                "added": list(step),
+                "seen": list(seen),
+                "per_category": per,
+                "mean": mean_metrics(per),
+                "routing_accuracy": correct / total if total else _NAN,
+            }
+        )
+        progress(Progress("metrics", ",".join(step), t + 1, len(steps), "continual"))
+    final = results[-1]
+    return {
+        "order": [list(s) for s in steps],
+        "columns": order,
+        "steps": results,
+        "matrix": {metric: values.tolist() for metric, values in matrices.items()},
+        "final": {"per_category": final["per_category"], "mean": final["mean"]},
+        "forgetting": {metric: forgetting(values, added_at) for metric, values in matrices.items()},
+    }

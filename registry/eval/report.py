@@ -1,0 +1,259 @@
+"""Writing evaluation results: ``results.json``, ``per_category.csv`` and ``report.md``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CSV_COLUMNS",
+    "jsonable",
+    "markdown_report",
+    "write_csv",
+    "write_json",
+    "write_markdown",
+]
+
+#: Metric columns of ``per_category.csv`` (after ``protocol``, ``step``, ``category``).
+CSV_COLUMNS = (
+    "n_test",
+    "n_good",
+    "n_anomalous",
+    *(f"image_{m}_{k}" for m in ("auroc", "ap", "f1_max") for k in ("base", "struct", "hybrid")),
+    "pixel_auroc",
+    "pixel_ap",
+    "pixel_f1_max",
+    "aupro",
+    *(f"frr_{k}" for k in ("base", "struct", "hybrid")),
+    *(f"tpr_{k}" for k in ("base", "struct", "hybrid")),
+    "routing_accuracy",
+    "unknown_rate",
+    "fp_fixed",
+    "fn_recovered",
+    "fp_introduced",
+    "fn_introduced",
+)
+
+
+_MAX_FINDINGS = 12
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with NumPy types, tuples and paths converted; ``nan``/``inf`` become ``None``."""
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json(path: Path, results: Mapping[str, Any]) -> Path:
+    """Write ``results`` as strict JSON (no NaN)."""
+    path.write_text(json.dumps(jsonable(results), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else f"{value:.6g}"
+    return str(value)
+
+
+def _rows(results: Mapping[str, Any]) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+    protocols: Mapping[str, Any] = results.get("protocols", {})
+
+    def add(protocol: str, step: str, per: Mapping[str, Any], mean: Mapping[str, Any]) -> None:
+        for category, metrics in [*per.items(), ("mean", mean)]:
+            row = {"protocol": protocol, "step": step, "category": category}
+            row.update({column: _csv_value(metrics.get(column)) for column in CSV_COLUMNS})
+            rows.append(row)
+
+    for protocol in ("separate", "muad"):
+        if protocol in protocols:
+            add(protocol, "", protocols[protocol]["per_category"], protocols[protocol]["mean"])
+    if "continual" in protocols:
+        for step in protocols["continual"]["steps"]:
+            add("continual", str(step["step"]), step["per_category"], step["mean"])
+    return rows
+
+
+def write_csv(path: Path, results: Mapping[str, Any]) -> Path:
+    """One row per protocol, (continual) step and category, plus a ``mean`` row per table."""
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["protocol", "step", "category", *CSV_COLUMNS])
+        writer.writeheader()
+        writer.writerows(_rows(results))
+    return path
+
+
+# ------------------------------------------------------------------------------------ markdown
+def _pct(value: Any) -> str:
+    if value is None or not isinstance(value, int | float) or not math.isfinite(value):
+        return "-"
+    return f"{100.0 * value:.1f}"
+
+
+def _triple(metrics: Mapping[str, Any], metric: str) -> str:
+    return " / ".join(_pct(metrics.get(f"{metric}_{kind}")) for kind in ("base", "struct", "hybrid"))
+
+
+def _table(per: Mapping[str, Mapping[str, Any]], mean: Mapping[str, Any], routing: bool) -> list[str]:
+    header = [
+        "Category",
+        "I-AUROC B / S / H",
+        "I-AP B / S / H",
+        "I-F1 B / S / H",
+        "P-AUROC",
+        "P-AP",
+        "P-F1",
+        "AUPRO",
+        "FRR B / H",
+    ]
+    if routing:
+        header.append("Routing")
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for name, metrics in [*per.items(), ("**mean**", mean)]:
+        cells = [
+            name,
+            _triple(metrics, "image_auroc"),
+            _triple(metrics, "image_ap"),
+            _triple(metrics, "image_f1_max"),
+            _pct(metrics.get("pixel_auroc")),
+            _pct(metrics.get("pixel_ap")),
+            _pct(metrics.get("pixel_f1_max")),
+            _pct(metrics.get("aupro")),
+            f"{_pct(metrics.get('frr_base'))} / {_pct(metrics.get('frr_hybrid'))}",
+        ]
+        if routing:
+            cells.append(_pct(metrics.get("routing_accuracy")))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _matrix_table(matrix: Sequence[Sequence[Any]], columns: Sequence[str], steps: Sequence[Any]) -> list[str]:
+    header = ["Step", *columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for t, row in enumerate(matrix):
+        added = ", ".join(steps[t]["added"]) if t < len(steps) else ""
+        label = f"{t} (+{added})" if len(added) <= 24 else f"{t} (+{len(steps[t]['added'])})"
+        lines.append("| " + " | ".join([label, *(_pct(v) for v in row)]) + " |")
+    return lines
+
+
+def markdown_report(results: Mapping[str, Any]) -> str:
+    """The paper-style report: setup, dataset check, one table per protocol (values in %)."""
+    config = results.get("config", {})
+    lines = ["# StructCore evaluation", ""]
+    lines.append(
+        f"Dataset: `{config.get('data')}` (layout {config.get('layout')}, "
+        f"{len(results.get('categories', {}))} categories). Store: {results.get('store', {}).get('kind', '?')}. "
+        f"Protocols: {', '.join(config.get('protocols', []))}."
+    )
+    store = results.get("store", {})
+    space = store.get("feature_space") or store
+    if space:
+        lines.append(
+            f"Feature space: backbone {space.get('backbone', '?')}, resize {space.get('resize', '?')}, "
+            f"crop {space.get('crop', '?')}."
+        )
+    lines.append("")
+    lines.append(
+        "Image metrics are given for the Base (max of the map), Struct (D_struct) and Hybrid scores; "
+        "pixel metrics once. FRR: share of test-good images rejected at the stored 99.5% train-good "
+        "thresholds. Means are plain means over categories. All values in %."
+    )
+    check = results.get("dataset_check")
+    if check and check.get("findings"):
+        lines += ["", "## Dataset check", ""]
+        findings = list(check["findings"])
+        lines += [f"- {finding}" for finding in findings[:_MAX_FINDINGS]]
+        if len(findings) > _MAX_FINDINGS:
+            lines.append(f"- ... and {len(findings) - _MAX_FINDINGS} more (see results.json, dataset_check)")
+    warnings = results.get("warnings") or []
+    if warnings:
+        lines += ["", "## Warnings", ""]
+        lines += [f"- {w}" for w in warnings]
+    protocols = results.get("protocols", {})
+    if "separate" in protocols:
+        part = protocols["separate"]
+        lines += ["", "## Separate (category known)", ""]
+        lines += _table(part["per_category"], part["mean"], routing=False)
+    if "muad" in protocols:
+        part = protocols["muad"]
+        routing = part["routing"]
+        lines += ["", "## MUAD (unified, routed, category unknown)", ""]
+        lines += _table(part["per_category"], part["mean"], routing=True)
+        lines += [
+            "",
+            f"Routing accuracy {_pct(routing['accuracy'])} % over images "
+            f"({_pct(routing['mean_accuracy'])} % mean over categories); "
+            f"flagged unknown: {_pct(routing['unknown_rate'])} %.",
+        ]
+        labels = routing["confusion"]["labels"]
+        if len(labels) <= 20:
+            lines += ["", "Routing confusion (rows: true category, columns: routed to):", ""]
+            header = ["true \\ routed", *labels]
+            lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+            for name, row in zip(labels, routing["confusion"]["matrix"], strict=True):
+                lines.append("| " + " | ".join([name, *(str(v) for v in row)]) + " |")
+    if "continual" in protocols:
+        part = protocols["continual"]
+        steps = part["steps"]
+        lines += ["", "## Continual", ""]
+        lines.append("Order: " + " -> ".join("[" + ", ".join(step) + "]" for step in part["order"]))
+        lines += ["", "Image AUROC (Hybrid) after each step (rows) per category (columns):", ""]
+        lines += _matrix_table(part["matrix"]["image_auroc_hybrid"], part["columns"], steps)
+        fm = part["forgetting"]
+        final = part["final"]["mean"]
+        lines += [
+            "",
+            f"Final mean: I-AUROC Base / Struct / Hybrid {_triple(final, 'image_auroc')}, "
+            f"P-AP {_pct(final.get('pixel_ap'))}, AUPRO {_pct(final.get('aupro'))}, "
+            f"routing {_pct(final.get('routing_accuracy'))}.",
+            f"Forgetting FM: I-AUROC Hybrid {_pct(fm.get('image_auroc_hybrid'))}, "
+            f"Base {_pct(fm.get('image_auroc_base'))}, P-AP {_pct(fm.get('pixel_ap'))}, "
+            f"routing {_pct(fm.get('routing_accuracy'))} (percentage points).",
+            "",
+            "Final step, per category:",
+            "",
+        ]
+        lines += _table(part["final"]["per_category"], final, routing=True)
+    timings = results.get("timings", {})
+    if timings:
+        lines += ["", "## Timings", ""]
+        lines.append(
+            f"Total {timings.get('total_s', float('nan')):.1f} s; fit {timings.get('fit_s', 0.0):.1f} s; "
+            f"test pass {timings.get('test_s', 0.0):.1f} s "
+            f"({timings.get('ms_per_test_image', float('nan')):.1f} ms per test image: embed "
+            f"{timings.get('embed_ms_per_image', float('nan')):.1f}, route "
+            f"{timings.get('route_ms_per_image', float('nan')):.1f}, score "
+            f"{timings.get('score_ms_per_image', float('nan')):.1f}); metrics {timings.get('metrics_s', 0.0):.1f} s."
+        )
+    plots = results.get("plots") or []
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"- [{Path(p).name}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(path: Path, results: Mapping[str, Any]) -> Path:
+    """Write :func:`markdown_report` of ``results`` (made JSON-safe first) to ``path``."""
+    path.write_text(markdown_report(jsonable(results)))
+    return path
