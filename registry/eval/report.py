@@ -71,7 +71,7 @@ def _csv_value(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return "" if not math.isfinite(value) else f"{value:.6g}"
+        return "" if not math.isfinite(value) else f"{value:.10g}"
     return str(value)
 
 
