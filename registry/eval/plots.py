@@ -214,14 +214,15 @@ def plot_continual_heatmap(
 ) -> Path:
     """Step x category heat-map of a continual metric (values in %)."""
     values = np.asarray([[np.nan if v is None else float(v) for v in row] for row in matrix], dtype=np.float64)
-    figure, axis = plt.subplots(figsize=(1.0 + 0.65 * len(columns), 1.0 + 0.45 * len(values)))
+    figure, axis = plt.subplots(figsize=(max(5.5, 1.5 + 0.65 * len(columns)), max(2.8, 1.4 + 0.45 * len(values))))
     masked = np.ma.masked_invalid(100.0 * values)
     finite = values[np.isfinite(values)]
-    low = 100.0 * float(finite.min()) if finite.size else 0.0
-    image = axis.imshow(masked, cmap="viridis", vmin=min(low, 99.0), vmax=100.0, aspect="auto")
+    low = min(100.0 * float(finite.min()) if finite.size else 0.0, 99.0)
+    image = axis.imshow(masked, cmap="viridis", vmin=low, vmax=100.0, aspect="auto")
     for (t, j), value in np.ndenumerate(values):
         if math.isfinite(value):
-            axis.text(j, t, f"{100 * value:.1f}", ha="center", va="center", fontsize=6, color="w")
+            bright = (100.0 * value - low) / (100.0 - low) > 0.6
+            axis.text(j, t, f"{100 * value:.1f}", ha="center", va="center", fontsize=6, color="k" if bright else "w")
     axis.set_xticks(range(len(columns)), columns, rotation=60, ha="right", fontsize=7)
     axis.set_yticks(range(len(values)), [str(t) for t in range(len(values))], fontsize=7)
     axis.set_xlabel("category (in order of addition)", fontsize=8)

@@ -263,13 +263,14 @@ class CategoryRun:
 
 @dataclass
 class Collected:
-    """Result of :func:`collect`: per-category runs, maps, models' thresholds, routing settings."""
+    """Result of :func:`collect`: per-category runs, maps, models' thresholds and settings, routing."""
 
     names: list[str]
     runs: dict[str, CategoryRun]
     maps: MapCache
     thresholds: dict[str, dict[str, float]]
     calibration: dict[str, dict[str, np.ndarray]]
+    params: dict[str, dict[str, Any]]
     route_thresholds: np.ndarray | None
     geometry: Preprocessing
     steps: list[list[str]]
@@ -391,6 +392,10 @@ def collect(
         thresholds={name: {k: float(v) for k, v in models[name].thresholds.items()} for name in names},
         calibration={
             name: {k: np.asarray(v, dtype=np.float64) for k, v in models[name].calibration_scores_.items()}
+            for name in names
+        },
+        params={
+            name: dict(models[name].get_params()) if hasattr(models[name], "get_params") else {}  # type: ignore[attr-defined]
             for name in names
         },
         route_thresholds=route_thresholds,
@@ -539,12 +544,15 @@ def evaluate_separate(
     progress: ProgressCallback = _quiet,
     pixel: bool = True,
     max_pixels: int | None = None,
+    pixel_cache: dict[tuple[Any, ...], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Category known: every image scored against its own category."""
     per: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(collected.names):
         routed = [name] * len(collected.runs[name].data.test)
-        per[name] = category_metrics(collected, name, routed, pixel=pixel, max_pixels=max_pixels)
+        per[name] = category_metrics(
+            collected, name, routed, pixel=pixel, pixel_cache=pixel_cache, max_pixels=max_pixels
+        )
         per[name]["routing_accuracy"] = _NAN
         per[name]["unknown_rate"] = _NAN
         progress(Progress("metrics", name, i + 1, len(collected.names), "separate"))

@@ -154,12 +154,10 @@ def _default_store(
     )
 
 
-def _category_facts(collected: Collected, store: CategoryStore, fits: dict[str, Any]) -> dict[str, Any]:
+def _category_facts(collected: Collected, fits: dict[str, Any]) -> dict[str, Any]:
     facts: dict[str, Any] = {}
     for name in collected.names:
         data = collected.runs[name].data
-        model = store.load(name)
-        params = model.get_params() if hasattr(model, "get_params") else {}
         facts[name] = {
             "n_train": len(data.train),
             "n_test": len(data.test),
@@ -169,7 +167,7 @@ def _category_facts(collected: Collected, store: CategoryStore, fits: dict[str, 
             "has_masks": data.has_masks,
             "fit": fits.get(name, {}),
             "thresholds": collected.thresholds[name],
-            "model": params,
+            "model": collected.params[name],
             "timings": collected.runs[name].timings,
         }
     return facts
@@ -259,7 +257,9 @@ def run_evaluation(
         msg = f"no manifest for dataset {manifest!r}; known: {', '.join(DATASETS)}"
         raise ValueError(msg)
     check_result: dict[str, Any] | None = None
-    if check and manifest is not None:
+    if check and manifest is not None and not loaded.root.is_dir():
+        warnings.append(f"dataset check skipped: {loaded.root} is not a folder")
+    elif check and manifest is not None:
         known = set(load_manifest(manifest)["categories"])
         checked = check_dataset(manifest, loaded.root, categories=[n for n in loaded.names if n in known])
         check_result = checked.to_dict()
@@ -300,7 +300,7 @@ def run_evaluation(
         results_by_protocol: dict[str, Any] = {}
         pixel_cache: dict[tuple[Any, ...], dict[str, float]] = {}
         if "separate" in wanted:
-            results_by_protocol["separate"] = evaluate_separate(collected, report, pixel, max_pixels)
+            results_by_protocol["separate"] = evaluate_separate(collected, report, pixel, max_pixels, pixel_cache)
         if "muad" in wanted:
             results_by_protocol["muad"] = evaluate_muad(collected, report, pixel, max_pixels, pixel_cache)
         if "continual" in wanted:
@@ -333,7 +333,7 @@ def run_evaluation(
             "store": store.describe(),
             "dataset_check": check_result,
             "warnings": warnings,
-            "categories": _category_facts(collected, store, fits),
+            "categories": _category_facts(collected, fits),
             "protocols": results_by_protocol,
             "timings": {
                 "fit_s": fit_seconds,
