@@ -76,10 +76,13 @@ def export_bundle(registry: Registry, names: Sequence[str] | None, path: Path) -
 
     The file is written next to ``path`` under a temporary name and renamed at the end.
     """
-    names = registry.names() if names is None else list(dict.fromkeys(names))
+    if names is None:
+        names = registry.names()
+        if not names:
+            raise RegistryError(f"nothing to export: the registry at {registry.root} has no categories")
+    names = list(dict.fromkeys(names))
     if not names:
-        msg = "nothing to export: the registry has no categories" if not registry.names() else "no categories named"
-        raise RegistryError(msg)
+        raise RegistryError("nothing to export: no category names were given")
     space = registry.feature_space
     description = _dumps(space.describe())
     projection = canonical(space.projection)

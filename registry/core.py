@@ -278,6 +278,7 @@ class Registry:
         self._router: PrototypeRouter | None = None
         self._router_token: tuple[tuple[str, str], ...] | None = None
         self._backbone: Backbone | None = None
+        self._extractors: dict[int, FeatureExtractor] = {}
         self._space: FeatureSpace | None = None
         self._row = self._feature_space_row()
         self._projection_sha = self._row.projection_sha256
@@ -516,7 +517,11 @@ class Registry:
             raise FeatureSpaceMismatchError(
                 "the backbone weights found", differences, "pass the weights file the registry was made with"
             )
-        return build_extractor(space, bb, batch_size=batch_size)
+        extractor = self._extractors.get(batch_size)
+        if extractor is None:
+            extractor = build_extractor(space, bb, batch_size=batch_size)
+            self._extractors[batch_size] = extractor
+        return extractor
 
     # ----------------------------------------------------------------- writing
     def add_category(
@@ -864,12 +869,23 @@ class Registry:
         if cached is not None:
             self._cache.move_to_end(info.uuid)
             return cached
-        arrays = {array: self._read_checked(info, array) for array in ARRAY_NAMES}
+        try:
+            arrays = {array: self._read_checked(info, array) for array in ARRAY_NAMES}
+        except IntegrityError:
+            if not self._version_exists(info.uuid):  # removed by another process meanwhile
+                msg = f"category {name!r} version {info.version} was removed while it was being loaded; try again"
+                raise RegistryError(msg) from None
+            raise
         model = CategoryModel.from_parts(arrays, metadata)
         self._cache[info.uuid] = model
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return model
+
+    def _version_exists(self, version_uuid: str) -> bool:
+        with read_session(self._engine) as session:
+            found = session.scalars(select(CategoryVersionRow.id).where(CategoryVersionRow.uuid == version_uuid))
+            return found.one_or_none() is not None
 
     def _current_versions(self) -> builtins.list[VersionInfo]:
         with read_session(self._engine) as session:
@@ -948,6 +964,7 @@ class Registry:
         self._projection_sha = self._row.projection_sha256
         self._space = None
         self._backbone = None
+        self._extractors.clear()
         self._router_token = None
 
     # ----------------------------------------------------------------- checks
