@@ -12,6 +12,8 @@ import zarr
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from registry import (
     IntegrityError,
@@ -23,9 +25,11 @@ from registry import (
     SchemaOutdatedError,
     UnknownCategoryError,
     UnknownVersionError,
+    validate_name,
 )
 from registry.db import alembic_config, current_revision, head_revision, make_engine
 from registry.models import Base
+from registry.storage import ArrayRecord, array_sha256
 from tests.test_registry_support import SIZE, clone, db_rows, make_base, scores, small_model, tree_hashes, write_data
 
 Data = dict[str, tuple[list[Path], list[Path]]]
@@ -297,3 +301,48 @@ def test_registry_at_first_revision_is_upgraded_on_open(base: Path, tmp_path: Pa
     assert Registry.upgrade(root) == ("0001", "0002")
     with Registry.open(root) as registry:
         assert registry.names() == ["pill"]
+
+
+def test_interrupted_init_is_not_a_registry_and_can_be_redone(tmp_path: Path) -> None:
+    root = tmp_path / "reg"
+    Registry.init(root, resize=SIZE, crop=SIZE).close()
+    connection = sqlite3.connect(root / "registry.sqlite")
+    with connection:
+        connection.execute("DELETE FROM feature_space")  # as if killed before the feature space was committed
+    connection.close()
+    with pytest.raises(NotARegistryError, match="initialisation did not finish"):
+        Registry.open(root)
+    with Registry.init(root, resize=SIZE, crop=SIZE) as registry:
+        assert registry.verify(repair=True).ok
+
+
+# ------------------------------------------------------------------------- properties
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=0, max_size=140))
+def test_accepted_names_are_single_safe_path_components(name: str) -> None:
+    try:
+        validate_name(name)
+    except InvalidNameError:
+        return
+    assert "/" not in name and "\\" not in name and name not in {".", ".."} and not name.startswith(".")
+    assert Path(name).name == name and len(name) <= 128
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    shape=st.tuples(st.integers(0, 5), st.integers(1, 4)),
+    dtype=st.sampled_from(["<f2", ">f4", "<f8", ">i4", "<i8"]),
+    seed=st.integers(0, 2**16),
+)
+def test_checksum_depends_on_content_not_layout(shape: tuple[int, int], dtype: str, seed: int) -> None:
+    values = np.random.default_rng(seed).integers(-100, 100, size=shape).astype(dtype)
+    swapped = values.astype(np.dtype(dtype).newbyteorder("S"))  # same numbers, other byte order
+    fortran = np.asfortranarray(values)
+    digest = array_sha256(values)
+    assert array_sha256(swapped) == digest == array_sha256(fortran)
+    assert ArrayRecord.of(values).dtype == np.dtype(dtype).newbyteorder("<").str
+    if values.size:
+        changed = values.copy()
+        changed.flat[0] += 1
+        assert array_sha256(changed) != digest
+    assert array_sha256(values.reshape(-1)) != digest or values.ndim == 1
