@@ -1,0 +1,452 @@
+"""The ``registry`` command: a thin Typer layer over :mod:`registry` and :mod:`structcore`."""
+
+from __future__ import annotations
+
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import numpy as np
+import typer
+
+from cli.common import (
+    CliState,
+    InputError,
+    console,
+    err_console,
+    expand_inputs,
+    print_json,
+    progress_bar,
+    resolve_root,
+    train_images,
+    user_errors,
+)
+from cli.output import overlay, records_table, write_records
+
+if TYPE_CHECKING:
+    from registry import Registry
+    from registry.inference import PredictionRecord
+
+app = typer.Typer(
+    name="registry",
+    help="StructCore Registry: one anomaly detector for many product categories.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+RootOption = Annotated[
+    Path | None,
+    typer.Option("--root", help="Registry folder [env: STRUCTCORE_REGISTRY; default: ./structcore-registry]."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+
+
+def _package_version() -> str:
+    try:
+        return version("structcore-registry")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        console.print(f"registry {_package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    show_version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    CliState.debug = debug
+
+
+def _open(root: Path | None, weights: Path | None = None) -> Registry:
+    from registry import Registry as RegistryClass
+
+    return RegistryClass.open(resolve_root(root), weights=weights)
+
+
+# ----------------------------------------------------------------------------- init
+@app.command()
+def init(
+    root: RootOption = None,
+    backbone: Annotated[str, typer.Option(help="Backbone: efficientnet-lite2 (embedded) or dinov2-vitb14.")] = (
+        "efficientnet-lite2"
+    ),
+    weights: Annotated[Path | None, typer.Option(help="Weights file or folder (needed for dinov2-*).")] = None,
+    resize: Annotated[int, typer.Option(help="Resize side before the crop.")] = 448,
+    crop: Annotated[int, typer.Option(help="Centre-crop side (equal to --resize: no crop).")] = 392,
+    seed: Annotated[int, typer.Option(help="Seed of the projection matrix W.")] = 42,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a registry with a fixed feature space (backbone, geometry, projection W)."""
+    from registry import Registry
+
+    with user_errors():
+        registry = Registry.init(
+            resolve_root(root), backbone=backbone, weights=weights, resize=resize, crop=crop, seed=seed
+        )
+        info = registry.feature_space_info()
+        if as_json:
+            print_json({"root": str(registry.root), "feature_space": info})
+            return
+        console.print(f"initialised registry at [bold]{registry.root}[/]")
+        console.print(
+            f"  backbone {info['backbone']} (weights sha256 {str(info['weights_sha256'])[:12]}), "
+            f"layers {info['layers']}, {info['resize']}->{info['crop']} px, D={info['dim']}"
+        )
+
+
+# ----------------------------------------------------------------------------- add-category
+@app.command("add-category")
+def add_category(
+    name: Annotated[str, typer.Argument(help="Category name (letters, digits, . _ -).")],
+    train: Annotated[Path, typer.Option("--train", help="Folder of good images, or an MVTec/VisA category root.")],
+    root: RootOption = None,
+    coreset_ratio: Annotated[float, typer.Option(help="Share of train patch vectors kept in the bank.")] = 0.01,
+    calibration: Annotated[str, typer.Option(help="Calibration: loo, in-sample or holdout.")] = "loo",
+    seed: Annotated[int, typer.Option(help="Seed of the coreset, prototypes and holdout split.")] = 42,
+    batch_size: Annotated[int, typer.Option(help="Images per backbone call.")] = 8,
+    description: Annotated[str | None, typer.Option(help="Free text stored with the category.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Fit a category from good images and append it (other categories are not touched)."""
+    from structcore.model import CALIBRATION_MODES, CategoryModel
+
+    with user_errors():
+        if calibration not in CALIBRATION_MODES:
+            raise InputError(f"--calibration must be one of {', '.join(CALIBRATION_MODES)}, got {calibration!r}")
+        if not 0 < coreset_ratio <= 1:
+            raise InputError(f"--coreset-ratio must be in (0, 1], got {coreset_ratio}")
+        registry = _open(root)
+        images = train_images(train)
+        model = CategoryModel(coreset_ratio=coreset_ratio, calibration=calibration, seed=seed)
+        started = time.perf_counter()
+        with progress_bar() as progress:
+            task = progress.add_task(f"embedding {name}", total=len(images), rate="")
+
+            def on_batch(done: int, total: int) -> None:
+                elapsed = time.perf_counter() - started
+                progress.update(task, completed=done, rate=f"{done / max(elapsed, 1e-9):.1f} img/s")
+
+            def on_stage(stage: str) -> None:
+                if stage not in {"embed", "done"}:
+                    progress.update(task, description=f"{name}: {stage}")
+
+            info = registry.add_category(
+                name,
+                images,
+                model,
+                on_batch=on_batch,
+                on_stage=on_stage,
+                batch_size=batch_size,
+                description=description,
+            )
+        elapsed = time.perf_counter() - started
+        if as_json:
+            print_json({**info.to_dict(), "elapsed_seconds": elapsed})
+            return
+        thresholds = info.thresholds
+        console.print(
+            f"added [bold]{name}[/] version {info.version}: {info.n_train_images} train images, "
+            f"bank {info.bank_size} x {registry.feature_space.dim}, {info.n_prototypes} prototypes, "
+            f"calibration {info.calibration_mode}"
+        )
+        console.print(
+            f"  thresholds (99.5% of train-good): base {thresholds['base']:.4f}, struct {thresholds['struct']:.4f}, "
+            f"hybrid {thresholds['hybrid']:.4f}; lambda {float(info.calibration['lambda']):.4f}; "
+            f"took {elapsed:.1f} s"
+        )
+
+
+# ----------------------------------------------------------------------------- list / show / remove
+@app.command("list")
+def list_categories(root: RootOption = None, as_json: JsonOption = False) -> None:
+    """List the categories with their current version."""
+    from rich.table import Table
+
+    with user_errors():
+        registry = _open(root)
+        categories = registry.list()
+        if as_json:
+            print_json([category.to_dict() for category in categories])
+            return
+        if not categories:
+            console.print(f"no categories in {registry.root}; add one with `registry add-category NAME --train DIR`")
+            return
+        table = Table(header_style="bold")
+        for column in ("category", "current", "versions", "train images", "bank", "calibration", "hybrid threshold"):
+            table.add_column(column)
+        for category in categories:
+            current = category.current
+            table.add_row(
+                category.name,
+                str(category.current_version),
+                str(len(category.versions)),
+                str(current.n_train_images if current else "-"),
+                str(current.bank_size if current else "-"),
+                current.calibration_mode if current else "-",
+                f"{current.thresholds['hybrid']:.4f}" if current else "-",
+            )
+        console.print(table)
+
+
+@app.command()
+def show(
+    name: Annotated[str, typer.Argument(help="Category name.")], root: RootOption = None, as_json: JsonOption = False
+) -> None:
+    """Versions, sizes, calibration and thresholds of one category."""
+    from rich.table import Table
+
+    with user_errors():
+        category = _open(root).show(name)
+        if as_json:
+            print_json(category.to_dict())
+            return
+        console.print(f"[bold]{category.name}[/]" + (f": {category.description}" if category.description else ""))
+        table = Table(header_style="bold")
+        for column in (
+            "version",
+            "current",
+            "created",
+            "images",
+            "bank",
+            "ratio",
+            "mode",
+            "lambda",
+            "thresholds b/s/h",
+        ):
+            table.add_column(column)
+        for item in category.versions:
+            thresholds = item.thresholds
+            table.add_row(
+                str(item.version),
+                "*" if item.is_current else "",
+                item.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                str(item.n_train_images),
+                str(item.bank_size),
+                f"{item.coreset_ratio:g}",
+                item.calibration_mode,
+                f"{float(item.calibration['lambda']):.4f}",
+                f"{thresholds['base']:.3f} / {thresholds['struct']:.3f} / {thresholds['hybrid']:.3f}",
+            )
+        console.print(table)
+
+
+@app.command()
+def remove(
+    name: Annotated[str, typer.Argument(help="Category name.")],
+    root: RootOption = None,
+    version_number: Annotated[int | None, typer.Option("--version", help="Remove only this version.")] = None,
+) -> None:
+    """Remove a category (all versions) or one version of it."""
+    with user_errors():
+        removed = _open(root).remove(name, version_number)
+        console.print(f"removed {name} version(s) {', '.join(str(v.version) for v in removed)}")
+
+
+@app.command("set-current")
+def set_current(
+    name: Annotated[str, typer.Argument(help="Category name.")],
+    version_number: Annotated[int, typer.Argument(help="Version to make current.")],
+    root: RootOption = None,
+) -> None:
+    """Make an older (or newer) version of a category the one used for inference."""
+    with user_errors():
+        info = _open(root).set_current(name, version_number)
+        console.print(f"{name}: current version is now {info.version}")
+
+
+# ----------------------------------------------------------------------------- verify / gc / upgrade
+@app.command()
+def verify(
+    root: RootOption = None,
+    repair: Annotated[bool, typer.Option("--repair", help="Remove orphan stores and temporary files.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Check the database and every stored array (checksums); exit 1 when something is wrong."""
+    with user_errors():
+        report = _open(root).verify(repair=repair)
+        if as_json:
+            print_json(
+                {
+                    "ok": report.ok,
+                    "checked_versions": report.checked_versions,
+                    "repaired": report.repaired,
+                    "problems": [problem.__dict__ for problem in report.problems],
+                }
+            )
+        else:
+            for removed in report.repaired:
+                console.print(f"removed {removed}")
+            for problem in report.problems:
+                hint = " (removed by --repair)" if problem.removable else ""
+                console.print(f"[red]{problem.kind}[/]: {problem.message}{hint}")
+            state = "[green]ok[/]" if report.ok else "[red]problems found[/]"
+            console.print(f"{state}: {report.checked_versions} category versions checked")
+        if not report.ok:
+            raise typer.Exit(1)
+
+
+@app.command()
+def gc(root: RootOption = None) -> None:
+    """Remove orphan stores and leftovers of interrupted writes."""
+    with user_errors():
+        report = _open(root).gc()
+        for removed in report.removed:
+            console.print(f"removed {removed}")
+        console.print(f"{len(report.removed)} leftovers removed")
+
+
+@app.command()
+def upgrade(root: RootOption = None) -> None:
+    """Upgrade a registry made by an older version of this tool to the current schema."""
+    from registry import Registry
+
+    with user_errors():
+        before, after = Registry.upgrade(resolve_root(root))
+        console.print(f"schema {before or 'none'} -> {after}")
+
+
+# ----------------------------------------------------------------------------- infer
+@app.command()
+def infer(
+    paths: Annotated[list[str], typer.Argument(help="Image files, folders (recursive) or globs.")],
+    root: RootOption = None,
+    category: Annotated[str | None, typer.Option(help="Score against this category instead of routing.")] = None,
+    as_json: JsonOption = False,
+    out: Annotated[Path | None, typer.Option(help="Also write results to a .jsonl, .json or .csv file.")] = None,
+    maps: Annotated[Path | None, typer.Option(help="Write a heat-map overlay PNG per image into this folder.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per backbone call.")] = 8,
+) -> None:
+    """Score images: routed to their category (unknown to the caller) by default.
+
+    Exit code 1 when any input could not be read (the others are still scored).
+    """
+    with user_errors():
+        registry = _open(root)
+        sources = expand_inputs(paths)
+        if not sources:
+            raise InputError(f"no images found in {' '.join(paths)}")
+        on_image = None
+        if maps is not None:
+            maps.mkdir(parents=True, exist_ok=True)
+            used_names: set[str] = set()
+
+            def on_image(record: PredictionRecord, image: np.ndarray, anomaly_map: np.ndarray) -> None:
+                threshold = float(record["threshold"] or 0.0)
+                label = (
+                    f"{record['category']}: {'ANOMALOUS' if record['anomalous'] else 'ok'} "
+                    f"{record['score_hybrid']:.3f} / {threshold:.3f}"
+                )
+                base_threshold = registry.load_category(str(record["category"])).thresholds["base"]
+                picture = overlay(image, anomaly_map, label, bool(record["anomalous"]), vmax=2.0 * base_threshold)
+                stem = Path(record["path"]).stem
+                name = stem
+                counter = 1
+                while name in used_names:
+                    counter += 1
+                    name = f"{stem}_{counter}"
+                used_names.add(name)
+                picture.save(maps / f"{name}.png")
+
+        started = time.perf_counter()
+        with progress_bar(transient=True) as progress:
+            task = progress.add_task("scoring", total=len(sources), rate="", visible=len(sources) > 4)
+
+            def on_batch(done: int, total: int) -> None:
+                elapsed = time.perf_counter() - started
+                progress.update(task, completed=done, rate=f"{done / max(elapsed, 1e-9):.1f} img/s")
+
+            records = registry.predict(sources, category, batch_size=batch_size, on_batch=on_batch, on_image=on_image)
+        if out is not None:
+            write_records(records, out)
+        failed = [record for record in records if record["error"]]
+        if as_json:
+            print_json(records)
+        else:
+            console.print(records_table(records))
+        anomalous = sum(bool(record["anomalous"]) for record in records)
+        unknown = sum(bool(record["unknown"]) for record in records)
+        elapsed = time.perf_counter() - started
+        err_console.print(
+            f"{len(records)} images in {elapsed:.1f} s: {anomalous} anomalous, {unknown} unknown, {len(failed)} failed"
+        )
+        for record in failed:
+            err_console.print(f"[red]failed[/]: {record['error']}", highlight=False, soft_wrap=True)
+        if failed:
+            raise typer.Exit(1)
+
+
+# ----------------------------------------------------------------------------- export / import
+@app.command()
+def export(
+    names: Annotated[list[str], typer.Argument(help="Categories to export.")],
+    out: Annotated[Path, typer.Option("--out", help="Bundle file to write (.h5).")],
+    root: RootOption = None,
+) -> None:
+    """Write categories (current versions) and the feature space to one checked HDF5 bundle."""
+    with user_errors():
+        path = _open(root).export(names, out)
+        console.print(f"exported {', '.join(names)} to {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+@app.command("import")
+def import_bundle(
+    bundle: Annotated[Path, typer.Argument(help="Bundle file written by `registry export`.")],
+    root: RootOption = None,
+    rename: Annotated[list[str] | None, typer.Option(help="OLD=NEW: import a category under another name.")] = None,
+    replace: Annotated[bool, typer.Option(help="Import over existing categories (as a new version).")] = False,
+) -> None:
+    """Import a bundle: every array is checked before anything is written."""
+    from registry import Registry
+    from registry.errors import NotARegistryError
+
+    with user_errors():
+        mapping: dict[str, str] = {}
+        for item in rename or []:
+            old, sep, new = item.partition("=")
+            if not sep or not old or not new:
+                raise InputError(f"--rename expects OLD=NEW, got {item!r}")
+            mapping[old] = new
+        target = resolve_root(root)
+        try:
+            registry = Registry.open(target)
+        except NotARegistryError:
+            registry = Registry.init_from_bundle(target, bundle)
+        imported = registry.import_(bundle, rename=mapping, replace=replace)
+        for info in imported:
+            console.print(f"imported {info.category} as version {info.version} (bank {info.bank_size})")
+
+
+# ----------------------------------------------------------------------------- demo
+@app.command()
+def demo(
+    root: Annotated[
+        Path | None, typer.Option("--root", help="Registry folder for the demo [default: a temporary folder].")
+    ] = None,
+    workdir: Annotated[Path | None, typer.Option(help="Where to write the synthetic dataset [default: temp].")] = None,
+    categories: Annotated[int, typer.Option(help="Number of synthetic product types (2-6).")] = 5,
+    maps: Annotated[Path | None, typer.Option(help="Write heat-map overlays of the test images here.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Fit synthetic product categories into a fresh registry and run routed inference on their tests."""
+    from cli.demo import run_demo
+
+    with user_errors():
+        run_demo(root=root, workdir=workdir, n_categories=categories, maps=maps, as_json=as_json)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

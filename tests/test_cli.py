@@ -1,0 +1,131 @@
+"""The `registry` command end to end: CliRunner in-process and the installed console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from cli.main import app
+from cli.output import RECORD_KEYS
+from structcore.synthetic import make_category, write_mvtec_layout
+
+runner = CliRunner()
+REGISTRY_SCRIPT = Path(sys.executable).with_name("registry")
+
+
+def invoke(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, list(args), env=env)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    for kind, seed in [("carpet", 1), ("pill", 2)]:
+        category = make_category(kind, n_train=8, n_test_good=3, n_test_bad=3, seed=seed, size=128)
+        write_mvtec_layout(category, root, kind)
+    return root
+
+
+@pytest.fixture(scope="module")
+def fitted_registry(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("reg") / "registry"
+    result = invoke("init", "--root", str(root), "--resize", "128", "--crop", "128")
+    assert result.exit_code == 0, result.output
+    for kind in ("carpet", "pill"):
+        result = invoke(
+            "add-category", kind, "--train", str(dataset / kind), "--root", str(root), "--coreset-ratio", "0.1"
+        )
+        assert result.exit_code == 0, result.output
+        assert f"added {kind} version 1" in result.output
+    return root
+
+
+def test_list_and_show_json(fitted_registry: Path) -> None:
+    listed = json.loads(invoke("list", "--root", str(fitted_registry), "--json").stdout)
+    assert [item["name"] for item in listed] == ["carpet", "pill"]
+    shown = json.loads(invoke("show", "pill", "--root", str(fitted_registry), "--json").stdout)
+    assert shown["versions"][0]["thresholds"]["hybrid"] > 0
+
+
+def test_routed_infer_json(fitted_registry: Path, dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results.csv"
+    maps = tmp_path / "maps"
+    result = invoke(
+        "infer", str(dataset / "carpet" / "test"), str(dataset / "pill" / "test" / "good"),
+        "--root", str(fitted_registry), "--json", "--out", str(out), "--maps", str(maps),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    records = json.loads(result.stdout)
+    assert len(records) == 9
+    for record in records:
+        assert set(RECORD_KEYS) <= set(record)
+        expected = "carpet" if "/carpet/" in record["path"] else "pill"
+        assert record["category"] == expected
+        assert record["error"] is None
+    assert out.read_text().splitlines()[0].split(",") == list(RECORD_KEYS)
+    assert len(list(maps.glob("*.png"))) == 9
+
+
+def test_bad_files_are_reported_and_skipped(fitted_registry: Path, dataset: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    good = next((dataset / "pill" / "test" / "good").glob("*.png"))
+    result = invoke("infer", str(good), str(bad), "--root", str(fitted_registry), "--json")
+    assert result.exit_code == 1
+    records = json.loads(result.stdout)
+    assert records[0]["error"] is None and records[0]["category"] == "pill"
+    assert "broken.png" in records[1]["error"]
+    assert "Traceback" not in result.output
+
+
+def test_clear_errors(fitted_registry: Path, tmp_path: Path) -> None:
+    result = invoke("infer", "x.png", "--root", str(tmp_path / "nothing"))
+    assert result.exit_code == 1 and "registry init" in result.output and "Traceback" not in result.output
+    result = invoke("show", "screwdriver", "--root", str(fitted_registry))
+    assert result.exit_code == 1 and "carpet" in result.output
+    (tmp_path / "empty").mkdir()
+    result = invoke("add-category", "x", "--train", str(tmp_path / "empty"), "--root", str(fitted_registry))
+    assert result.exit_code == 1 and "holds no images" in result.output
+    assert invoke("add-category", "x", "--root", str(fitted_registry)).exit_code == 2  # usage error
+
+
+def test_export_import_then_infer_subprocess(fitted_registry: Path, dataset: Path, tmp_path: Path) -> None:
+    assert REGISTRY_SCRIPT.exists(), "the console script `registry` is not installed"
+    env = {**os.environ, "STRUCTCORE_REGISTRY": str(tmp_path / "second")}
+    bundle = tmp_path / "bundle.h5"
+
+    def run(*args: str, root: Path | None = None) -> subprocess.CompletedProcess[str]:
+        command = [str(REGISTRY_SCRIPT), *args] + (["--root", str(root)] if root else [])
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
+
+    exported = run("export", "carpet", "pill", "--out", str(bundle), root=fitted_registry)
+    assert exported.returncode == 0, exported.stderr
+    imported = run("import", str(bundle))  # root from $STRUCTCORE_REGISTRY; created from the bundle
+    assert imported.returncode == 0, imported.stderr
+    images = sorted((dataset / "pill" / "test").glob("*/*.png"))[:3]
+    first = json.loads(run("infer", *map(str, images), "--json", root=fitted_registry).stdout)
+    second = json.loads(run("infer", *map(str, images), "--json").stdout)
+    for a, b in zip(first, second, strict=True):
+        assert a["score_hybrid"] == b["score_hybrid"] and a["category"] == b["category"] == "pill"
+    collision = run("import", str(bundle))
+    assert collision.returncode == 1 and "--rename" in collision.stderr + collision.stdout
+
+
+def test_infer_non_image_in_folder_is_ignored_but_named_file_fails(fitted_registry: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    Image.new("RGB", (64, 64), (90, 30, 30)).save(folder / "a.png")
+    (folder / "notes.txt").write_text("hello")
+    result = invoke("infer", str(folder), "--root", str(fitted_registry), "--json")
+    assert result.exit_code == 0 and len(json.loads(result.stdout)) == 1
+    shutil.copy(folder / "notes.txt", folder / "fake.jpg")
+    result = invoke("infer", str(folder / "fake.jpg"), "--root", str(fitted_registry), "--json")
+    assert result.exit_code == 1
