@@ -324,6 +324,10 @@ def infer(
     out: Annotated[Path | None, typer.Option(help="Also write results to a .jsonl, .json or .csv file.")] = None,
     maps: Annotated[Path | None, typer.Option(help="Write a heat-map overlay PNG per image into this folder.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per backbone call.")] = 8,
+    ray: Annotated[
+        str | None,
+        typer.Option("--ray", help="Run on Ray: a cluster address, 'auto' or 'local' (needs the ray extra)."),
+    ] = None,
 ) -> None:
     """Score images: routed to their category (unknown to the caller) by default.
 
@@ -334,6 +338,8 @@ def infer(
         sources = expand_inputs(paths)
         if not sources:
             raise InputError(f"no images found in {' '.join(paths)}")
+        if ray is not None and maps is not None:
+            raise InputError("--maps is not available with --ray; run without --ray to write overlays")
         on_image = None
         if maps is not None:
             maps.mkdir(parents=True, exist_ok=True)
@@ -441,6 +447,18 @@ def demo(
 
     with user_errors():
         run_demo(root=root, workdir=workdir, n_categories=categories, maps=maps, as_json=as_json)
+
+
+def _register_extensions() -> None:
+    """Commands that live in their own modules (distributed fitting)."""
+    try:
+        from cli.distributed import register
+    except ImportError:  # pragma: no cover - module not present in this build
+        return
+    register(app)
+
+
+_register_extensions()
 
 
 def main() -> None:
