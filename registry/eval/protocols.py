@@ -465,7 +465,8 @@ def category_metrics(
         Flat dict: ``n_test``, ``n_good``, ``n_anomalous``; ``image_{auroc,ap,f1_max}_{kind}``;
         ``frr_{kind}`` (test-good rejected at the routed model's 99.5% train-good threshold) and
         ``tpr_{kind}`` (anomalous rejected); ``pixel_{auroc,ap,f1_max}`` and ``aupro``;
-        ``routing_accuracy`` and ``unknown_rate``; cross-over counts (``fp_fixed``, ...).
+        ``routing_accuracy`` and ``unknown_rate`` (also split into ``unknown_rate_good`` and
+        ``unknown_rate_anomalous``); cross-over counts (``fp_fixed``, ...).
     """
     run = collected.runs[name]
     labels = np.asarray(run.data.labels, dtype=np.int64)
@@ -500,7 +501,11 @@ def category_metrics(
         out.update(cached)
     routed_self = np.asarray([m == name for m in routed])
     out["routing_accuracy"] = _rate(routed_self) if run.route is not None else _NAN
-    out["unknown_rate"] = _NAN if run.route is None else _rate(_unknown_flags(collected, name, routed))
+    flags = _unknown_flags(collected, name, routed)
+    routed_run = run.route is not None
+    out["unknown_rate"] = _rate(flags) if routed_run else _NAN
+    out["unknown_rate_good"] = _rate(flags[good]) if routed_run else _NAN
+    out["unknown_rate_anomalous"] = _rate(flags[~good]) if routed_run else _NAN
     out.update(crossover_counts(labels, scores[:, 0], scores[:, 2], thresholds[:, 0], thresholds[:, 2]))
     return out
 
@@ -553,8 +558,8 @@ def evaluate_separate(
         per[name] = category_metrics(
             collected, name, routed, pixel=pixel, pixel_cache=pixel_cache, max_pixels=max_pixels
         )
-        per[name]["routing_accuracy"] = _NAN
-        per[name]["unknown_rate"] = _NAN
+        for key in ("routing_accuracy", "unknown_rate", "unknown_rate_good", "unknown_rate_anomalous"):
+            per[name][key] = _NAN
         progress(Progress("metrics", name, i + 1, len(collected.names), "separate"))
     return {"per_category": per, "mean": mean_metrics(per)}
 

@@ -34,6 +34,8 @@ CSV_COLUMNS = (
     *(f"tpr_{k}" for k in ("base", "struct", "hybrid")),
     "routing_accuracy",
     "unknown_rate",
+    "unknown_rate_good",
+    "unknown_rate_anomalous",
     "fp_fixed",
     "fn_recovered",
     "fp_introduced",
@@ -198,13 +200,16 @@ def markdown_report(results: Mapping[str, Any]) -> str:
     if "muad" in protocols:
         part = protocols["muad"]
         routing = part["routing"]
+        mean = part["mean"]
         lines += ["", "## MUAD (unified, routed, category unknown)", ""]
         lines += _table(part["per_category"], part["mean"], routing=True)
         lines += [
             "",
             f"Routing accuracy {_pct(routing['accuracy'])} % over images "
             f"({_pct(routing['mean_accuracy'])} % mean over categories); "
-            f"flagged unknown: {_pct(routing['unknown_rate'])} %.",
+            f"flagged unknown: {_pct(routing['unknown_rate'])} % of images "
+            f"({_pct(mean.get('unknown_rate_good'))} % of good, {_pct(mean.get('unknown_rate_anomalous'))} % of "
+            "anomalous ones, mean over categories).",
         ]
         labels = routing["confusion"]["labels"]
         if len(labels) <= 20:
