@@ -450,7 +450,10 @@ def demo(
 
 
 def _register_extensions() -> None:
-    """Commands that live in their own modules (distributed fitting)."""
+    """Commands that live in their own modules (evaluation, distributed fitting)."""
+    from cli.evaluate import register as register_evaluation
+
+    register_evaluation(app)
     try:
         from cli.distributed import register
     except ImportError:  # pragma: no cover - module not present in this build

@@ -1,0 +1,129 @@
+"""``registry eval`` and ``registry data check``: thin wrappers over :mod:`registry.eval`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import TaskID
+
+from cli.common import InputError, console, err_console, print_json, progress_bar, resolve_root, user_errors
+from registry.eval.protocols import Progress
+
+data_app = typer.Typer(help="Dataset copies: compare with the official manifests.", no_args_is_help=True)
+
+
+def eval_command(
+    data: Annotated[Path, typer.Argument(help="Dataset root (MVTec AD, VisA or plain folder layout).")],
+    protocol: Annotated[
+        list[str] | None, typer.Option("--protocol", help="separate, muad or continual (repeatable).")
+    ] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option("--root", help="Registry to fit into / reuse (created if absent) [env: STRUCTCORE_REGISTRY]."),
+    ] = None,
+    in_memory: Annotated[
+        bool, typer.Option("--in-memory", help="Fit into a throwaway in-memory store instead of a registry.")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder: results.json, per_category.csv, report.md, plots.")
+    ] = (None),
+    categories: Annotated[str | None, typer.Option(help="Comma-separated subset of categories.")] = None,
+    order: Annotated[
+        str | None, typer.Option(help="Continual order: alphabetical, 10-5, 14-1, ... or a comma-separated list.")
+    ] = None,
+    dataset: Annotated[str, typer.Option(help="Manifest to check the copy against: auto, mvtec_ad, visa, none.")] = (
+        "auto"
+    ),
+    layout: Annotated[str, typer.Option(help="auto, mvtec, visa or folder.")] = "auto",
+    coreset_ratio: Annotated[float, typer.Option(help="Coreset ratio of newly fitted categories.")] = 0.01,
+    calibration: Annotated[str, typer.Option(help="Calibration of newly fitted categories.")] = "loo",
+    refit: Annotated[bool, typer.Option(help="Fit again even when the registry holds a category.")] = False,
+    max_train: Annotated[int | None, typer.Option(help="Seeded subset of train images (quick runs).")] = None,
+    max_test: Annotated[int | None, typer.Option(help="Seeded subset of test images (quick runs).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per backbone call.")] = 8,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the plots.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print results.json to stdout.")] = False,
+) -> None:
+    """Evaluate under the separate / MUAD / continual protocols with the paper's metrics."""
+    from registry.eval import run_evaluation
+    from registry.eval.report import jsonable
+    from structcore.model import CategoryModel
+
+    with user_errors():
+        protocols = protocol or ["separate", "muad"]
+        unknown = [p for p in protocols if p not in {"separate", "muad", "continual"}]
+        if unknown:
+            raise InputError(f"--protocol must be separate, muad or continual, got {', '.join(unknown)}")
+        subset = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
+        continual_order: str | list[str] | None = order
+        if order and "," in order:
+            continual_order = [c.strip() for c in order.split(",") if c.strip()]
+        registry_root = None if in_memory else resolve_root(root)
+        started = time.perf_counter()
+        with progress_bar() as progress:
+            tasks: dict[str, TaskID] = {}
+
+            def on_progress(event: Progress) -> None:
+                if event.stage not in {"fit", "test", "reuse"} or not event.total:
+                    return
+                key = f"{event.stage}:{event.category}"
+                label = {"fit": "fitting", "test": "testing", "reuse": "reusing"}[event.stage]
+                if key not in tasks:
+                    tasks[key] = progress.add_task(f"{label} {event.category}", total=event.total, rate="")
+                elapsed = time.perf_counter() - started
+                progress.update(tasks[key], completed=event.done, rate=f"{elapsed:.0f} s")
+
+            result = run_evaluation(
+                data,
+                out=out,
+                protocols=protocols,
+                registry=registry_root,
+                layout=layout,
+                categories=subset,
+                order=continual_order,
+                dataset=None if dataset == "none" else dataset,
+                model=CategoryModel(coreset_ratio=coreset_ratio, calibration=calibration),
+                batch_size=batch_size,
+                refit=refit,
+                max_train=max_train,
+                max_test=max_test,
+                plots=not no_plots,
+                progress=on_progress,
+            )
+        if as_json:
+            print_json(jsonable(result.results))
+            return
+        console.print(result.report())
+        if result.out is not None:
+            err_console.print(f"wrote {len(result.files)} files to {result.out}")
+
+
+@data_app.command("check")
+def data_check(
+    root: Annotated[Path, typer.Option("--root", help="Root folder of your copy of the dataset.")],
+    dataset: Annotated[str, typer.Option("--dataset", help="mvtec (mvtec_ad) or visa.")] = "mvtec",
+    categories: Annotated[str | None, typer.Option(help="Comma-separated categories to check.")] = None,
+    checksums: Annotated[bool, typer.Option(help="Also hash every file (slow).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Compare a dataset copy with the manifest: missing / extra files, counts, downscaled images."""
+    from registry.eval import check_dataset
+
+    with user_errors():
+        subset = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
+        report = check_dataset(dataset, root, categories=subset, verify_checksums=checksums)
+        if as_json:
+            print_json(report.to_dict())
+        else:
+            console.print(report.summary(), highlight=False)
+        if not report.complete:
+            raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``eval`` and ``data`` to the main app."""
+    app.command("eval")(eval_command)
+    app.add_typer(data_app, name="data")
