@@ -282,3 +282,25 @@ def test_check_real_bottle_copy() -> None:
         "test": {"broken_large": 20, "broken_small": 22, "contamination": 21, "good": 20},
     }
     assert all((m is None) == (label == 0) for m, label in zip(bottle.masks, bottle.labels, strict=True))
+
+
+def test_check_prepared_visa_layout(tmp_path: Path) -> None:
+    root = tmp_path / "visa_pytorch"
+    for split, label, count in (("train", "good", 900), ("test", "good", 100), ("test", "bad", 100)):
+        for i in range(count):
+            _png(root / "candle" / split / label / f"{i:03d}.png")
+    for i in range(99):
+        _png(root / "candle" / "ground_truth" / "bad" / f"{i:03d}.png", value=255)
+    check = check_dataset("visa", root, categories=["candle"], check_sizes=False)
+    assert check.present == ["candle"] and check.layout == "mvtec"
+    assert [m.describe() for m in check.mismatches] == ["candle ground_truth/anomaly: 99 masks, expected 100"]
+
+
+def test_manifest_guess(tmp_path: Path, mvtec_root: Path) -> None:
+    from registry.eval.runner import _manifest_name
+
+    _fake_mvtec_copy(tmp_path, "toothbrush", size=16)
+    assert _manifest_name(load_mvtec(tmp_path), "auto") == "mvtec_ad"
+    assert _manifest_name(load_mvtec(mvtec_root), "auto") is None  # synthetic defects
+    assert _manifest_name(load_mvtec(mvtec_root), "mvtec") == "mvtec_ad"
+    assert _manifest_name(load_mvtec(mvtec_root), None) is None

@@ -104,7 +104,7 @@ def plot_scatter(collected: Collected, path: Path) -> Path:
         axis.set_title(name, fontsize=9)
         axis.set_xlabel("base score (max of map)", fontsize=8)
         axis.set_ylabel("hybrid score (base + λ·D_struct)", fontsize=8)
-    axes[0].legend(fontsize=6, loc="lower right")
+    axes[0].legend(fontsize=6, loc="best")
     figure.suptitle("Base vs hybrid image scores; shaded: decisions StructCore changes", fontsize=10)
     return _save(figure, path)
 
