@@ -83,6 +83,7 @@ def test_run_all_protocols_in_memory(data_root: Path, small_extractor: FeatureEx
     report = (out / "report.md").read_text()
     for heading in ("## Separate", "## MUAD", "## Continual", "| **mean** |", "Forgetting FM"):
         assert heading in report
+    assert "[" not in report  # safe to print through rich's markup
     for plot in results["plots"]:
         assert (out / plot).stat().st_size > 1000
     assert {Path(p).name for p in results["plots"]} >= {

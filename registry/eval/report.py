@@ -160,7 +160,10 @@ def _matrix_table(matrix: Sequence[Sequence[Any]], columns: Sequence[str], steps
 
 
 def markdown_report(results: Mapping[str, Any]) -> str:
-    """The paper-style report: setup, dataset check, one table per protocol (values in %)."""
+    """The paper-style report: setup, dataset check, one table per protocol (values in %).
+
+    The text holds no square brackets, so it prints unchanged through rich's markup parser.
+    """
     config = results.get("config", {})
     lines = ["# StructCore evaluation", ""]
     lines.append(
@@ -222,7 +225,7 @@ def markdown_report(results: Mapping[str, Any]) -> str:
         part = protocols["continual"]
         steps = part["steps"]
         lines += ["", "## Continual", ""]
-        lines.append("Order: " + " -> ".join("[" + ", ".join(step) + "]" for step in part["order"]))
+        lines.append("Order: " + " -> ".join("(" + ", ".join(step) + ")" for step in part["order"]))
         lines += ["", "Image AUROC (Hybrid) after each step (rows) per category (columns):", ""]
         lines += _matrix_table(part["matrix"]["image_auroc_hybrid"], part["columns"], steps)
         fm = part["forgetting"]
@@ -254,7 +257,7 @@ def markdown_report(results: Mapping[str, Any]) -> str:
     plots = results.get("plots") or []
     if plots:
         lines += ["", "## Plots", ""]
-        lines += [f"- [{Path(p).name}]({p})" for p in plots]
+        lines += [f"- `{p}`" for p in plots]
     return "\n".join(lines) + "\n"
 
 
