@@ -46,16 +46,18 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--synthetic-kind", default="tile", help="synthetic product type of the harder category")
+    parser.add_argument("--skip-bottle", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     backbone = create_backbone("efficientnet-lite2")
     space = new_feature_space(backbone)
     extractor = build_extractor(space, backbone, batch_size=8)
     datasets = {}
-    if (args.bottle / "train" / "good").is_dir():
+    if not args.skip_bottle and (args.bottle / "train" / "good").is_dir():
         datasets["bottle"] = mvtec_split(args.bottle, space.geometry)
-    synthetic = make_category("screw", n_train=60, n_test_good=30, n_test_bad=30, seed=11, size=320)
-    datasets["synthetic-screw"] = (
+    synthetic = make_category(args.synthetic_kind, n_train=60, n_test_good=30, n_test_bad=30, seed=11, size=320)
+    datasets[f"synthetic-{args.synthetic_kind}"] = (
         synthetic.train_images,
         synthetic.test_images,
         np.asarray(synthetic.test_labels, dtype=bool),

@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 #: Folder of the manifests (``data_manifest/`` at the repository root).
-MANIFEST_DIR = Path(__file__).resolve().parents[2] / "data_manifest"
+MANIFEST_DIR = Path(str(resources.files("data_manifest")))
 #: Dataset names with a manifest, and their file names.
 DATASETS = {"mvtec_ad": "mvtec_ad.json", "visa": "visa.json"}
 _ALIASES = {"mvtec": "mvtec_ad", "mvtec-ad": "mvtec_ad", "mvtecad": "mvtec_ad", "visa": "visa"}

@@ -1,0 +1,1 @@
+"""Dataset manifests (file counts, checksums, protocol definitions) shipped as package data."""
