@@ -26,6 +26,7 @@ lazily: without it, the in-process paths still work and the Ray paths raise a
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -37,6 +38,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -54,7 +56,8 @@ if TYPE_CHECKING:
 #: Message shown when Ray is needed but not installed.
 INSTALL_HINT = "Ray is not installed; install with pip install 'structcore-registry[ray]'"
 #: Test hook: a folder; a file ``<category>.crash`` in it holding N > 0 makes the next N fit
-#: attempts of that category kill their Ray worker (``os._exit``) after embedding.
+#: attempts of that category kill their Ray worker (``os._exit``) after embedding, and a file
+#: ``shard-<start>.crash`` does the same to the actor that scores the shard starting at ``start``.
 FAULTS_ENV = "STRUCTCORE_TEST_FAULTS_DIR"
 #: Shards kept queued per inference actor (one running, one waiting), to hide dispatch latency.
 _SHARDS_PER_ACTOR = 2
@@ -247,7 +250,10 @@ def _fit_model(
 
 
 def _fault_point(name: str) -> None:
-    """Test hook (see :data:`FAULTS_ENV`): kill this worker process if a crash is planned for ``name``."""
+    """Test hook (see :data:`FAULTS_ENV`): kill this worker process if a crash is planned for ``name``.
+
+    Only called inside Ray workers, never in the driver.
+    """
     folder = os.environ.get(FAULTS_ENV)
     if not folder:
         return
@@ -270,11 +276,18 @@ def _fit_task(
     batch_size: int,
     threads: int,
 ) -> dict[str, Any]:
-    """Ray task: fit one category; returns its arrays and metadata (the driver stores them)."""
+    """Ray task: fit one category; returns its arrays and metadata (the driver stores them).
+
+    An error of the fit comes back as ``{"error": message}``: some exceptions (``ImageReadError``)
+    cannot be unpickled by the driver, and such errors are not worth a retry anyway.
+    """
     _set_threads(threads)
     started = time.perf_counter()
-    extractor = _extractor(space, weights_path, batch_size)
-    model = _fit_model(extractor, [Path(p) for p in paths], params, after_embed=lambda: _fault_point(name))
+    try:
+        extractor = _extractor(space, weights_path, batch_size)
+        model = _fit_model(extractor, [Path(p) for p in paths], params, after_embed=lambda: _fault_point(name))
+    except Exception as error:
+        return {"error": str(error) or type(error).__name__, "worker": _where()}
     return {
         "arrays": model.to_arrays(),
         "metadata": model.to_metadata(),
@@ -325,6 +338,20 @@ class _FitJob:
                 message=message,
             )
         )
+
+    def runnable(self) -> list[str]:
+        """The categories worth fitting; those with too few images fail here, without a fit."""
+        from registry import core
+
+        minimum = int(getattr(core, "MIN_CALIBRATION_IMAGES", 2))
+        names = []
+        for name, paths in self.categories.items():
+            if len(paths) < minimum:
+                message = f"category {name!r} needs at least {minimum} train images, got {len(paths)}; "
+                self.fail(name, message + "pass more good images")
+            else:
+                names.append(name)
+        return names
 
     def fail(self, name: str, message: str) -> None:
         self.results[name].error = message
@@ -385,16 +412,13 @@ def fit_categories(
 
     Raises:
         InvalidNameError: a category name is not valid (nothing is fitted).
-        ValueError: bad model settings, or a category with fewer than 2 images.
+        ValueError: bad model settings.
         RegistryError: the registry cannot be opened, or Ray is needed but missing.
     """
     if not categories:
         raise ValueError("no categories to fit")
-    for name, paths in categories.items():
+    for name in categories:
         validate_name(name)
-        if len(paths) < 2:
-            msg = f"category {name!r} needs at least 2 train images, got {len(paths)}; pass more good images"
-            raise ValueError(msg)
     params = _check_params(model_params)
     registry = Registry.open(root)
     try:
@@ -414,7 +438,8 @@ def _fit_in_process(
 ) -> FitReport:
     job = _FitJob(categories, on_event, "in-process")
     extractor = registry.extractor(batch_size)
-    for name, paths in job.categories.items():
+    for name in job.runnable():
+        paths = job.categories[name]
         job.results[name].attempts = 1
         job.emit("started", name)
         started = time.perf_counter()
@@ -451,7 +476,7 @@ def _fit_on_ray(
             job.emit("started", name)
             return ref
 
-        running = {submit(name): name for name in job.categories}
+        running = {submit(name): name for name in job.runnable()}
         try:
             while running:
                 ready, _ = ray.wait(list(running), num_returns=1)
@@ -468,6 +493,10 @@ def _fit_on_ray(
                         job.fail(name, f"worker lost after {attempts} ({type(error).__name__}): {_cause(error)}")
                     else:
                         job.fail(name, _cause(error))
+                    continue
+                if "error" in output:
+                    job.results[name].worker = str(output["worker"])
+                    job.fail(name, str(output["error"]))
                     continue
                 model = CategoryModel.from_parts(output["arrays"], output["metadata"])
                 job.store(registry, name, model, float(output["seconds"]), str(output["worker"]))
@@ -493,14 +522,18 @@ def plan_shards(total: int, batch_size: int, shard_size: int) -> list[tuple[int,
 
 
 class _ShippedRegistry:
-    """What :func:`registry.inference.predict` needs from a registry, backed by shipped state."""
+    """What :func:`registry.inference.predict` reads from a registry, served from shipped state.
+
+    ``model_refs`` maps each category to ``(version, object ref of (arrays, metadata))``: the
+    versions the driver pinned when it built the router, so every worker scores with them.
+    """
 
     def __init__(
         self,
         root: str,
         extractor: FeatureExtractor,
         router: PrototypeRouter | None,
-        model_refs: Mapping[str, Any],
+        model_refs: Mapping[str, tuple[int, Any]],
     ):
         self.root = root
         self._extractor = extractor
@@ -513,13 +546,29 @@ class _ShippedRegistry:
         assert self._router is not None
         return self._router
 
+    def router_versions(self) -> dict[str, int]:
+        return {name: version for name, (version, _) in self._refs.items()}
+
+    def version_info(self, name: str, version: int | None = None) -> SimpleNamespace:
+        return SimpleNamespace(category=name, version=self._version(name, version))
+
+    def _version(self, name: str, version: int | None) -> int:
+        if name not in self._refs:
+            raise RegistryError(f"category {name!r} was not shipped to this worker")
+        shipped = self._refs[name][0]
+        if version is not None and version != shipped:
+            raise RegistryError(f"category {name!r} version {version} was not shipped (version {shipped} was)")
+        return shipped
+
     def load_category(self, name: str, version: int | None = None) -> CategoryModel:
+        self._version(name, version)
         model = self._models.get(name)
         if model is None:
             import ray
 
-            arrays, metadata = ray.get(self._refs[name])
-            model = CategoryModel.from_parts(arrays, metadata)
+            arrays, metadata = ray.get(self._refs[name][1])
+            # Copies: the object store hands out read-only views, which torch refuses to wrap cleanly.
+            model = CategoryModel.from_parts({key: np.array(value) for key, value in arrays.items()}, metadata)
             self._models[name] = model
             self.fetched.append(name)
         return model
@@ -536,7 +585,7 @@ class _ShardScorer:
         space: FeatureSpace,
         weights_path: str | None,
         router: PrototypeRouter | None,
-        model_refs: dict[str, Any],
+        model_refs: dict[str, tuple[int, Any]],
         root: str,
         batch_size: int,
         threads: int,
@@ -545,6 +594,7 @@ class _ShardScorer:
         self._batch_size = batch_size
         self._shards = 0
         self._images = 0
+        router = copy.deepcopy(router)  # writable arrays (see load_category)
         self._view = _ShippedRegistry(root, _extractor(space, weights_path, batch_size), router, model_refs)
 
     def ready(self) -> str:
@@ -558,7 +608,11 @@ class _ShardScorer:
     def score(self, start: int, paths: list[str], category: str | None) -> tuple[int, list[PredictionRecord]]:
         from registry.inference import predict
 
-        records = predict(cast(Registry, self._view), paths, category, batch_size=self._batch_size)
+        _fault_point(f"shard-{start}")
+        try:
+            records = predict(cast(Registry, self._view), paths, category, batch_size=self._batch_size)
+        except Exception as error:  # returned, not raised: some exceptions do not unpickle in the driver
+            records = _failed_records(paths, f"scoring failed: {error}")
         self._shards += 1
         self._images += len(paths)
         return start, records
@@ -584,8 +638,8 @@ def _failed_records(paths: Sequence[str], message: str) -> list[PredictionRecord
     ]
 
 
-def _model_parts(registry: Registry, name: str) -> tuple[dict[str, np.ndarray], dict[str, object]]:
-    model = registry.load_category(name)
+def _model_parts(registry: Registry, name: str, version: int) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    model = registry.load_category(name, version)
     return model.to_arrays(), model.to_metadata()
 
 
@@ -655,20 +709,20 @@ def distributed_infer(
             if not router.categories_:
                 msg = f"the registry at {registry.root} has no categories; add one with `registry add-category`"
                 raise RegistryError(msg)
-            names = list(router.categories_)
+            versions = registry.router_versions()  # the versions the router was built from
         else:
-            router, names = None, [category]
+            router, versions = None, {category: registry.version_info(category).version}
         registry.extractor(batch_size)  # fail here when the backbone is missing
         space = registry.feature_space
         weights_path = registry.feature_space_info()["weights_path"]
-        parts = {name: _model_parts(registry, name) for name in names}
+        parts = {name: (version, _model_parts(registry, name, version)) for name, version in versions.items()}
         root_name = str(registry.root)
     finally:
         registry.close()
     if not paths:
         return []
     with ray_session(ray_address) as ray:
-        model_refs = {name: ray.put(part) for name, part in parts.items()}
+        model_refs = {name: (version, ray.put(part)) for name, (version, part) in parts.items()}
         del parts
         job = _InferJob(ray, paths, shards, out, on_progress, max_retries, stats)
         actor_class = ray.remote(_ShardScorer).options(num_cpus=threads, max_restarts=0, scheduling_strategy="SPREAD")
@@ -724,8 +778,8 @@ class _InferJob:
             self.out.parent.mkdir(parents=True, exist_ok=True)
             handle = self.out.open("w")
 
-        def submit(slot: int) -> None:
-            while pending and sum(1 for _, s, _ in running.values() if s == slot) < _SHARDS_PER_ACTOR:
+        def submit(slot: int, depth: int = _SHARDS_PER_ACTOR) -> None:
+            while pending and sum(1 for _, s, _ in running.values() if s == slot) < depth:
                 shard = pending.popleft()
                 self.attempts[shard] += 1
                 start, stop = self.shards[shard]
@@ -733,8 +787,9 @@ class _InferJob:
                 running[ref] = (shard, slot, generation[slot])
 
         try:
-            for slot in range(n_workers):
-                submit(slot)
+            for depth in range(1, _SHARDS_PER_ACTOR + 1):  # one shard per actor first, then the queue
+                for slot in range(n_workers):
+                    submit(slot, depth)
             while running:
                 ready, _ = ray.wait(list(running), num_returns=1)
                 shard, slot, gen = running.pop(ready[0])
