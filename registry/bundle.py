@@ -19,9 +19,11 @@ then committed together in one database transaction.
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import json
 import math
+import os
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +46,7 @@ from registry.errors import (
 from registry.models import utcnow
 from registry.storage import ALLOWED_DTYPES, array_sha256, canonical, dtype_name
 from structcore.features import FeatureSpace
+from structcore.knn import INDEX_KINDS
 from structcore.model import CALIBRATION_MODES, CategoryModel
 
 if TYPE_CHECKING:
@@ -57,6 +60,12 @@ MAX_ARRAY_BYTES = 16 << 30
 MAX_JSON_CHARS = 64 << 20
 #: Most categories in one bundle.
 MAX_CATEGORIES = 10_000
+#: A compressed dataset may declare at most this many times its stored bytes (and always 64 MiB):
+#: a bound on the memory a small file can make the import allocate (a "zip bomb").
+MAX_COMPRESSION_RATIO = 64
+MIN_DECLARED_BYTES_LIMIT = 64 << 20
+#: Largest image side (resize) a bundle's feature space may declare.
+MAX_IMAGE_SIDE = 4096
 
 ROOT_ATTRS = frozenset({"format", "format_version", "library_version", "created_at", "manifest"})
 FLOAT_ARRAYS = frozenset({"bank", "prototypes", "calibration_base", "calibration_struct", "calibration_hybrid"})
@@ -178,6 +187,8 @@ class ValidatedBundle:
     path: Path
     space: FeatureSpace
     categories: list[_BundledCategory]
+    #: (device, inode, size, mtime) of the file that was validated.
+    identity: tuple[int, ...] = ()
 
 
 def _refuse(cls: type[BundleError], path: Path, problem: str, hint: str = "export it again") -> BundleError:
@@ -210,8 +221,13 @@ def _string_attr(obj: h5py.HLObject, key: str, path: Path) -> str:
     if key not in obj.attrs:
         raise _refuse(BundleFormatError, path, f"has no {key!r} attribute on {obj.name}")
     value = obj.attrs[key]
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="strict")
+    try:
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", errors="strict")
+        if isinstance(value, str):
+            value.encode("utf-8")  # h5py keeps undecodable bytes as surrogates: refuse them here
+    except UnicodeError as error:
+        raise _refuse(BundleFormatError, path, f"attribute {key!r} on {obj.name} is not UTF-8 text") from error
     if not isinstance(value, str):
         raise _refuse(BundleFormatError, path, f"attribute {key!r} on {obj.name} is not text")
     if len(value) > MAX_JSON_CHARS:
@@ -219,10 +235,26 @@ def _string_attr(obj: h5py.HLObject, key: str, path: Path) -> str:
     return value
 
 
+def _no_constant(token: str) -> float:
+    raise ValueError(f"{token} is not a finite number")
+
+
+def _finite_float(token: str) -> float:
+    value = float(token)
+    if not math.isfinite(value):
+        raise ValueError(f"{token} is not a finite number")
+    return value
+
+
+def _loads(text: str) -> Any:
+    """``json.loads`` that refuses NaN, Infinity and numbers that overflow to infinity."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+
+
 def _json_attr(obj: h5py.HLObject, key: str, path: Path) -> Any:
     try:
-        return json.loads(_string_attr(obj, key, path))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return _loads(_string_attr(obj, key, path))
+    except ValueError as error:  # JSONDecodeError, non-finite numbers, oversized integers
         raise _refuse(
             BundleFormatError, path, f"attribute {key!r} on {obj.name} is not valid JSON ({error})"
         ) from error
@@ -252,10 +284,12 @@ def _check_dataset(dataset: h5py.Dataset, entry: Any, ndim: int, path: Path) -> 
         raise _refuse(
             BundleContentError, path, f"dataset {where} has shape {list(shape)}, expected {ndim} non-empty axes"
         )
-    if math.prod(shape) * dtype.itemsize > MAX_ARRAY_BYTES:
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > MAX_ARRAY_BYTES:
         raise _refuse(
             BundleContentError, path, f"dataset {where} declares {list(shape)} ({dtype}), beyond the size limit"
         )
+    _check_storage(dataset, declared, path)
     if [int(v) for v in entry["shape"]] != list(shape) or str(entry["dtype"]) != dtype.newbyteorder("<").str:
         raise _refuse(
             BundleContentError,
@@ -263,6 +297,34 @@ def _check_dataset(dataset: h5py.Dataset, entry: Any, ndim: int, path: Path) -> 
             f"dataset {where} has shape {list(shape)} {dtype.newbyteorder('<').str} but the manifest says "
             f"{entry['shape']} {entry['dtype']}",
         )
+
+
+def _check_storage(dataset: h5py.Dataset, declared: int, path: Path) -> None:
+    """Refuse a dataset whose declared size its stored bytes do not back (before reading it).
+
+    Reading allocates the declared size, so a tiny file declaring a huge sparse, unwritten or
+    over-compressed dataset would otherwise make the import allocate gigabytes.
+    """
+    where = dataset.name
+    stored = int(dataset.id.get_storage_size())
+    file_size = path.stat().st_size
+    if stored > file_size:
+        raise _refuse(BundleFormatError, path, f"dataset {where} claims {stored} stored bytes, more than the file holds")
+    if dataset.chunks is None:  # contiguous or compact: exactly the declared bytes
+        if stored != declared:
+            problem = f"dataset {where} declares {declared} bytes but stores {stored}"
+            raise _refuse(BundleContentError, path, problem)
+        return
+    expected_chunks = math.prod(math.ceil(s / c) for s, c in zip(dataset.shape, dataset.chunks, strict=True))
+    if int(dataset.id.get_num_chunks()) != expected_chunks:
+        raise _refuse(BundleContentError, path, f"dataset {where} has chunks that were never written")
+    if dataset.compression is None:
+        backed = stored >= declared
+    else:
+        backed = declared <= max(MIN_DECLARED_BYTES_LIMIT, MAX_COMPRESSION_RATIO * stored)
+    if not backed:
+        problem = f"dataset {where} declares {declared} bytes but stores only {stored}"
+        raise _refuse(BundleContentError, path, problem)
 
 
 def _read_verified(dataset: h5py.Dataset, entry: dict[str, Any], path: Path) -> np.ndarray:
@@ -291,9 +353,10 @@ def _validate_space(handle: h5py.File, manifest: dict[str, Any], path: Path) -> 
     if not isinstance(fs_manifest, dict) or fs_manifest.get("description_sha256") != _json_sha256(text):
         raise _refuse(BundleChecksumError, path, "feature-space description does not match its checksum")
     try:
-        description = json.loads(text)
-    except json.JSONDecodeError as error:
+        description = _loads(text)
+    except ValueError as error:
         raise _refuse(BundleFormatError, path, f"feature-space description is not JSON ({error})") from error
+    _check_description(description, path)
     dataset = group["projection"]
     if not isinstance(dataset, h5py.Dataset):
         raise _refuse(BundleContentError, path, "member /feature_space/projection is not a dataset")
@@ -319,6 +382,108 @@ def _validate_space(handle: h5py.File, manifest: dict[str, Any], path: Path) -> 
         raise _refuse(BundleFormatError, path, f"feature-space description is invalid ({error})") from error
 
 
+def _is_int(value: object, low: int, high: int | None = None) -> bool:
+    return (
+        isinstance(value, int | np.integer)
+        and not isinstance(value, bool)
+        and low <= value
+        and (high is None or value <= high)
+    )
+
+
+def _is_number(value: object, low: float, high: float, *, open_low: bool = False) -> bool:
+    if not isinstance(value, int | float | np.number) or isinstance(value, bool):
+        return False
+    number = float(value)
+    return math.isfinite(number) and (low < number if open_low else low <= number) and number <= high
+
+
+def _check_description(description: Any, path: Path) -> None:
+    """The feature-space description holds sane, finite values (before any of it is used)."""
+    if not isinstance(description, dict):
+        raise _refuse(BundleFormatError, path, "feature-space description is not a JSON object")
+    problems = []
+    resize, crop = description.get("resize"), description.get("crop")
+    if not _is_int(resize, 1, MAX_IMAGE_SIDE) or not _is_int(crop, 1) or crop > resize:  # type: ignore[operator]
+        problems.append(f"resize/crop {resize}/{crop} (1 <= crop <= resize <= {MAX_IMAGE_SIDE})")
+    if not _is_int(description.get("dim"), 1, 1 << 16):
+        problems.append(f"dim {description.get('dim')!r}")
+    if not _is_int(description.get("local_pool"), 1, 64):
+        problems.append(f"local_pool {description.get('local_pool')!r}")
+    for key, low, open_low in (("mean", -1e6, False), ("std", 0.0, True)):
+        values = description.get(key)
+        if not isinstance(values, list) or len(values) != 3 or not all(
+            _is_number(v, low, 1e6, open_low=open_low) for v in values
+        ):
+            problems.append(f"{key} {values!r}")
+    channels, layers = description.get("channels"), description.get("layers")
+    if (
+        not isinstance(channels, list)
+        or not channels
+        or not all(_is_int(c, 1, 1 << 16) for c in channels)
+        or not isinstance(layers, list)
+        or len(layers) != len(channels)
+        or not all(isinstance(layer, str) for layer in layers)
+    ):
+        problems.append(f"layers {layers!r} / channels {channels!r}")
+    for key in ("backbone", "weights_sha256"):
+        if not isinstance(description.get(key), str):
+            problems.append(f"{key} {description.get(key)!r}")
+    if problems:
+        raise _refuse(BundleContentError, path, f"feature-space description has invalid values: {'; '.join(problems)}")
+
+
+def _check_settings(
+    name: str, model: CategoryModel, arrays: Mapping[str, np.ndarray], space: FeatureSpace, path: Path
+) -> None:
+    """The settings and fitted scalars of a category are values the library itself produces.
+
+    A hostile record could otherwise set a blur sigma of 1e5 (a multi-terabyte kernel), a top
+    ratio that makes every score fail, or thresholds that hide every defect.
+    """
+    bank = arrays["bank"]
+    problems = []
+    if not _is_int(model.k, 1, bank.shape[0]):
+        problems.append(f"k {model.k!r} (1..{bank.shape[0]})")
+    if model.index not in INDEX_KINDS:
+        problems.append(f"index {model.index!r}")
+    if model.bank_dtype not in ("float16", "float32") or np.dtype(model.bank_dtype) != bank.dtype:
+        problems.append(f"bank_dtype {model.bank_dtype!r} for a {bank.dtype} bank")
+    if not _is_number(model.sigma, 0.0, float(space.crop)):
+        problems.append(f"sigma {model.sigma!r} (0..{space.crop})")
+    for key in ("coreset_ratio", "route_quantile"):
+        if not _is_number(getattr(model, key), 0.0, 1.0, open_low=True):
+            problems.append(f"{key} {getattr(model, key)!r}")
+    if not _is_number(model.holdout_ratio, 0.0, 1.0):
+        problems.append(f"holdout_ratio {model.holdout_ratio!r}")
+    if not _is_int(model.n_prototypes, 1) or not _is_int(model.seed, -(1 << 63), (1 << 64) - 1):
+        problems.append(f"n_prototypes / seed {model.n_prototypes!r} / {model.seed!r}")
+    if model.proxy_dim is not None and not _is_int(model.proxy_dim, 1):
+        problems.append(f"proxy_dim {model.proxy_dim!r}")
+    grid = model.grid_
+    if not all(_is_int(v, 1, space.crop) for v in grid):
+        problems.append(f"grid {list(grid)}")
+    calibrator = model.calibrator_
+    n_calibration = len(arrays["calibration_base"])
+    if not (
+        calibrator.mu_.shape == (3,)
+        and calibrator.sigma_.shape == (3,)
+        and np.isfinite(calibrator.mu_).all()
+        and np.isfinite(calibrator.sigma_).all()
+        and (calibrator.sigma_ >= 0).all()
+        and _is_number(calibrator.lambda_, 0.0, 1e300)
+        and _is_number(calibrator.top_ratio, 0.0, 1.0, open_low=True)
+        and _is_number(calibrator.quantile, 0.0, 1.0, open_low=True)
+        and _is_number(calibrator.eps, 0.0, 1.0, open_low=True)
+        and set(calibrator.thresholds_) == {"base", "struct", "hybrid"}
+        and all(math.isfinite(v) for v in calibrator.thresholds_.values())
+        and calibrator.n_samples_ == n_calibration
+    ):
+        problems.append("calibrator state (mu, sigma, lambda, thresholds, top ratio, quantile, eps, n_samples)")
+    if problems:
+        raise _refuse(BundleContentError, path, f"category {name!r} has invalid settings: {'; '.join(problems)}")
+
+
 def _only_attrs(obj: h5py.HLObject, allowed: set[str] | frozenset[str], path: Path) -> None:
     unknown = sorted(set(obj.attrs.keys()) - set(allowed))
     if unknown:
@@ -337,7 +502,7 @@ def _validate_category(
     if entry.get("record_sha256") != _json_sha256(text):
         raise _refuse(BundleChecksumError, path, f"record of category {name!r} does not match its checksum")
     try:
-        record = json.loads(text)
+        record = _loads(text)
         metadata = _restore_metadata(record["model_metadata"])
         record["model_metadata"] = metadata
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
@@ -379,17 +544,90 @@ def _validate_category(
         raise _refuse(BundleContentError, path, f"category {name!r} has settings that do not fit its feature space")
     if not np.isfinite(model.route_threshold_) and model.route_threshold_ != float("inf"):
         raise _refuse(BundleContentError, path, f"category {name!r} has an invalid route threshold")
+    _check_settings(name, model, arrays, space, path)
     bundled = _BundledCategory(name=name, record=record, entries={a: dict(e) for a, e in entries.items() if e})
     return bundled, arrays if keep else None
 
 
-def read_bundle(path: Path) -> ValidatedBundle:
-    """Open and fully validate a bundle (format, members, dtypes, shapes, checksums, values)."""
+def read_bundle(path: Path, *, isolate: bool = True) -> ValidatedBundle:
+    """Open and fully validate a bundle (format, members, dtypes, shapes, checksums, values).
+
+    With ``isolate`` (the default) the whole validation first runs in a forked child process:
+    a damaged file can crash the HDF5 C library itself (a segmentation fault, not an
+    exception), and that must refuse the bundle, not kill the command. Only a bundle the child
+    validated is then read here, and the import checks that the file is still the same one.
+    """
     path = Path(path)
     if not path.is_file():
         raise BundleFormatError(f"no bundle file at {path}; check the path")
     if path.stat().st_size == 0 or not h5py.is_hdf5(str(path)):
         raise _refuse(BundleFormatError, path, "is not an HDF5 file", "pass a file written by `registry export`")
+    identity = _identity(path)
+    if isolate:
+        _validate_in_child(path)
+    bundle = _read_checked(path)
+    if _identity(path) != identity:
+        raise _refuse(BundleFormatError, path, "changed while it was being validated", "import it again")
+    bundle.identity = identity
+    return bundle
+
+
+def _identity(path: Path) -> tuple[int, ...]:
+    info = path.stat()
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+#: The bundle errors a validating child may report, by class name.
+_CHILD_ERRORS: dict[str, type[BundleError]] = {
+    cls.__name__: cls
+    for cls in (BundleError, BundleFormatError, BundleContentError, BundleChecksumError, BundleFeatureSpaceError)
+}
+
+
+def _validate_in_child(path: Path) -> None:
+    """Run :func:`read_bundle` in a forked child; re-raise its refusal, refuse a crash."""
+    if not hasattr(os, "fork"):  # pragma: no cover - platforms without fork validate in-process
+        return
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: validate, report one JSON line, never return
+        status = 0
+        try:
+            os.close(reader)
+            faulthandler.disable()
+            try:
+                read_bundle(path, isolate=False)
+                report = {"ok": True}
+            except BundleError as error:
+                report = {"ok": False, "error": type(error).__name__, "message": str(error)}
+            except BaseException as error:  # noqa: BLE001 - anything else is reported, not raised
+                report = {"ok": False, "error": "BundleFormatError", "message": f"{type(error).__name__}: {error}"}
+            os.write(writer, json.dumps(report).encode("utf-8", "backslashreplace"))
+        except BaseException:  # noqa: BLE001
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(writer)
+    chunks = []
+    with os.fdopen(reader, "rb") as stream:
+        chunks.append(stream.read())
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        problem = f"is damaged: reading it crashed the HDF5 library (signal {os.WTERMSIG(status)})"
+        raise _refuse(BundleFormatError, path, problem)
+    try:
+        report = json.loads(b"".join(chunks).decode("utf-8"))
+    except ValueError:
+        report = {"ok": False, "error": "BundleFormatError", "message": "could not be validated"}
+    if not report.get("ok"):
+        cls = _CHILD_ERRORS.get(str(report.get("error")), BundleFormatError)
+        message = str(report.get("message"))
+        if cls is BundleFeatureSpaceError or not message.startswith(f"bundle {path}"):
+            raise _refuse(BundleFormatError, path, f"is damaged ({message})")
+        raise cls(message)
+
+
+def _read_checked(path: Path) -> ValidatedBundle:
     try:
         handle = h5py.File(path, "r")
     except OSError as error:
@@ -399,8 +637,10 @@ def read_bundle(path: Path) -> ValidatedBundle:
             return _validate(handle, path)
     except BundleError:
         raise
-    except (OSError, KeyError, RuntimeError) as error:  # low-level HDF5 read failures of a damaged file
-        raise _refuse(BundleFormatError, path, f"is truncated or damaged ({error})") from error
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError, IndexError, OverflowError) as error:
+        # low-level HDF5 read failures of a damaged file (UnicodeError is a ValueError)
+        problem = f"is truncated or damaged ({type(error).__name__}: {error})"
+        raise _refuse(BundleFormatError, path, problem) from error
 
 
 def _validate(handle: h5py.File, path: Path) -> ValidatedBundle:
@@ -451,6 +691,9 @@ def _validate(handle: h5py.File, path: Path) -> ValidatedBundle:
             raise _refuse(BundleContentError, path, f"member /categories/{name} is not a group")
         bundled, _ = _validate_category(member, name, manifest["categories"][name], space, path, keep=False)
         categories.append(bundled)
+    grids = sorted({tuple(c.record["model_metadata"]["grid"]) for c in categories})
+    if len(grids) > 1:
+        raise _refuse(BundleContentError, path, f"has categories with different patch grids {grids}")
     return ValidatedBundle(path=path, space=space, categories=categories)
 
 
@@ -489,6 +732,16 @@ def import_bundle(
                 differences,
                 "import it into a registry made in the same feature space, or a new folder",
             )
+    known_grid = registry._patch_grid()
+    for bundled in bundle.categories:
+        grid = tuple(int(v) for v in bundled.record["model_metadata"]["grid"])
+        if known_grid is not None and grid != known_grid:
+            raise _refuse(
+                BundleContentError,
+                path,
+                f"category {bundled.name!r} has patch grid {list(grid)}, the registry's categories {list(known_grid)}",
+                "import it into a registry made in the same feature space",
+            )
     existing = set(registry.names())
     collisions = sorted(t for t in targets.values() if t in existing)
     if collisions and not replace:
@@ -502,7 +755,7 @@ def import_bundle(
         pending.append(
             PendingVersion(
                 name=targets[bundled.name],
-                arrays=_reader(bundle.path, bundled.name, bundle.space),
+                arrays=_reader(bundle, bundled.name),
                 metadata=dict(bundled.record["model_metadata"]),
                 train_images=[],
                 origin=f"import:{bundle.path.name}",
@@ -512,14 +765,25 @@ def import_bundle(
     return registry._commit_versions(pending)
 
 
-def _reader(path: Path, name: str, space: FeatureSpace) -> Any:
-    """Re-read (and re-check) one category's arrays when its store is written."""
+def _reader(bundle: ValidatedBundle, name: str) -> Any:
+    """Re-read (and re-check) one category's arrays when its store is written.
+
+    The file must still be the one that was validated (a different file could crash HDF5).
+    """
+    path, space = bundle.path, bundle.space
 
     def read() -> dict[str, np.ndarray]:
-        with h5py.File(path, "r") as handle:
-            manifest = json.loads(_string_attr(handle, "manifest", path))
-            group = handle["categories"][name]
-            _, arrays = _validate_category(group, name, manifest["categories"][name], space, path, keep=True)
+        if _identity(path) != bundle.identity:
+            raise _refuse(BundleFormatError, path, "changed while it was being imported", "import it again")
+        try:
+            with h5py.File(path, "r") as handle:
+                manifest = _loads(_string_attr(handle, "manifest", path))
+                group = handle["categories"][name]
+                _, arrays = _validate_category(group, name, manifest["categories"][name], space, path, keep=True)
+        except BundleError:
+            raise
+        except (OSError, KeyError, RuntimeError, ValueError, TypeError, IndexError) as error:
+            raise _refuse(BundleFormatError, path, f"is truncated or damaged ({type(error).__name__}: {error})") from error
         assert arrays is not None
         return arrays
 

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import builtins
 import functools
+import hashlib
 import importlib.metadata
+import json
+import math
 import re
 import threading
 import uuid as uuid_module
@@ -33,7 +36,9 @@ from sqlalchemy.orm import Session
 from registry import storage
 from registry.db import (
     DB_FILE,
+    ROW_DECODE_ERRORS,
     current_revision,
+    database_errors,
     head_revision,
     known_revision,
     make_engine,
@@ -43,6 +48,7 @@ from registry.db import (
 )
 from registry.errors import (
     BundleNameCollisionError,
+    DatabaseDamagedError,
     FeatureSpaceMismatchError,
     IntegrityError,
     InvalidNameError,
@@ -74,6 +80,10 @@ FEATURE_SPACE_STORE = "feature_space.zarr"
 ARRAY_NAMES: tuple[str, ...] = tuple(CategoryModel.ARRAY_NAMES)
 #: Default number of loaded categories (memory banks) kept in memory per Registry.
 DEFAULT_CACHE_SIZE = 8
+#: Fewest train-good images a category is calibrated on. With two, every image's structural
+#: distance is the same (each standardised descriptor is +-1), so lambda = std(base) / eps
+#: explodes (~1e5) and the hybrid threshold is meaningless.
+MIN_CALIBRATION_IMAGES = 3
 
 Stage = Callable[[str], None]
 BatchProgress = Callable[[int, int], None]
@@ -130,7 +140,19 @@ class VersionInfo:
 
     @classmethod
     def from_row(cls, row: CategoryVersionRow, category: str, is_current: bool) -> VersionInfo:
-        """Build from a database row."""
+        """Build from a database row.
+
+        Raises:
+            DatabaseDamagedError: the row's content is not what the registry writes.
+        """
+        try:
+            return cls._from_row(row, category, is_current)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+            problem = f"has a damaged row ({type(error).__name__}: {error})"
+            raise DatabaseDamagedError(DB_FILE, problem, category, getattr(row, "version", None)) from error
+
+    @classmethod
+    def _from_row(cls, row: CategoryVersionRow, category: str, is_current: bool) -> VersionInfo:
         return cls(
             category=category,
             version=row.version,
@@ -151,6 +173,23 @@ class VersionInfo:
             origin=row.origin or "fit",
             arrays={k: dict(v) for k, v in row.arrays.items()},
         )
+
+    def row_fields(self) -> dict[str, Any]:
+        """The fields that :func:`row_differences` compares with the store's attributes."""
+        return {
+            "category": self.category,
+            "uuid": self.uuid,
+            "store_path": self.store_path,
+            "coreset_ratio": self.coreset_ratio,
+            "seed": self.seed,
+            "n_train_images": self.n_train_images,
+            "calibration_mode": self.calibration_mode,
+            "calibration": self.calibration,
+            "route_threshold": self.route_threshold,
+            "fit_seconds": self.fit_seconds,
+            "origin": self.origin,
+            "arrays": self.arrays,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible form (for the CLI's ``--json``)."""
@@ -190,9 +229,11 @@ class CategoryInfo:
 class Problem:
     """One finding of :meth:`Registry.verify`.
 
-    ``kind`` is one of ``sqlite-integrity``, ``foreign-key``, ``feature-space``, ``missing-store``,
-    ``bad-array``, ``checksum-mismatch``, ``bad-current-version``, ``orphan-store``, ``temp-file``
-    and ``stray-file``; the last three are removed by :meth:`Registry.gc`.
+    ``kind`` is one of ``sqlite-integrity``, ``foreign-key``, ``damaged-row``, ``row-mismatch``
+    (a row and its store's attributes disagree), ``feature-space``, ``missing-store``,
+    ``misplaced-store``, ``bad-array``, ``checksum-mismatch``, ``bad-current-version``,
+    ``orphan-store``, ``temp-file`` and ``stray-file``; the last three are removed by
+    :meth:`Registry.gc`.
     """
 
     kind: str
@@ -277,6 +318,7 @@ class Registry:
         self._prototypes: dict[str, np.ndarray] = {}
         self._router: PrototypeRouter | None = None
         self._router_token: tuple[tuple[str, str], ...] | None = None
+        self._router_versions: dict[str, int] = {}
         self._backbone: Backbone | None = None
         self._extractors: dict[int, FeatureExtractor] = {}
         self._space: FeatureSpace | None = None
@@ -474,6 +516,10 @@ class Registry:
             if key not in _VERIFIED:
                 if array_sha256(projection) != row.projection_sha256:
                     raise IntegrityError("<feature space>", 0, store / "projection", "does not match its checksum")
+                differences = _feature_space_differences(row, store)
+                if differences:
+                    problem = f"and its row in {DB_FILE} disagree on {', '.join(differences)} (one of the two is damaged)"
+                    raise IntegrityError("<feature space>", 0, store / "zarr.json", problem)
                 with _VERIFIED_LOCK:
                     _VERIFIED.add(key)
             self._space = FeatureSpace.from_description(_row_description(row), projection)
@@ -556,8 +602,11 @@ class Registry:
         self._check_writable("add a category")
         validate_name(name)
         sources = builtins.list(train_images)
-        if len(sources) < 2:
-            msg = f"category {name!r} needs at least 2 train images, got {len(sources)}; pass more good images"
+        if len(sources) < MIN_CALIBRATION_IMAGES:
+            msg = (
+                f"category {name!r} needs at least {MIN_CALIBRATION_IMAGES} train images, got {len(sources)}; "
+                "pass more good images"
+            )
             raise RegistryError(msg)
         stage: Stage = on_stage or (lambda _stage: None)
         fitted = CategoryModel(**(model or CategoryModel()).get_params())  # type: ignore[arg-type]
@@ -585,6 +634,14 @@ class Registry:
         validate_name(name)
         if not hasattr(model, "bank_"):
             msg = f"the model for category {name!r} is not fitted; use add_category to fit it"
+            raise RegistryError(msg)
+        n_calibration = int(getattr(model.calibrator_, "n_samples_", 0))
+        if n_calibration < MIN_CALIBRATION_IMAGES:
+            msg = (
+                f"category {name!r} was calibrated on {n_calibration} images, fewer than "
+                f"{MIN_CALIBRATION_IMAGES} (its thresholds would be meaningless); add good images"
+                + (" or use loo calibration" if model.calibration == "holdout" else "")
+            )
             raise RegistryError(msg)
         if model.bank_.shape[1] != self._row.dim or model.map_size_ != self._row.crop:
             differences = [
@@ -618,7 +675,13 @@ class Registry:
                 for item in pending:
                     tmp = storage.new_tmp_path(self._root)
                     temporary.append(tmp)
-                    attributes = {"category": item.name, "uuid": item.uuid, "metadata": item.metadata}
+                    attributes = {
+                        "category": item.name,
+                        "uuid": item.uuid,
+                        "metadata": item.metadata,
+                        "origin": item.origin,
+                        "train_images": item.train_images,
+                    }
                     records.append(storage.write_store(tmp, item.arrays(), attributes))
                     checkpoint("tmp-written")
                     final = self._root / _store_path(item.name, item.uuid)
@@ -860,27 +923,60 @@ class Registry:
             UnknownCategoryError, UnknownVersionError: no such category / version.
             IntegrityError: a stored array is missing, unreadable or fails its checksum.
         """
-        with read_session(self._engine) as session:
-            category = self._category_row(session, name)
-            row = self._version_row(session, category, version)
-            info = VersionInfo.from_row(row, name, row.id == category.current_version_id)
-            metadata = dict(row.model_metadata)
+        try:
+            with read_session(self._engine) as session:
+                category = self._category_row(session, name)
+                row = self._version_row(session, category, version)
+                info = VersionInfo.from_row(row, name, row.id == category.current_version_id)
+                metadata = row.model_metadata
+                train_images = row.train_images
+        except DatabaseDamagedError as error:
+            raise error.for_row(name, version) from error.__cause__
         cached = self._cache.get(info.uuid)
         if cached is not None:
             self._cache.move_to_end(info.uuid)
             return cached
         try:
+            self._check_row(info, {"metadata": metadata, "train_images": train_images})
             arrays = {array: self._read_checked(info, array) for array in ARRAY_NAMES}
         except IntegrityError:
             if not self._version_exists(info.uuid):  # removed by another process meanwhile
                 msg = f"category {name!r} version {info.version} was removed while it was being loaded; try again"
                 raise RegistryError(msg) from None
             raise
-        model = CategoryModel.from_parts(arrays, metadata)
+        try:
+            model = CategoryModel.from_parts(arrays, dict(metadata))
+        except (KeyError, TypeError, ValueError) as error:  # the row matched its store: the store is old or odd
+            problem = f"holds metadata that does not rebuild a model ({type(error).__name__}: {error})"
+            raise IntegrityError(info.category, info.version, Path(info.store_path) / "zarr.json", problem) from error
         self._cache[info.uuid] = model
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return model
+
+    def _check_row(self, info: VersionInfo, extra: Mapping[str, Any] | None = None) -> None:
+        """Compare a version's database row with its store's attributes (once per process).
+
+        Raises:
+            IntegrityError: they disagree (a damaged database row or store), or the store's
+                attributes cannot be read.
+        """
+        fields = {**info.row_fields(), **dict(extra or {})}
+        store = self._root / info.store_path
+        key = (str(store.resolve()), "<row>", _fields_digest(fields))
+        if key in _VERIFIED:
+            return
+        file = Path(info.store_path) / "zarr.json"
+        try:
+            attributes = storage.read_attributes(store)
+        except (OSError, ValueError) as error:
+            raise IntegrityError(info.category, info.version, file, f"cannot be read ({error})") from error
+        differences = row_differences(fields, attributes)
+        if differences:
+            problem = f"and its row in {DB_FILE} disagree on {', '.join(differences)} (one of the two is damaged)"
+            raise IntegrityError(info.category, info.version, file, problem)
+        with _VERIFIED_LOCK:
+            _VERIFIED.add(key)
 
     def _version_exists(self, version_uuid: str) -> bool:
         with read_session(self._engine) as session:
@@ -907,13 +1003,24 @@ class Registry:
             return self._router
         router = PrototypeRouter()
         for info in versions:
+            self._check_row(info)
             prototypes = self._prototypes.get(info.uuid)
             if prototypes is None:
                 prototypes = self._read_checked(info, "prototypes")
                 self._prototypes[info.uuid] = prototypes
             router.add(info.category, prototypes, info.route_threshold)
         self._router, self._router_token = router, token
+        self._router_versions = {info.category: info.version for info in versions}
         return router
+
+    def router_versions(self) -> dict[str, int]:
+        """The version of each category in the router that :meth:`load_router` last returned.
+
+        :func:`registry.inference.predict` scores with exactly these versions, so a refit
+        committed during a long inference never mixes the routing of one version with the
+        scoring of another.
+        """
+        return dict(self._router_versions)
 
     def predict(
         self,
@@ -955,6 +1062,14 @@ class Registry:
 
         return import_bundle(self, Path(path), rename=rename, replace=replace)
 
+    def _patch_grid(self) -> tuple[int, int] | None:
+        """The patch grid of the registry's categories (``None`` while it has none)."""
+        with read_session(self._engine) as session:
+            metadata = session.scalars(select(CategoryVersionRow.model_metadata).limit(1)).one_or_none()
+        if not isinstance(metadata, dict) or not isinstance(metadata.get("grid"), list):
+            return None
+        return tuple(int(v) for v in metadata["grid"])  # type: ignore[return-value]
+
     def _adopt_feature_space(self, space: FeatureSpace, *, weights_path: str | None) -> None:
         """Replace the feature space of a registry without categories (used by import)."""
         self._check_writable("replace the feature space")
@@ -983,9 +1098,12 @@ class Registry:
             version_problems, checked = self._check_versions(checksums)
             report.problems.extend(version_problems)
             report.checked_versions = checked
+            if not any(p.kind in {"damaged-row", "sqlite-integrity"} for p in report.problems):
+                report.problems.extend(self._check_readable())
             leftovers = self._find_leftovers()
             if repair:
-                report.repaired = self._remove(leftovers)
+                report.repaired = self._remove([p for p in leftovers if p.removable])
+                report.problems.extend(p for p in leftovers if not p.removable)
             else:
                 report.problems.extend(leftovers)
         return report
@@ -994,7 +1112,7 @@ class Registry:
         """Remove orphan stores (no database row), temporary folders and stray files."""
         self._check_writable("collect garbage")
         with registry_lock(self._root, exclusive=True):
-            return GcReport(removed=self._remove(self._find_leftovers()))
+            return GcReport(removed=self._remove([p for p in self._find_leftovers() if p.removable]))
 
     def _remove(self, leftovers: Sequence[Problem]) -> builtins.list[str]:
         removed = []
@@ -1014,27 +1132,48 @@ class Registry:
 
     def _check_database(self) -> builtins.list[Problem]:
         problems = []
-        with self._engine.connect() as connection:
-            result = [r[0] for r in connection.execute(text("PRAGMA integrity_check")).fetchall()]
-            if result != ["ok"]:
-                message = "; ".join(str(r) for r in result[:5])
-                problems.append(Problem("sqlite-integrity", f"sqlite integrity_check: {message}", DB_FILE))
-            for table, rowid, parent, _key in connection.execute(text("PRAGMA foreign_key_check")).fetchall():
-                message = f"row {rowid} of {table} points to a missing row of {parent}"
-                problems.append(Problem("foreign-key", message, DB_FILE))
-            connection.rollback()
-        with read_session(self._engine) as session:
-            for category in session.scalars(select(CategoryRow)):
-                current = category.current_version_id
-                row = None if current is None else session.get(CategoryVersionRow, current)
-                if row is None or row.category_id != category.id:
-                    message = f"category {category.name!r} has no valid current version"
-                    problems.append(Problem("bad-current-version", message, DB_FILE, category.name))
+        try:
+            with self._engine.connect() as connection:
+                result = [r[0] for r in connection.execute(text("PRAGMA integrity_check")).fetchall()]
+                if result != ["ok"]:
+                    message = "; ".join(str(r) for r in result[:5])
+                    problems.append(Problem("sqlite-integrity", f"sqlite integrity_check: {message}", DB_FILE))
+                for table, rowid, parent, _key in connection.execute(text("PRAGMA foreign_key_check")).fetchall():
+                    message = f"row {rowid} of {table} points to a missing row of {parent}"
+                    problems.append(Problem("foreign-key", message, DB_FILE))
+                connection.rollback()
+        except ROW_DECODE_ERRORS as error:
+            message = f"{DB_FILE} cannot be checked ({type(error).__name__}: {str(error).splitlines()[0]})"
+            return [Problem("sqlite-integrity", message, DB_FILE)]
+        try:
+            with self._engine.connect() as connection:
+                rows = connection.execute(
+                    text(
+                        "SELECT CAST(c.name AS BLOB), c.current_version_id, v.category_id = c.id, c.last_version, "
+                        "(SELECT MAX(w.version) FROM category_versions w WHERE w.category_id = c.id) "
+                        "FROM categories c LEFT JOIN category_versions v ON v.id = c.current_version_id"
+                    )
+                ).fetchall()
+                connection.rollback()
+        except ROW_DECODE_ERRORS as error:
+            message = f"the categories of {DB_FILE} cannot be read ({type(error).__name__}: {error})"
+            return [*problems, Problem("sqlite-integrity", message, DB_FILE)]
+        for raw_name, current, owned, last_version, newest in rows:
+            name = _decode_name(raw_name)
+            if current is None or not owned:
+                message = f"category {name!r} has no valid current version"
+                problems.append(Problem("bad-current-version", message, DB_FILE, name))
+            if newest is not None and (not isinstance(last_version, int) or last_version < newest):
+                message = f"category {name!r} records {last_version} as its last version number but has version {newest}"
+                problems.append(Problem("damaged-row", message, DB_FILE, name))
         return problems
 
     def _check_feature_space(self, checksums: bool) -> builtins.list[Problem]:
-        row = self._feature_space_row()
-        store = self._root / row.projection_path
+        try:
+            row = self._feature_space_row()
+            store = self._root / row.projection_path
+        except (RegistryError, *ROW_DECODE_ERRORS) as error:
+            return [Problem("feature-space", f"the feature-space row of {DB_FILE} cannot be read ({error})", DB_FILE)]
         try:
             projection = storage.read_array(store, "projection")
         except Exception as error:
@@ -1045,48 +1184,159 @@ class Registry:
             return [Problem("feature-space", message, row.projection_path)]
         if checksums and array_sha256(projection) != row.projection_sha256:
             return [Problem("feature-space", f"{row.projection_path} does not match its checksum", row.projection_path)]
+        differences = _feature_space_differences(row, store)
+        if differences:
+            message = (
+                f"{row.projection_path}/zarr.json and the feature-space row of {DB_FILE} disagree on "
+                f"{', '.join(differences)} (one of the two is damaged)"
+            )
+            return [Problem("feature-space", message, row.projection_path)]
         return []
 
-    def _check_versions(self, checksums: bool) -> tuple[builtins.list[Problem], int]:
+    def _check_readable(self) -> builtins.list[Problem]:
+        """What the other checks do not read: every column as the registry's own queries read it."""
+        problems = []
+        try:
+            with self._engine.connect() as connection:
+                rows = connection.execute(
+                    text(
+                        "SELECT CAST(c.name AS BLOB), NULL, CAST(c.created_at AS BLOB), CAST(c.description AS BLOB) "
+                        "FROM categories c UNION ALL "
+                        "SELECT CAST(c.name AS BLOB), v.version, CAST(v.created_at AS BLOB), CAST(v.library_version AS BLOB) "
+                        "FROM category_versions v JOIN categories c ON c.id = v.category_id"
+                    )
+                ).fetchall()
+                connection.rollback()
+        except ROW_DECODE_ERRORS as error:
+            return [Problem("sqlite-integrity", f"{DB_FILE} cannot be read ({type(error).__name__}: {error})", DB_FILE)]
+        for raw_name, version, created_at, text_value in rows:
+            name = _decode_name(raw_name)
+            try:
+                datetime.fromisoformat(bytes(created_at).decode("utf-8"))
+                if text_value is not None:
+                    bytes(text_value).decode("utf-8")
+            except (ValueError, TypeError) as error:
+                where = f"category {name!r}" + ("" if version is None else f" version {version}")
+                message = f"{where}: its row in {DB_FILE} is damaged ({type(error).__name__}: {error})"
+                problems.append(Problem("damaged-row", message, DB_FILE, name, version))
+        if not problems:
+            try:
+                self.list()
+                self._feature_space_row()
+            except RegistryError as error:
+                problems.append(Problem("sqlite-integrity", str(error), DB_FILE))
+        return problems
+
+    def _version_rows(self) -> tuple[builtins.list[dict[str, Any]], builtins.list[Problem]]:
+        """Every version row, decoded one by one (a damaged row is a problem, not an exception)."""
+        columns = (
+            "uuid", "store_path", "arrays", "metadata", "calibration_mode", "calibration",
+            "train_images", "origin",
+        )  # fmt: skip
+        select_text = ", ".join(f"CAST(v.{column} AS BLOB)" for column in columns)
+        query = text(
+            "SELECT CAST(c.name AS BLOB), v.version, v.coreset_ratio, v.seed, v.n_train_images, "
+            f"v.route_threshold, v.fit_seconds, {select_text} "
+            "FROM category_versions v JOIN categories c ON c.id = v.category_id ORDER BY v.id"
+        )
+        rows: builtins.list[dict[str, Any]] = []
         problems: builtins.list[Problem] = []
-        with read_session(self._engine) as session:
-            rows = session.execute(
-                select(CategoryRow.name, CategoryRow.current_version_id, CategoryVersionRow).join(
-                    CategoryVersionRow, CategoryVersionRow.category_id == CategoryRow.id
-                )
-            ).all()
-            infos = [VersionInfo.from_row(row, name, current == row.id) for name, current, row in rows]
-        for info in infos:
-            store = self._root / info.store_path
-            if not (store / "zarr.json").is_file():
-                message = f"category {info.category!r} version {info.version}: store {info.store_path} is missing"
-                problems.append(Problem("missing-store", message, info.store_path, info.category, info.version))
+        try:
+            with self._engine.connect() as connection:
+                fetched = connection.execute(query).fetchall()
+                connection.rollback()
+        except ROW_DECODE_ERRORS as error:
+            message = f"the category versions of {DB_FILE} cannot be read ({type(error).__name__}: {error})"
+            return [], [Problem("sqlite-integrity", message, DB_FILE)]
+        for raw_name, version, coreset_ratio, seed, n_train, route_threshold, fit_seconds, *raw in fetched:
+            name = _decode_name(raw_name)
+            try:
+                texts = {column: None if value is None else bytes(value).decode("utf-8") for column, value in zip(columns, raw, strict=True)}
+                decoded = {
+                    column: json.loads(texts[column])
+                    for column in ("arrays", "metadata", "calibration", "train_images")
+                }
+                fields = {
+                    "category": name,
+                    "version": version,
+                    "uuid": texts["uuid"],
+                    "store_path": texts["store_path"],
+                    "coreset_ratio": coreset_ratio,
+                    "seed": seed,
+                    "n_train_images": n_train,
+                    "calibration_mode": texts["calibration_mode"],
+                    "route_threshold": route_threshold,
+                    "fit_seconds": fit_seconds,
+                    "origin": texts["origin"] or "fit",
+                    **decoded,
+                }
+                _check_arrays_field(fields["arrays"])
+                if not isinstance(fields["store_path"], str) or not isinstance(version, int):
+                    raise TypeError("store path or version is not what the registry writes")
+            except (ValueError, TypeError, KeyError) as error:
+                message = f"category {name!r} version {version}: its row in {DB_FILE} is damaged ({type(error).__name__}: {error})"
+                problems.append(Problem("damaged-row", message, DB_FILE, name, version if isinstance(version, int) else None))
                 continue
-            for array, raw in info.arrays.items():
+            rows.append(fields)
+        return rows, problems
+
+    def _check_versions(self, checksums: bool) -> tuple[builtins.list[Problem], int]:
+        rows, problems = self._version_rows()
+        checked = len(rows) + len(problems)
+        for fields in rows:
+            name, version, store_path = fields["category"], fields["version"], fields["store_path"]
+            store = self._root / store_path
+            if not (store / "zarr.json").is_file():
+                message = f"category {name!r} version {version}: store {store_path} is missing"
+                problems.append(Problem("missing-store", message, store_path, name, version))
+                continue
+            try:
+                attributes = storage.read_attributes(store)
+            except (OSError, ValueError) as error:
+                message = f"category {name!r} version {version}: {store_path}/zarr.json cannot be read ({error})"
+                problems.append(Problem("bad-array", message, f"{store_path}/zarr.json", name, version))
+                attributes = None
+            if attributes is not None:
+                differences = row_differences({k: v for k, v in fields.items() if k != "version"}, attributes)
+                if differences:
+                    message = (
+                        f"category {name!r} version {version}: its row in {DB_FILE} and {store_path}/zarr.json "
+                        f"disagree on {', '.join(differences)} (one of the two is damaged)"
+                    )
+                    problems.append(Problem("row-mismatch", message, f"{store_path}/zarr.json", name, version))
+            for array, raw in fields["arrays"].items():
                 record = ArrayRecord.from_json(raw)
-                where = f"{info.store_path}/{array}"
+                where = f"{store_path}/{array}"
                 try:
                     data = storage.read_array(store, array)
                 except Exception as error:
-                    message = f"category {info.category!r} version {info.version}: {where} cannot be read ({error})"
-                    problems.append(Problem("bad-array", message, where, info.category, info.version))
+                    message = f"category {name!r} version {version}: {where} cannot be read ({error})"
+                    problems.append(Problem("bad-array", message, where, name, version))
                     continue
                 if (tuple(data.shape), storage.dtype_name(data)) != (record.shape, record.dtype):
                     message = (
-                        f"category {info.category!r} version {info.version}: {where} has shape "
+                        f"category {name!r} version {version}: {where} has shape "
                         f"{list(data.shape)} {storage.dtype_name(data)}, expected {list(record.shape)} {record.dtype}"
                     )
-                    problems.append(Problem("bad-array", message, where, info.category, info.version))
+                    problems.append(Problem("bad-array", message, where, name, version))
                 elif checksums and array_sha256(data) != record.sha256:
-                    message = f"category {info.category!r} version {info.version}: {where} does not match its checksum"
-                    problems.append(Problem("checksum-mismatch", message, where, info.category, info.version))
-        return problems, len(infos)
+                    message = f"category {name!r} version {version}: {where} does not match its checksum"
+                    problems.append(Problem("checksum-mismatch", message, where, name, version))
+        return problems, checked
 
     def _find_leftovers(self) -> builtins.list[Problem]:
-        """Orphan stores, temporary folders and stray files (call with the exclusive lock held)."""
-        with read_session(self._engine) as session:
-            referenced = set(session.scalars(select(CategoryVersionRow.store_path)))
-            projection_path = session.scalars(select(FeatureSpaceRow.projection_path)).one_or_none()
+        """Orphan stores, temporary folders and stray files (call with the exclusive lock held).
+
+        Nothing is called a leftover when the database cannot say what it refers to, and a
+        store whose uuid a row still records (its row's path is damaged) is never an orphan.
+        """
+        try:
+            with read_session(self._engine) as session:
+                referenced = set(session.scalars(select(CategoryVersionRow.store_path)))
+                uuids = set(session.scalars(select(CategoryVersionRow.uuid)))
+                projection_path = session.scalars(select(FeatureSpaceRow.projection_path)).one_or_none()
+        except RegistryError as error:
+            return [Problem("sqlite-integrity", f"leftovers were not looked for: {error}", DB_FILE)]
         problems = []
         for entry in sorted(self._root.iterdir()):
             name = entry.name
@@ -1106,7 +1356,10 @@ class Registry:
                 relative = f"{STORES_DIR}/{folder.name}/{entry.name}"
                 if relative in referenced:
                     continue
-                if entry.is_dir() and entry.name.endswith(".zarr"):
+                if entry.is_dir() and entry.name.endswith(".zarr") and entry.name[: -len(".zarr")] in uuids:
+                    message = f"{relative} is the store of a category version whose row records another path"
+                    problems.append(Problem("misplaced-store", message, relative, folder.name))
+                elif entry.is_dir() and entry.name.endswith(".zarr"):
                     message = f"{relative} is a store that no category version refers to"
                     problems.append(Problem("orphan-store", message, relative, folder.name))
                 else:
@@ -1130,6 +1383,102 @@ def _finite_or_none(value: object) -> float | None:
         return None
     number = float(value)  # type: ignore[arg-type]
     return number if np.isfinite(number) else None
+
+
+def _same(a: object, b: object) -> bool:
+    """Equality of JSON-like values, numbers compared as floats (NaN equals NaN)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return float(a) == float(b) or (math.isnan(float(a)) and math.isnan(float(b)))
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return set(a) == set(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+def row_differences(fields: Mapping[str, Any], attributes: Mapping[str, Any]) -> builtins.list[str]:
+    """Fields on which a version row and the attributes of its store disagree.
+
+    A store's attributes are written with its arrays, before the row is committed, so they are
+    an independent copy of what the row must say: a row changed by a damaged database (a
+    flipped byte in a threshold, say) no longer matches them. Only the fields present on both
+    sides are compared (stores of older versions record fewer).
+    """
+    found = []
+    if "category" in attributes and not _same(fields.get("category"), attributes["category"]):
+        found.append("category")
+    if "uuid" in attributes and not _same(fields.get("uuid"), attributes["uuid"]):
+        found.append("uuid")
+    if "store_path" in fields and isinstance(attributes.get("category"), str) and isinstance(
+        attributes.get("uuid"), str
+    ):
+        if fields["store_path"] != _store_path(attributes["category"], attributes["uuid"]):
+            found.append("store_path")
+    metadata = attributes.get("metadata")
+    if isinstance(metadata, Mapping):
+        params = metadata.get("params")
+        params = params if isinstance(params, Mapping) else {}
+        expected = {
+            "metadata": metadata,
+            "coreset_ratio": params.get("coreset_ratio"),
+            "seed": params.get("seed"),
+            "calibration_mode": params.get("calibration"),
+            "calibration": metadata.get("calibrator"),
+            "route_threshold": metadata.get("route_threshold"),
+            "n_train_images": metadata.get("n_train_images"),
+        }
+        fit_seconds = metadata.get("fit_seconds")
+        if fit_seconds is None or isinstance(fit_seconds, int | float):
+            expected["fit_seconds"] = _finite_or_none(fit_seconds)
+        found.extend(key for key, value in expected.items() if key in fields and not _same(fields[key], value))
+    for key in ("origin", "train_images", "arrays"):
+        if key in attributes and key in fields and not _same(fields[key], attributes[key]):
+            found.append(key)
+    return found
+
+
+def _feature_space_differences(row: FeatureSpaceRow, store: Path) -> builtins.list[str]:
+    """Fields on which the feature-space row and the attributes of W's store disagree."""
+    try:
+        recorded = storage.read_attributes(store).get("feature_space")
+    except (OSError, ValueError) as error:
+        return [f"zarr.json (cannot be read: {error})"]
+    if not isinstance(recorded, Mapping):
+        return []  # a store without the description: nothing to compare
+    described = _row_description(row)
+    return [key for key in described if not _same(described[key], recorded.get(key))]
+
+
+def _decode_name(raw: object) -> str:
+    """A category name read as bytes (a damaged one is shown with its bad bytes escaped)."""
+    if isinstance(raw, bytes | bytearray | memoryview):
+        return bytes(raw).decode("utf-8", "backslashreplace")
+    return str(raw)
+
+
+def _check_arrays_field(arrays: object) -> None:
+    """Raise ``ValueError`` unless ``arrays`` is the ``arrays`` column the registry writes."""
+    if not isinstance(arrays, dict) or set(arrays) != set(ARRAY_NAMES):
+        msg = f"arrays lists {sorted(arrays) if isinstance(arrays, dict) else type(arrays).__name__}"
+        raise ValueError(msg)
+    for name, record in arrays.items():
+        if (
+            not isinstance(record, dict)
+            or not isinstance(record.get("shape"), list)
+            or not all(isinstance(v, int) and v >= 0 for v in record["shape"])
+            or not isinstance(record.get("dtype"), str)
+            or not isinstance(record.get("sha256"), str)
+            or not re.fullmatch(r"[0-9a-f]{64}", record["sha256"])
+        ):
+            msg = f"the record of array {name!r} is not a shape, dtype and sha256"
+            raise ValueError(msg)
+
+
+def _fields_digest(fields: Mapping[str, Any]) -> str:
+    text = json.dumps(fields, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _row_description(row: FeatureSpaceRow) -> dict[str, object]:

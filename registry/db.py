@@ -13,6 +13,7 @@ The schema is owned by the Alembic revisions in the installed :mod:`migrations` 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -26,8 +27,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
+
+from registry.errors import DatabaseBusyError, DatabaseDamagedError, RegistryError
 
 #: The database file inside a registry folder.
 DB_FILE = "registry.sqlite"
@@ -85,28 +88,81 @@ def is_locked_error(error: BaseException) -> bool:
     return "locked" in message or "busy" in message
 
 
+#: What a damaged database raises while its rows are fetched and decoded: SQLite's own errors
+#: ("malformed", "not a database", "could not decode to UTF-8"), and the JSON / date / row
+#: decoding errors of a row whose bytes were changed.
+ROW_DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    DBAPIError,
+    sqlite3.DatabaseError,
+    json.JSONDecodeError,
+    UnicodeError,
+    ValueError,
+    KeyError,
+    TypeError,
+    IndexError,
+)
+
+
+def database_path(engine: Engine) -> str:
+    """The database file of ``engine`` (for messages)."""
+    return str(engine.url.database or engine.url)
+
+
+def translate_error(engine: Engine, error: BaseException, waited: float | None = None) -> RegistryError:
+    """The registry error for a low-level error met while using the database."""
+    if isinstance(error, RegistryError):
+        return error
+    if isinstance(error, DBAPIError | sqlite3.Error) and is_locked_error(error):
+        return DatabaseBusyError(database_path(engine), waited if waited is not None else BUSY_TIMEOUT_MS / 1000)
+    reason = str(getattr(error, "orig", None) or error).splitlines()[0]
+    return DatabaseDamagedError(database_path(engine), f"cannot be read ({type(error).__name__}: {reason})")
+
+
+@contextmanager
+def database_errors(engine: Engine) -> Iterator[None]:
+    """Turn the errors of a damaged or busy database into :class:`DatabaseDamagedError` / :class:`DatabaseBusyError`."""
+    try:
+        yield
+    except RegistryError:
+        raise
+    except ROW_DECODE_ERRORS as error:
+        raise translate_error(engine, error) from error
+
+
 def run_write(engine: Engine, work: Callable[[Session], T], retry_seconds: float = WRITE_RETRY_SECONDS) -> T:
     """Run ``work(session)`` in one short ``BEGIN IMMEDIATE`` transaction; retry when locked.
 
-    ``work`` must not have side effects outside the session that cannot be repeated.
+    ``work`` must not have side effects outside the session that cannot be repeated. A database
+    still locked after ``retry_seconds`` raises :class:`DatabaseBusyError`; one that cannot be
+    read raises :class:`DatabaseDamagedError`.
     """
-    deadline = time.monotonic() + retry_seconds
+    started = time.monotonic()
+    deadline = started + retry_seconds
     delay = 0.05
     while True:
         try:
             with Session(writer(engine), expire_on_commit=False) as session, session.begin():
                 return work(session)
         except OperationalError as error:
-            if not is_locked_error(error) or time.monotonic() > deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            if is_locked_error(error) and time.monotonic() <= deadline:
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            raise translate_error(engine, error, time.monotonic() - started) from error
+        except RegistryError:
+            raise
+        except (DBAPIError, sqlite3.DatabaseError, json.JSONDecodeError, UnicodeError) as error:
+            raise translate_error(engine, error) from error
 
 
 @contextmanager
 def read_session(engine: Engine) -> Iterator[Session]:
-    """A session in one read transaction (a consistent snapshot), rolled back at the end."""
-    with Session(engine, expire_on_commit=False) as session, session.begin():
+    """A session in one read transaction (a consistent snapshot), rolled back at the end.
+
+    Errors of a damaged database raised inside the block (SQLite errors, rows that do not
+    decode) become :class:`DatabaseDamagedError`; the registry's own errors pass unchanged.
+    """
+    with database_errors(engine), Session(engine, expire_on_commit=False) as session, session.begin():
         yield session
 
 
@@ -147,9 +203,11 @@ def known_revision(revision: str) -> bool:
 
 def current_revision(engine: Engine) -> str | None:
     """The schema revision stamped in the database (``None`` for an empty database)."""
-    with engine.connect() as connection:
+    with database_errors(engine), engine.connect() as connection:
         revision = MigrationContext.configure(connection).get_current_revision()
         connection.rollback()
+    if revision is not None and not isinstance(revision, str):
+        raise DatabaseDamagedError(database_path(engine), f"has a damaged schema revision ({revision!r})")
     return revision
 
 
@@ -178,6 +236,8 @@ __all__ = [
     "DB_FILE",
     "alembic_config",
     "current_revision",
+    "database_errors",
+    "database_path",
     "head_revision",
     "is_locked_error",
     "known_revision",
@@ -185,6 +245,7 @@ __all__ = [
     "migrations_dir",
     "read_session",
     "run_write",
+    "translate_error",
     "upgrade_schema",
     "writer",
 ]

@@ -92,6 +92,42 @@ class IntegrityError(RegistryError):
         )
 
 
+class DatabaseDamagedError(IntegrityError):
+    """``registry.sqlite`` cannot be read, or one of its rows is damaged (names the row where known)."""
+
+    def __init__(
+        self, database: str | Path, problem: str, category: str | None = None, version: int | None = None
+    ):
+        self.category = category  # type: ignore[assignment]
+        self.version = version  # type: ignore[assignment]
+        self.file = str(database)
+        self.problem = problem
+        where = ""
+        if category is not None:
+            where = f"category {category!r}" + ("" if version is None else f" version {version}") + ": "
+        RegistryError.__init__(
+            self,
+            f"{where}the registry database {database} {problem}; run `registry verify`, then restore the "
+            "database from a backup, or remove the damaged category and refit or re-import it",
+        )
+
+    def for_row(self, category: str, version: int | None) -> DatabaseDamagedError:
+        """The same problem, attributed to one category (version) when the caller knows it."""
+        if self.category is not None:
+            return self
+        return DatabaseDamagedError(self.file, self.problem, category, version)
+
+
+class DatabaseBusyError(RegistryError):
+    """Another process kept the database locked for longer than the registry waits."""
+
+    def __init__(self, database: str | Path, seconds: float):
+        super().__init__(
+            f"the registry database {database} stayed locked by another process for more than "
+            f"{seconds:.0f} s; try again when the other command has finished"
+        )
+
+
 class SchemaOutdatedError(RegistryError):
     """The registry's database schema is older than this library's and may not be upgraded here."""
 
@@ -146,6 +182,8 @@ __all__ = [
     "BundleFeatureSpaceError",
     "BundleFormatError",
     "BundleNameCollisionError",
+    "DatabaseBusyError",
+    "DatabaseDamagedError",
     "FeatureSpaceMismatchError",
     "IntegrityError",
     "InvalidNameError",

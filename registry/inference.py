@@ -1,7 +1,12 @@
 """Routed inference over a registry: embed a batch, route it, score each image against its category.
 
 An unreadable image gives a record with ``error`` set; the other images of its batch are
-still scored.
+still scored. So does an image routed to a category that cannot be loaded (a damaged store):
+the images of the other categories are still scored.
+
+One call scores every image with the category versions it saw when it started: the versions
+of the router it routes with, or the version current when it started for a named category. A
+refit committed meanwhile is used by the next call.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from structcore.preprocess import ImageReadError, load_image, preprocess_image
 if TYPE_CHECKING:
     from registry.core import Registry
     from structcore.features import ImageSource
+    from structcore.model import CategoryModel
 
 
 class PredictionRecord(TypedDict):
@@ -93,9 +99,24 @@ def predict(
         if not router.categories_:
             msg = f"the registry at {registry.root} has no categories; add one with `registry add`"
             raise RegistryError(msg)
+        versions = registry.router_versions()
     else:
-        registry.load_category(category)  # fail early on an unknown category
+        version = registry.version_info(category).version
+        registry.load_category(category, version)  # fail early on an unknown or damaged category
+        versions = {category: version}
         router = None
+    failed: dict[str, str] = {}
+
+    def load(name: str) -> CategoryModel | None:
+        """The model of ``name`` at the version this call uses; ``None`` (and a message) when it cannot be loaded."""
+        if name in failed:
+            return None
+        try:
+            return registry.load_category(name, versions[name])
+        except RegistryError as error:
+            failed[name] = str(error)
+            return None
+
     extractor = registry.extractor(batch_size)
     records: list[PredictionRecord] = []
     total = len(sources)
@@ -120,13 +141,19 @@ def predict(
                 unknown = np.asarray(routed.unknown, dtype=bool)
             else:
                 assert category is not None
-                model = registry.load_category(category)
+                own = load(category)
+                if own is None:
+                    raise RegistryError(failed[category])
                 chosen = [category] * len(images)
-                route_scores = np.asarray(model.route_score(vectors), dtype=np.float64)
-                unknown = route_scores > model.route_threshold_
+                route_scores = np.asarray(own.route_score(vectors), dtype=np.float64)
+                unknown = route_scores > own.route_threshold_
             for name in dict.fromkeys(chosen):
                 rows = [j for j, c in enumerate(chosen) if c == name]
-                model = registry.load_category(name)
+                model = load(name)
+                if model is None:
+                    for j in rows:
+                        batch_records[positions[j]] = _error_record(names[positions[j]], failed[name])
+                    continue
                 prediction = model.predict(vectors[rows])
                 scores = prediction.scores
                 threshold = float(model.thresholds["hybrid"])

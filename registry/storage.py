@@ -133,8 +133,19 @@ def write_store(path: Path, arrays: Mapping[str, np.ndarray], attributes: Mappin
         records[name] = ArrayRecord.of(data)
         if position == 0:
             checkpoint("store-partial")
+    # an independent copy of what the database row will record (verify compares the two)
+    group.attrs["arrays"] = {name: record.to_json() for name, record in records.items()}
     fsync_tree(path)
     return records
+
+
+def read_attributes(store: Path) -> dict[str, Any]:
+    """The attributes of a store's group (its ``zarr.json``), read as plain JSON."""
+    metadata = json.loads((store / "zarr.json").read_text(encoding="utf-8"))
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("attributes", {}), dict):
+        msg = f"{store / 'zarr.json'} is not a zarr group's metadata"
+        raise ValueError(msg)
+    return dict(metadata.get("attributes", {}))
 
 
 def read_array(store: Path, name: str) -> np.ndarray:
@@ -189,13 +200,24 @@ def new_tmp_path(root: Path, suffix: str = ".zarr") -> Path:
     return tmp / f"{uuid.uuid4()}{suffix}"
 
 
-def publish(tmp_path: Path, final: Path) -> None:
-    """Move a finished temporary store to its final path (atomic rename of the folder)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists():
-        msg = f"refusing to overwrite existing store {final}"
-        raise FileExistsError(msg)
-    tmp_path.replace(final)
+def publish(tmp_path: Path, final: Path, attempts: int = 5) -> None:
+    """Move a finished temporary store to its final path (atomic rename of the folder).
+
+    ``remove`` deletes a category's folder once it is empty, and it may do so between this
+    function's ``mkdir`` and its rename (both hold the registry lock shared); the folder is
+    then made again.
+    """
+    for attempt in range(attempts):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():
+            msg = f"refusing to overwrite existing store {final}"
+            raise FileExistsError(msg)
+        try:
+            tmp_path.replace(final)
+            break
+        except FileNotFoundError:
+            if not tmp_path.exists() or attempt == attempts - 1:
+                raise
     fsync_dir(final.parent)
 
 
@@ -257,6 +279,7 @@ __all__ = [
     "new_tmp_path",
     "publish",
     "read_array",
+    "read_attributes",
     "registry_lock",
     "store_array_names",
     "write_store",

@@ -7,6 +7,8 @@ same geometric path with nearest-neighbour resampling.
 
 from __future__ import annotations
 
+import re
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,8 +77,36 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+#: Serialises the short window in which PIL's own header check uses :data:`MAX_IMAGE_PIXELS`.
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+def _open_within_limit(path: Path, max_pixels: int) -> Image.Image:
+    """``Image.open`` (header only) with PIL's decompression-bomb check set to ``max_pixels``.
+
+    PIL refuses images above its own default (about 89 M pixels) whatever the caller allows,
+    so the product's limit is applied through PIL's check while the header is parsed.
+    """
+    with _PIL_LIMIT_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
+
+
+def _too_large(error: BaseException, max_pixels: int) -> str:
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    size = f"{found.group(1)} pixels" if found else "more pixels than allowed"
+    return f"image too large ({size}; limit {max_pixels}); refused before decoding"
+
+
 def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Read an image file into an 8-bit RGB PIL image, EXIF orientation applied.
+
+    The size in the header is checked against ``max_pixels`` before any pixel is decoded.
 
     Raises:
         ImageReadError: the file is missing, empty, not an image, truncated, or too large.
@@ -89,26 +119,43 @@ def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Im
     if size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            opened = Image.open(path)
-            width, height = opened.size
-            if width * height > max_pixels:
-                msg = f"image too large ({width}x{height} pixels; limit {max_pixels})"
-                raise ImageReadError(path, msg)
-            opened.load()
-    except ImageReadError:
-        raise
-    except UnidentifiedImageError as error:
-        raise ImageReadError(path, "not a readable image file") from error
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageReadError(path, f"image too large ({error})") from error
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageReadError(path, f"corrupt or truncated image ({error})") from error
-    if min(opened.size) < 1:
-        raise ImageReadError(path, "image has no pixels")
-    image: Image.Image = ImageOps.exif_transpose(opened) or opened
-    return to_rgb(image)
+        opened = _open_within_limit(path, max_pixels)
+    except Exception as error:
+        raise _read_error(path, error, max_pixels) from error
+    try:
+        width, height = opened.size
+        if width * height > max_pixels:
+            msg = f"image too large ({width}x{height} pixels; limit {max_pixels}); refused before decoding"
+            raise ImageReadError(path, msg)
+        if min(opened.size) < 1:
+            raise ImageReadError(path, "image has no pixels")
+        opened.load()
+        image: Image.Image = ImageOps.exif_transpose(opened) or opened
+        result = to_rgb(image)
+    except Exception as error:
+        opened.close()  # a failed read releases its file at once
+        if isinstance(error, ImageReadError):
+            raise
+        raise _read_error(path, error, max_pixels) from error
+    if result is not opened:
+        opened.close()  # the returned RGB image is a separate copy
+    return result
+
+
+def _read_error(path: Path, error: Exception, max_pixels: int) -> ImageReadError:
+    """The :class:`ImageReadError` for an exception raised while opening or decoding ``path``."""
+    if isinstance(error, ImageReadError):
+        return error
+    if isinstance(error, UnidentifiedImageError):
+        return ImageReadError(path, "not a readable image file")
+    if isinstance(error, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return ImageReadError(path, _too_large(error, max_pixels))
+    if isinstance(error, PermissionError | IsADirectoryError | FileNotFoundError):
+        return ImageReadError(path, f"cannot read file ({error.strerror})")
+    if isinstance(error, MemoryError):
+        return ImageReadError(path, "not enough memory to decode the image")
+    # PIL's plugins raise OSError, SyntaxError, ValueError, struct.error, ... on damaged files
+    return ImageReadError(path, f"corrupt or truncated image ({type(error).__name__}: {error})")
 
 
 def preprocess_image(image: Image.Image | np.ndarray, geometry: Preprocessing) -> np.ndarray:
