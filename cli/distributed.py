@@ -98,7 +98,7 @@ def add_categories(
     ],
     root: Annotated[
         Path | None,
-        typer.Option("--root", help="Registry folder [env: STRUCTCORE_REGISTRY; default: ./structcore-registry]."),
+        typer.Option("--root", help=r"Registry folder \[env: STRUCTCORE_REGISTRY; default: ./structcore-registry]."),
     ] = None,
     ray_address: Annotated[
         str | None,
@@ -118,9 +118,11 @@ def add_categories(
 ) -> None:
     """Fit every category folder under --train-root and add each as a new version.
 
-    With --ray each category is a Ray task; this process alone writes the registry, as each
-    result arrives. A category whose worker dies is retried; one that fails is reported and the
-    others are still added. Exit code 1 when any category failed.
+    With --ray each category is a Ray task, and this process alone writes the registry.
+
+    A category whose worker dies is retried; a failed one is reported, the others are added.
+
+    Exit code 1 when any category failed.
     """
     from registry.distributed import fit_categories
     from structcore.model import CALIBRATION_MODES

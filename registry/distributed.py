@@ -445,8 +445,8 @@ def _fit_in_process(
         started = time.perf_counter()
         try:
             model = _fit_model(extractor, paths, params)
-        except (RegistryError, OSError, ValueError) as error:  # ImageReadError is a ValueError
-            job.fail(name, str(error))
+        except Exception as error:  # as on Ray: this category fails, the others go on
+            job.fail(name, str(error) or type(error).__name__)
             continue
         job.store(registry, name, model, time.perf_counter() - started, _where())
     return job.report()
@@ -720,6 +720,9 @@ def distributed_infer(
     finally:
         registry.close()
     if not paths:
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text("")
         return []
     with ray_session(ray_address) as ray:
         model_refs = {name: (version, ray.put(part)) for name, (version, part) in parts.items()}
@@ -820,9 +823,9 @@ class _InferJob:
                     self.on_progress(self.done, len(self.paths))
                 submit(slot)
         except BaseException:
-            for ref in running:
+            for ref in running:  # actor tasks cannot be force-cancelled; the actors are killed below
                 with suppress(Exception):
-                    ray.cancel(ref, force=True)
+                    ray.cancel(ref)
             raise
         finally:
             if handle is not None:
