@@ -31,6 +31,10 @@ class ImageReadError(ValueError):
         self.reason = reason
         super().__init__(f"{path}: {reason}")
 
+    def __reduce__(self) -> tuple[type[ImageReadError], tuple[str, str]]:
+        # Picklable with its two-argument constructor (multiprocessing, Ray workers).
+        return (type(self), (self.path, self.reason))
+
 
 @dataclass(frozen=True)
 class Preprocessing:
