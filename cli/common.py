@@ -149,7 +149,11 @@ def train_images(folder: Path) -> list[Path]:
                 msg = f"{layout} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
                 raise InputError(msg)
             return images
-    direct = sorted(path for path in folder.iterdir() if path.is_file() and is_image(path))
+    # a broken or looping symlink with an image name is listed (and then reported by name), as in
+    # images_in(), rather than silently skipped
+    direct = sorted(
+        path for path in folder.iterdir() if is_image(path) and (path.is_file() or (path.is_symlink() and not path.is_dir()))
+    )
     if direct:
         return direct
     if (folder / "train").is_dir() or (folder / "test").is_dir():

@@ -92,6 +92,7 @@ def _open_within_limit(path: Path, max_pixels: int) -> Image.Image:
     so the product's limit is applied through PIL's check while the header is parsed.
     """
     with _PIL_LIMIT_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # damaged metadata that PIL skips
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         previous = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = max_pixels
@@ -127,15 +128,18 @@ def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Im
     except Exception as error:
         raise _read_error(path, error, max_pixels) from error
     try:
-        width, height = opened.size
-        if width * height > max_pixels:
-            msg = f"image too large ({width}x{height} pixels; limit {max_pixels}); refused before decoding"
-            raise ImageReadError(path, msg)
-        if min(opened.size) < 1:
-            raise ImageReadError(path, "image has no pixels")
-        opened.load()
-        image: Image.Image = ImageOps.exif_transpose(opened) or opened
-        result = to_rgb(image)
+        with warnings.catch_warnings():
+            # PIL warns (UserWarning) about damaged metadata that it skips; the pixels are fine
+            warnings.simplefilter("ignore", UserWarning)
+            width, height = opened.size
+            if width * height > max_pixels:
+                msg = f"image too large ({width * height} pixels; limit {max_pixels}); refused before decoding"
+                raise ImageReadError(path, msg)
+            if min(opened.size) < 1:
+                raise ImageReadError(path, "image has no pixels")
+            opened.load()
+            image: Image.Image = ImageOps.exif_transpose(opened) or opened
+            result = to_rgb(image)
     except Exception as error:
         opened.close()  # a failed read releases its file at once
         if isinstance(error, ImageReadError):
