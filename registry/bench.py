@@ -1,0 +1,1223 @@
+"""``registry bench``: the paper's Table 4 on this machine, plus each stage against its floor.
+
+:func:`run_bench` measures, for one backbone, batch size and image set (default: MVTec AD
+bottle next to the repository when present, else seeded synthetic images):
+
+* the table: per coreset ratio (1%, 5%, 10%), ms per image of extract (backbone + projection),
+  kNN (patch scores) and post (anomaly maps + StructCore scores), their total, images/s and
+  the peak RSS of the process while scoring;
+* ``knn``: the kNN search of one image's patches against the 1% bank over one float32 torch
+  matmul of the same shape (the floor), for each exact engine, and the approximate HNSW index
+  (recall@5, speed-up, AUROC change);
+* ``coreset``: greedy k-center time over ``iterations x`` the time to stream the proxy matrix once,
+  exact and approximate (coarse to fine), their covering radii and AUROC; the "common way"
+  (50k x 512, 1%, ~270-dim sparse random projection, one torch distance pass per iteration) on
+  the same input;
+* ``extract``: achieved GFLOP/s of the backbone (FLOPs counted once with ``FlopCounterMode``)
+  over the GFLOP/s of a large float32 matmul; reference vs fast path;
+* ``routing``: routed inference time per image with 2, 20, 200 and 1000 categories (shortlist
+  and exact), and routing accuracy on real categories with and without the shortlist;
+* ``loading``: cold and warm ``Registry.load_category`` of the 1% category;
+* ``memory``: peak RSS of ``add_category`` (in a subprocess) over the size of the projected
+  patch matrix, beyond the RSS after the model is loaded.
+
+Every ratio is measured in the same run as its reference, interleaved, as medians: other
+processes share this machine. ``quick=True`` uses a few images and smaller inputs (a smoke test).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import structcore.coreset as coreset_module
+from structcore.anomaly_map import anomaly_maps, anomaly_maps_reference
+from structcore.backbones.base import Backbone, create_backbone
+from structcore.coreset import KCenterGreedy, covering_radius
+from structcore.features import FeatureExtractor, build_extractor, new_feature_space
+from structcore.knn import PatchKNN, bf16_matmul_supported
+from structcore.metrics import image_metrics, pixel_metrics
+from structcore.model import CategoryModel, embed_images
+from structcore.preprocess import load_mask
+from structcore.routing import PrototypeRouter, l2_normalize, patch_vectors_to_prototypes
+
+#: Sections of the bench (all run by default; ``large_fit`` only when asked).
+SECTIONS = ("table", "knn", "coreset", "extract", "routing", "loading", "memory")
+OPTIONAL_SECTIONS = ("large_fit",)
+DEFAULT_RATIOS = (0.01, 0.05, 0.10)
+#: Category counts of the routing scale test.
+ROUTE_COUNTS = (2, 20, 200, 1000)
+#: Default image set, relative to the repository (used when present).
+DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec_ad" / "bottle"
+#: Banks above this many point-center distances (``n_select x N``) are drawn as seeded random
+#: subsets of the right size in the table (kNN time depends on the bank size, not its content);
+#: the 1% bank is always the real coreset.
+TABLE_CORESET_MAX_WORK = 4.0e9
+
+Progress = Callable[[str], None]
+
+
+# ----------------------------------------------------------------------------- measurement
+def _median_times(functions: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each function, run round-robin (interleaved) ``repeats`` times."""
+    for _ in range(warmup):
+        for function in functions.values():
+            function()
+    samples: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            started = time.perf_counter()
+            function()
+            samples[name].append(time.perf_counter() - started)
+    return {name: float(np.median(values)) for name, values in samples.items()}
+
+
+def _status_kb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return float(line.split()[1])
+    except OSError:  # pragma: no cover - not Linux
+        return None
+    return None
+
+
+def rss_mb() -> float | None:
+    """Current resident set size (MB), from ``/proc/self/status``."""
+    value = _status_kb("VmRSS")
+    return None if value is None else value / 1024
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident set size (MB) since start or since :func:`reset_peak_rss`."""
+    value = _status_kb("VmHWM")
+    if value is None:  # pragma: no cover - not Linux
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return value / 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter of this process (Linux ``clear_refs`` 5)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------- data
+@dataclass
+class _Images:
+    """The bench's image set: sources (paths or arrays), test labels and masks."""
+
+    name: str
+    train: list[Any]
+    test: list[Any]
+    labels: np.ndarray
+    masks: list[Any]  # mask path, boolean array, or None per test image
+    synthetic: bool
+
+
+def _mvtec(folder: Path, quick: bool, seed: int) -> _Images:
+    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+    def images_in(path: Path) -> list[Path]:
+        return sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes) if path.is_dir() else []
+
+    train: list[Any] = list(images_in(folder / "train" / "good"))
+    test: list[Any] = []
+    labels: list[int] = []
+    masks: list[Any] = []
+    test_root = folder / "test"
+    defects = sorted(p.name for p in test_root.iterdir() if p.is_dir()) if test_root.is_dir() else []
+    for defect in sorted(defects, key=lambda name: (name != "good", name)):
+        for image in images_in(test_root / defect):
+            test.append(image)
+            labels.append(0 if defect == "good" else 1)
+            mask = folder / "ground_truth" / defect / f"{image.stem}_mask.png"
+            masks.append(mask if defect != "good" and mask.is_file() else None)
+    if quick:
+        rng = np.random.default_rng(seed)
+        train = [train[i] for i in sorted(rng.choice(len(train), min(len(train), 12), replace=False))]
+        good = [i for i, label in enumerate(labels) if label == 0][:3]
+        bad = [i for i, label in enumerate(labels) if label == 1][:5]
+        keep = good + bad
+        test, labels, masks = [test[i] for i in keep], [labels[i] for i in keep], [masks[i] for i in keep]
+    return _Images(folder.name, train, test, np.asarray(labels), masks, synthetic=False)
+
+
+def _synthetic(quick: bool, seed: int, kind: str = "pill") -> _Images:
+    from structcore.synthetic import make_category
+
+    n_train, n_good, n_bad = (8, 2, 2) if quick else (60, 10, 20)
+    category = make_category(kind, n_train=n_train, n_test_good=n_good, n_test_bad=n_bad, seed=seed, size=256)
+    return _Images(
+        f"synthetic-{kind}",
+        list(category.train_images),
+        list(category.test_images),
+        np.asarray(category.test_labels),
+        list(category.test_masks),
+        synthetic=True,
+    )
+
+
+def _load_images(images: str | Path | None, quick: bool, seed: int) -> _Images:
+    if images is None:
+        images = DEFAULT_IMAGES if (DEFAULT_IMAGES / "train" / "good").is_dir() else "synthetic"
+    if str(images) == "synthetic":
+        return _synthetic(quick, seed)
+    folder = Path(images)
+    if (folder / "train" / "good").is_dir():
+        return _mvtec(folder, quick, seed)
+    msg = f"{folder} is not an MVTec-style category folder (train/good, test/<defect>); or pass 'synthetic'"
+    raise ValueError(msg)
+
+
+def _mask_array(mask: Any, extractor: FeatureExtractor) -> np.ndarray:
+    crop = extractor.geometry.crop
+    if mask is None:
+        return np.zeros((crop, crop), dtype=bool)
+    if isinstance(mask, str | Path):
+        return load_mask(mask, extractor.geometry)
+    from structcore.preprocess import preprocess_mask
+
+    return preprocess_mask(np.asarray(mask), extractor.geometry)
+
+
+def _batches(count: int, size: int) -> Iterator[slice]:
+    for start in range(0, count, size):
+        yield slice(start, min(count, start + size))
+
+
+# ------------------------------------------------------------------------------ the bench
+def run_bench(
+    images: str | Path | None = None,
+    *,
+    backbone: str = "efficientnet-lite2",
+    weights: str | Path | None = None,
+    batch_size: int = 8,
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    quick: bool = False,
+    threads: int | None = None,
+    sections: Sequence[str] | None = None,
+    compile: bool = False,
+    seed: int = 42,
+    resize: int | None = None,
+    crop: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark and return its figures as one JSON-compatible dict.
+
+    Args:
+        images: an MVTec-style category folder (``train/good``, ``test/<defect>``,
+            ``ground_truth``), ``"synthetic"``, or ``None`` for MVTec bottle when present.
+        backbone: registered backbone name; ``weights`` its weights file when needed.
+        batch_size: images per backbone call.
+        ratios: coreset ratios of the table rows (the first is the reference bank everywhere).
+        quick: a few images and smaller inputs (a smoke test, seconds to a minute).
+        threads: torch / faiss threads (default: torch's current setting).
+        sections: subset of :data:`SECTIONS` (+ ``"large_fit"``); ``None`` runs :data:`SECTIONS`.
+        compile: also measure the ``torch.compile``-d fast path (first call compiles, ~30 s).
+        seed: seeds the feature space, coresets and samples.
+        resize, crop: preprocessing geometry (default 448 -> 392; ``quick``: 160 -> 160).
+        progress: ``progress(message)`` as each step starts.
+
+    Returns:
+        Keys ``rows`` (the table), ``knn``, ``coreset``, ``extract``, ``routing``, ``loading``,
+        ``memory``, ``accuracy`` (section dicts) and the headline ratios ``knn_floor_ratio``,
+        ``coreset_floor_ratio``, ``extract_gemm_fraction``, ``route_cost_ratio_1000_vs_2``,
+        ``fit_rss_ratio`` (``None`` for sections not run); see :func:`format_bench`.
+    """
+    chosen = tuple(SECTIONS if sections is None else sections)
+    unknown = [s for s in chosen if s not in SECTIONS + OPTIONAL_SECTIONS]
+    if unknown:
+        msg = f"unknown bench sections {unknown}; choose from {SECTIONS + OPTIONAL_SECTIONS}"
+        raise ValueError(msg)
+    say = progress or (lambda _message: None)
+    started = time.perf_counter()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    import faiss
+
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    result: dict[str, Any] = {
+        "config": {
+            "backbone": backbone,
+            "batch_size": batch_size,
+            "ratios": list(ratios),
+            "quick": quick,
+            "sections": list(chosen),
+            "seed": seed,
+        },
+        "machine": _machine(),
+        "rows": [],
+        "knn_floor_ratio": None,
+        "coreset_floor_ratio": None,
+        "extract_gemm_fraction": None,
+        "route_cost_ratio_1000_vs_2": None,
+        "fit_rss_ratio": None,
+    }
+    say("loading images")
+    data = _load_images(images, quick, seed)
+    result["config"].update(images=data.name, n_train=len(data.train), n_test=len(data.test))
+    say(f"building backbone {backbone}")
+    bb = create_backbone(backbone, weights)
+    side = 160 if quick else 392
+    crop = crop or side
+    resize = resize or (crop if quick else 448)
+    space = new_feature_space(bb, resize=resize, crop=crop, seed=seed)
+    result["config"].update(resize=resize, crop=crop)
+    extractor = build_extractor(space, bb, batch_size=batch_size)
+    reference_extractor = build_extractor(space, bb, batch_size=batch_size, fast=False)
+    grid = extractor.grid_shape()
+
+    say(f"embedding {len(data.train)} train images")
+    train = embed_images(extractor, data.train)
+    say(f"preparing {len(data.test)} test images")
+    test_batches = [extractor.prepare(data.test[part]) for part in _batches(len(data.test), batch_size)]
+    masks = np.stack([_mask_array(mask, extractor) for mask in data.masks]) if len(data.masks) else None
+
+    context = _Context(
+        data=data,
+        backbone=bb,
+        extractor=extractor,
+        reference_extractor=reference_extractor,
+        train=train,
+        test_batches=test_batches,
+        masks=masks,
+        grid=grid,
+        crop=crop,
+        quick=quick,
+        seed=seed,
+        say=say,
+        weights=weights,
+        backbone_name=backbone,
+    )
+    say("fitting the 1% category (auto coreset)")
+    context.model = context.fit(ratios[0], method="auto", timings=result.setdefault("fit", {}))
+
+    if "extract" in chosen:
+        say("extract vs machine")
+        result["extract"] = _extract_section(context, compile)
+        result["extract_gemm_fraction"] = result["extract"]["gemm_fraction"]
+    if "table" in chosen:
+        result["rows"] = _table(context, ratios)
+    result["accuracy"] = _accuracy(context)
+    if "knn" in chosen:
+        say("kNN vs floor")
+        result["knn"] = _knn_section(context)
+        result["knn_floor_ratio"] = result["knn"]["floor_ratio"]
+    if "coreset" in chosen:
+        say("coreset vs floor")
+        result["coreset"] = _coreset_section(context, ratios[0], result["fit"])
+        result["coreset_floor_ratio"] = result["coreset"]["floor_ratio"]
+    if "routing" in chosen:
+        say("routing scale")
+        result["routing"] = _routing_section(context, result)
+        result["route_cost_ratio_1000_vs_2"] = result["routing"]["cost_ratio_1000_vs_2"]
+    if "loading" in chosen:
+        say("bank loading")
+        result["loading"] = _loading_section(context)
+    if "memory" in chosen:
+        say("fit memory (subprocess)")
+        result["memory"] = _memory_section(context)
+        result["fit_rss_ratio"] = result["memory"].get("ratio")
+    if "large_fit" in chosen:
+        say("large add-category (subprocess)")
+        result["large_fit"] = _large_fit_section(context)
+    result["seconds"] = time.perf_counter() - started
+    return result
+
+
+@dataclass
+class _Context:
+    data: _Images
+    backbone: Backbone
+    extractor: FeatureExtractor
+    reference_extractor: FeatureExtractor
+    train: np.ndarray
+    test_batches: list[torch.Tensor]
+    masks: np.ndarray | None
+    grid: tuple[int, int]
+    crop: int
+    quick: bool
+    seed: int
+    say: Progress
+    weights: str | Path | None
+    backbone_name: str
+    model: CategoryModel | None = None
+    vectors: np.ndarray | None = None
+
+    @property
+    def test(self) -> np.ndarray:
+        """Projected patch vectors (n_test, P, D) of the test images (embedded once)."""
+        if self.vectors is None:
+            self.vectors = np.concatenate([self.extractor.embed(batch).numpy() for batch in self.test_batches])
+        return self.vectors
+
+    def fit(self, ratio: float, method: str, timings: dict[str, Any] | None = None) -> CategoryModel:
+        """A category model at ``ratio`` with the coreset ``method`` forced; stage times into ``timings``."""
+        marks: list[tuple[str, float]] = []
+        model = CategoryModel(coreset_ratio=ratio, seed=self.seed)
+        with forced_coreset_method(method):
+            model.fit(
+                self.train, self.grid, self.crop, progress=lambda stage: marks.append((stage, time.perf_counter()))
+            )
+        end = time.perf_counter()
+        if timings is not None:
+            stages = {name: (marks[i + 1][1] if i + 1 < len(marks) else end) - at for i, (name, at) in enumerate(marks)}
+            timings[f"{ratio:g}-{method}"] = {"seconds": stages, "bank_size": len(model.bank_)}
+        return model
+
+
+@contextlib.contextmanager
+def forced_coreset_method(method: str) -> Iterator[None]:
+    """Make ``KCenterGreedy(method="auto")`` (what :class:`CategoryModel` builds) run ``method``."""
+    saved = coreset_module.APPROX_MIN_WORK
+    if method == "exact":
+        coreset_module.APPROX_MIN_WORK = math.inf
+    elif method == "approx":
+        coreset_module.APPROX_MIN_WORK = -1.0
+    try:
+        yield
+    finally:
+        coreset_module.APPROX_MIN_WORK = saved
+
+
+def _machine() -> dict[str, Any]:
+    try:
+        load = os.getloadavg()
+    except OSError:  # pragma: no cover
+        load = (float("nan"),) * 3
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "bf16_matmul": bf16_matmul_supported(),
+        "load_average_at_start": [round(v, 2) for v in load],
+    }
+
+
+# ------------------------------------------------------------------------------ the table
+def _bank_for(context: _Context, ratio: float) -> tuple[np.ndarray, str]:
+    flat = context.train.reshape(-1, context.train.shape[-1])
+    count = max(1, math.ceil(len(flat) * ratio))
+    if float(count) * len(flat) > TABLE_CORESET_MAX_WORK:
+        rows = np.sort(np.random.default_rng(context.seed).choice(len(flat), count, replace=False))
+        return flat[rows], "random subset"
+    selected = KCenterGreedy(ratio=ratio, seed=context.seed).fit(flat).indices_
+    return flat[selected], "coreset"
+
+
+def _table(context: _Context, ratios: Sequence[float]) -> list[dict[str, Any]]:
+    assert context.model is not None
+    rows = []
+    for ratio in ratios:
+        context.say(f"table row {ratio:.0%}")
+        if ratio == ratios[0]:
+            model, kind = context.model, "coreset"
+        else:
+            bank, kind = _bank_for(context, ratio)
+            model = CategoryModel.from_parts(
+                {**context.model.to_arrays(), "bank": bank, "bank_image_ids": np.zeros(len(bank), np.int32)},
+                context.model.to_metadata(),
+            )
+        model.knn()  # index built before timing (part of loading, not of scoring)
+        # Warm-up batch (first-call allocations, oneDNN primitive creation).
+        warm = context.extractor.embed(context.test_batches[0]).numpy()
+        model.predict(warm)
+        reset_peak_rss()
+        stage: dict[str, list[float]] = {"extract": [], "knn": [], "post": []}
+        count = 0
+        for batch in context.test_batches:
+            size = int(batch.shape[0])
+            t0 = time.perf_counter()
+            vectors = context.extractor.embed(batch).numpy()
+            t1 = time.perf_counter()
+            scores = model.patch_scores(vectors)
+            t2 = time.perf_counter()
+            maps = anomaly_maps(scores.reshape(size, *model.grid_), model.map_size_, model.sigma)
+            model.calibrator_.score(maps)
+            t3 = time.perf_counter()
+            for name, seconds in zip(stage, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+                stage[name].append(seconds / size)
+            count += size
+        ms = {name: 1000 * float(np.median(values)) for name, values in stage.items()}
+        total = sum(ms.values())
+        rows.append(
+            {
+                "coreset": ratio,
+                "bank_size": len(model.bank_),
+                "bank": kind,
+                "extract_ms": ms["extract"],
+                "knn_ms": ms["knn"],
+                "post_ms": ms["post"],
+                "total_ms": total,
+                "images_per_s": 1000.0 / total if total > 0 else float("nan"),
+                "peak_rss_mb": peak_rss_mb(),
+                "images": count,
+                "knn_engine": model.knn().engine_,
+            }
+        )
+    return rows
+
+
+def _predict_all(context: _Context, model: CategoryModel, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    maps, scores = [], []
+    for part in _batches(len(vectors), 16):
+        prediction = model.predict(vectors[part])
+        maps.append(prediction.maps)
+        scores.append(prediction.scores.hybrid)
+    return np.concatenate(maps), np.concatenate(scores)
+
+
+def _metrics(context: _Context, maps: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    labels = context.data.labels
+    found: dict[str, float] = {"image_auroc": image_metrics(labels, scores)["auroc"]}
+    if context.masks is not None and context.masks.any():
+        pixel = pixel_metrics(context.masks, maps, max_pixels=4_000_000, seed=context.seed)
+        found["pixel_auroc"] = pixel.get("auroc", float("nan"))
+    return found
+
+
+def _accuracy(context: _Context) -> dict[str, Any]:
+    assert context.model is not None
+    context.say("accuracy of the 1% model")
+    maps, scores = _predict_all(context, context.model, context.test)
+    found = _metrics(context, maps, scores)
+    # Post-processing: matrix-form maps vs the direct computation (float tolerance).
+    patch = context.model.patch_scores(context.test[:4]).reshape(-1, *context.grid)
+    fast, plain = anomaly_maps(patch, context.crop), anomaly_maps_reference(patch, context.crop)
+    found["maps_max_abs_difference"] = float(np.abs(fast - plain).max())
+    return found
+
+
+# ------------------------------------------------------------------------------------ kNN
+def _knn_section(context: _Context) -> dict[str, Any]:
+    assert context.model is not None
+    vectors = context.test
+    bank = np.ascontiguousarray(context.model.bank_, dtype=np.float32)
+    faiss_knn = PatchKNN(engine="faiss").fit(bank)
+    auto_knn = PatchKNN(engine="auto").fit(bank)
+    bank_t = torch.from_numpy(bank).T.contiguous()
+    out = torch.empty(vectors.shape[1], len(bank))
+    queries = [vectors[i % len(vectors)] for i in range(64)]
+    position = {"faiss": 0, "auto": 0, "matmul": 0}
+
+    def run(name: str, function: Callable[[np.ndarray], object]) -> Callable[[], object]:
+        def call() -> object:
+            position[name] = (position[name] + 1) % len(queries)
+            return function(queries[position[name]])
+
+        return call
+
+    repeats = 3 if context.quick else 15
+    times = _median_times(
+        {
+            "faiss": run("faiss", faiss_knn.search),
+            "auto": run("auto", auto_knn.search),
+            "matmul": run("matmul", lambda q: torch.mm(torch.from_numpy(q), bank_t, out=out)),
+        },
+        repeats,
+    )
+    # Exactness of the engine in use vs faiss on every test image.
+    same = 0
+    max_difference = 0.0
+    for image in vectors:
+        d_faiss, i_faiss = faiss_knn.search(image)
+        d_auto, i_auto = auto_knn.search(image)
+        max_difference = max(max_difference, float(np.abs(d_faiss - d_auto).max()))
+        same += int(np.sum(np.sort(i_faiss, axis=1) == np.sort(i_auto, axis=1)))
+    section: dict[str, Any] = {
+        "bank_size": len(bank),
+        "queries": int(vectors.shape[1]),
+        "dim": int(bank.shape[1]),
+        "engine": auto_knn.engine_,
+        "ms": {name: 1000 * seconds for name, seconds in times.items()},
+        "floor_ratio": times["auto"] / times["matmul"],
+        "faiss_floor_ratio": times["faiss"] / times["matmul"],
+        "engine_vs_faiss_speedup": times["faiss"] / times["auto"],
+        "exact_neighbour_agreement": same / float(vectors.shape[0] * vectors.shape[1] * faiss_knn.k),
+        "exact_distance_max_abs_difference": max_difference,
+    }
+    section["hnsw"] = _hnsw(context, bank, faiss_knn, auto_knn, queries, repeats)
+    return section
+
+
+def _hnsw(
+    context: _Context,
+    bank: np.ndarray,
+    faiss_knn: PatchKNN,
+    auto_knn: PatchKNN,
+    queries: list[np.ndarray],
+    repeats: int,
+) -> dict[str, Any]:
+    assert context.model is not None
+    vectors = context.test
+    built = time.perf_counter()
+    hnsw = PatchKNN(index="hnsw", hnsw_m=32, hnsw_ef_search=64).fit(bank)
+    build_seconds = time.perf_counter() - built
+    hits = total = 0
+    for image in vectors:
+        _, exact = faiss_knn.search(image)
+        _, approx = hnsw.search(image)
+        hits += sum(len(set(a) & set(e)) for a, e in zip(approx.tolist(), exact.tolist(), strict=True))
+        total += exact.size
+    position = {"n": 0}
+
+    def cycled(search: Callable[[np.ndarray], object]) -> Callable[[], object]:
+        def call() -> object:
+            position["n"] = (position["n"] + 1) % len(queries)
+            return search(queries[position["n"]])
+
+        return call
+
+    times = _median_times(
+        {"hnsw": cycled(hnsw.search), "faiss": cycled(faiss_knn.search), "auto": cycled(auto_knn.search)}, repeats
+    )
+    model = context.model
+    exact_maps, exact_scores = _predict_all(context, model, vectors)
+    saved = model._knn
+    model._knn = hnsw
+    try:
+        approx_maps, approx_scores = _predict_all(context, model, vectors)
+    finally:
+        model._knn = saved
+    return {
+        "m": 32,
+        "ef_search": 64,
+        "build_s": build_seconds,
+        "recall_at_5": hits / max(1, total),
+        "ms": 1000 * times["hnsw"],
+        "speedup_vs_faiss_flat": times["faiss"] / times["hnsw"],
+        "speedup_vs_exact_engine": times["auto"] / times["hnsw"],
+        "exact": _metrics(context, exact_maps, exact_scores),
+        "hnsw": _metrics(context, approx_maps, approx_scores),
+    }
+
+
+# -------------------------------------------------------------------------------- coreset
+def common_way_coreset(points: np.ndarray, ratio: float, seed: int = 0) -> np.ndarray:
+    """The usual PatchCore coreset (anomalib style), as the reference of the comparison.
+
+    Sparse random projection to the Johnson-Lindenstrauss dimension for eps = 0.9 (~270 dims for
+    50k points), then per iteration one ``torch.linalg.norm(features - features[idx])`` pass.
+    """
+    n_points, dim = points.shape
+    eps = 0.9
+    target_dim = min(dim, int(4 * math.log(n_points) / (eps**2 / 2 - eps**3 / 3)))
+    rng = np.random.default_rng(seed)
+    density = 1 / math.sqrt(dim)
+    mask = rng.random((dim, target_dim)) < density
+    signs = rng.choice([-1.0, 1.0], size=(dim, target_dim))
+    projection = torch.from_numpy((mask * signs / math.sqrt(density * target_dim)).astype(np.float32))
+    features = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)) @ projection
+    count = max(1, math.ceil(n_points * ratio))
+    index = int(rng.integers(n_points))
+    selected = [index]
+    min_distances = torch.linalg.norm(features - features[index], dim=1, keepdim=True)
+    for _ in range(count - 1):
+        index = int(torch.argmax(min_distances))
+        distances = torch.linalg.norm(features - features[index], dim=1, keepdim=True)
+        min_distances = torch.minimum(min_distances, distances)
+        min_distances[index] = 0
+        selected.append(index)
+    return np.asarray(selected)
+
+
+def _stream_floor(proxy: torch.Tensor, repeats: int) -> dict[str, float]:
+    vector = torch.ones(proxy.shape[1])
+    out = torch.empty(proxy.shape[0])
+    times = _median_times(
+        {"sum": lambda: proxy.sum(), "mv": lambda: torch.mv(proxy, vector, out=out)}, repeats, warmup=2
+    )
+    return {"sum_s": times["sum"], "mv_s": times["mv"], "floor_s": min(times.values())}
+
+
+def _coreset_section(context: _Context, ratio: float, fit_timings: dict[str, Any]) -> dict[str, Any]:
+    """Exact vs approximate greedy on the train vectors, each timed inside a full category fit."""
+    assert context.model is not None
+    flat = context.train.reshape(-1, context.train.shape[-1])
+    n_points = len(flat)
+    selector = KCenterGreedy(ratio=ratio, seed=context.seed)
+    proxy = selector._proxy(flat)
+    target = selector._target_size(n_points)
+    repeats = 5 if context.quick else 9
+    auto = selector.resolve_method(n_points)
+    section: dict[str, Any] = {
+        "n_points": n_points,
+        "proxy_dim": int(proxy.shape[1]),
+        "n_select": target,
+        "auto_method": auto,
+        "auto_threshold_work": coreset_module.APPROX_MIN_WORK,
+    }
+    floors = [_stream_floor(proxy, repeats)]
+    models: dict[str, CategoryModel] = {auto: context.model}
+    seconds: dict[str, float] = {auto: fit_timings[f"{ratio:g}-auto"]["seconds"]["coreset"]}
+    for method in ("exact", "approx"):
+        if method in models:
+            continue
+        context.say(f"1% category with the {method} coreset on {n_points} points")
+        timings: dict[str, Any] = {}
+        models[method] = context.fit(ratio, method, timings)
+        seconds[method] = timings[f"{ratio:g}-{method}"]["seconds"]["coreset"]
+        floors.append(_stream_floor(proxy, repeats))
+    del proxy
+    floor = float(np.median([f["floor_s"] for f in floors]))
+    section["stream_floor_ms"] = 1000 * floor
+    section["stream"] = floors
+    context.say("covering radii and AUROC of both banks")
+    for method, model in models.items():
+        maps, scores = _predict_all(context, model, context.test)
+        section[method] = {
+            "seconds": seconds[method],
+            "ms_per_iteration": 1000 * seconds[method] / target,
+            "floor_ratio": seconds[method] / (target * floor),
+            "proxy_radius": model.coreset_radius_,
+            "radius": covering_radius(flat, np.asarray(model.bank_, dtype=np.float32)),
+            **_metrics(context, maps, scores),
+        }
+    exact_rows = {tuple(row) for row in np.asarray(models["exact"].bank_[:, :8]).tolist()}
+    shared = sum(tuple(row) in exact_rows for row in np.asarray(models["approx"].bank_[:, :8]).tolist())
+    section["overlap"] = shared / target
+    section["radius_ratio_approx_vs_exact"] = section["approx"]["radius"] / max(section["exact"]["radius"], 1e-12)
+    section["approx_speedup"] = seconds["exact"] / seconds["approx"]
+    section["floor_ratio"] = section[auto]["floor_ratio"]
+    section["common_way"] = _common_way(context, flat)
+    return section
+
+
+def _common_way(context: _Context, flat: np.ndarray) -> dict[str, Any]:
+    size = min(len(flat), 10_000 if context.quick else 50_000)
+    rows = np.sort(np.random.default_rng(context.seed).choice(len(flat), size, replace=False))
+    sample = np.ascontiguousarray(flat[rows])
+    context.say(f"common-way coreset on {size} x {sample.shape[1]}")
+    started = time.perf_counter()
+    common_way_coreset(sample, 0.01, context.seed)
+    theirs = time.perf_counter() - started
+    ours = _median_times({"ours": lambda: KCenterGreedy(ratio=0.01, seed=context.seed).fit(sample)}, 3, warmup=0)
+    return {"n_points": size, "common_s": theirs, "ours_s": ours["ours"], "speedup": theirs / ours["ours"]}
+
+
+# -------------------------------------------------------------------------------- extract
+def _extract_section(context: _Context, compile: bool) -> dict[str, Any]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = context.test_batches[0]
+    with FlopCounterMode(display=False) as counter:
+        context.backbone.extract(batch[:1])
+    flops_per_image = float(counter.get_total_flops())
+    size = int(batch.shape[0])
+    side = 2048
+    a, b = torch.randn(side, side), torch.randn(side, side)
+    product = torch.empty(side, side)
+    repeats = 2 if context.quick else 5
+    fast, plain = context.extractor, context.reference_extractor
+    functions: dict[str, Callable[[], object]] = {
+        "fast_backbone": lambda: fast.extract_maps(batch),
+        "reference_backbone": lambda: plain.extract_maps(batch),
+        "fast_embed": lambda: fast.embed(batch),
+        "reference_embed": lambda: plain.embed(batch),
+        "matmul": lambda: torch.mm(a, b, out=product),
+    }
+    section: dict[str, Any] = {}
+    if compile and hasattr(context.backbone, "compile"):
+        from structcore.backbones.efficientnet import EfficientNetLite2
+
+        if isinstance(context.backbone, EfficientNetLite2):
+            compiled = EfficientNetLite2(weights=context.weights, compile=True)
+            compiled_extractor = build_extractor(
+                new_feature_space(compiled, seed=context.seed), compiled, batch_size=size
+            )
+            started = time.perf_counter()
+            compiled_extractor.extract_maps(batch)
+            section["compile_s"] = time.perf_counter() - started
+            functions["compiled_backbone"] = lambda: compiled_extractor.extract_maps(batch)
+    times = _median_times(functions, repeats)
+    matmul_gflops = 2 * side**3 / times["matmul"] / 1e9
+    per_image = {name: 1000 * seconds / size for name, seconds in times.items() if name != "matmul"}
+    achieved = {
+        name.removesuffix("_backbone"): flops_per_image * size / times[name] / 1e9
+        for name in times
+        if name.endswith("_backbone")
+    }
+    reference_maps = plain.extract_maps(batch)
+    fast_maps = fast.extract_maps(batch)
+    max_relative = max(
+        float((f - r).abs().max() / r.abs().max()) for f, r in zip(fast_maps, reference_maps, strict=True)
+    )
+    embed_difference = float((fast.embed(batch) - plain.embed(batch)).abs().max())
+    section.update(
+        {
+            "gflop_per_image": flops_per_image / 1e9,
+            "batch_size": size,
+            "ms_per_image": per_image,
+            "achieved_gflops": achieved,
+            "matmul_gflops": matmul_gflops,
+            "gemm_fraction": achieved["fast"] / matmul_gflops,
+            "reference_gemm_fraction": achieved["reference"] / matmul_gflops,
+            "speedup_embed": times["reference_embed"] / times["fast_embed"],
+            "fast_vs_reference_max_relative_difference": max_relative,
+            "embed_max_abs_difference": embed_difference,
+        }
+    )
+    return section
+
+
+# -------------------------------------------------------------------------------- routing
+def _fake_prototypes(rng: np.random.Generator, count: int, dim: int, per_category: int = 64) -> np.ndarray:
+    return l2_normalize(rng.standard_normal((count, per_category, dim)).astype(np.float32))
+
+
+def _routing_section(context: _Context, result: dict[str, Any]) -> dict[str, Any]:
+    assert context.model is not None
+    vectors = context.test
+    model = context.model
+    dim = vectors.shape[-1]
+    rng = np.random.default_rng(context.seed)
+    counts = (2, 20) if context.quick else ROUTE_COUNTS
+    fakes = _fake_prototypes(rng, max(counts) - 1, dim)
+    images = [vectors[i % len(vectors)][None] for i in range(8)]
+    repeats = 2 if context.quick else 5
+    shortlist_ms: dict[str, float] = {}
+    exact_ms: dict[str, float] = {}
+    correct: dict[str, float] = {}
+    for count in counts:
+        routers = {}
+        for name, size in (("shortlist", 8), ("exact", None)):
+            router = PrototypeRouter(shortlist=size)
+            router.add(context.data.name, model.prototypes_, model.route_threshold_)
+            for index in range(count - 1):
+                router.add(f"synthetic-{index:04d}", fakes[index])
+            routers[name] = router
+
+        def routed(router: PrototypeRouter, position: list[int]) -> Callable[[], object]:
+            def call() -> object:
+                position[0] = (position[0] + 1) % len(images)
+                return router.route(images[position[0]])
+
+            return call
+
+        context.say(f"routing with {count} categories")
+        exact_repeats = 1 if count >= 200 else repeats
+        times = _median_times({"shortlist": routed(routers["shortlist"], [0])}, repeats)
+        times.update(_median_times({"exact": routed(routers["exact"], [0])}, exact_repeats))
+        shortlist_ms[str(count)] = 1000 * times["shortlist"]
+        exact_ms[str(count)] = 1000 * times["exact"]
+        picked = routers["shortlist"].route(vectors).categories
+        correct[str(count)] = float(np.mean([name == context.data.name for name in picked]))
+    rows = result.get("rows") or []
+    stages = rows[0] if rows else {"extract_ms": float("nan"), "knn_ms": float("nan"), "post_ms": float("nan")}
+    base = stages["extract_ms"] + stages["knn_ms"] + stages["post_ms"]
+    totals = {count: base + ms for count, ms in shortlist_ms.items()}
+    exact_totals = {count: base + ms for count, ms in exact_ms.items()}
+    largest, smallest = str(max(counts)), str(min(counts))
+    section: dict[str, Any] = {
+        "counts": list(counts),
+        "route_ms": shortlist_ms,
+        "route_ms_exact": exact_ms,
+        "routed_total_ms": totals,
+        "routed_total_ms_exact": exact_totals,
+        "accuracy_with_synthetic_distractors": correct,
+        "cost_ratio_1000_vs_2": totals[largest] / totals[smallest],
+        "cost_ratio_exact_1000_vs_2": exact_totals[largest] / exact_totals[smallest],
+        "route_only_ratio": shortlist_ms[largest] / shortlist_ms[smallest],
+    }
+    section["real_categories"] = _routing_accuracy(context)
+    return section
+
+
+def _routing_accuracy(context: _Context) -> dict[str, Any]:
+    """Routing accuracy over real categories (the bench set + synthetic demo kinds), exact vs shortlist."""
+    from structcore.synthetic import CATEGORY_KINDS, make_category
+
+    assert context.model is not None
+    kinds = CATEGORY_KINDS[:2] if context.quick else CATEGORY_KINDS
+    n_train, n_test = (3, 2) if context.quick else (10, 6)
+    prototypes = {context.data.name: context.model.prototypes_}
+    tests: list[tuple[str, np.ndarray]] = [(context.data.name, context.test)]
+    for offset, kind in enumerate(kinds):
+        if context.data.synthetic and context.data.name == f"synthetic-{kind}":
+            continue
+        context.say(f"routing accuracy: synthetic {kind}")
+        category = make_category(kind, n_train=n_train, n_test_good=n_test // 2, n_test_bad=n_test - n_test // 2,
+                                 seed=context.seed + offset + 1, size=256)  # fmt: skip
+        train = embed_images(context.extractor, list(category.train_images))
+        prototypes[kind] = patch_vectors_to_prototypes(train.reshape(-1, train.shape[-1]), seed=context.seed)[0]
+        tests.append((kind, embed_images(context.extractor, list(category.test_images))))
+    outcome: dict[str, Any] = {"categories": len(prototypes), "test_images": sum(len(v) for _, v in tests)}
+    rng = np.random.default_rng(context.seed + 7)
+    fakes = _fake_prototypes(rng, 1000 - len(prototypes), tests[0][1].shape[-1])
+    for label, size, distractors in (("exact", None, 0), ("shortlist_3", 3, 0), ("shortlist_8_1000", 8, len(fakes))):
+        router = PrototypeRouter(shortlist=size)
+        for name, protos in prototypes.items():
+            router.add(name, protos)
+        for index in range(distractors):
+            router.add(f"synthetic-{index:04d}", fakes[index])
+        hits = total = 0
+        for name, vectors in tests:
+            picked = router.route(vectors).categories
+            hits += sum(p == name for p in picked)
+            total += len(picked)
+        outcome[label] = hits / max(1, total)
+    return outcome
+
+
+# -------------------------------------------------------------------------------- loading
+def _loading_section(context: _Context) -> dict[str, Any]:
+    from registry.core import Registry
+
+    assert context.model is not None
+    with tempfile.TemporaryDirectory(prefix="structcore-bench-") as folder:
+        root = Path(folder) / "registry"
+        registry = Registry.init(
+            root,
+            backbone=context.backbone_name,
+            weights=context.weights,
+            resize=context.extractor.geometry.resize,
+            crop=context.extractor.geometry.crop,
+        )
+        registry.add_fitted("bench", context.model)
+        registry.close()
+        timings: dict[str, list[float]] = {"cold": [], "warm": []}
+        for _ in range(2 if context.quick else 5):
+            import registry.core as core
+
+            core._VERIFIED.clear()  # a new process would verify checksums again
+            reopened = Registry.open(root)
+            started = time.perf_counter()
+            reopened.load_category("bench")
+            timings["cold"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            reopened.load_category("bench")
+            timings["warm"].append(time.perf_counter() - started)
+            reopened.close()
+        child = _child_cold_load(root)
+    return {
+        "bank_size": len(context.model.bank_),
+        "bank_mb": context.model.bank_.nbytes / 2**20,
+        "cold_ms": 1000 * float(np.median(timings["cold"])),
+        "warm_ms": 1000 * float(np.median(timings["warm"])),
+        "cold_ms_new_process": child,
+    }
+
+
+def _child_cold_load(root: Path) -> float | None:
+    code = (
+        "import time, json\n"
+        "from registry.core import Registry\n"
+        f"r = Registry.open({str(root)!r})\n"
+        "t = time.perf_counter(); r.load_category('bench'); print(json.dumps(time.perf_counter() - t))\n"
+    )
+    try:
+        output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+        return 1000 * float(json.loads(output.stdout.strip().splitlines()[-1]))
+    except (subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+# --------------------------------------------------------------------------------- memory
+def _fit_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Child process body: load the model, then ``add_category``; report RSS figures."""
+    from registry.core import Registry
+
+    torch.set_num_threads(int(spec["threads"]))
+    sources: list[Any]
+    if spec["synthetic"]:
+        from structcore.synthetic import make_category
+
+        made = make_category(spec["kind"], n_train=int(spec["n_train"]), n_test_good=0, n_test_bad=0,
+                             seed=int(spec["seed"]), size=int(spec.get("size", 256)))  # fmt: skip
+        sources = list(made.train_images)
+    else:
+        sources = [Path(p) for p in spec["train"]]
+    with tempfile.TemporaryDirectory(prefix="structcore-bench-fit-") as folder:
+        registry = Registry.init(
+            Path(folder) / "registry",
+            backbone=spec["backbone"],
+            weights=spec["weights"],
+            resize=int(spec.get("resize", 448)),
+            crop=int(spec.get("crop", 392)),
+        )
+        registry.extractor(int(spec["batch_size"])).grid_shape()  # model loaded (weights, W, one tiny pass)
+        baseline = rss_mb() or 0.0
+        reset_peak_rss()
+        marks: list[tuple[str, float]] = [("start", time.perf_counter())]
+        model = CategoryModel(coreset_ratio=float(spec["ratio"]), seed=int(spec["seed"]))
+        registry.add_category(
+            "bench",
+            sources,
+            model=model,
+            batch_size=int(spec["batch_size"]),
+            on_stage=lambda stage: marks.append((stage, time.perf_counter())),
+        )
+        peak = peak_rss_mb() or 0.0
+        stages = {name: marks[i + 1][1] - at for i, (name, at) in enumerate(marks[:-1])}
+        grid = registry.extractor(int(spec["batch_size"])).grid_shape()
+        registry.close()
+    n_vectors = len(sources) * grid[0] * grid[1]
+    matrix_mb = n_vectors * 512 * 4 / 2**20
+    return {
+        "images": len(sources),
+        "n_vectors": n_vectors,
+        "baseline_rss_mb": baseline,
+        "peak_rss_mb": peak,
+        "matrix_mb": matrix_mb,
+        "ratio": (peak - baseline) / matrix_mb,
+        "seconds": marks[-1][1] - marks[0][1],
+        "stages_s": stages,
+    }
+
+
+def _run_child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    code = (
+        "import json, sys\n"
+        "from registry.bench import _fit_child\n"
+        "print(json.dumps(_fit_child(json.loads(sys.argv[1]))))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, timeout=timeout
+    )
+    if completed.returncode != 0:
+        return {"error": completed.stderr.strip().splitlines()[-1] if completed.stderr.strip() else "failed"}
+    return dict(json.loads(completed.stdout.strip().splitlines()[-1]))
+
+
+def _memory_section(context: _Context) -> dict[str, Any]:
+    data = context.data
+    spec: dict[str, Any] = {
+        "backbone": context.backbone_name,
+        "weights": None if context.weights is None else str(context.weights),
+        "batch_size": context.extractor.batch_size,
+        "threads": torch.get_num_threads(),
+        "ratio": 0.01,
+        "seed": context.seed,
+        "synthetic": data.synthetic,
+        "kind": data.name.removeprefix("synthetic-"),
+        "n_train": len(data.train),
+        "train": [str(p) for p in data.train] if not data.synthetic else [],
+        "resize": context.extractor.geometry.resize,
+        "crop": context.extractor.geometry.crop,
+    }
+    return _run_child(spec, timeout=3600)
+
+
+def _large_fit_section(context: _Context) -> dict[str, Any]:
+    count = 48 if context.quick else 761
+    spec: dict[str, Any] = {
+        "backbone": context.backbone_name,
+        "weights": None if context.weights is None else str(context.weights),
+        "batch_size": context.extractor.batch_size,
+        "threads": torch.get_num_threads(),
+        "ratio": 0.01,
+        "seed": context.seed,
+        "synthetic": True,
+        "kind": "tile",
+        "n_train": count,
+        "size": 448,
+        "train": [],
+    }
+    return _run_child(spec, timeout=7200)
+
+
+# ------------------------------------------------------------------------------- formatting
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def format_bench(result: dict[str, Any]) -> str:
+    """The bench as text: Table 4 and one line per floor ratio (see :func:`run_bench`)."""
+    config = result.get("config", {})
+    machine = result.get("machine", {})
+    lines = [
+        f"StructCore bench: {config.get('backbone')} | batch {config.get('batch_size')} | "
+        f"{machine.get('torch_threads')} threads | images {config.get('images')} "
+        f"({config.get('n_train')} train, {config.get('n_test')} test){' | quick' if config.get('quick') else ''}",
+        f"machine: {machine.get('cpu_count')} CPUs, torch {machine.get('torch')}, bf16 GEMM "
+        f"{'yes' if machine.get('bf16_matmul') else 'no'}, "
+        f"load average at start {machine.get('load_average_at_start')}",
+        "",
+    ]
+    rows = result.get("rows") or []
+    if rows:
+        header = (
+            f"{'Coreset':>7} {'Bank':>7} {'Extract (ms)':>12} {'kNN (ms)':>9} {'Post (ms)':>9} "
+            f"{'Total (ms)':>10} {'Img/s':>6} {'Peak RSS (MB)':>13}"
+        )
+        lines += [header, "-" * len(header)]
+        for row in rows:
+            lines.append(
+                f"{row['coreset']:>7.0%} {row['bank_size']:>7} {_fmt(row['extract_ms']):>12} {_fmt(row['knn_ms']):>9} "
+                f"{_fmt(row['post_ms']):>9} {_fmt(row['total_ms']):>10} {_fmt(row['images_per_s']):>6} "
+                f"{_fmt(row['peak_rss_mb'], 0):>13}"
+            )
+        kinds = sorted({row["bank"] for row in rows})
+        lines.append(f"(banks: {', '.join(kinds)}; kNN engine {rows[0]['knn_engine']}; medians over batches)")
+        lines.append("")
+    accuracy = result.get("accuracy")
+    if accuracy:
+        lines.append(
+            f"accuracy 1%: image AUROC {_fmt(accuracy.get('image_auroc'), 4)}, pixel AUROC "
+            f"{_fmt(accuracy.get('pixel_auroc'), 4)}"
+        )
+    knn = result.get("knn")
+    if knn:
+        hnsw = knn["hnsw"]
+        lines += [
+            f"1. kNN vs floor: {knn['engine']} search {_fmt(knn['ms']['auto'])} ms / fp32 matmul "
+            f"{knn['queries']}x{knn['dim']} @ {knn['dim']}x{knn['bank_size']} {_fmt(knn['ms']['matmul'])} ms = "
+            f"{_fmt(knn['floor_ratio'], 2)} (target <= 1.5); faiss IndexFlatL2 {_fmt(knn['ms']['faiss'])} ms = "
+            f"{_fmt(knn['faiss_floor_ratio'], 2)}; neighbours equal to faiss: {knn['exact_neighbour_agreement']:.4%}",
+            f"   HNSW (M 32, ef 64): recall@5 {hnsw['recall_at_5']:.4f}, {_fmt(hnsw['ms'])} ms, speed-up "
+            f"{_fmt(hnsw['speedup_vs_faiss_flat'], 2)}x vs faiss flat, {_fmt(hnsw['speedup_vs_exact_engine'], 2)}x vs "
+            f"{knn['engine']}; image AUROC {_fmt(hnsw['hnsw'].get('image_auroc'), 4)} vs "
+            f"{_fmt(hnsw['exact'].get('image_auroc'), 4)}, pixel AUROC {_fmt(hnsw['hnsw'].get('pixel_auroc'), 4)} vs "
+            f"{_fmt(hnsw['exact'].get('pixel_auroc'), 4)}",
+        ]
+    core = result.get("coreset")
+    if core:
+        exact, approx, common = core["exact"], core["approx"], core["common_way"]
+        lines += [
+            f"2. coreset vs floor: N {core['n_points']} x proxy {core['proxy_dim']}, {core['n_select']} centers; "
+            f"stream floor {_fmt(core['stream_floor_ms'], 2)} ms/pass; exact {_fmt(exact['seconds'])} s = "
+            f"{_fmt(exact['floor_ratio'], 2)} x floor; approx {_fmt(approx['seconds'])} s = "
+            f"{_fmt(approx['floor_ratio'], 2)} x floor (auto: {core['auto_method']}; target <= 2.0)",
+            f"   covering radius approx/exact {_fmt(core['radius_ratio_approx_vs_exact'], 4)} "
+            f"({_fmt(approx['radius'], 4)} vs {_fmt(exact['radius'], 4)}); image AUROC approx "
+            f"{_fmt(approx.get('image_auroc'), 4)} vs exact {_fmt(exact.get('image_auroc'), 4)}, pixel "
+            f"{_fmt(approx.get('pixel_auroc'), 4)} vs {_fmt(exact.get('pixel_auroc'), 4)}; "
+            f"approx {_fmt(core['approx_speedup'], 2)}x faster",
+            f"   common way ({common['n_points']} x 512, 1%, ~270-dim projection, torch norm per iteration): "
+            f"{_fmt(common['common_s'], 2)} s vs ours {_fmt(common['ours_s'], 2)} s = {_fmt(common['speedup'], 1)}x",
+        ]
+    extract = result.get("extract")
+    if extract:
+        ms = extract["ms_per_image"]
+        compiled = (
+            f"; torch.compile {_fmt(ms['compiled_backbone'])} ms/img (compile {_fmt(extract['compile_s'])} s)"
+            if "compiled_backbone" in ms
+            else ""
+        )
+        lines += [
+            f"3. extract vs machine: {_fmt(extract['gflop_per_image'], 2)} GFLOP/img; fast path "
+            f"{_fmt(extract['achieved_gflops']['fast'])} GFLOP/s / fp32 matmul {_fmt(extract['matmul_gflops'])} "
+            f"GFLOP/s = {_fmt(extract['gemm_fraction'], 3)} "
+            f"(reference path {_fmt(extract['reference_gemm_fraction'], 3)})",
+            f"   backbone {_fmt(ms['fast_backbone'])} vs {_fmt(ms['reference_backbone'])} ms/img; extract+project "
+            f"{_fmt(ms['fast_embed'])} vs {_fmt(ms['reference_embed'])} ms/img ({_fmt(extract['speedup_embed'], 2)}x); "
+            f"max rel. map difference {extract['fast_vs_reference_max_relative_difference']:.1e}{compiled}",
+        ]
+    routing = result.get("routing")
+    if routing:
+        counts = [str(c) for c in routing["counts"]]
+        totals = ", ".join(f"{c}: {_fmt(routing['routed_total_ms'][c])}" for c in counts)
+        exact_route = ", ".join(f"{c}: {_fmt(routing['route_ms_exact'][c])}" for c in counts)
+        route = ", ".join(f"{c}: {_fmt(routing['route_ms'][c], 2)}" for c in counts)
+        real = routing["real_categories"]
+        lines += [
+            f"4. routed inference ms/img by categories (shortlist 8): {totals}; ratio {counts[-1]} vs {counts[0]} = "
+            f"{_fmt(routing['cost_ratio_1000_vs_2'], 3)} (target <= 1.5; exact routing "
+            f"{_fmt(routing['cost_ratio_exact_1000_vs_2'], 2)})",
+            f"   route only ms/img: shortlist {route}; exact {exact_route}",
+            f"   routing accuracy ({real['categories']} real categories, {real['test_images']} images): exact "
+            f"{real['exact']:.4f}, shortlist 3 {real['shortlist_3']:.4f}, shortlist 8 among 1000 "
+            f"{real['shortlist_8_1000']:.4f}",
+        ]
+    loading = result.get("loading")
+    if loading:
+        lines.append(
+            f"5. bank loading ({loading['bank_size']} x 512, {_fmt(loading['bank_mb'])} MB): cold "
+            f"{_fmt(loading['cold_ms'])} ms (new process {_fmt(loading['cold_ms_new_process'])} ms), warm "
+            f"{_fmt(loading['warm_ms'], 3)} ms"
+        )
+    memory = result.get("memory")
+    if memory:
+        if "error" in memory:
+            lines.append(f"6. fit memory: failed ({memory['error']})")
+        else:
+            lines.append(
+                f"6. fit memory: add-category of {memory['images']} images peak {_fmt(memory['peak_rss_mb'], 0)} MB - "
+                f"baseline {_fmt(memory['baseline_rss_mb'], 0)} MB over matrix {_fmt(memory['matrix_mb'], 0)} MB = "
+                f"{_fmt(memory['ratio'], 2)} (target <= 2.0); took {_fmt(memory['seconds'])} s"
+            )
+    large = result.get("large_fit")
+    if large:
+        if "error" in large:
+            lines.append(f"   large add-category: failed ({large['error']})")
+        else:
+            stages = ", ".join(f"{k} {_fmt(v)}" for k, v in large["stages_s"].items())
+            lines.append(
+                f"   add-category of {large['images']} images at 1%: {_fmt(large['seconds'])} s ({stages}); "
+                f"peak RSS {_fmt(large['peak_rss_mb'], 0)} MB"
+            )
+    if "seconds" in result:
+        lines.append(f"bench took {_fmt(result['seconds'])} s")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m registry.bench [--quick] [--json] [--images PATH] [--batch-size N] [--sections a,b]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="StructCore registry bench (issue 6)")
+    parser.add_argument("--images", default=None)
+    parser.add_argument("--backbone", default="efficientnet-lite2")
+    parser.add_argument("--weights", default=None)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--sections", default=None, help=f"comma-separated subset of {SECTIONS + OPTIONAL_SECTIONS}")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--output", default=None, help="also write the JSON result to this file")
+    args = parser.parse_args(argv)
+    sections = None if args.sections is None else [s.strip() for s in args.sections.split(",") if s.strip()]
+    result = run_bench(
+        args.images,
+        backbone=args.backbone,
+        weights=args.weights,
+        batch_size=args.batch_size,
+        quick=args.quick,
+        threads=args.threads,
+        sections=sections,
+        compile=args.compile,
+        progress=lambda message: print(f"[bench] {message}", file=sys.stderr, flush=True),
+    )
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2, default=_json_default))
+    print(json.dumps(result, default=_json_default) if args.json else format_bench(result))
+    return 0
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    msg = f"not JSON serialisable: {type(value)}"
+    raise TypeError(msg)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
