@@ -152,7 +152,9 @@ def train_images(folder: Path) -> list[Path]:
     # a broken or looping symlink with an image name is listed (and then reported by name), as in
     # images_in(), rather than silently skipped
     direct = sorted(
-        path for path in folder.iterdir() if is_image(path) and (path.is_file() or (path.is_symlink() and not path.is_dir()))
+        path
+        for path in folder.iterdir()
+        if is_image(path) and (path.is_file() or (path.is_symlink() and not path.is_dir()))
     )
     if direct:
         return direct

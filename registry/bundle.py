@@ -309,7 +309,9 @@ def _check_storage(dataset: h5py.Dataset, declared: int, path: Path) -> None:
     stored = int(dataset.id.get_storage_size())
     file_size = path.stat().st_size
     if stored > file_size:
-        raise _refuse(BundleFormatError, path, f"dataset {where} claims {stored} stored bytes, more than the file holds")
+        raise _refuse(
+            BundleFormatError, path, f"dataset {where} claims {stored} stored bytes, more than the file holds"
+        )
     if dataset.chunks is None:  # contiguous or compact: exactly the declared bytes
         if stored != declared:
             problem = f"dataset {where} declares {declared} bytes but stores {stored}"
@@ -383,7 +385,7 @@ def _validate_space(handle: h5py.File, manifest: dict[str, Any], path: Path) -> 
 
 
 def _is_int(value: object, low: int, high: int | None = None) -> bool:
-    return (
+    return bool(
         isinstance(value, int | np.integer)
         and not isinstance(value, bool)
         and low <= value
@@ -412,8 +414,10 @@ def _check_description(description: Any, path: Path) -> None:
         problems.append(f"local_pool {description.get('local_pool')!r}")
     for key, low, open_low in (("mean", -1e6, False), ("std", 0.0, True)):
         values = description.get(key)
-        if not isinstance(values, list) or len(values) != 3 or not all(
-            _is_number(v, low, 1e6, open_low=open_low) for v in values
+        if (
+            not isinstance(values, list)
+            or len(values) != 3
+            or not all(_is_number(v, low, 1e6, open_low=open_low) for v in values)
         ):
             problems.append(f"{key} {values!r}")
     channels, layers = description.get("channels"), description.get("layers")
@@ -595,15 +599,16 @@ def _validate_in_child(path: Path) -> None:
         try:
             os.close(reader)
             faulthandler.disable()
+            report: dict[str, object]
             try:
                 read_bundle(path, isolate=False)
                 report = {"ok": True}
             except BundleError as error:
                 report = {"ok": False, "error": type(error).__name__, "message": str(error)}
-            except BaseException as error:  # noqa: BLE001 - anything else is reported, not raised
+            except BaseException as error:
                 report = {"ok": False, "error": "BundleFormatError", "message": f"{type(error).__name__}: {error}"}
             os.write(writer, json.dumps(report).encode("utf-8", "backslashreplace"))
-        except BaseException:  # noqa: BLE001
+        except BaseException:
             status = 1
         finally:
             os._exit(status)
@@ -783,7 +788,9 @@ def _reader(bundle: ValidatedBundle, name: str) -> Any:
         except BundleError:
             raise
         except (OSError, KeyError, RuntimeError, ValueError, TypeError, IndexError) as error:
-            raise _refuse(BundleFormatError, path, f"is truncated or damaged ({type(error).__name__}: {error})") from error
+            raise _refuse(
+                BundleFormatError, path, f"is truncated or damaged ({type(error).__name__}: {error})"
+            ) from error
         assert arrays is not None
         return arrays
 

@@ -38,7 +38,6 @@ from registry.db import (
     DB_FILE,
     ROW_DECODE_ERRORS,
     current_revision,
-    database_errors,
     head_revision,
     known_revision,
     make_engine,
@@ -249,6 +248,8 @@ class Problem:
 
 
 GC_KINDS = frozenset({"orphan-store", "temp-file", "stray-file"})
+#: What reading a damaged database may raise (the registry's own errors included).
+_READ_ERRORS: tuple[type[BaseException], ...] = (RegistryError, *ROW_DECODE_ERRORS)
 
 
 @dataclass
@@ -518,7 +519,9 @@ class Registry:
                     raise IntegrityError("<feature space>", 0, store / "projection", "does not match its checksum")
                 differences = _feature_space_differences(row, store)
                 if differences:
-                    problem = f"and its row in {DB_FILE} disagree on {', '.join(differences)} (one of the two is damaged)"
+                    problem = (
+                        f"and its row in {DB_FILE} disagree on {', '.join(differences)} (one of the two is damaged)"
+                    )
                     raise IntegrityError("<feature space>", 0, store / "zarr.json", problem)
                 with _VERIFIED_LOCK:
                     _VERIFIED.add(key)
@@ -1164,7 +1167,9 @@ class Registry:
                 message = f"category {name!r} has no valid current version"
                 problems.append(Problem("bad-current-version", message, DB_FILE, name))
             if newest is not None and (not isinstance(last_version, int) or last_version < newest):
-                message = f"category {name!r} records {last_version} as its last version number but has version {newest}"
+                message = (
+                    f"category {name!r} records {last_version} as its last version number but has version {newest}"
+                )
                 problems.append(Problem("damaged-row", message, DB_FILE, name))
         return problems
 
@@ -1172,7 +1177,7 @@ class Registry:
         try:
             row = self._feature_space_row()
             store = self._root / row.projection_path
-        except (RegistryError, *ROW_DECODE_ERRORS) as error:
+        except _READ_ERRORS as error:
             return [Problem("feature-space", f"the feature-space row of {DB_FILE} cannot be read ({error})", DB_FILE)]
         try:
             projection = storage.read_array(store, "projection")
@@ -1202,7 +1207,8 @@ class Registry:
                     text(
                         "SELECT CAST(c.name AS BLOB), NULL, CAST(c.created_at AS BLOB), CAST(c.description AS BLOB) "
                         "FROM categories c UNION ALL "
-                        "SELECT CAST(c.name AS BLOB), v.version, CAST(v.created_at AS BLOB), CAST(v.library_version AS BLOB) "
+                        "SELECT CAST(c.name AS BLOB), v.version, CAST(v.created_at AS BLOB), "
+                        "CAST(v.library_version AS BLOB) "
                         "FROM category_versions v JOIN categories c ON c.id = v.category_id"
                     )
                 ).fetchall()
@@ -1251,9 +1257,12 @@ class Registry:
         for raw_name, version, coreset_ratio, seed, n_train, route_threshold, fit_seconds, *raw in fetched:
             name = _decode_name(raw_name)
             try:
-                texts = {column: None if value is None else bytes(value).decode("utf-8") for column, value in zip(columns, raw, strict=True)}
+                texts = {
+                    column: None if value is None else bytes(value).decode("utf-8")
+                    for column, value in zip(columns, raw, strict=True)
+                }
                 decoded = {
-                    column: json.loads(texts[column])
+                    column: json.loads(_not_null(texts[column], column))
                     for column in ("arrays", "metadata", "calibration", "train_images")
                 }
                 fields = {
@@ -1274,8 +1283,11 @@ class Registry:
                 if not isinstance(fields["store_path"], str) or not isinstance(version, int):
                     raise TypeError("store path or version is not what the registry writes")
             except (ValueError, TypeError, KeyError) as error:
-                message = f"category {name!r} version {version}: its row in {DB_FILE} is damaged ({type(error).__name__}: {error})"
-                problems.append(Problem("damaged-row", message, DB_FILE, name, version if isinstance(version, int) else None))
+                reason = f"{type(error).__name__}: {error}"
+                message = f"category {name!r} version {version}: its row in {DB_FILE} is damaged ({reason})"
+                problems.append(
+                    Problem("damaged-row", message, DB_FILE, name, version if isinstance(version, int) else None)
+                )
                 continue
             rows.append(fields)
         return rows, problems
@@ -1411,11 +1423,13 @@ def row_differences(fields: Mapping[str, Any], attributes: Mapping[str, Any]) ->
         found.append("category")
     if "uuid" in attributes and not _same(fields.get("uuid"), attributes["uuid"]):
         found.append("uuid")
-    if "store_path" in fields and isinstance(attributes.get("category"), str) and isinstance(
-        attributes.get("uuid"), str
+    if (
+        "store_path" in fields
+        and isinstance(attributes.get("category"), str)
+        and isinstance(attributes.get("uuid"), str)
+        and fields["store_path"] != _store_path(attributes["category"], attributes["uuid"])
     ):
-        if fields["store_path"] != _store_path(attributes["category"], attributes["uuid"]):
-            found.append("store_path")
+        found.append("store_path")
     metadata = attributes.get("metadata")
     if isinstance(metadata, Mapping):
         params = metadata.get("params")
@@ -1449,6 +1463,13 @@ def _feature_space_differences(row: FeatureSpaceRow, store: Path) -> builtins.li
         return []  # a store without the description: nothing to compare
     described = _row_description(row)
     return [key for key in described if not _same(described[key], recorded.get(key))]
+
+
+def _not_null(value: str | None, column: str) -> str:
+    if value is None:
+        msg = f"column {column} is NULL"
+        raise ValueError(msg)
+    return value
 
 
 def _decode_name(raw: object) -> str:

@@ -95,9 +95,7 @@ class IntegrityError(RegistryError):
 class DatabaseDamagedError(IntegrityError):
     """``registry.sqlite`` cannot be read, or one of its rows is damaged (names the row where known)."""
 
-    def __init__(
-        self, database: str | Path, problem: str, category: str | None = None, version: int | None = None
-    ):
+    def __init__(self, database: str | Path, problem: str, category: str | None = None, version: int | None = None):
         self.category = category  # type: ignore[assignment]
         self.version = version  # type: ignore[assignment]
         self.file = str(database)

@@ -107,7 +107,8 @@ def test_four_writers_and_four_readers_at_once(world: dict[str, Any], tmp_path: 
             for version in category.versions:
                 model = registry.load_category(category.name, version.version)
                 reference[(category.name, version.version)] = (
-                    model.route_score(vectors), model.predict(vectors).scores.hybrid
+                    model.route_score(vectors),
+                    model.predict(vectors).scores.hybrid,
                 )
 
     runs = 0

@@ -218,6 +218,7 @@ def test_a_damaged_row_names_its_category_and_version(world: dict[str, Any], tmp
         assert "metadata" in problems[0].message and "registry.sqlite" in problems[0].message
         with pytest.raises(IntegrityError, match=r"category 'pill' version 1: stores/pill/.*zarr.json and its row"):
             registry.load_category("pill")
-        assert registry.load_category("grid").predict(world["vectors"]).scores.hybrid.tolist() == (
-            world["fingerprint"]["scores"][("grid", 1)]
+        assert (
+            registry.load_category("grid").predict(world["vectors"]).scores.hybrid.tolist()
+            == (world["fingerprint"]["scores"][("grid", 1)])
         )

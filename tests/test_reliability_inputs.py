@@ -194,7 +194,7 @@ def test_the_product_limit_applies_not_pils_default(tmp_path: Path) -> None:
     assert "too large" not in str(caught.value)
     with pytest.raises(ImageReadError, match=r"too large \(100000000 pixels; limit 50000000\); refused before"):
         load_image(path, max_pixels=50_000_000)
-    assert Image.MAX_IMAGE_PIXELS == before  # PIL's global is restored
+    assert before == Image.MAX_IMAGE_PIXELS  # PIL's global is restored
 
 
 SEEDS = {fmt: _encoded(Image.fromarray(np.random.default_rng(1).integers(0, 255, (24, 32, 3), np.uint8)), fmt)

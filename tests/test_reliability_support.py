@@ -8,6 +8,7 @@ patch grid), coreset ratio 0.1 and 8 prototypes, so a fit takes well under a sec
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -238,10 +239,8 @@ class ForkServer:
         pid = int(message["ready"])
         if kill_after is not None:
             time.sleep(kill_after)
-            try:
+            with contextlib.suppress(ProcessLookupError):  # not reaped yet, so it cannot be gone
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:  # pragma: no cover - not reaped yet, so this cannot happen
-                pass
         self.process.stdin.write(b"reap\n")
         self.process.stdin.flush()
         trial = Trial(code=0)
