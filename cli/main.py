@@ -451,9 +451,11 @@ def demo(
 
 def _register_extensions() -> None:
     """Commands that live in their own modules (evaluation, distributed fitting)."""
+    from cli.bench import register as register_bench
     from cli.evaluate import register as register_evaluation
 
     register_evaluation(app)
+    register_bench(app)
     try:
         from cli.distributed import register
     except ImportError:  # pragma: no cover - module not present in this build
