@@ -21,14 +21,18 @@ Two algorithms select from the same seeded proxy space (a random projection to `
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
 #: ``n_select x N`` above which ``method="auto"`` uses the approximate (coarse-to-fine) greedy.
-#: 1e9 point-center distances are ~8 s of exact greedy on 2 cores (128-dim proxy, ~16 GB/s);
-#: MVTec bottle at 1% (N = 501,809, 5,019 centers) is 2.5e9.
+#: Exact greedy streams the 128-dim proxy once per center: ~2.8e-8 s per point-center on 2 idle
+#: cores (13.9 ms per pass over 501,809 points), so 1e9 is ~28 s; below it exact costs seconds
+#: and approximation buys little. MVTec bottle at 1% (5,019 x 501,809 = 2.5e9) is above:
+#: exact 70 s, approx 18 s, covering radius +0.6% (docs/performance.md).
 APPROX_MIN_WORK = 1.0e9
 #: Share of the points sampled for the coarse phase (at least :data:`COARSE_MIN_SAMPLE`).
 COARSE_SAMPLE_SHARE = 0.1
@@ -40,8 +44,6 @@ METHODS = ("auto", "exact", "approx")
 #: Relative / absolute slack of the pruning test (covers float32 rounding of the distances).
 _PRUNE_RELATIVE = 1e-3
 _PRUNE_ABSOLUTE = 1e-6
-#: Rows per block of the gathered candidate points and of the coarse assignment GEMM.
-_ROW_BLOCK = 65536
 
 
 class KCenterGreedy:
@@ -204,29 +206,56 @@ def _pruned_greedy(
     """Farthest-point greedy over all rows, continuing from the centers ``initial``.
 
     Keeps for every point its nearest center (``assignment``) and squared distance, and for every
-    center the largest squared distance of its points (``radius``). A new center ``c`` can only
-    take points from a center ``a`` with ``||a - c|| < 2 sqrt(radius_a)`` (triangle inequality);
-    only the points of those centers are re-measured.
+    center the largest squared distance of its points (``radius``), so the farthest point is found
+    from the center with the largest radius. A new center ``c`` can only take a point ``x`` from its
+    center ``a`` when ``||a - c|| < 2 ||x - a||`` (triangle inequality): only the points of centers
+    with ``||a - c|| < 2 radius_a`` are looked at, and only those with ``4 d(x, a) > ||a - c||^2``
+    are measured. Members of each center are found through a point list sorted by center,
+    rebuilt when enough points have moved (moved points are listed separately meanwhile), so an
+    iteration costs O(points near c + centers), not O(N). The loop runs single-threaded: its
+    ops are small, and on shared cores every OpenMP barrier of a small op can wait a whole
+    scheduler slice for a descheduled thread.
     """
-    n_points, dim = int(proxy.shape[0]), int(proxy.shape[1])
     count = len(initial)
     selected = np.empty(target, dtype=np.int64)
     selected[:count] = initial
     min_distances, assignment = _assign(proxy, norms, initial)
+    with _torch_threads(1):
+        return _pruned_loop(proxy, norms, initial, target, selected, min_distances, assignment)
+
+
+def _pruned_loop(
+    proxy: torch.Tensor,
+    norms: torch.Tensor,
+    initial: np.ndarray,
+    target: int,
+    selected: np.ndarray,
+    min_distances: torch.Tensor,
+    assignment: torch.Tensor,
+) -> tuple[np.ndarray, float]:
+    n_points, dim = int(proxy.shape[0]), int(proxy.shape[1])
+    count = len(initial)
     center_rows = torch.empty(target, dim, dtype=torch.float32)
     center_rows[:count] = proxy[torch.from_numpy(initial)]
     center_norms = torch.empty(target, dtype=torch.float32)
     center_norms[:count] = norms[torch.from_numpy(initial)]
     radius_sq = torch.full((target,), float("-inf"), dtype=torch.float32)
     radius_sq.scatter_reduce_(0, assignment, min_distances, reduce="amax")
-    member = torch.empty(n_points, dtype=torch.bool)
-    positions = torch.empty(n_points, 1, dtype=torch.int64)
-    rows_buffer = torch.empty(min(n_points, _ROW_BLOCK), dim, dtype=torch.float32)
     center_distances = torch.empty(target, dtype=torch.float32)
     scale = 4.0 * (1.0 + _PRUNE_RELATIVE)
+    point_scale = 4.0 * (1.0 + _PRUNE_RELATIVE)
+    # Points sorted by center (as of the last rebuild) and the points moved since.
+    capacity = max(4096, n_points // 64)
+    moved = torch.empty(capacity, dtype=torch.int64)
+    n_moved = 0
+    order, starts, counts = _members(assignment, target)
     radius = float(min_distances.max())
     for step in range(count, target):
-        farthest = int(torch.argmax(min_distances))
+        owner = int(torch.argmax(radius_sq[:step]))
+        listed = order[int(starts[owner]) : int(starts[owner] + counts[owner])]
+        pool = torch.cat([listed, moved[:n_moved]]) if n_moved else listed
+        pool = pool[assignment.index_select(0, pool) == owner]
+        farthest = int(pool[torch.argmax(min_distances.index_select(0, pool))])
         radius = float(min_distances[farthest])
         selected[step] = farthest
         center = proxy[farthest]
@@ -237,34 +266,71 @@ def _pruned_greedy(
         torch.addmv(center_norms[:step], center_rows[:step], center, alpha=-2.0, out=near)
         near.add_(center_norm)
         candidate = near < radius_sq[:step] * scale + _PRUNE_ABSOLUTE
-        torch.index_select(candidate, 0, assignment, out=member)
-        torch.nonzero(member, out=positions.resize_(0))
-        touched = positions.view(-1)
-        distances = torch.empty(len(touched), dtype=torch.float32)
-        for first in range(0, len(touched), _ROW_BLOCK):
-            part = touched[first : first + _ROW_BLOCK]
-            block = rows_buffer[: len(part)]
-            torch.index_select(proxy, 0, part, out=block)
-            out = distances[first : first + len(part)]
-            torch.addmv(torch.index_select(norms, 0, part), block, center, alpha=-2.0, out=out)
+        chosen = torch.nonzero(candidate).view(-1)
+        touched = _ranges(order, starts.index_select(0, chosen), counts.index_select(0, chosen))
+        if n_moved:
+            touched = torch.cat([touched, moved[:n_moved]])
+        current = min_distances.index_select(0, touched)
+        owners = assignment.index_select(0, touched)
+        # Only points with 4 d(x, a) > ||a - c||^2 can move to c.
+        movable = torch.nonzero(current * point_scale + _PRUNE_ABSOLUTE > near.index_select(0, owners)).view(-1)
+        points = touched.index_select(0, movable)
+        distances = torch.addmv(norms.index_select(0, points), proxy.index_select(0, points), center, alpha=-2.0)
         distances.add_(center_norm)
-        current = torch.index_select(min_distances, 0, touched)
-        owners = torch.index_select(assignment, 0, touched)
-        better = distances < current
-        torch.where(better, distances, current, out=current)
-        owners.masked_fill_(better, step)
+        better = distances < current.index_select(0, movable)
+        improved = movable[better]
+        current.index_copy_(0, improved, distances[better])
+        owners.index_fill_(0, improved, step)
         min_distances.index_copy_(0, touched, current)
         assignment.index_copy_(0, touched, owners)
-        # Radii of the centers that were re-measured (all their points are in ``touched``).
-        radius_sq[:step].masked_fill_(candidate, float("-inf"))
-        radius_sq[step] = float("-inf")
-        radius_sq.scatter_reduce_(0, owners, current, reduce="amax")
-        # The new center itself: distance exactly 0, owned by itself.
         min_distances[farthest] = 0.0
         assignment[farthest] = step
+        # Exact radii of the re-measured centers: all their points are in ``touched``.
+        radius_sq.index_fill_(0, chosen, float("-inf"))
+        radius_sq[step] = float("-inf")
+        radius_sq.scatter_reduce_(0, owners, current, reduce="amax")
+        radius_sq[step] = max(float(radius_sq[step]), 0.0)
+        arrived = torch.cat([touched.index_select(0, improved), torch.tensor([farthest])])
+        if n_moved + len(arrived) > capacity:
+            order, starts, counts = _members(assignment, target)
+            n_moved = 0
+        else:
+            moved[n_moved : n_moved + len(arrived)] = arrived
+            n_moved += len(arrived)
     if n_points == target:
         radius = float(min_distances.clamp_min(0).max())
     return selected, radius
+
+
+def _members(assignment: torch.Tensor, centers: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Point indices sorted by center, and each center's first position and count in that list."""
+    order = torch.argsort(assignment, stable=True)
+    counts = torch.bincount(assignment, minlength=centers)
+    starts = torch.cumsum(counts, 0) - counts
+    return order, starts, counts
+
+
+def _ranges(order: torch.Tensor, starts: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``order[s : s + c]`` for every (s, c), concatenated."""
+    total = int(counts.sum())
+    if total == 0:
+        return order[:0]
+    offsets = torch.cumsum(counts, 0) - counts
+    positions = torch.arange(total) + torch.repeat_interleave(starts - offsets, counts)
+    return order.index_select(0, positions)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    saved = torch.get_num_threads()
+    if threads == saved:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def covering_radius(points: np.ndarray, centers: np.ndarray, chunk: int = 8192) -> float:

@@ -69,3 +69,40 @@ def test_ratio_edges() -> None:
     points = np.zeros((10, 4), dtype=np.float32)
     assert len(KCenterGreedy(ratio=0.01).fit(points).indices_) == 1
     assert len(KCenterGreedy(ratio=1.0).fit(points).indices_) == 10
+
+
+def test_pruned_phase_continues_exact_greedy() -> None:
+    import torch
+
+    from structcore.coreset import _pruned_greedy, exact_greedy
+
+    points = clustered(20000, 40, 32, seed=6)
+    proxy = torch.from_numpy(points)
+    norms = (proxy * proxy).sum(dim=1)
+    exact, exact_radius = exact_greedy(proxy, norms, 11, 300)
+    # Continuing from the first 20 exact centers, the pruned farthest-point phase picks the same
+    # points (up to float rounding of near-ties) and reaches the same covering radius.
+    pruned, pruned_radius = _pruned_greedy(proxy, norms, exact[:20].copy(), 300)
+    assert len(set(exact.tolist()) & set(pruned.tolist())) >= 295
+    assert abs(pruned_radius - exact_radius) <= 1e-4 * exact_radius
+
+
+def test_approx_covers_like_exact() -> None:
+    points = clustered(120_000, 60, 48, seed=8)
+    exact = KCenterGreedy(ratio=0.01, proxy_dim=None, seed=1, method="exact").fit(points)
+    approx = KCenterGreedy(ratio=0.01, proxy_dim=None, seed=1, method="approx").fit(points)
+    assert approx.method_ == "approx" and exact.method_ == "exact"
+    assert len(approx.indices_) == len(exact.indices_) == 1200
+    assert approx.indices_[0] == exact.indices_[0]  # the seeded start point
+    assert len(set(approx.indices_.tolist())) == 1200
+    ratio = covering_radius(points, points[approx.indices_]) / covering_radius(points, points[exact.indices_])
+    assert ratio <= 1.1, ratio
+
+
+def test_auto_method_threshold() -> None:
+    from structcore.coreset import APPROX_MIN_WORK
+
+    small = KCenterGreedy(ratio=0.01)
+    assert small.resolve_method(100_000) == "exact"  # 1,000 x 100k = 1e8
+    assert small.resolve_method(2_000_000) == "approx"  # 20,000 x 2M = 4e10
+    assert APPROX_MIN_WORK <= 1000 * 1_000_000
