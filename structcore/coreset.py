@@ -28,6 +28,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from structcore.features import small_op_threads
+
 #: ``n_select x N`` above which ``method="auto"`` uses the approximate (coarse-to-fine) greedy.
 #: Exact greedy streams the 128-dim proxy once per center: ~2.8e-8 s per point-center on 2 idle
 #: cores (13.9 ms per pass over 501,809 points), so 1e9 is ~28 s; below it exact costs seconds
@@ -136,8 +138,14 @@ def exact_greedy(proxy: torch.Tensor, norms: torch.Tensor, start: int, target: i
     """Farthest-point greedy over all rows of ``proxy``; returns (indices, squared radius).
 
     The squared radius is the largest min-distance before the last point was added (after it,
-    when every point is selected or only one is asked for).
+    when every point is selected or only one is asked for). Runs single-threaded when other
+    processes are busy on the cores (:func:`structcore.features.small_op_threads`).
     """
+    with _torch_threads(small_op_threads()):
+        return _exact_loop(proxy, norms, start, target)
+
+
+def _exact_loop(proxy: torch.Tensor, norms: torch.Tensor, start: int, target: int) -> tuple[np.ndarray, float]:
     n_points = int(proxy.shape[0])
     selected = np.empty(target, dtype=np.int64)
     selected[0] = start

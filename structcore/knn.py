@@ -26,6 +26,8 @@ import faiss
 import numpy as np
 import torch
 
+from structcore.features import small_op_threads
+
 #: Neighbours averaged per patch score.
 DEFAULT_K = 5
 
@@ -89,7 +91,7 @@ class _ScreenedFlat:
     the top-``K`` selection runs over ``32 K`` values instead of the whole bank.
     """
 
-    def __init__(self, bank: np.ndarray, margin: int | None = None, threads: int | None = 1):
+    def __init__(self, bank: np.ndarray, margin: int | None = None, threads: int | None = None):
         self.margin = margin
         self.threads = threads
         self.last_fallbacks = 0
@@ -128,7 +130,7 @@ class _ScreenedFlat:
         return min(self.size, k + margin + self._extra_margin)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        with _torch_threads(self.threads):
+        with _torch_threads(self.threads or small_op_threads()):
             return self._search(queries, k)
 
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -247,11 +249,11 @@ class PatchKNN:
         engine: exact search engine for ``"flat"``: ``"auto"``, ``"faiss"``, ``"bf16"`` (screened
             exact search, see the module docstring) or ``"torch"`` (float32 GEMM + top-k).
         margin: extra candidates of the ``bf16`` engine (``None``: ``max(8, ceil(k / 2))``).
-        threads: intra-op threads of the ``bf16`` engine. Its ~25 small ops per query block
-            stall at every OpenMP barrier when other processes share the cores (a descheduled
-            thread holds up each op), so one thread is the default: measured on 2 shared cores
-            at load ~10, 89 ms per image with 1 thread against 722 ms with 2 (faiss: 239 ms);
-            on an idle machine 2 threads are ~10-20% faster. ``None`` keeps torch's setting.
+        threads: intra-op threads of the ``bf16`` engine; ``None``: torch's setting on idle cores,
+            1 when other processes are busy on them (:func:`structcore.features.small_op_threads`).
+            Its ~25 small ops per query block stall at every OpenMP barrier when a thread is
+            descheduled: on 2 shared cores at load ~10, 89 ms per image with 1 thread against
+            722 ms with 2 (faiss: 239 ms); idle, 39 ms with 2 threads and 58 ms with 1.
 
     Attributes:
         index_: the faiss index holding the bank (``None`` for the torch engines).
@@ -268,7 +270,7 @@ class PatchKNN:
         use_gpu: bool | None = None,
         engine: str = "auto",
         margin: int | None = None,
-        threads: int | None = 1,
+        threads: int | None = None,
     ):
         self.k = k
         self.index = index

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from structcore.features import small_op_threads
+
 #: Prototypes per category.
 DEFAULT_PROTOTYPES = 64
 #: Quantile of a category's own train-good route scores above which an input is ``unknown``.
@@ -288,11 +290,16 @@ class PrototypeRouter:
             msg = "the router has no categories"
             raise ValueError(msg)
         shortlist = None
-        if self.shortlist is None or self.shortlist >= len(self.categories_):
-            all_scores = self.scores(patch_vectors)
-        else:
-            with torch.inference_mode():
-                all_scores, shortlist = self._shortlisted_scores(patch_vectors)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(small_op_threads())
+        try:
+            if self.shortlist is None or self.shortlist >= len(self.categories_):
+                all_scores = self.scores(patch_vectors)
+            else:
+                with torch.inference_mode():
+                    all_scores, shortlist = self._shortlisted_scores(patch_vectors)
+        finally:
+            torch.set_num_threads(threads)
         best = all_scores.argmin(axis=1)
         best_scores = all_scores[np.arange(len(best)), best]
         thresholds = np.asarray(self.thresholds_)[best]
