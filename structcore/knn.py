@@ -11,8 +11,10 @@ Exact search has two engines that return the same neighbours:
   again exhaustively in float32. The neighbours and distances are therefore those of an exact
   float32 search (distances agree to float32 rounding).
 
+``engine="torch"`` is a plain float32 GEMM + top-k (the fallback of the ``bf16`` engine).
 ``engine="auto"`` picks ``bf16`` when torch reports bfloat16 matrix support, else ``faiss``;
 GPU faiss is used when present. ``index="hnsw"`` is an approximate HNSW graph (faiss).
+Speeds and the threading choice are in ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -330,7 +332,6 @@ class PatchKNN:
         if self._screened is not None:
             if self.engine_ == "torch":
                 q = torch.from_numpy(vectors)
-                # (torch's own thread setting: one large GEMM per block)
                 distances_t = torch.empty(len(q), count)
                 indices_t = torch.empty(len(q), count, dtype=torch.int64)
                 self._screened._exhaustive(q, count, distances_t, indices_t, torch.arange(len(q)))
