@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import torch
 
-from registry.bench import _median_times
+from registry.bench import median_times
 from structcore.anomaly_map import anomaly_maps, anomaly_maps_reference
 from structcore.scoring import StructCoreCalibrator
 
@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
     scores = rng.random((args.batch, args.grid, args.grid)).astype(np.float32)
     calibrator = StructCoreCalibrator().fit(anomaly_maps(rng.random((16, args.grid, args.grid)), args.size))
     maps = anomaly_maps(scores, args.size)
-    times = _median_times(
+    times = median_times(
         {
             "maps_direct": lambda: anomaly_maps_reference(scores, args.size),
             "maps_matrix": lambda: anomaly_maps(scores, args.size),

@@ -71,20 +71,35 @@ def test_ratio_edges() -> None:
     assert len(KCenterGreedy(ratio=1.0).fit(points).indices_) == 10
 
 
-def test_pruned_phase_continues_exact_greedy() -> None:
+def test_batched_exact_matches_reference_over_many_batches() -> None:
+    # 120 centers from 1,500 points: the candidate pool (4 x 64 + 1) is far smaller than the input,
+    # so batches end early whenever a point outside the pool could be farther.
+    points = clustered(1500, 12, 6, seed=9)
+    selector = KCenterGreedy(n_select=120, proxy_dim=None, seed=2).fit(points)
+    reference = reference_kcenter(points.astype(np.float64), 120, int(selector.indices_[0]))
+    assert selector.indices_.tolist() == reference
+
+
+def test_batched_exact_with_small_batches_equals_one_by_one() -> None:
     import torch
 
-    from structcore.coreset import _pruned_greedy, exact_greedy
+    from structcore.coreset import exact_greedy
 
     points = clustered(20000, 40, 32, seed=6)
     proxy = torch.from_numpy(points)
     norms = (proxy * proxy).sum(dim=1)
-    exact, exact_radius = exact_greedy(proxy, norms, 11, 300)
-    # Continuing from the first 20 exact centers, the pruned farthest-point phase picks the same
-    # points (up to float rounding of near-ties) and reaches the same covering radius.
-    pruned, pruned_radius = _pruned_greedy(proxy, norms, exact[:20].copy(), 300)
-    assert len(set(exact.tolist()) & set(pruned.tolist())) >= 295
-    assert abs(pruned_radius - exact_radius) <= 1e-4 * exact_radius
+    one, one_radius = exact_greedy(proxy, norms, 11, 300, batch=1)
+    many, many_radius = exact_greedy(proxy, norms, 11, 300, batch=64)
+    # Same points in the same order, up to float rounding of near-equal distances.
+    assert len(set(one.tolist()) & set(many.tolist())) >= 297
+    assert abs(many_radius - one_radius) <= 1e-4 * one_radius
+
+
+def test_duplicates_are_never_selected_twice() -> None:
+    points = np.repeat(np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32), 40, axis=0)
+    selector = KCenterGreedy(n_select=60, proxy_dim=None, seed=0).fit(points)
+    assert len(set(selector.indices_.tolist())) == 60
+    assert selector.radius_ == 0.0
 
 
 def test_approx_covers_like_exact() -> None:
@@ -104,5 +119,6 @@ def test_auto_method_threshold() -> None:
 
     small = KCenterGreedy(ratio=0.01)
     assert small.resolve_method(100_000) == "exact"  # 1,000 x 100k = 1e8
+    assert small.resolve_method(501_809) == "exact"  # MVTec bottle at 1%: 2.5e9
     assert small.resolve_method(2_000_000) == "approx"  # 20,000 x 2M = 4e10
-    assert APPROX_MIN_WORK <= 1000 * 1_000_000
+    assert APPROX_MIN_WORK <= 18_270 * 1_826_000  # 761 images of 2,401 patches at 1%
