@@ -59,6 +59,9 @@ from structcore.routing import PrototypeRouter, l2_normalize, patch_vectors_to_p
 SECTIONS = ("table", "knn", "coreset", "extract", "routing", "loading", "memory")
 OPTIONAL_SECTIONS = ("large_fit",)
 DEFAULT_RATIOS = (0.01, 0.05, 0.10)
+#: HNSW settings of the approximate-index comparison (graph degree; search breadths swept).
+HNSW_M = 32
+HNSW_EF_SEARCH = (64, 128, 256)
 #: Category counts of the routing scale test.
 ROUTE_COUNTS = (2, 20, 200, 1000)
 #: Default image set, relative to the repository (used when present).
@@ -435,10 +438,7 @@ def _table(context: _Context, ratios: Sequence[float]) -> list[dict[str, Any]]:
             model, kind = context.model, "coreset"
         else:
             bank, kind = _bank_for(context, ratio)
-            model = CategoryModel.from_parts(
-                {**context.model.to_arrays(), "bank": bank, "bank_image_ids": np.zeros(len(bank), np.int32)},
-                context.model.to_metadata(),
-            )
+            model = _with_bank(context.model, bank)
         model.knn()  # index built before timing (part of loading, not of scoring)
         # Warm-up batch (first-call allocations, oneDNN primitive creation).
         warm = context.extractor.embed(context.test_batches[0]).numpy()
@@ -557,29 +557,54 @@ def _knn_section(context: _Context) -> dict[str, Any]:
         "exact_neighbour_agreement": same / float(vectors.shape[0] * vectors.shape[1] * faiss_knn.k),
         "exact_distance_max_abs_difference": max_difference,
     }
-    section["hnsw"] = _hnsw(context, bank, faiss_knn, auto_knn, queries, repeats)
+    section["hnsw"] = _hnsw(context, context.model, faiss_knn, auto_knn, queries, repeats)
+    large_ratio = max(DEFAULT_RATIOS)
+    context.say(f"HNSW at a {large_ratio:.0%} bank")
+    large_bank, kind = _bank_for(context, large_ratio)
+    large_model = _with_bank(context.model, large_bank)
+    section["hnsw_large_bank"] = {
+        "ratio": large_ratio,
+        "bank": kind,
+        "bank_size": len(large_bank),
+        **_hnsw(
+            context,
+            large_model,
+            PatchKNN(engine="faiss").fit(large_bank),
+            large_model.knn(),
+            queries,
+            max(3, repeats // 3),
+        ),
+    }
     return section
+
+
+def _with_bank(model: CategoryModel, bank: np.ndarray) -> CategoryModel:
+    """``model`` with another bank (same calibration): kNN time depends on the bank size."""
+    arrays = {**model.to_arrays(), "bank": bank, "bank_image_ids": np.zeros(len(bank), np.int32)}
+    return CategoryModel.from_parts(arrays, model.to_metadata())
 
 
 def _hnsw(
     context: _Context,
-    bank: np.ndarray,
+    model: CategoryModel,
     faiss_knn: PatchKNN,
-    auto_knn: PatchKNN,
+    exact_knn: PatchKNN,
     queries: list[np.ndarray],
     repeats: int,
 ) -> dict[str, Any]:
-    assert context.model is not None
+    """HNSW over ``model``'s bank at each :data:`HNSW_EF_SEARCH` (one graph): recall@5, speed, AUROC.
+
+    Recall is against the exact engine's neighbours, AUROC against ``model`` with its exact index.
+    The headline is the smallest ``efSearch`` with recall@5 >= 0.99 and image / pixel AUROC equal
+    to the exact ones to 3 decimals (the largest one when none qualifies).
+    """
     vectors = context.test
+    exact_maps, exact_scores = _predict_all(context, model, vectors)
+    exact_metrics = _metrics(context, exact_maps, exact_scores)
+    exact_neighbours = [exact_knn.search(image)[1] for image in vectors]
     built = time.perf_counter()
-    hnsw = PatchKNN(index="hnsw", hnsw_m=32, hnsw_ef_search=64).fit(bank)
+    hnsw = PatchKNN(index="hnsw", hnsw_m=HNSW_M, hnsw_ef_search=HNSW_EF_SEARCH[0]).fit(model.bank_)
     build_seconds = time.perf_counter() - built
-    hits = total = 0
-    for image in vectors:
-        _, exact = faiss_knn.search(image)
-        _, approx = hnsw.search(image)
-        hits += sum(len(set(a) & set(e)) for a, e in zip(approx.tolist(), exact.tolist(), strict=True))
-        total += exact.size
     position = {"n": 0}
 
     def cycled(search: Callable[[np.ndarray], object]) -> Callable[[], object]:
@@ -589,28 +614,45 @@ def _hnsw(
 
         return call
 
-    times = median_times(
-        {"hnsw": cycled(hnsw.search), "faiss": cycled(faiss_knn.search), "auto": cycled(auto_knn.search)}, repeats
-    )
-    model = context.model
-    exact_maps, exact_scores = _predict_all(context, model, vectors)
-    saved = model._knn
-    model._knn = hnsw
-    try:
-        approx_maps, approx_scores = _predict_all(context, model, vectors)
-    finally:
-        model._knn = saved
-    return {
-        "m": 32,
-        "ef_search": 64,
-        "build_s": build_seconds,
-        "recall_at_5": hits / max(1, total),
-        "ms": 1000 * times["hnsw"],
-        "speedup_vs_faiss_flat": times["faiss"] / times["hnsw"],
-        "speedup_vs_exact_engine": times["auto"] / times["hnsw"],
-        "exact": _metrics(context, exact_maps, exact_scores),
-        "hnsw": _metrics(context, approx_maps, approx_scores),
-    }
+    sweep: list[dict[str, Any]] = []
+    for ef_search in HNSW_EF_SEARCH:
+        hnsw.hnsw_ef_search = ef_search
+        hnsw.index_.hnsw.efSearch = ef_search
+        hits = total = 0
+        for image, exact in zip(vectors, exact_neighbours, strict=True):
+            _, approx = hnsw.search(image)
+            hits += sum(len(set(a) & set(e)) for a, e in zip(approx.tolist(), exact.tolist(), strict=True))
+            total += exact.size
+        times = median_times(
+            {"hnsw": cycled(hnsw.search), "faiss": cycled(faiss_knn.search), "auto": cycled(exact_knn.search)},
+            repeats,
+        )
+        saved = model._knn
+        model._knn = hnsw
+        try:
+            approx_maps, approx_scores = _predict_all(context, model, vectors)
+        finally:
+            model._knn = saved
+        found = _metrics(context, approx_maps, approx_scores)
+        unchanged = all(round(found[key], 3) == round(exact_metrics[key], 3) for key in exact_metrics)
+        sweep.append(
+            {
+                "m": HNSW_M,
+                "ef_search": ef_search,
+                "build_s": build_seconds,
+                "recall_at_5": hits / max(1, total),
+                "ms": 1000 * times["hnsw"],
+                "exact_ms": 1000 * times["auto"],
+                "faiss_ms": 1000 * times["faiss"],
+                "speedup_vs_faiss_flat": times["faiss"] / times["hnsw"],
+                "speedup_vs_exact_engine": times["auto"] / times["hnsw"],
+                "exact": exact_metrics,
+                "hnsw": found,
+                "auroc_unchanged": unchanged,
+            }
+        )
+    passing = [entry for entry in sweep if float(entry["recall_at_5"]) >= 0.99 and entry["auroc_unchanged"]]
+    return {**(passing[0] if passing else sweep[-1]), "qualifies": bool(passing), "sweep": sweep}
 
 
 # -------------------------------------------------------------------------------- coreset
@@ -1130,12 +1172,28 @@ def format_bench(result: dict[str, Any]) -> str:
             f"{knn['queries']}x{knn['dim']} @ {knn['dim']}x{knn['bank_size']} {_fmt(knn['ms']['matmul'])} ms = "
             f"{_fmt(knn['floor_ratio'], 2)} (target <= 1.5); faiss IndexFlatL2 {_fmt(knn['ms']['faiss'])} ms = "
             f"{_fmt(knn['faiss_floor_ratio'], 2)}; neighbours equal to faiss: {knn['exact_neighbour_agreement']:.4%}",
-            f"   HNSW (M 32, ef 64): recall@5 {hnsw['recall_at_5']:.4f}, {_fmt(hnsw['ms'])} ms, speed-up "
+            f"   HNSW (M {hnsw['m']}, ef {hnsw['ef_search']}): recall@5 {hnsw['recall_at_5']:.4f}, "
+            f"{_fmt(hnsw['ms'])} ms, speed-up "
             f"{_fmt(hnsw['speedup_vs_faiss_flat'], 2)}x vs faiss flat, {_fmt(hnsw['speedup_vs_exact_engine'], 2)}x vs "
             f"{knn['engine']}; image AUROC {_fmt(hnsw['hnsw'].get('image_auroc'), 4)} vs "
             f"{_fmt(hnsw['exact'].get('image_auroc'), 4)}, pixel AUROC {_fmt(hnsw['hnsw'].get('pixel_auroc'), 4)} vs "
             f"{_fmt(hnsw['exact'].get('pixel_auroc'), 4)}",
         ]
+        for label, entry in (
+            ("1%", hnsw),
+            (f"{knn.get('hnsw_large_bank', {}).get('ratio', 0):.0%}", knn.get("hnsw_large_bank")),
+        ):
+            if entry and entry.get("sweep"):
+                lines.append(
+                    f"   HNSW sweep at the {label} bank ({entry['sweep'][0]['exact_ms']:.1f} ms exact, "
+                    f"{entry['sweep'][0]['faiss_ms']:.1f} ms faiss flat; ef: recall@5, ms, image / pixel AUROC vs "
+                    f"{_fmt(entry['exact'].get('image_auroc'), 4)} / {_fmt(entry['exact'].get('pixel_auroc'), 4)}): "
+                    + "; ".join(
+                        f"{e['ef_search']}: {e['recall_at_5']:.4f}, {_fmt(e['ms'])}, "
+                        f"{_fmt(e['hnsw'].get('image_auroc'), 4)} / {_fmt(e['hnsw'].get('pixel_auroc'), 4)}"
+                        for e in entry["sweep"]
+                    )
+                )
     core = result.get("coreset")
     if core:
         exact, approx, common = core["exact"], core["approx"], core["common_way"]

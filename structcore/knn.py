@@ -246,7 +246,8 @@ class PatchKNN:
         k: neighbours per query (scores are the mean of their squared L2 distances).
         index: ``"flat"`` (exact) or ``"hnsw"`` (``IndexHNSWFlat``, approximate).
         hnsw_m: HNSW graph degree.
-        hnsw_ef_search: HNSW search breadth (recall vs speed).
+        hnsw_ef_search: HNSW search breadth (recall vs speed); 128 keeps bottle's AUROC to 3 decimals
+            at 1% and 10% banks (recall@5 >= 0.993, ``registry bench``).
         use_gpu: move a flat index to the GPU when faiss-gpu is present (``None`` = auto).
         engine: exact search engine for ``"flat"``: ``"auto"``, ``"faiss"``, ``"bf16"`` (screened
             exact search, see the module docstring) or ``"torch"`` (float32 GEMM + top-k).
@@ -268,7 +269,7 @@ class PatchKNN:
         k: int = DEFAULT_K,
         index: str = "flat",
         hnsw_m: int = 32,
-        hnsw_ef_search: int = 64,
+        hnsw_ef_search: int = 128,
         use_gpu: bool | None = None,
         engine: str = "auto",
         margin: int | None = None,

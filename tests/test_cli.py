@@ -39,10 +39,11 @@ def fitted_registry(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     root = tmp_path_factory.mktemp("reg") / "registry"
     result = invoke("init", "--root", str(root), "--resize", "128", "--crop", "128")
     assert result.exit_code == 0, result.output
-    for kind in ("carpet", "pill"):
+    for kind, knn_index in (("carpet", "flat"), ("pill", "hnsw")):
         result = invoke(
-            "add-category", kind, "--train", str(dataset / kind), "--root", str(root), "--coreset-ratio", "0.1"
-        )
+            "add-category", kind, "--train", str(dataset / kind), "--root", str(root), "--coreset-ratio", "0.1",
+            "--knn-index", knn_index,
+        )  # fmt: skip
         assert result.exit_code == 0, result.output
         assert f"added {kind} version 1" in result.output
     return root
@@ -53,6 +54,12 @@ def test_list_and_show_json(fitted_registry: Path) -> None:
     assert [item["name"] for item in listed] == ["carpet", "pill"]
     shown = json.loads(invoke("show", "pill", "--root", str(fitted_registry), "--json").stdout)
     assert shown["versions"][0]["thresholds"]["hybrid"] > 0
+    from registry import Registry
+
+    registry = Registry.open(fitted_registry)
+    assert registry.load_category("pill").knn().index == "hnsw"  # --knn-index is stored with the category
+    assert registry.load_category("carpet").knn().index == "flat"
+    registry.close()
 
 
 def test_routed_infer_json(fitted_registry: Path, dataset: Path, tmp_path: Path) -> None:
@@ -95,6 +102,8 @@ def test_clear_errors(fitted_registry: Path, tmp_path: Path) -> None:
     result = invoke("add-category", "x", "--train", str(tmp_path / "empty"), "--root", str(fitted_registry))
     assert result.exit_code == 1 and "holds no images" in result.output
     assert invoke("add-category", "x", "--root", str(fitted_registry)).exit_code == 2  # usage error
+    result = invoke("add-category", "x", "--train", str(tmp_path), "--root", str(fitted_registry), "--knn-index", "ivf")
+    assert result.exit_code == 1 and "--knn-index must be one of flat, hnsw" in result.output
 
 
 def test_export_import_then_infer_subprocess(fitted_registry: Path, dataset: Path, tmp_path: Path) -> None:
