@@ -781,17 +781,17 @@ def _common_way_plain_process(sample: np.ndarray, seed: int) -> float | None:
         "import numpy as np, torch\n"
         "torch.set_num_threads(int(sys.argv[2]))\n"
         "from registry.bench import common_way_coreset\n"
-        "sample = np.load(sys.argv[1])\n"
+        "sample = np.fromfile(sys.argv[1], dtype=np.float32).reshape(-1, int(sys.argv[4]))\n"
         "t = time.perf_counter(); common_way_coreset(sample, 0.01, int(sys.argv[3]))\n"
         "print(json.dumps(time.perf_counter() - t))\n"
     )
     with tempfile.TemporaryDirectory(prefix="structcore-bench-common-") as folder:
-        path = Path(folder) / "sample.npy"
-        np.save(path, sample)
+        path = Path(folder) / "sample.f32"
+        np.ascontiguousarray(sample, dtype=np.float32).tofile(path)
         environment = dict(os.environ, STRUCTCORE_TUNE_MALLOC="0")
         try:
             output = subprocess.run(
-                [sys.executable, "-c", code, str(path), str(torch.get_num_threads()), str(seed)],
+                [sys.executable, "-c", code, str(path), str(torch.get_num_threads()), str(seed), str(sample.shape[1])],
                 capture_output=True, text=True, check=True, timeout=1800, env=environment,
             )  # fmt: skip
             return float(json.loads(output.stdout.strip().splitlines()[-1]))

@@ -128,7 +128,7 @@ class KCenterGreedy:
         method = self.resolve_method(n_points)
         with torch.inference_mode():
             proxy = self._proxy(points)
-            norms = (proxy * proxy).sum(dim=1)
+            norms = squared_norms(proxy)
             start = int(np.random.default_rng(self.seed).integers(n_points))
             if method == "approx":
                 selected, radius = _approx_greedy(proxy, norms, start, target, self.seed)
@@ -138,6 +138,15 @@ class KCenterGreedy:
         self.radius_ = math.sqrt(max(radius, 0.0))
         self.method_ = method
         return self
+
+
+def squared_norms(rows: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
+    """``(rows * rows).sum(dim=1)`` without a temporary as large as ``rows``."""
+    norms = torch.empty(int(rows.shape[0]), dtype=rows.dtype)
+    for first in range(0, int(rows.shape[0]), chunk):
+        block = rows[first : first + chunk]
+        torch.sum(block * block, dim=1, out=norms[first : first + chunk])
+    return norms
 
 
 def exact_greedy(
