@@ -281,7 +281,8 @@ def run_bench(
     result["config"].update(images=data.name, n_train=len(data.train), n_test=len(data.test))
     say(f"building backbone {backbone}")
     bb = create_backbone(backbone, weights)
-    side = 160 if quick else 392
+    stride = bb.info.patch_stride
+    side = max(stride, round(160 / stride) * stride) if quick else 392  # 392 = 49 x 8 = 28 x 14
     crop = crop or side
     resize = resize or (crop if quick else 448)
     space = new_feature_space(bb, resize=resize, crop=crop, seed=seed)
