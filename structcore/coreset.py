@@ -150,17 +150,34 @@ def squared_norms(rows: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
 
 
 def exact_greedy(
-    proxy: torch.Tensor, norms: torch.Tensor, start: int, target: int, batch: int = BATCH_CENTERS
+    proxy: torch.Tensor,
+    norms: torch.Tensor,
+    start: int,
+    target: int,
+    batch: int = BATCH_CENTERS,
+    scale: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, float]:
     """Farthest-point greedy over all rows of ``proxy`` from ``start``; returns (indices, squared radius).
 
-    The squared radius is the largest min-distance before the last point was added (after it,
-    when every point is selected or only one is asked for).
+    ``norms`` are the rows' squared norms. With ``scale`` (N,), the points are
+    ``scale[i] * proxy[i]`` (e.g. L2-normalised rows without a normalised copy of the matrix) and
+    ``norms`` must be the squared norms of those scaled points. The squared radius is the largest
+    min-distance before the last point was added (after it, when every point is selected or only
+    one is asked for).
     """
     selected = np.empty(target, dtype=np.int64)
     selected[0] = start
-    min_distances = torch.addmv(norms, proxy, proxy[start], alpha=-2.0).add_(float(norms[start]))
-    return _farthest_points(proxy, norms, selected, 1, min_distances, batch)
+    if scale is None:
+        min_distances = torch.addmv(norms, proxy, proxy[start], alpha=-2.0).add_(float(norms[start]))
+    else:
+        min_distances = torch.full((int(proxy.shape[0]),), float("inf"), dtype=torch.float32)
+        _update(proxy, norms, min_distances, torch.tensor([start]), _block_rows(1), scale)
+    return _farthest_points(proxy, norms, selected, 1, min_distances, batch, scale)
+
+
+def _block_rows(centers: int) -> int:
+    """Rows per GEMM block of :func:`_update` (a block's distance matrix stays near 16 MB)."""
+    return max(1024, (1 << 22) // max(1, centers))
 
 
 def _farthest_points(
@@ -170,6 +187,7 @@ def _farthest_points(
     count: int,
     min_distances: torch.Tensor,
     batch: int,
+    scale: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, float]:
     """Fill ``selected[count:]`` by exact farthest-point greedy (see the module doc).
 
@@ -180,7 +198,7 @@ def _farthest_points(
     n_points, target = int(proxy.shape[0]), len(selected)
     min_distances[torch.from_numpy(selected[:count])] = float("-inf")
     radius = float(min_distances.max()) if count < n_points else 0.0
-    block = max(1024, (1 << 22) // max(1, batch))
+    block = _block_rows(batch)
     while count < target:
         wanted = min(batch, target - count)
         pool = min(n_points - count, 4 * wanted + 1)
@@ -192,6 +210,8 @@ def _farthest_points(
             limit = float("-inf")
         current = bounds.clone()
         rows = proxy.index_select(0, candidates)
+        if scale is not None:
+            rows.mul_(scale.index_select(0, candidates).unsqueeze(1))
         row_norms = norms.index_select(0, candidates)
         accepted: list[int] = []
         with _torch_threads(small_op_threads()):
@@ -208,21 +228,33 @@ def _farthest_points(
         chosen = candidates[torch.tensor(accepted)]
         selected[count : count + len(accepted)] = chosen.numpy()
         count += len(accepted)
-        _update(proxy, norms, min_distances, chosen, block)
+        _update(proxy, norms, min_distances, chosen, block, scale)
         min_distances.index_fill_(0, chosen, float("-inf"))
     if target == 1 or n_points == target:
         radius = _max_or_zero(min_distances)
     return selected, radius
 
 
-def _update(proxy: torch.Tensor, norms: torch.Tensor, min_distances: torch.Tensor, centers: torch.Tensor,
-            block: int) -> None:  # fmt: skip
-    """``min_distances = min(min_distances, squared distances to the rows `centers`)`` (blocked GEMM)."""
+def _update(
+    proxy: torch.Tensor,
+    norms: torch.Tensor,
+    min_distances: torch.Tensor,
+    centers: torch.Tensor,
+    block: int,
+    scale: torch.Tensor | None = None,
+) -> None:
+    """``min_distances = min(min_distances, squared distances to the points `centers`)`` (blocked GEMM)."""
     center_rows = proxy.index_select(0, centers)
+    if scale is not None:
+        center_rows.mul_(scale.index_select(0, centers).unsqueeze(1))
     center_norms = norms.index_select(0, centers).unsqueeze(0)
     for first in range(0, int(proxy.shape[0]), block):
         rows = slice(first, first + block)
-        distances = torch.addmm(center_norms, proxy[rows], center_rows.T, alpha=-2.0)
+        if scale is None:
+            distances = torch.addmm(center_norms, proxy[rows], center_rows.T, alpha=-2.0)
+        else:
+            distances = torch.mm(proxy[rows], center_rows.T).mul_(scale[rows].unsqueeze(1) * -2.0)
+            distances.add_(center_norms)
         distances.add_(norms[rows].unsqueeze(1))
         torch.minimum(min_distances[rows], distances.amin(dim=1), out=min_distances[rows])
 

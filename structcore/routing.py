@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from structcore.coreset import exact_greedy
 from structcore.features import small_op_threads
 
 #: Prototypes per category.
@@ -44,8 +45,9 @@ def patch_vectors_to_prototypes(
     """Prototypes (K, D) and the row index (K,) each was taken from.
 
     Greedy k-center over the L2-normalised rows (start: a seeded random row), computed without a
-    normalised copy of the matrix: ``||x/|x| - c||^2 = |x/|x||^2 - 2 (x.c)/|x| + |c|^2``, one
-    matrix-vector product over the raw rows per prototype.
+    normalised copy of the matrix: ``||x/|x| - c||^2 = |x/|x||^2 - 2 (x.c)/|x| + |c|^2``, by the
+    batched exact greedy of :func:`structcore.coreset.exact_greedy` (a few GEMM passes over the
+    raw rows instead of one pass per prototype).
     """
     rows = np.ascontiguousarray(patch_vectors, dtype=np.float32)
     n_rows = rows.shape[0]
@@ -58,19 +60,8 @@ def patch_vectors_to_prototypes(
         norms = torch.linalg.vector_norm(data, dim=1)
         inverse = 1.0 / norms.clamp_min(1e-12)
         unit_squared = (norms * inverse).square_()  # 1, or 0 for all-zero rows
-        selected = np.empty(target, dtype=np.int64)
-        selected[0] = int(np.random.default_rng(seed).integers(n_rows))
-        min_distances = torch.full((n_rows,), float("inf"))
-        scratch = torch.empty(n_rows)
-        for step in range(target):
-            index = int(selected[step])
-            center = data[index] * inverse[index]
-            torch.mv(data, center, out=scratch)
-            scratch.mul_(inverse).mul_(-2.0).add_(unit_squared).add_(float(center @ center))
-            torch.minimum(min_distances, scratch, out=min_distances)
-            min_distances[index] = 0.0
-            if step + 1 < target:
-                selected[step + 1] = int(torch.argmax(min_distances))
+        start = int(np.random.default_rng(seed).integers(n_rows))
+        selected, _ = exact_greedy(data, unit_squared, start, target, scale=inverse)
         picked = torch.from_numpy(selected)
         prototypes = (data[picked] * inverse[picked].unsqueeze(1)).numpy()
     return prototypes, selected

@@ -122,3 +122,15 @@ def test_auto_method_threshold() -> None:
     assert small.resolve_method(501_809) == "exact"  # MVTec bottle at 1%: 2.5e9
     assert small.resolve_method(2_000_000) == "approx"  # 20,000 x 2M = 4e10
     assert APPROX_MIN_WORK <= 18_270 * 1_826_000  # 761 images of 2,401 patches at 1%
+
+
+def test_routing_prototypes_are_greedy_over_normalised_rows() -> None:
+    """Prototypes (scaled rows, no normalised copy) == textbook greedy on an explicit normalised copy."""
+    from structcore.routing import patch_vectors_to_prototypes
+
+    generator = np.random.default_rng(5)
+    rows = generator.normal(size=(3000, 16)) * generator.uniform(0.2, 5.0, size=(3000, 1))
+    prototypes, picked = patch_vectors_to_prototypes(rows.astype(np.float32), 40, seed=3)
+    unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    assert picked.tolist() == reference_kcenter(unit, 40, int(picked[0]))
+    np.testing.assert_allclose(prototypes, unit[picked], atol=1e-6)
