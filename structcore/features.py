@@ -70,16 +70,44 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def cores_contended() -> bool:
-    """True when more threads are runnable right now than this process has CPUs.
+def _own_running_threads() -> int:
+    """Threads of this process that are runnable right now (state ``R`` in ``/proc/self/task``)."""
+    count = 0
+    try:
+        tasks = list(os.scandir("/proc/self/task"))
+    except OSError:
+        return 0
+    for task in tasks:
+        try:
+            stat = Path(task.path, "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        count += stat[stat.rindex(")") + 2 : stat.rindex(")") + 3] == "R"
+    return count
 
-    Reads the instantaneous run-queue count of ``/proc/loadavg`` (it includes the calling thread).
-    """
+
+def _other_runnable_threads() -> int:
+    """Runnable threads of other processes right now (``/proc/loadavg`` minus our own)."""
+    own_before = _own_running_threads()
     try:
         running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
     except (OSError, ValueError, IndexError):
-        return False
-    return running > available_cpus()
+        return 0
+    # Our spinning workers may stop between the reads: count them if either read saw them.
+    return max(0, running - max(own_before, _own_running_threads()))
+
+
+def cores_contended() -> bool:
+    """True when other processes' runnable threads leave fewer CPUs than torch would use.
+
+    Reads the instantaneous run-queue count of ``/proc/loadavg`` and subtracts this process's own
+    runnable threads: OpenMP workers of torch and faiss keep spinning for a while after each
+    parallel region and would otherwise count as load. Two reads must agree, so a kernel thread
+    that wakes for a moment does not switch a whole loop to one thread.
+    """
+    cpus = available_cpus()
+    used = min(torch.get_num_threads(), cpus)
+    return all(_other_runnable_threads() + used > cpus for _ in range(2))
 
 
 def small_op_threads() -> int:
