@@ -55,3 +55,21 @@ def test_anomaly_map_peak_stays_at_defect() -> None:
     anomaly_map = anomaly_maps(grid, 64)[0]
     row, col = np.unravel_index(anomaly_map.argmax(), anomaly_map.shape)
     assert abs(row - 2.5 * 8) <= 2 and abs(col - 5.5 * 8) <= 2
+
+
+def test_contention_check_ignores_own_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import structcore.features as features
+
+    monkeypatch.setattr(features, "available_cpus", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    # Our own spinning workers are subtracted: nothing else runnable -> not contended.
+    monkeypatch.setattr(features, "_own_running_threads", lambda: 3)
+    monkeypatch.setattr(features.Path, "read_text", lambda self: "0.5 0.5 0.5 3/100 1")
+    assert not features.cores_contended()
+    assert features.small_op_threads() == 2
+    # One thread of another process on the two cores we would use -> contended.
+    monkeypatch.setattr(features, "_own_running_threads", lambda: 2)
+    assert features.cores_contended()
+    assert features.small_op_threads() == 1
