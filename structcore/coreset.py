@@ -25,14 +25,12 @@ Both algorithms select in the same seeded proxy space (a random projection to ``
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from structcore.features import small_op_threads
+from structcore.features import small_op_threads, torch_threads
 
 #: ``n_select x N`` above which ``method="auto"`` uses the approximate (coarse-to-fine) greedy.
 #: Batched exact greedy costs ~2.3e-9 s per point-center on 2 idle cores (MVTec bottle at 1%,
@@ -214,7 +212,7 @@ def _farthest_points(
             rows.mul_(scale.index_select(0, candidates).unsqueeze(1))
         row_norms = norms.index_select(0, candidates)
         accepted: list[int] = []
-        with _torch_threads(small_op_threads()):
+        with torch_threads(small_op_threads()):
             while len(accepted) < wanted:
                 position = int(torch.argmax(current))
                 best = float(current[position])
@@ -308,19 +306,6 @@ def _distance_to_nearby_center(proxy: torch.Tensor, centers: torch.Tensor, seed:
     index.nprobe = min(lists, COARSE_PROBES)
     distances, _ = index.search(np.ascontiguousarray(proxy.numpy()), 1)
     return torch.from_numpy(np.ascontiguousarray(distances[:, 0]))
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    saved = torch.get_num_threads()
-    if threads == saved:
-        yield
-        return
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
 
 
 def covering_radius(points: np.ndarray, centers: np.ndarray, chunk: int = 8192) -> float:

@@ -6,6 +6,7 @@ Method.md steps 2-4. The projection matrix ``W`` is an explicit array: it is dra
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
@@ -119,6 +120,20 @@ def small_op_threads() -> int:
     and 0.58 s with 1 while a colleague's job used both cores; 0.36 s with 2 when idle).
     """
     return 1 if cores_contended() else torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op torch threads (``None``: unchanged)."""
+    saved = torch.get_num_threads()
+    if threads is None or threads == saved:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def make_projection(in_dim: int, dim: int = DEFAULT_DIM, seed: int = DEFAULT_PROJECTION_SEED) -> np.ndarray:

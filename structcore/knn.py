@@ -19,16 +19,14 @@ Speeds and the threading choice are in ``docs/performance.md``.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import faiss
 import numpy as np
 import torch
 
-from structcore.features import small_op_threads
+from structcore.features import small_op_threads, torch_threads
 
 #: Neighbours averaged per patch score.
 DEFAULT_K = 5
@@ -132,7 +130,7 @@ class _ScreenedFlat:
         return min(self.size, k + margin + self._extra_margin)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        with _torch_threads(self.threads or small_op_threads()):
+        with torch_threads(self.threads or small_op_threads()):
             return self._search(queries, k)
 
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -216,20 +214,6 @@ class _ScreenedFlat:
             best, resort = torch.sort(best, dim=1)
             distances[part] = best
             indices[part] = order.gather(1, resort)
-
-
-@contextlib.contextmanager
-def _torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``threads`` intra-op threads (``None``: unchanged)."""
-    saved = torch.get_num_threads()
-    if threads is None or threads == saved:
-        yield
-        return
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
 
 
 def _split_bf16(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
