@@ -34,11 +34,6 @@ def l2_normalize(vectors: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return vectors / np.maximum(norms, eps)
 
 
-def select_prototypes(patch_vectors: np.ndarray, count: int = DEFAULT_PROTOTYPES, seed: int = 0) -> np.ndarray:
-    """Greedy k-center over L2-normalised patch vectors (N, D); returns (min(count, N), D) float32."""
-    return patch_vectors_to_prototypes(patch_vectors, count, seed)[0]
-
-
 def patch_vectors_to_prototypes(
     patch_vectors: np.ndarray, count: int = DEFAULT_PROTOTYPES, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -92,15 +87,6 @@ def leave_one_out_route_scores(
             distances.add_((norms * inverse).square_()).add_(proto_norms.index_select(0, keep))
             scores[image] = float(distances.amin(dim=1).clamp_min_(0.0).double().mean())
     return scores
-
-
-def route_distances_per_prototype(patch_vectors: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
-    """Squared distances (B, P, K) of L2-normalised patch vectors to each prototype."""
-    batch, patches, dim = patch_vectors.shape
-    queries = torch.from_numpy(l2_normalize(patch_vectors.reshape(batch * patches, dim)))
-    protos = torch.from_numpy(np.ascontiguousarray(prototypes, dtype=np.float32))
-    distances = torch.cdist(queries, protos).pow_(2)
-    return distances.reshape(batch, patches, -1).numpy()
 
 
 def route_distances(patch_vectors: np.ndarray, prototypes: np.ndarray, owners: np.ndarray, n_owners: int) -> np.ndarray:
