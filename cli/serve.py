@@ -30,6 +30,7 @@ def serve_command(
     max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits for more requests (ms).")] = 10.0,
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body (MiB); larger ones get 413.")] = 32.0,
     max_images: Annotated[int, typer.Option(help="Images one request may carry.")] = 16,
+    max_pixels: Annotated[int, typer.Option(help="Largest image (width x height); larger ones get 413.")] = 40_000_000,
     poll_seconds: Annotated[float, typer.Option(help="How often registry changes are looked for (s).")] = 1.0,
 ) -> None:
     """Serve the registry over HTTP: POST /v1/infer, GET /v1/categories, /metrics, a web page at /.
@@ -54,6 +55,7 @@ def serve_command(
             max_wait_ms=max_wait_ms,
             max_upload_bytes=int(max_upload_mb * 1024 * 1024),
             max_images_per_request=max_images,
+            max_pixels=max_pixels,
             poll_seconds=poll_seconds,
         ).check()
         Registry.open(settings.root, read_only=True).close()  # a clear error before the server starts

@@ -223,11 +223,11 @@ class ScoringWorker:
     def _poll(self) -> None:
         """Reload the catalogue and router when the registry changed since the last read."""
         catalogue = self._catalogue
-        if catalogue is None or self._marker() != catalogue.marker:
-            try:
+        try:
+            if catalogue is None or self._marker() != catalogue.marker:
                 self._refresh()
-            except RegistryError as error:  # e.g. a damaged row: keep serving what was loaded
-                log.warning("registry reload failed: %s", error)
+        except (RegistryError, sqlite3.Error) as error:  # e.g. a damaged row: keep serving what was loaded
+            log.warning("registry reload failed: %s", error)
 
     def _refresh(self) -> None:
         """Read the catalogue consistently (no commit between the two marker reads), warm the models."""
@@ -316,10 +316,23 @@ class ScoringWorker:
                 if self._marker() != catalogue.marker:
                     continue  # e.g. a category removed while it was being loaded: read again
                 raise ServeError(503, str(error)) from None
-            if self._marker() == catalogue.marker:
+            if self._marker() == catalogue.marker or self._same_versions(catalogue, category):
                 return self._results(records, names, catalogue, collected, group)
-            log.info("registry changed during a predict call; scoring the batch again")
+            log.info("a category changed during a predict call; scoring the batch again")
         raise ServeError(503, "the registry kept changing while the request was scored; try again")
+
+    def _same_versions(self, before: Catalogue, category: str | None) -> bool:
+        """After a commit during a predict call: are the versions it may have used still current?
+
+        Other writes (another category's refit for a forced-category call, a description) do not
+        make the call score again.
+        """
+        self._poll()
+        after = self.catalogue
+        if category is not None:
+            old, new = before.current.get(category), after.current.get(category)
+            return old is not None and new is not None and old.uuid == new.uuid
+        return {k: v.uuid for k, v in before.current.items()} == {k: v.uuid for k, v in after.current.items()}
 
     def _results(
         self,

@@ -346,16 +346,30 @@ def test_categories_added_refitted_and_removed_while_serving(base: Path, data: D
         pill_image = data["pill"][1][0]
         first = http.post("/v1/infer", files=files_of(pill_image)).json()["records"][0]
         assert first["version"] == 1
-        with Registry.open(root) as writer:  # refit pill on fewer images: version 2, other scores
-            writer.add_category("pill", data["pill"][0][:5], small_model())
-            refit = dict(writer.predict([pill_image], "pill")[0])
+        seen: list[dict[str, Any]] = []
+        stop = threading.Event()
 
-        def pill_version() -> int:
-            return int(http.post("/v1/infer", files=files_of(pill_image)).json()["records"][0]["version"])
+        def keep_asking() -> None:  # requests in flight while the refit commits
+            with running.client() as other:
+                while not stop.is_set():
+                    seen.append(other.post("/v1/infer", files=files_of(pill_image)).json()["records"][0])
 
-        wait_for(lambda: pill_version() == 2, 10)
-        second = http.post("/v1/infer", files=files_of(pill_image)).json()["records"][0]
-        same_scores(second, refit)
+        asker = threading.Thread(target=keep_asking)
+        asker.start()
+        try:
+            with Registry.open(root) as writer:  # refit pill on fewer images: version 2, other scores
+                writer.add_category("pill", data["pill"][0][:5], small_model())
+                refit = dict(writer.predict([pill_image], "pill")[0])
+            wait_for(lambda: bool(seen) and seen[-1]["version"] == 2, 10)
+        finally:
+            stop.set()
+            asker.join(30)
+        # every record carries the version whose scores it has: none mixes the two
+        by_version = {1: first, 2: refit}
+        for record in seen:
+            assert record["category"] == "pill"
+            same_scores(record, by_version[record["version"]])
+        assert {record["version"] for record in seen} >= {2}
 
         result = CliRunner().invoke(cli_app, ["remove", "tile", "--root", str(root)])
         assert result.exit_code == 0, result.output
