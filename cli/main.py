@@ -23,7 +23,7 @@ from cli.common import (
     train_images,
     user_errors,
 )
-from cli.output import overlay_names, records_table, save_overlay, write_records
+from cli.output import Column, fitted_table, overlay_names, records_table, save_overlay, write_records
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -42,9 +42,7 @@ RootOption = Annotated[
     typer.Option("--root", help="Registry folder [env: STRUCTCORE_REGISTRY; default: ./structcore-registry]."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
-ParentsOption = Annotated[
-    bool, typer.Option("--parents", help="Create missing parent folders of the output paths.")
-]
+ParentsOption = Annotated[bool, typer.Option("--parents", help="Create missing parent folders of the output paths.")]
 
 
 def _package_version() -> str:
@@ -70,9 +68,9 @@ def _main(
     CliState.debug = debug
 
 
-def _count(number: int, noun: str) -> str:
-    """``1 image``, ``2 images``."""
-    return f"{number} {noun}{'' if number == 1 else 's'}"
+def _count(number: int, noun: str, plural: str | None = None) -> str:
+    """``1 image``, ``2 images``; ``1 category``, ``2 categories``."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"
 
 
 def _open(root: Path | None, weights: Path | None = None) -> Registry:
@@ -205,33 +203,31 @@ def _checked_train_images(images: list[Path], skip_bad: bool) -> tuple[list[Path
         for done, path in enumerate(images, start=1):
             try:
                 check_image_file(path)
-            except ImageReadError as error:
-                bad.append(error)
+            except ImageReadError as problem:
+                bad.append(problem)
             progress.update(task, completed=done)
     if not bad:
         return images, []
     label = "skipped" if skip_bad else "bad train image"
-    for error in bad:
-        err_console.print(f"[yellow]{label}[/]: {error}", highlight=False, soft_wrap=True)
+    for item in bad:
+        err_console.print(f"[yellow]{label}[/]: {item}", highlight=False, soft_wrap=True)
     if not skip_bad:
         raise fail(
             f"{len(bad)} of {_count(len(images), 'train image')} cannot be read (listed above); fix or remove "
             "them, or pass --skip-bad to fit without them"
         )
-    bad_paths = {error.path for error in bad}
+    bad_paths = {item.path for item in bad}
     kept = [path for path in images if str(path) not in bad_paths]
     if not kept:
         raise InputError(f"none of the {_count(len(images), 'train image')} can be read")
     err_console.print(f"fitting on {len(kept)} of {len(images)} train images ({len(bad)} skipped)", highlight=False)
-    return kept, [{"path": error.path, "reason": error.reason} for error in bad]
+    return kept, [{"path": item.path, "reason": item.reason} for item in bad]
 
 
 # ----------------------------------------------------------------------------- list / show / remove
 @app.command("list")
 def list_categories(root: RootOption = None, as_json: JsonOption = False) -> None:
     """List the categories with their current version."""
-    from rich.table import Table
-
     with user_errors():
         registry = _open(root)
         categories = registry.list()
@@ -241,21 +237,35 @@ def list_categories(root: RootOption = None, as_json: JsonOption = False) -> Non
         if not categories:
             console.print(f"no categories in {registry.root}; add one with `registry add-category NAME --train DIR`")
             return
-        table = Table(header_style="bold")
-        for column in ("category", "current", "versions", "train images", "bank", "calibration", "hybrid threshold"):
-            table.add_column(column)
+        columns = [
+            Column("category", no_wrap=False),
+            Column("current", "right"),
+            Column("versions", "right", drop=2),
+            Column("images", "right"),
+            Column("bank", "right"),
+            Column("calibration", drop=1),
+            Column("threshold", "right"),
+        ]
+        rows = []
         for category in categories:
             current = category.current
-            table.add_row(
-                category.name,
-                str(category.current_version),
-                str(len(category.versions)),
-                str(current.n_train_images if current else "-"),
-                str(current.bank_size if current else "-"),
-                current.calibration_mode if current else "-",
-                f"{current.thresholds['hybrid']:.4f}" if current else "-",
+            rows.append(
+                [
+                    category.name,
+                    str(category.current_version),
+                    str(len(category.versions)),
+                    str(current.n_train_images if current else "-"),
+                    str(current.bank_size if current else "-"),
+                    current.calibration_mode if current else "-",
+                    f"{current.thresholds['hybrid']:.4f}" if current else "-",
+                ]
             )
-        console.print(table)
+        console.print(fitted_table(columns, rows, console))
+        console.print(
+            f"{_count(len(categories), 'category', 'categories')}; "
+            "threshold: the hybrid score above which an image is anomalous",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -263,41 +273,51 @@ def show(
     name: Annotated[str, typer.Argument(help="Category name.")], root: RootOption = None, as_json: JsonOption = False
 ) -> None:
     """Versions, sizes, calibration and thresholds of one category."""
-    from rich.table import Table
-
     with user_errors():
         category = _open(root).show(name)
         if as_json:
             print_json(category.to_dict())
             return
         console.print(f"[bold]{category.name}[/]" + (f": {category.description}" if category.description else ""))
-        table = Table(header_style="bold")
-        for column in (
-            "version",
-            "current",
-            "created",
-            "images",
-            "bank",
-            "ratio",
-            "mode",
-            "lambda",
-            "thresholds b/s/h",
-        ):
-            table.add_column(column)
+        columns = [
+            Column("version", "right"),
+            Column("current"),
+            Column("created"),
+            Column("images", "right"),
+            Column("bank", "right"),
+            Column("ratio", "right", drop=2),
+            Column("mode", drop=1),
+            Column("lambda", "right", drop=3),
+            Column("threshold", "right"),
+            Column("base / struct thr.", "right", drop=4),
+        ]
+        rows = []
         for item in category.versions:
             thresholds = item.thresholds
-            table.add_row(
-                str(item.version),
-                "*" if item.is_current else "",
-                item.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                str(item.n_train_images),
-                str(item.bank_size),
-                f"{item.coreset_ratio:g}",
-                item.calibration_mode,
-                f"{float(item.calibration['lambda']):.4f}",
-                f"{thresholds['base']:.3f} / {thresholds['struct']:.3f} / {thresholds['hybrid']:.3f}",
+            rows.append(
+                [
+                    str(item.version),
+                    "*" if item.is_current else "",
+                    item.created_at.strftime("%Y-%m-%d %H:%M"),
+                    str(item.n_train_images),
+                    str(item.bank_size),
+                    f"{item.coreset_ratio:g}",
+                    item.calibration_mode,
+                    f"{float(item.calibration['lambda']):.4f}",
+                    f"{thresholds['hybrid']:.4f}",
+                    f"{thresholds['base']:.3f} / {thresholds['struct']:.3f}",
+                ]
             )
-        console.print(table)
+        console.print(fitted_table(columns, rows, console))
+        current = next((item for item in category.versions if item.is_current), None)
+        if current is not None:
+            thresholds = current.thresholds
+            console.print(
+                f"current version {current.version}: thresholds base {thresholds['base']:.4f}, struct "
+                f"{thresholds['struct']:.4f}, hybrid {thresholds['hybrid']:.4f}; lambda "
+                f"{float(current.calibration['lambda']):.4f}; created {current.created_at:%Y-%m-%d %H:%M:%S}",
+                highlight=False,
+            )
 
 
 @app.command()
@@ -431,9 +451,7 @@ def infer(
                 elapsed = time.perf_counter() - started
                 progress.update(task, completed=done, rate=f"{done / max(elapsed, 1e-9):.1f} img/s")
 
-            predicted = registry.predict(
-                sources, category, batch_size=batch_size, on_batch=on_batch, on_image=on_image
-            )
+            predicted = registry.predict(sources, category, batch_size=batch_size, on_batch=on_batch, on_image=on_image)
         records = [{**record, "overlay": written.get(record["path"])} for record in predicted]
         if out is not None:
             write_records(records, out)

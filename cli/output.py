@@ -130,16 +130,18 @@ def records_table(records: Sequence[Mapping[str, Any]], console: Console) -> Tab
         if record.get("error"):
             rows.append([path, "-", "-", "-", "-", "-", "-", "[red]error[/]"])
             continue
-        rows.append([
-            path,
-            str(record["category"]) + (" [yellow](unknown)[/]" if record["unknown"] else ""),
-            _fmt(record["route_score"]),
-            _fmt(record["score_base"]),
-            _fmt(record["score_struct"]),
-            _fmt(record["score_hybrid"]),
-            _fmt(record["threshold"]),
-            "[bold red]anomalous[/]" if record["anomalous"] else "[green]ok[/]",
-        ])
+        rows.append(
+            [
+                path,
+                str(record["category"]) + (" [yellow](unknown)[/]" if record["unknown"] else ""),
+                _fmt(record["route_score"]),
+                _fmt(record["score_base"]),
+                _fmt(record["score_struct"]),
+                _fmt(record["score_hybrid"]),
+                _fmt(record["threshold"]),
+                "[bold red]anomalous[/]" if record["anomalous"] else "[green]ok[/]",
+            ]
+        )
     caption = f"paths relative to {folder}; every field: --json or --out" if folder is not None else None
     return fitted_table(columns, rows, console, caption=caption)
 
@@ -207,9 +209,7 @@ def overlay_title(record: Mapping[str, Any]) -> str:
     )
 
 
-def save_overlay(
-    record: Mapping[str, Any], image: Any, anomaly_map: Any, map_threshold: float, path: Path
-) -> Path:
+def save_overlay(record: Mapping[str, Any], image: Any, anomaly_map: Any, map_threshold: float, path: Path) -> Path:
     """Render the overlay of one scored image (see ``render_overlay``) and save it as PNG."""
     from registry.eval.plots import render_overlay
 

@@ -83,7 +83,8 @@ def check_output_file(
         msg = f"{option} {path}: the file name must end in {', '.join(suffixes)}"
         raise OutputPathError(msg)
     if path.is_dir():
-        msg = f"{option} {path} is an existing folder; give a file name (e.g. {path / ('out' + (suffixes or ('',))[0])})"
+        example = path / f"bundle{suffixes[0] if suffixes else '.h5'}"
+        msg = f"{option} {path} is an existing folder; give a file name (e.g. {example})"
         raise OutputPathError(msg)
     _ensure_parent(path, option, parents)
     if path.exists() and not os.access(path, os.W_OK):
