@@ -79,12 +79,12 @@ def check_output_file(
         OutputPathError: the path is a folder, a parent is a file, a parent folder is missing
             (without ``parents``), or the folder does not accept new files.
     """
+    if path.is_dir():
+        example = path / (f"results{suffixes[0]}" if suffixes else "bundle.h5")
+        msg = f"{option} {path} is an existing folder; give a file name (e.g. {example})"
+        raise OutputPathError(msg)
     if suffixes and path.suffix.lower() not in suffixes:
         msg = f"{option} {path}: the file name must end in {', '.join(suffixes)}"
-        raise OutputPathError(msg)
-    if path.is_dir():
-        example = path / f"bundle{suffixes[0] if suffixes else '.h5'}"
-        msg = f"{option} {path} is an existing folder; give a file name (e.g. {example})"
         raise OutputPathError(msg)
     _ensure_parent(path, option, parents)
     if path.exists() and not os.access(path, os.W_OK):
