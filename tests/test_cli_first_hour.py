@@ -278,7 +278,8 @@ def test_every_hint_and_help_text_names_an_existing_command() -> None:
         texts[f"help of {name}"] = " ".join(
             [command.help or "", *(getattr(param, "help", None) or "" for param in command.params)]
         )
-    texts["README.md"] = (REPO / "README.md").read_text()
+    for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        texts[str(path.relative_to(REPO))] = path.read_text()
     named = {where: _named_commands(text) for where, text in texts.items()}
     assert sum(map(len, named.values())) > 20  # the walk found the hints
     assert "add-category NAME --train DIR" in named["registry/errors.py"]
