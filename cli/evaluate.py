@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -28,8 +29,12 @@ def eval_command(
         bool, typer.Option("--in-memory", help="Fit into a throwaway in-memory store instead of a registry.")
     ] = False,
     out: Annotated[
-        Path | None, typer.Option(help="Output folder: results.json, per_category.csv, report.md, plots.")
-    ] = (None),
+        Path | None,
+        typer.Option(
+            help="Output folder: results.json, per_category.csv, report.md, plots (created; its parent must exist)."
+        ),
+    ] = None,
+    parents: Annotated[bool, typer.Option("--parents", help="Create missing parent folders of --out.")] = False,
     categories: Annotated[str | None, typer.Option(help="Comma-separated subset of categories.")] = None,
     order: Annotated[
         str | None, typer.Option(help="Continual order: alphabetical, 10-5, 14-1, ... or a comma-separated list.")
@@ -48,11 +53,14 @@ def eval_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print results.json to stdout.")] = False,
 ) -> None:
     """Evaluate under the separate / MUAD / continual protocols with the paper's metrics."""
+    from cli.paths import check_output_folder
     from registry.eval import run_evaluation
     from registry.eval.report import jsonable
     from structcore.model import CategoryModel
 
     with user_errors():
+        if out is not None:
+            check_output_folder(out, "--out", parents=parents)
         protocols = protocol or ["separate", "muad"]
         unknown = [p for p in protocols if p not in {"separate", "muad", "continual"}]
         if unknown:
@@ -96,7 +104,9 @@ def eval_command(
         if as_json:
             print_json(jsonable(result.results))
             return
-        console.print(result.report())
+        # raw: the report is markdown (tables), which a terminal-width re-wrap would break
+        sys.stdout.write(result.report().rstrip("\n") + "\n")
+        sys.stdout.flush()
         if result.out is not None:
             err_console.print(f"wrote {len(result.files)} files to {result.out}")
 
