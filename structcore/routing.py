@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from structcore.coreset import exact_greedy
-from structcore.features import small_op_threads
+from structcore.runtime import small_op_threads, torch_threads
 
 #: Prototypes per category.
 DEFAULT_PROTOTYPES = 64
@@ -267,16 +267,12 @@ class PrototypeRouter:
             msg = "the router has no categories"
             raise ValueError(msg)
         shortlist = None
-        threads = torch.get_num_threads()
-        torch.set_num_threads(small_op_threads())
-        try:
+        with torch_threads(small_op_threads()):
             if self.shortlist is None or self.shortlist >= len(self.categories_):
                 all_scores = self.scores(patch_vectors)
             else:
                 with torch.inference_mode():
                     all_scores, shortlist = self._shortlisted_scores(patch_vectors)
-        finally:
-            torch.set_num_threads(threads)
         best = all_scores.argmin(axis=1)
         best_scores = all_scores[np.arange(len(best)), best]
         thresholds = np.asarray(self.thresholds_)[best]
