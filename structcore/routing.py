@@ -228,14 +228,6 @@ class PrototypeRouter:
         prototypes, owners = self._stack()
         return route_distances(patch_vectors, prototypes, owners, len(self.categories_))
 
-    def shortlist_for(self, patch_vectors: np.ndarray, size: int | None = None) -> np.ndarray:
-        """Indices (B, S) of the ``size`` categories whose centroid is nearest to each image's pooled embedding."""
-        size = min(size or self.shortlist or len(self.categories_), len(self.categories_))
-        batch, patches, dim = patch_vectors.shape
-        normalized = torch.from_numpy(l2_normalize(patch_vectors.reshape(batch * patches, dim)))
-        pooled = normalized.view(batch, patches, dim).mean(dim=1)
-        return self._nearest_centroids(pooled, size).numpy()
-
     def _nearest_centroids(self, pooled: torch.Tensor, size: int) -> torch.Tensor:
         centroids = self._pad()[2]
         distances = torch.cdist(pooled, centroids)
