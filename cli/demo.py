@@ -13,9 +13,9 @@ from rich.table import Table
 
 from cli.common import console, err_console, images_in, print_json, progress_bar
 from cli.paths import check_output_folder
+from evaluation.metrics import image_metrics
+from evaluation.synthetic import CATEGORY_KINDS, write_dataset
 from registry.inference import PredictionRecord
-from structcore.metrics import image_metrics
-from structcore.synthetic import CATEGORY_KINDS, write_dataset
 
 DEMO_TRAIN_IMAGES = 16
 DEMO_TEST_GOOD = 6

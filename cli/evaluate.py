@@ -1,4 +1,4 @@
-"""``registry eval`` and ``registry data check``: thin wrappers over :mod:`registry.eval`."""
+"""``registry eval`` and ``registry data check``: thin wrappers over :mod:`evaluation`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import typer
 from rich.progress import TaskID
 
 from cli.common import InputError, console, err_console, print_json, progress_bar, resolve_root, user_errors
-from registry.eval.protocols import Progress
+from evaluation.protocols import Progress
 
 data_app = typer.Typer(help="Dataset copies: compare with the official manifests.", no_args_is_help=True)
 
@@ -54,8 +54,8 @@ def eval_command(
 ) -> None:
     """Evaluate under the separate / MUAD / continual protocols with the paper's metrics."""
     from cli.paths import check_output_folder
-    from registry.eval import run_evaluation
-    from registry.eval.report import jsonable
+    from evaluation import run_evaluation
+    from evaluation.report import jsonable
     from structcore.model import CategoryModel
 
     with user_errors():
@@ -120,7 +120,7 @@ def data_check(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Compare a dataset copy with the manifest: missing / extra files, counts, downscaled images."""
-    from registry.eval import check_dataset
+    from evaluation import check_dataset
 
     with user_errors():
         subset = [c.strip() for c in categories.split(",") if c.strip()] if categories else None

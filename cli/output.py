@@ -211,7 +211,7 @@ def overlay_title(record: Mapping[str, Any]) -> str:
 
 def save_overlay(record: Mapping[str, Any], image: Any, anomaly_map: Any, map_threshold: float, path: Path) -> Path:
     """Render the overlay of one scored image (see ``render_overlay``) and save it as PNG."""
-    from registry.eval.plots import render_overlay
+    from evaluation.plots import render_overlay
 
     picture = render_overlay(
         image, anomaly_map, threshold=map_threshold, title=overlay_title(record), anomalous=bool(record["anomalous"])

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from evaluation.metrics import image_metrics, pixel_metrics
 from structcore.backbones import Backbone
 from structcore.features import build_extractor, new_feature_space
-from structcore.metrics import image_metrics, pixel_metrics
 from structcore.model import CategoryModel, embed_images
 from structcore.preprocess import load_mask
 

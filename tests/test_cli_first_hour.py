@@ -23,9 +23,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli.main import app
-from registry.bench import format_bench, target_checks
-from registry.eval.plots import render_overlay
-from structcore.synthetic import make_category, write_mvtec_layout
+from evaluation.bench import format_bench, target_checks
+from evaluation.plots import render_overlay
+from evaluation.synthetic import make_category, write_mvtec_layout
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Dataset loaders (MVTec AD, VisA, plain folder), manifests and the copy check of registry.eval."""
+"""Dataset loaders (MVTec AD, VisA, plain folder), manifests and the copy check of evaluation."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from registry.eval import (
+from evaluation import (
     DatasetLayoutError,
     category_digest,
     check_dataset,
@@ -23,8 +23,8 @@ from registry.eval import (
     load_mvtec,
     load_visa,
 )
-from registry.eval.manifest import MANIFEST_DIR
-from structcore.synthetic import make_category, write_mvtec_layout
+from evaluation.manifest import MANIFEST_DIR
+from evaluation.synthetic import make_category, write_mvtec_layout
 
 
 def _png(path: Path, size: int = 8, value: int = 0) -> Path:
@@ -295,7 +295,7 @@ def test_check_prepared_visa_layout(tmp_path: Path) -> None:
 
 
 def test_manifest_guess(tmp_path: Path, mvtec_root: Path) -> None:
-    from registry.eval.runner import _manifest_name
+    from evaluation.runner import _manifest_name
 
     _fake_mvtec_copy(tmp_path, "toothbrush", size=16)
     assert _manifest_name(load_mvtec(tmp_path), "auto") == "mvtec_ad"

@@ -45,15 +45,16 @@ import numpy as np
 import torch
 
 import structcore.coreset as coreset_module
+from evaluation.metrics import image_metrics, pixel_metrics
 from structcore.anomaly_map import anomaly_maps, anomaly_maps_reference
 from structcore.backbones.base import Backbone, create_backbone
 from structcore.coreset import KCenterGreedy, covering_radius
 from structcore.features import FeatureExtractor, build_extractor, new_feature_space
 from structcore.knn import PatchKNN, bf16_matmul_supported
-from structcore.metrics import image_metrics, pixel_metrics
 from structcore.model import CategoryModel, embed_images
 from structcore.preprocess import load_mask
 from structcore.routing import PrototypeRouter, l2_normalize, patch_vectors_to_prototypes
+from structcore.runtime import set_num_threads
 
 #: Sections of the bench (all run by default; ``large_fit`` only when asked).
 SECTIONS = ("table", "knn", "coreset", "extract", "routing", "loading", "memory")
@@ -166,7 +167,7 @@ def _mvtec(folder: Path, quick: bool, seed: int) -> _Images:
 
 
 def _synthetic(quick: bool, seed: int, kind: str = "pill") -> _Images:
-    from structcore.synthetic import make_category
+    from evaluation.synthetic import make_category
 
     n_train, n_good, n_bad = (8, 2, 2) if quick else (60, 10, 20)
     category = make_category(kind, n_train=n_train, n_test_good=n_good, n_test_bad=n_bad, seed=seed, size=256)
@@ -254,11 +255,7 @@ def run_bench(
         raise ValueError(msg)
     say = progress or (lambda _message: None)
     started = time.perf_counter()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    import faiss
-
-    faiss.omp_set_num_threads(torch.get_num_threads())
+    set_num_threads(torch.get_num_threads() if threads is None else threads)
     result: dict[str, Any] = {
         "config": {
             "backbone": backbone,
@@ -803,7 +800,7 @@ def _coreset_section(context: _Context, ratio: float, fit_timings: dict[str, Any
 def _common_way(context: _Context, flat: np.ndarray) -> dict[str, Any]:
     """Ours vs :func:`common_way_coreset` on the same sample, in this process and in a plain one.
 
-    In this process the allocator keeps freed pages (:func:`structcore.features.tune_allocator`),
+    In this process the allocator keeps freed pages (:func:`structcore.runtime.tune_allocator`),
     which also spares the common way the page faults of its per-iteration ``(N, d)`` temporary; a
     fresh process with glibc's default settings times the common way as its users run it.
     """
@@ -834,7 +831,7 @@ def _common_way_plain_process(sample: np.ndarray, seed: int) -> float | None:
         "import json, sys, time\n"
         "import numpy as np, torch\n"
         "torch.set_num_threads(int(sys.argv[2]))\n"
-        "from registry.bench import common_way_coreset\n"
+        "from evaluation.bench import common_way_coreset\n"
         "sample = np.fromfile(sys.argv[1], dtype=np.float32).reshape(-1, int(sys.argv[4]))\n"
         "t = time.perf_counter(); common_way_coreset(sample, 0.01, int(sys.argv[3]))\n"
         "print(json.dumps(time.perf_counter() - t))\n"
@@ -983,7 +980,7 @@ def _routing_section(context: _Context, result: dict[str, Any]) -> dict[str, Any
 
 def _routing_accuracy(context: _Context) -> dict[str, Any]:
     """Routing accuracy over real categories (the bench set + synthetic demo kinds), exact vs shortlist."""
-    from structcore.synthetic import CATEGORY_KINDS, make_category
+    from evaluation.synthetic import CATEGORY_KINDS, make_category
 
     assert context.model is not None
     kinds = CATEGORY_KINDS[:2] if context.quick else CATEGORY_KINDS
@@ -1078,7 +1075,7 @@ def _fit_child(spec: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(int(spec["threads"]))
     sources: list[Any]
     if spec["synthetic"]:
-        from structcore.synthetic import make_category
+        from evaluation.synthetic import make_category
 
         made = make_category(spec["kind"], n_train=int(spec["n_train"]), n_test_good=0, n_test_bad=0,
                              seed=int(spec["seed"]), size=int(spec.get("size", 256)))  # fmt: skip
@@ -1126,7 +1123,7 @@ def _fit_child(spec: dict[str, Any]) -> dict[str, Any]:
 def _run_child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     code = (
         "import json, sys\n"
-        "from registry.bench import _fit_child\n"
+        "from evaluation.bench import _fit_child\n"
         "print(json.dumps(_fit_child(json.loads(sys.argv[1]))))\n"
     )
     completed = subprocess.run(

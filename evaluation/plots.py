@@ -34,7 +34,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.metrics import auc, roc_curve
 
-from registry.eval.protocols import KINDS, Collected, crossover_counts
+from evaluation.protocols import KINDS, Collected, crossover_counts
 from structcore.preprocess import load_image, load_mask, preprocess_image
 
 __all__ = [
