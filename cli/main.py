@@ -557,9 +557,11 @@ def _register_extensions() -> None:
     """Commands that live in their own modules (evaluation, distributed fitting)."""
     from cli.bench import register as register_bench
     from cli.evaluate import register as register_evaluation
+    from cli.serve import register as register_serve
 
     register_evaluation(app)
     register_bench(app)
+    register_serve(app)
     try:
         from cli.distributed import register
     except ImportError:  # pragma: no cover - module not present in this build
