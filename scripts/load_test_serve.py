@@ -36,8 +36,8 @@ SYNTHETIC_KINDS = ("pill", "grid", "tile")
 
 def build_registry(root: Path, bottle: Path, images: Path, n_synthetic: int) -> None:
     """A registry of bottle and ``n_synthetic`` synthetic categories, and the request images in ``images``."""
+    from evaluation.synthetic import make_category
     from registry import Registry
-    from structcore.synthetic import make_category
 
     images.mkdir(parents=True, exist_ok=True)
     if not (root / "registry.sqlite").exists():

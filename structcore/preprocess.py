@@ -168,6 +168,40 @@ def _decode(path: str | Path, source: Path | BinaryIO, max_pixels: int) -> Image
     return result
 
 
+def check_image_file(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """Check that ``path`` reads as an image, more cheaply than :func:`load_image`.
+
+    Opens the header (size limit as in :func:`load_image`), runs PIL's ``verify`` (chunk
+    checksums, structure) and decodes the pixels at a reduced scale where the format allows it
+    (JPEG draft mode), which finds truncated or damaged data.
+
+    Raises:
+        ImageReadError: with the same reasons as :func:`load_image`.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageReadError(path, "empty file (0 bytes)")
+    except OSError as error:
+        raise ImageReadError(path, f"cannot read file ({error.strerror})") from error
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            with _open_within_limit(path, max_pixels) as opened:
+                width, height = opened.size
+                if width * height > max_pixels:
+                    msg = f"image too large ({width * height} pixels; limit {max_pixels}); refused before decoding"
+                    raise ImageReadError(path, msg)
+                if min(opened.size) < 1:
+                    raise ImageReadError(path, "image has no pixels")
+                opened.verify()
+            with _open_within_limit(path, max_pixels) as opened:
+                opened.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+                opened.load()
+    except Exception as error:
+        raise _read_error(path, error, max_pixels) from error
+
+
 def _read_error(path: str | Path, error: Exception, max_pixels: int) -> ImageReadError:
     """The :class:`ImageReadError` for an exception raised while opening or decoding ``path``."""
     if isinstance(error, ImageReadError):
