@@ -1,7 +1,7 @@
 """The overlay picture of a scored image, as the web page and API clients receive it.
 
-The one place the server draws an overlay: it calls the same renderer and corner text as
-``registry infer --maps`` (translucent map, colour bar with the category's map threshold).
+The one place the server draws an overlay: it calls the project's renderer with the same title
+and map threshold that ``registry infer --maps`` uses.
 """
 
 from __future__ import annotations
