@@ -19,6 +19,7 @@ RECORD_KEYS = (
     "category",
     "route_score",
     "unknown",
+    "unknown_score",
     "score_base",
     "score_struct",
     "score_hybrid",
@@ -41,11 +42,13 @@ def _fmt(value: Any, digits: int = 4) -> str:
 def records_table(records: Sequence[Mapping[str, Any]]) -> Table:
     """One row per image: path, routed category, scores, threshold, decision."""
     table = Table(show_lines=False, header_style="bold")
-    for column in ("path", "category", "route", "unknown", "base", "struct", "hybrid", "threshold", "decision"):
+    columns: tuple[str, ...] = ("path", "category", "route", "unknown", "unknown score")
+    columns += ("base", "struct", "hybrid", "threshold", "decision")
+    for column in columns:
         table.add_column(column, justify="left" if column in {"path", "category", "decision"} else "right")
     for record in records:
         if record.get("error"):
-            table.add_row(str(record["path"]), "-", "-", "-", "-", "-", "-", "-", f"[red]error[/]: {record['error']}")
+            table.add_row(str(record["path"]), *["-"] * (len(columns) - 2), f"[red]error[/]: {record['error']}")
             continue
         decision = "[bold red]anomalous[/]" if record["anomalous"] else "[green]ok[/]"
         table.add_row(
@@ -53,6 +56,7 @@ def records_table(records: Sequence[Mapping[str, Any]]) -> Table:
             str(record["category"]) + (" [yellow](unknown)[/]" if record["unknown"] else ""),
             _fmt(record["route_score"]),
             _fmt(record["unknown"]),
+            _fmt(record.get("unknown_score"), 2),
             _fmt(record["score_base"]),
             _fmt(record["score_struct"]),
             _fmt(record["score_hybrid"]),
