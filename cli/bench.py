@@ -1,4 +1,4 @@
-"""``registry bench``: a Table-4-style speed / memory breakdown with floor ratios (registry.bench)."""
+"""``registry bench``: a Table-4-style speed / memory breakdown with floor ratios (evaluation.bench)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def bench_command(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object with every figure.")] = False,
 ) -> None:
     """Measure extract / kNN / post per image, floors of kNN, coreset and extraction, routing scale, memory."""
-    from registry.bench import format_bench, run_bench
+    from evaluation.bench import format_bench, run_bench
 
     with user_errors():
         result = run_bench(

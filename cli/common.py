@@ -61,12 +61,25 @@ def user_errors() -> Iterator[None]:
         yield
     except typer.Exit:
         raise
-    except (RegistryError, BackboneError, ImageReadError, InputError, FileNotFoundError, ValueError) as error:
+    except (RegistryError, BackboneError, ImageReadError, InputError, ValueError) as error:
         if CliState.debug:
             traceback.print_exc()
         raise fail(str(error)) from None
+    except OSError as error:  # disk full, permission denied, a folder where a file was expected, ...
+        if CliState.debug:
+            traceback.print_exc()
+        raise fail(describe_os_error(error)) from None
     except KeyboardInterrupt:
         raise fail("interrupted", 130) from None
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for a file-system error: the path(s) and the cause, without errno jargon."""
+    if error.errno is None and not error.filename:
+        return str(error)  # raised by this project with its own message
+    cause = error.strerror or str(error) or type(error).__name__
+    names = [str(name) for name in (error.filename, error.filename2) if name is not None]
+    return f"{' -> '.join(names)}: {cause}" if names else f"file-system error: {cause}"
 
 
 class InputError(ValueError):

@@ -12,9 +12,10 @@ from rich.progress import TaskID
 from rich.table import Table
 
 from cli.common import console, err_console, images_in, print_json, progress_bar
+from cli.paths import check_output_folder
+from evaluation.metrics import image_metrics
+from evaluation.synthetic import CATEGORY_KINDS, write_dataset
 from registry.inference import PredictionRecord
-from structcore.metrics import image_metrics
-from structcore.synthetic import CATEGORY_KINDS, write_dataset
 
 DEMO_TRAIN_IMAGES = 16
 DEMO_TEST_GOOD = 6
@@ -22,20 +23,41 @@ DEMO_TEST_BAD = 6
 
 
 def run_demo(
-    root: Path | None, workdir: Path | None, n_categories: int, maps: Path | None, as_json: bool
+    root: Path | None,
+    workdir: Path | None,
+    n_categories: int,
+    maps: Path | None,
+    as_json: bool,
+    keep: Path | None = None,
+    parents: bool = False,
 ) -> dict[str, Any]:
-    """Build the synthetic dataset, fit every category, score every test image routed, report."""
+    """Build the synthetic dataset, fit every category, score every test image routed, report.
+
+    With ``keep``, the data (``keep/data``), the registry (``keep/registry``) and the overlays
+    (``keep/overlays``, unless ``maps`` says otherwise) stay there; otherwise everything not
+    placed with ``root`` / ``workdir`` / ``maps`` is written to a temporary folder and removed.
+    """
     from registry import Registry
 
     if not 2 <= n_categories <= len(CATEGORY_KINDS):
         msg = f"--categories must be between 2 and {len(CATEGORY_KINDS)}, got {n_categories}"
         raise ValueError(msg)
+    if keep is not None:
+        check_output_folder(keep, "--keep", parents=parents, empty=True)
+        workdir = workdir or keep / "data"
+        root = root or keep / "registry"
+        maps = maps or keep / "overlays"
+    if maps is not None:
+        check_output_folder(maps, "--maps", parents=parents)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="structcore-demo-") as temporary:
         data_root = workdir or Path(temporary) / "data"
         registry_root = root or Path(temporary) / "registry"
         kinds = CATEGORY_KINDS[:n_categories]
-        err_console.print(f"writing synthetic dataset ({', '.join(kinds)}) to {data_root}")
+        note = "" if workdir else " (temporary: removed at the end; --keep DIR keeps it)"
+        err_console.print(
+            f"writing synthetic dataset ({', '.join(kinds)}) to {data_root}{note}", highlight=False, soft_wrap=True
+        )
         folders = write_dataset(
             data_root,
             kinds=kinds,
@@ -63,17 +85,15 @@ def run_demo(
                 truth.append(name)
                 labels.append(path.parent.name != "good")
         on_image = None
+        written: list[Path] = []
         if maps is not None:
-            from cli.output import overlay
+            from cli.output import overlay_names, save_overlay
 
-            maps.mkdir(parents=True, exist_ok=True)
+            targets = overlay_names(tests, maps)  # pill_test_crack_000.png, ...
 
             def on_image(record: PredictionRecord, image: np.ndarray, anomaly_map: np.ndarray) -> None:
-                path = Path(record["path"])
-                label = f"{record['category']}: {'ANOMALOUS' if record['anomalous'] else 'ok'}"
-                vmax = 2.0 * registry.load_category(str(record["category"])).thresholds["base"]
-                picture = overlay(image, anomaly_map, label, bool(record["anomalous"]), vmax)
-                picture.save(maps / f"{path.parents[2].name}_{path.parent.name}_{path.stem}.png")
+                map_threshold = registry.load_category(str(record["category"])).thresholds["base"]
+                written.append(save_overlay(record, image, anomaly_map, map_threshold, targets[record["path"]]))
 
         with progress_bar(transient=True) as progress:
             task = progress.add_task("routed inference", total=len(tests), rate="")
@@ -83,12 +103,32 @@ def run_demo(
         summary = _summarise(records, truth, np.asarray(labels))
         summary["seconds"] = time.perf_counter() - started
         summary["registry"] = str(registry_root) if root else None
+        summary["data"] = str(data_root) if workdir else None
+        summary["overlays"] = str(maps) if maps is not None else None
+        summary["kept"] = str(keep) if keep is not None else None
         registry.close()
     if as_json:
         print_json(summary)
     else:
         _print_summary(summary)
+        _print_kept(summary, len(written))
     return summary
+
+
+def _print_kept(summary: dict[str, Any], n_overlays: int) -> None:
+    """Where the demo left its data, registry and overlays (or that it left nothing)."""
+    kept = [
+        (summary["data"], "synthetic images (train/good, test/<defect>)"),
+        (summary["registry"], f"the registry: `registry list --root {summary['registry']}`"),
+        (summary["overlays"], f"{n_overlays} overlay PNGs"),
+    ]
+    lines = [f"  {where}: {what}" for where, what in kept if where]
+    if not lines:
+        console.print("nothing kept (temporary folder removed); `registry demo --keep DIR` keeps it all")
+        return
+    console.print("kept:" if summary["kept"] is None else f"kept in {summary['kept']}:")
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def _summarise(records: list[PredictionRecord], truth: list[str], labels: np.ndarray) -> dict[str, Any]:

@@ -141,7 +141,11 @@ def add_categories(
         where = "in this process" if ray_address is None else f"on Ray ({ray_address})"
         started = time.perf_counter()
         with progress_bar() as progress:
-            task = progress.add_task(f"fitting {len(categories)} categories {where}", total=len(categories), rate="")
+            task = progress.add_task(
+                f"fitting {len(categories)} {'category' if len(categories) == 1 else 'categories'} {where}",
+                total=len(categories),
+                rate="",
+            )
 
             def on_event(event: FitEvent) -> None:
                 failed = f", {event.failed} failed" if event.failed else ""

@@ -1,7 +1,8 @@
-"""``registry eval`` and ``registry data check``: thin wrappers over :mod:`registry.eval`."""
+"""``registry eval`` and ``registry data check``: thin wrappers over :mod:`evaluation`."""
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -10,7 +11,7 @@ import typer
 from rich.progress import TaskID
 
 from cli.common import InputError, console, err_console, print_json, progress_bar, resolve_root, user_errors
-from registry.eval.protocols import Progress
+from evaluation.protocols import Progress
 
 data_app = typer.Typer(help="Dataset copies: compare with the official manifests.", no_args_is_help=True)
 
@@ -28,8 +29,12 @@ def eval_command(
         bool, typer.Option("--in-memory", help="Fit into a throwaway in-memory store instead of a registry.")
     ] = False,
     out: Annotated[
-        Path | None, typer.Option(help="Output folder: results.json, per_category.csv, report.md, plots.")
-    ] = (None),
+        Path | None,
+        typer.Option(
+            help="Output folder: results.json, per_category.csv, report.md, plots (created; its parent must exist)."
+        ),
+    ] = None,
+    parents: Annotated[bool, typer.Option("--parents", help="Create missing parent folders of --out.")] = False,
     categories: Annotated[str | None, typer.Option(help="Comma-separated subset of categories.")] = None,
     order: Annotated[
         str | None, typer.Option(help="Continual order: alphabetical, 10-5, 14-1, ... or a comma-separated list.")
@@ -48,11 +53,14 @@ def eval_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print results.json to stdout.")] = False,
 ) -> None:
     """Evaluate under the separate / MUAD / continual protocols with the paper's metrics."""
-    from registry.eval import run_evaluation
-    from registry.eval.report import jsonable
+    from cli.paths import check_output_folder
+    from evaluation import run_evaluation
+    from evaluation.report import jsonable
     from structcore.model import CategoryModel
 
     with user_errors():
+        if out is not None:
+            check_output_folder(out, "--out", parents=parents)
         protocols = protocol or ["separate", "muad"]
         unknown = [p for p in protocols if p not in {"separate", "muad", "continual"}]
         if unknown:
@@ -96,7 +104,9 @@ def eval_command(
         if as_json:
             print_json(jsonable(result.results))
             return
-        console.print(result.report())
+        # raw: the report is markdown (tables), which a terminal-width re-wrap would break
+        sys.stdout.write(result.report().rstrip("\n") + "\n")
+        sys.stdout.flush()
         if result.out is not None:
             err_console.print(f"wrote {len(result.files)} files to {result.out}")
 
@@ -110,7 +120,7 @@ def data_check(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Compare a dataset copy with the manifest: missing / extra files, counts, downscaled images."""
-    from registry.eval import check_dataset
+    from evaluation import check_dataset
 
     with user_errors():
         subset = [c.strip() for c in categories.split(",") if c.strip()] if categories else None

@@ -16,13 +16,14 @@ from cli.common import (
     console,
     err_console,
     expand_inputs,
+    fail,
     print_json,
     progress_bar,
     resolve_root,
     train_images,
     user_errors,
 )
-from cli.output import overlay, records_table, write_records
+from cli.output import Column, fitted_table, overlay_names, records_table, save_overlay, write_records
 
 if TYPE_CHECKING:
     from registry import Registry
@@ -41,6 +42,7 @@ RootOption = Annotated[
     typer.Option("--root", help="Registry folder [env: STRUCTCORE_REGISTRY; default: ./structcore-registry]."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+ParentsOption = Annotated[bool, typer.Option("--parents", help="Create missing parent folders of the output paths.")]
 
 
 def _package_version() -> str:
@@ -64,6 +66,11 @@ def _main(
     ] = False,
 ) -> None:
     CliState.debug = debug
+
+
+def _count(number: int, noun: str, plural: str | None = None) -> str:
+    """``1 image``, ``2 images``; ``1 category``, ``2 categories``."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"
 
 
 def _open(root: Path | None, weights: Path | None = None) -> Registry:
@@ -118,9 +125,17 @@ def add_category(
         str,
         typer.Option(help="kNN index of the bank: flat (exact) or hnsw (approximate; pays off at 5-10% banks)."),
     ] = "flat",
+    skip_bad: Annotated[
+        bool,
+        typer.Option("--skip-bad", help="Fit without train images that cannot be read (each one is listed)."),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Fit a category from good images and append it (other categories are not touched)."""
+    """Fit a category from good images and append it (other categories are not touched).
+
+    Every train image is checked before any is embedded; unreadable ones are listed together
+    (exit 1), or left out and listed with --skip-bad.
+    """
     from structcore.knn import INDEX_KINDS
     from structcore.model import CALIBRATION_MODES, CategoryModel
 
@@ -133,6 +148,7 @@ def add_category(
             raise InputError(f"--knn-index must be one of {', '.join(INDEX_KINDS)}, got {knn_index!r}")
         registry = _open(root)
         images = train_images(train)
+        images, skipped = _checked_train_images(images, skip_bad)
         model = CategoryModel(coreset_ratio=coreset_ratio, calibration=calibration, seed=seed, index=knn_index)
         started = time.perf_counter()
         with progress_bar() as progress:
@@ -157,11 +173,12 @@ def add_category(
             )
         elapsed = time.perf_counter() - started
         if as_json:
-            print_json({**info.to_dict(), "elapsed_seconds": elapsed})
+            print_json({**info.to_dict(), "elapsed_seconds": elapsed, "skipped": skipped})
             return
         thresholds = info.thresholds
         console.print(
-            f"added [bold]{name}[/] version {info.version}: {info.n_train_images} train images, "
+            f"added [bold]{name}[/] version {info.version}: {info.n_train_images} train images"
+            f"{f' ({len(skipped)} skipped)' if skipped else ''}, "
             f"bank {info.bank_size} x {registry.feature_space.dim}, {info.n_prototypes} prototypes, "
             f"calibration {info.calibration_mode}"
         )
@@ -172,12 +189,45 @@ def add_category(
         )
 
 
+def _checked_train_images(images: list[Path], skip_bad: bool) -> tuple[list[Path], list[dict[str, str]]]:
+    """``images`` without the unreadable ones (``--skip-bad``), and those left out with the reason.
+
+    Without ``skip_bad`` every unreadable image is listed on stderr, one line each, and the
+    command stops (exit 1) before anything is embedded.
+    """
+    from structcore.preprocess import ImageReadError, check_image_file
+
+    bad: list[ImageReadError] = []
+    with progress_bar(transient=True) as progress:
+        task = progress.add_task("checking train images", total=len(images), rate="", visible=len(images) > 50)
+        for done, path in enumerate(images, start=1):
+            try:
+                check_image_file(path)
+            except ImageReadError as problem:
+                bad.append(problem)
+            progress.update(task, completed=done)
+    if not bad:
+        return images, []
+    label = "skipped" if skip_bad else "bad train image"
+    for item in bad:
+        err_console.print(f"[yellow]{label}[/]: {item}", highlight=False, soft_wrap=True)
+    if not skip_bad:
+        raise fail(
+            f"{len(bad)} of {_count(len(images), 'train image')} cannot be read (listed above); fix or remove "
+            "them, or pass --skip-bad to fit without them"
+        )
+    bad_paths = {item.path for item in bad}
+    kept = [path for path in images if str(path) not in bad_paths]
+    if not kept:
+        raise InputError(f"none of the {_count(len(images), 'train image')} can be read")
+    err_console.print(f"fitting on {len(kept)} of {len(images)} train images ({len(bad)} skipped)", highlight=False)
+    return kept, [{"path": item.path, "reason": item.reason} for item in bad]
+
+
 # ----------------------------------------------------------------------------- list / show / remove
 @app.command("list")
 def list_categories(root: RootOption = None, as_json: JsonOption = False) -> None:
     """List the categories with their current version."""
-    from rich.table import Table
-
     with user_errors():
         registry = _open(root)
         categories = registry.list()
@@ -187,21 +237,35 @@ def list_categories(root: RootOption = None, as_json: JsonOption = False) -> Non
         if not categories:
             console.print(f"no categories in {registry.root}; add one with `registry add-category NAME --train DIR`")
             return
-        table = Table(header_style="bold")
-        for column in ("category", "current", "versions", "train images", "bank", "calibration", "hybrid threshold"):
-            table.add_column(column)
+        columns = [
+            Column("category", no_wrap=False),
+            Column("current", "right"),
+            Column("versions", "right", drop=2),
+            Column("images", "right"),
+            Column("bank", "right"),
+            Column("calibration", drop=1),
+            Column("threshold", "right"),
+        ]
+        rows = []
         for category in categories:
             current = category.current
-            table.add_row(
-                category.name,
-                str(category.current_version),
-                str(len(category.versions)),
-                str(current.n_train_images if current else "-"),
-                str(current.bank_size if current else "-"),
-                current.calibration_mode if current else "-",
-                f"{current.thresholds['hybrid']:.4f}" if current else "-",
+            rows.append(
+                [
+                    category.name,
+                    str(category.current_version),
+                    str(len(category.versions)),
+                    str(current.n_train_images if current else "-"),
+                    str(current.bank_size if current else "-"),
+                    current.calibration_mode if current else "-",
+                    f"{current.thresholds['hybrid']:.4f}" if current else "-",
+                ]
             )
-        console.print(table)
+        console.print(fitted_table(columns, rows, console))
+        console.print(
+            f"{_count(len(categories), 'category', 'categories')}; "
+            "threshold: the hybrid score above which an image is anomalous",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -209,41 +273,51 @@ def show(
     name: Annotated[str, typer.Argument(help="Category name.")], root: RootOption = None, as_json: JsonOption = False
 ) -> None:
     """Versions, sizes, calibration and thresholds of one category."""
-    from rich.table import Table
-
     with user_errors():
         category = _open(root).show(name)
         if as_json:
             print_json(category.to_dict())
             return
         console.print(f"[bold]{category.name}[/]" + (f": {category.description}" if category.description else ""))
-        table = Table(header_style="bold")
-        for column in (
-            "version",
-            "current",
-            "created",
-            "images",
-            "bank",
-            "ratio",
-            "mode",
-            "lambda",
-            "thresholds b/s/h",
-        ):
-            table.add_column(column)
+        columns = [
+            Column("version", "right"),
+            Column("current"),
+            Column("created"),
+            Column("images", "right"),
+            Column("bank", "right"),
+            Column("ratio", "right", drop=2),
+            Column("mode", drop=1),
+            Column("lambda", "right", drop=3),
+            Column("threshold", "right"),
+            Column("base / struct thr.", "right", drop=4),
+        ]
+        rows = []
         for item in category.versions:
             thresholds = item.thresholds
-            table.add_row(
-                str(item.version),
-                "*" if item.is_current else "",
-                item.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                str(item.n_train_images),
-                str(item.bank_size),
-                f"{item.coreset_ratio:g}",
-                item.calibration_mode,
-                f"{float(item.calibration['lambda']):.4f}",
-                f"{thresholds['base']:.3f} / {thresholds['struct']:.3f} / {thresholds['hybrid']:.3f}",
+            rows.append(
+                [
+                    str(item.version),
+                    "*" if item.is_current else "",
+                    item.created_at.strftime("%Y-%m-%d %H:%M"),
+                    str(item.n_train_images),
+                    str(item.bank_size),
+                    f"{item.coreset_ratio:g}",
+                    item.calibration_mode,
+                    f"{float(item.calibration['lambda']):.4f}",
+                    f"{thresholds['hybrid']:.4f}",
+                    f"{thresholds['base']:.3f} / {thresholds['struct']:.3f}",
+                ]
             )
-        console.print(table)
+        console.print(fitted_table(columns, rows, console))
+        current = next((item for item in category.versions if item.is_current), None)
+        if current is not None:
+            thresholds = current.thresholds
+            console.print(
+                f"current version {current.version}: thresholds base {thresholds['base']:.4f}, struct "
+                f"{thresholds['struct']:.4f}, hybrid {thresholds['hybrid']:.4f}; lambda "
+                f"{float(current.calibration['lambda']):.4f}; created {current.created_at:%Y-%m-%d %H:%M:%S}",
+                highlight=False,
+            )
 
 
 @app.command()
@@ -328,8 +402,14 @@ def infer(
     root: RootOption = None,
     category: Annotated[str | None, typer.Option(help="Score against this category instead of routing.")] = None,
     as_json: JsonOption = False,
-    out: Annotated[Path | None, typer.Option(help="Also write results to a .jsonl, .json or .csv file.")] = None,
-    maps: Annotated[Path | None, typer.Option(help="Write a heat-map overlay PNG per image into this folder.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Also write results to a .jsonl, .json or .csv file (its folder must exist).")
+    ] = None,
+    maps: Annotated[
+        Path | None,
+        typer.Option(help="Write an overlay PNG per image into this folder (created; its parent must exist)."),
+    ] = None,
+    parents: ParentsOption = False,
     batch_size: Annotated[int, typer.Option(help="Images per backbone call.")] = 8,
     ray: Annotated[
         str | None,
@@ -340,34 +420,28 @@ def infer(
 
     Exit code 1 when any input could not be read (the others are still scored).
     """
+    from cli.paths import check_output_file, check_output_folder
+
     with user_errors():
+        if ray is not None and maps is not None:
+            raise InputError("--maps is not available with --ray; run without --ray to write overlays")
+        if out is not None:
+            check_output_file(out, "--out", parents=parents, suffixes=(".jsonl", ".json", ".csv"))
+        if maps is not None:
+            check_output_folder(maps, "--maps", parents=parents)
         registry = _open(root)
         sources = expand_inputs(paths)
         if not sources:
             raise InputError(f"no images found in {' '.join(paths)}")
-        if ray is not None and maps is not None:
-            raise InputError("--maps is not available with --ray; run without --ray to write overlays")
+        overlay_files = overlay_names(sources, maps) if maps is not None else {}
+        written: dict[str, str] = {}
         on_image = None
         if maps is not None:
-            maps.mkdir(parents=True, exist_ok=True)
-            used_names: set[str] = set()
 
             def on_image(record: PredictionRecord, image: np.ndarray, anomaly_map: np.ndarray) -> None:
-                threshold = float(record["threshold"] or 0.0)
-                label = (
-                    f"{record['category']}: {'ANOMALOUS' if record['anomalous'] else 'ok'} "
-                    f"{record['score_hybrid']:.3f} / {threshold:.3f}"
-                )
-                base_threshold = registry.load_category(str(record["category"])).thresholds["base"]
-                picture = overlay(image, anomaly_map, label, bool(record["anomalous"]), vmax=2.0 * base_threshold)
-                stem = Path(record["path"]).stem
-                name = stem
-                counter = 1
-                while name in used_names:
-                    counter += 1
-                    name = f"{stem}_{counter}"
-                used_names.add(name)
-                picture.save(maps / f"{name}.png")
+                map_threshold = registry.load_category(str(record["category"])).thresholds["base"]
+                target = overlay_files[record["path"]]
+                written[record["path"]] = str(save_overlay(record, image, anomaly_map, map_threshold, target))
 
         started = time.perf_counter()
         with progress_bar(transient=True) as progress:
@@ -377,19 +451,25 @@ def infer(
                 elapsed = time.perf_counter() - started
                 progress.update(task, completed=done, rate=f"{done / max(elapsed, 1e-9):.1f} img/s")
 
-            records = registry.predict(sources, category, batch_size=batch_size, on_batch=on_batch, on_image=on_image)
+            predicted = registry.predict(sources, category, batch_size=batch_size, on_batch=on_batch, on_image=on_image)
+        records = [{**record, "overlay": written.get(record["path"])} for record in predicted]
         if out is not None:
             write_records(records, out)
         failed = [record for record in records if record["error"]]
         if as_json:
             print_json(records)
         else:
-            console.print(records_table(records))
+            console.print(records_table(records, console))
         anomalous = sum(bool(record["anomalous"]) for record in records)
         unknown = sum(bool(record["unknown"]) for record in records)
         elapsed = time.perf_counter() - started
         err_console.print(
-            f"{len(records)} images in {elapsed:.1f} s: {anomalous} anomalous, {unknown} unknown, {len(failed)} failed"
+            f"{_count(len(records), 'image')} in {elapsed:.1f} s: {anomalous} anomalous, {unknown} unknown, "
+            f"{len(failed)} failed"
+            + (f"; overlays in {maps}" if maps is not None else "")
+            + (f"; results in {out}" if out is not None else ""),
+            highlight=False,
+            soft_wrap=True,
         )
         if unknown:
             err_console.print(
@@ -407,11 +487,15 @@ def infer(
 @app.command()
 def export(
     names: Annotated[list[str], typer.Argument(help="Categories to export.")],
-    out: Annotated[Path, typer.Option("--out", help="Bundle file to write (.h5).")],
+    out: Annotated[Path, typer.Option("--out", help="Bundle file to write (.h5); its folder must exist.")],
     root: RootOption = None,
+    parents: ParentsOption = False,
 ) -> None:
     """Write categories (current versions) and the feature space to one checked HDF5 bundle."""
+    from cli.paths import check_output_file
+
     with user_errors():
+        check_output_file(out, "--out", parents=parents)
         path = _open(root).export(names, out)
         console.print(f"exported {', '.join(names)} to {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
@@ -452,23 +536,38 @@ def demo(
     ] = None,
     workdir: Annotated[Path | None, typer.Option(help="Where to write the synthetic dataset [default: temp].")] = None,
     categories: Annotated[int, typer.Option(help="Number of synthetic product types (2-6).")] = 5,
-    maps: Annotated[Path | None, typer.Option(help="Write heat-map overlays of the test images here.")] = None,
+    maps: Annotated[Path | None, typer.Option(help="Write overlays of the test images into this folder.")] = None,
+    keep: Annotated[
+        Path | None,
+        typer.Option(help="Keep everything in this new (or empty) folder: data/, registry/, overlays/."),
+    ] = None,
+    parents: ParentsOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Fit synthetic product categories into a fresh registry and run routed inference on their tests."""
     from cli.demo import run_demo
 
     with user_errors():
-        run_demo(root=root, workdir=workdir, n_categories=categories, maps=maps, as_json=as_json)
+        run_demo(
+            root=root,
+            workdir=workdir,
+            n_categories=categories,
+            maps=maps,
+            as_json=as_json,
+            keep=keep,
+            parents=parents,
+        )
 
 
 def _register_extensions() -> None:
     """Commands that live in their own modules (evaluation, distributed fitting)."""
     from cli.bench import register as register_bench
     from cli.evaluate import register as register_evaluation
+    from cli.serve import register as register_serve
 
     register_evaluation(app)
     register_bench(app)
+    register_serve(app)
     try:
         from cli.distributed import register
     except ImportError:  # pragma: no cover - module not present in this build

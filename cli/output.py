@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from matplotlib import colormaps
-from PIL import Image, ImageDraw
+from rich import box
+from rich.console import Console, JustifyMethod
+from rich.measure import Measurement
 from rich.table import Table
 
 #: The keys of one machine-readable inference record, in order.
@@ -26,6 +28,7 @@ RECORD_KEYS = (
     "threshold",
     "anomalous",
     "error",
+    "overlay",
 )
 
 
@@ -39,40 +42,120 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def records_table(records: Sequence[Mapping[str, Any]]) -> Table:
-    """One row per image: path, routed category, scores, threshold, decision."""
-    table = Table(show_lines=False, header_style="bold")
-    columns: tuple[str, ...] = ("path", "category", "route", "unknown", "unknown score")
-    columns += ("base", "struct", "hybrid", "threshold", "decision")
-    for column in columns:
-        table.add_column(column, justify="left" if column in {"path", "category", "decision"} else "right")
+@dataclass(frozen=True)
+class Column:
+    """A column of a terminal table; ``drop`` > 0 columns are left out (highest first) when it is too wide."""
+
+    header: str
+    justify: JustifyMethod = "left"
+    drop: int = 0
+    no_wrap: bool = True
+
+
+def fitted_table(
+    columns: Sequence[Column],
+    rows: Sequence[Sequence[str]],
+    console: Console,
+    *,
+    caption: str | None = None,
+    box_style: box.Box = box.SIMPLE_HEAD,
+) -> Table:
+    """A table of ``rows`` that fits ``console.width``: optional columns are dropped until it fits.
+
+    Columns with ``drop == 0`` are always kept (they fold rather than being cut to "...").
+    """
+    keep = list(range(len(columns)))
+    fold_width = max(16, console.width * 2 // 5)  # a long path folds rather than pushing columns out
+    while True:
+        table = Table(header_style="bold", box=box_style, caption=caption, caption_justify="left", pad_edge=False)
+        for index in keep:
+            column = columns[index]
+            table.add_column(
+                column.header,
+                justify=column.justify,
+                no_wrap=column.no_wrap,
+                overflow="fold",
+                max_width=None if column.no_wrap else fold_width,
+            )
+        for row in rows:
+            table.add_row(*(row[index] for index in keep))
+        width = Measurement.get(console, console.options.update_width(100_000), table).maximum
+        optional = [index for index in keep if columns[index].drop > 0]
+        if width <= console.width or not optional:
+            return table
+        keep.remove(max(optional, key=lambda index: (columns[index].drop, index)))
+
+
+def common_folder(paths: Sequence[str | Path]) -> Path | None:
+    """The deepest folder holding every path (``None`` for no paths or paths on different roots)."""
+    folders = [str(Path(path).absolute().parent) for path in paths]
+    if not folders:
+        return None
+    try:
+        return Path(os.path.commonpath(folders))
+    except ValueError:  # relative and absolute mixed, or different drives
+        return None
+
+
+def short_path(path: str | Path, folder: Path | None) -> str:
+    """``path`` relative to ``folder`` when it lies inside it, else as given."""
+    if folder is None:
+        return str(path)
+    try:
+        return str(Path(path).absolute().relative_to(folder))
+    except ValueError:
+        return str(path)
+
+
+def records_table(records: Sequence[Mapping[str, Any]], console: Console) -> Table:
+    """One row per image: path (relative to the inputs' common folder), category, scores, decision.
+
+    Fits the console: on a narrow terminal the route / base / struct scores are left out (all
+    fields stay in ``--json`` and ``--out``).
+    """
+    scored = [str(record["path"]) for record in records if not record.get("error")]
+    folder = common_folder(scored or [str(record["path"]) for record in records])
+    columns = [
+        Column("path", no_wrap=False),
+        Column("category", no_wrap=False),
+        Column("route", "right", drop=2),
+        Column("base", "right", drop=3),
+        Column("struct", "right", drop=3),
+        Column("hybrid", "right"),
+        Column("threshold", "right", drop=1),
+        Column("decision"),
+    ]
+    rows = []
     for record in records:
+        path = short_path(str(record["path"]), folder)
         if record.get("error"):
-            table.add_row(str(record["path"]), *["-"] * (len(columns) - 2), f"[red]error[/]: {record['error']}")
+            rows.append([path, "-", "-", "-", "-", "-", "-", "[red]error[/]"])
             continue
-        decision = "[bold red]anomalous[/]" if record["anomalous"] else "[green]ok[/]"
-        table.add_row(
-            str(record["path"]),
-            str(record["category"]) + (" [yellow](unknown)[/]" if record["unknown"] else ""),
-            _fmt(record["route_score"]),
-            _fmt(record["unknown"]),
-            _fmt(record.get("unknown_score"), 2),
-            _fmt(record["score_base"]),
-            _fmt(record["score_struct"]),
-            _fmt(record["score_hybrid"]),
-            _fmt(record["threshold"]),
-            decision,
+        rows.append(
+            [
+                path,
+                str(record["category"]) + (" [yellow](unknown)[/]" if record["unknown"] else ""),
+                _fmt(record["route_score"]),
+                _fmt(record["score_base"]),
+                _fmt(record["score_struct"]),
+                _fmt(record["score_hybrid"]),
+                _fmt(record["threshold"]),
+                "[bold red]anomalous[/]" if record["anomalous"] else "[green]ok[/]",
+            ]
         )
-    return table
+    caption = f"paths relative to {folder}; every field: --json or --out" if folder is not None else None
+    return fitted_table(columns, rows, console, caption=caption)
 
 
 def write_records(records: Sequence[Mapping[str, Any]], path: Path) -> None:
-    """Write records as JSON lines (``.jsonl``/``.json``) or CSV (``.csv``), atomically."""
+    """Write records as JSON lines (``.jsonl``/``.json``) or CSV (``.csv``), atomically.
+
+    The folder must exist (``registry infer`` checks ``--out`` before it scores anything).
+    """
     suffix = path.suffix.lower()
     if suffix not in {".jsonl", ".json", ".csv"}:
         msg = f"--out must end in .jsonl, .json or .csv, got {path.name}"
         raise ValueError(msg)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
     with temporary.open("w", newline="") as handle:
         if suffix == ".csv":
@@ -88,23 +171,51 @@ def write_records(records: Sequence[Mapping[str, Any]], path: Path) -> None:
     temporary.replace(path)
 
 
-def overlay(image: np.ndarray, anomaly_map: np.ndarray, label: str, anomalous: bool, vmax: float) -> Image.Image:
-    """Heat map (jet, alpha 0.5) over the preprocessed image, with the decision in the corner.
+def overlay_names(sources: Sequence[str | Path], folder: Path) -> dict[str, Path]:
+    """A unique, readable overlay file in ``folder`` for each source (keyed by ``str(source)``).
 
-    Args:
-        image: (3, H, W) float in [0, 1] (the preprocessed crop the map belongs to).
-        anomaly_map: (H, W) anomaly map.
-        label: text for the corner (e.g. ``"anomalous 1.23 > 0.98"``).
-        anomalous: colours the label red (True) or green.
-        vmax: map value shown as the hottest colour (e.g. twice the threshold).
+    The name is the source's path relative to the sources' common folder with ``/`` turned into
+    ``_`` (``test/broken_large/000.png`` -> ``broken_large_000.png``), so the defect folder of
+    each picture stays visible; a name that is still taken gets ``_2``, ``_3``, ...
     """
-    rgb = np.clip(image.transpose(1, 2, 0), 0, 1)
-    normalised = np.clip(anomaly_map / max(vmax, 1e-12), 0, 1)
-    heat = colormaps["jet"](normalised)[..., :3]
-    blended = (0.5 * rgb + 0.5 * heat) * 255
-    picture = Image.fromarray(blended.astype(np.uint8))
-    draw = ImageDraw.Draw(picture)
-    box = draw.textbbox((6, 6), label)
-    draw.rectangle((box[0] - 4, box[1] - 4, box[2] + 4, box[3] + 4), fill=(0, 0, 0))
-    draw.text((6, 6), label, fill=(255, 80, 80) if anomalous else (80, 255, 120))
-    return picture
+    common = common_folder(sources)
+    names: dict[str, Path] = {}
+    used: set[str] = set()
+    stems = [Path(source).with_suffix("") for source in sources]
+    for source, stem in zip(sources, stems, strict=True):
+        relative = Path(short_path(stem, common)) if common is not None else Path(stem.name)
+        parts = [part for part in relative.parts if part not in {"", ".", "..", "/"}]
+        if len(parts) == 1 and common is not None and common.name:
+            parts = [common.name, *parts]
+        base = "_".join(parts) or "image"
+        if stems.count(stem) > 1:  # 000.png and 000.jpg in one folder
+            base = f"{base}_{Path(source).suffix.lstrip('.')}"
+        name, counter = base, 1
+        while name in used:
+            counter += 1
+            name = f"{base}_{counter}"
+        used.add(name)
+        names[str(source)] = folder / f"{name}.png"
+    return names
+
+
+def overlay_title(record: Mapping[str, Any]) -> str:
+    """The corner text of an overlay: category, decision, hybrid score against its threshold."""
+    decision = "ANOMALOUS" if record["anomalous"] else "ok"
+    relation = ">" if record["anomalous"] else "<="
+    unknown = " (unknown product?)" if record.get("unknown") else ""
+    return (
+        f"{record['category']}{unknown}: {decision}\n"
+        f"hybrid {float(record['score_hybrid']):.3f} {relation} {float(record['threshold'] or 0.0):.3f}"
+    )
+
+
+def save_overlay(record: Mapping[str, Any], image: Any, anomaly_map: Any, map_threshold: float, path: Path) -> Path:
+    """Render the overlay of one scored image (see ``render_overlay``) and save it as PNG."""
+    from evaluation.plots import render_overlay
+
+    picture = render_overlay(
+        image, anomaly_map, threshold=map_threshold, title=overlay_title(record), anomalous=bool(record["anomalous"])
+    )
+    picture.save(path)
+    return path

@@ -92,6 +92,8 @@ def export_bundle(registry: Registry, names: Sequence[str] | None, path: Path) -
     names = list(dict.fromkeys(names))
     if not names:
         raise RegistryError("nothing to export: no category names were given")
+    if Path(path).is_dir():  # found before the bundle is written, not at the final rename
+        raise RegistryError(f"cannot export to {path}: it is an existing folder; give a file name")
     space = registry.feature_space
     description = _dumps(space.describe())
     projection = canonical(space.projection)

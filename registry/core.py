@@ -785,15 +785,6 @@ class Registry:
         self._router_token = None
         return info
 
-    def set_description(self, name: str, description: str | None) -> None:
-        """Set (or clear) the free-text description of a category."""
-        self._check_writable("change a description")
-
-        def work(session: Session) -> None:
-            self._category_row(session, name).description = description
-
-        run_write(self._engine, work)
-
     def remove(self, name: str, version: int | None = None) -> builtins.list[VersionInfo]:
         """Remove one version of ``name``, or the whole category (``version=None``).
 

@@ -46,6 +46,7 @@ import numpy as np
 from registry.core import Registry, validate_name
 from registry.errors import RegistryError
 from structcore.model import CALIBRATION_MODES, CategoryModel, embed_images
+from structcore.runtime import set_num_threads
 
 if TYPE_CHECKING:
     from registry.inference import PredictionRecord
@@ -100,15 +101,6 @@ def ray_session(address: str) -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
-
-
-def _set_threads(threads: int) -> None:
-    """Intra-op threads of torch and faiss in this process (worker side)."""
-    import faiss
-    import torch
-
-    torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)
 
 
 _BACKBONES: dict[tuple[str, str | None], Backbone] = {}
@@ -281,7 +273,7 @@ def _fit_task(
     An error of the fit comes back as ``{"error": message}``: some exceptions (``ImageReadError``)
     cannot be unpickled by the driver, and such errors are not worth a retry anyway.
     """
-    _set_threads(threads)
+    set_num_threads(threads)
     started = time.perf_counter()
     try:
         extractor = _extractor(space, weights_path, batch_size)
@@ -590,7 +582,7 @@ class _ShardScorer:
         batch_size: int,
         threads: int,
     ):
-        _set_threads(threads)
+        set_num_threads(threads)
         self._batch_size = batch_size
         self._shards = 0
         self._images = 0

@@ -102,7 +102,10 @@ def predict(
     if category is None:
         router = registry.load_router()
         if not router.categories_:
-            msg = f"the registry at {registry.root} has no categories; add one with `registry add`"
+            msg = (
+                f"the registry at {registry.root} has no categories; "
+                "add one with `registry add-category NAME --train DIR`"
+            )
             raise RegistryError(msg)
         versions = registry.router_versions()
     else:

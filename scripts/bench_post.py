@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import torch
 
-from registry.bench import median_times
+from evaluation.bench import median_times
 from structcore.anomaly_map import anomaly_maps, anomaly_maps_reference
 from structcore.scoring import StructCoreCalibrator
 

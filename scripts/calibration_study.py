@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from evaluation.metrics import image_metrics, pixel_metrics
+from evaluation.synthetic import make_category
 from structcore.anomaly_map import anomaly_maps
 from structcore.backbones import create_backbone
 from structcore.features import build_extractor, new_feature_space
-from structcore.metrics import image_metrics, pixel_metrics
 from structcore.model import CALIBRATION_MODES, CategoryModel, embed_images
 from structcore.preprocess import load_mask, preprocess_mask
-from structcore.synthetic import make_category
 
 
 def mvtec_split(root: Path, geometry):  # type: ignore[no-untyped-def]

@@ -8,5 +8,5 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,dinov2,ray]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,dinov2,ray,serve]"
 echo "installed: $(.venv/bin/registry --version 2>/dev/null || echo 'registry (see .venv/bin/registry)')"

@@ -30,7 +30,7 @@ import math
 import numpy as np
 import torch
 
-from structcore.features import small_op_threads, torch_threads
+from structcore.runtime import small_op_threads, torch_threads
 
 #: ``n_select x N`` above which ``method="auto"`` uses the approximate (coarse-to-fine) greedy.
 #: Batched exact greedy costs ~2.3e-9 s per point-center on 2 idle cores (MVTec bottle at 1%,

@@ -26,7 +26,7 @@ import faiss
 import numpy as np
 import torch
 
-from structcore.features import small_op_threads, torch_threads
+from structcore.runtime import small_op_threads, torch_threads
 
 #: Neighbours averaged per patch score.
 DEFAULT_K = 5
@@ -237,7 +237,7 @@ class PatchKNN:
             exact search, see the module docstring) or ``"torch"`` (float32 GEMM + top-k).
         margin: extra candidates of the ``bf16`` engine (``None``: ``max(8, ceil(k / 2))``).
         threads: intra-op threads of the ``bf16`` engine; ``None``: torch's setting on idle cores,
-            1 when other processes are busy on them (:func:`structcore.features.small_op_threads`).
+            1 when other processes are busy on them (:func:`structcore.runtime.small_op_threads`).
             Its ~25 small ops per query block stall at every OpenMP barrier when a thread is
             descheduled: on 2 shared cores at load ~10, 89 ms per image with 1 thread against
             722 ms with 2 (faiss: 239 ms); idle, 39 ms with 2 threads and 58 ms with 1.
@@ -329,8 +329,3 @@ class PatchKNN:
         """Patch scores (n,) = mean squared L2 distance to the ``k`` nearest bank vectors."""
         distances, _ = self.search(queries)
         return distances.mean(axis=1)
-
-
-def set_num_threads(threads: int) -> None:
-    """Threads used by faiss (OpenMP)."""
-    faiss.omp_set_num_threads(threads)

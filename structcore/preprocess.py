@@ -7,11 +7,13 @@ same geometric path with nearest-neighbour resampling.
 
 from __future__ import annotations
 
+import io
 import re
 import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -85,7 +87,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
 _PIL_LIMIT_LOCK = threading.Lock()
 
 
-def _open_within_limit(path: Path, max_pixels: int) -> Image.Image:
+def _open_within_limit(path: Path | BinaryIO, max_pixels: int) -> Image.Image:
     """``Image.open`` (header only) with PIL's decompression-bomb check set to ``max_pixels``.
 
     PIL refuses images above its own default (about 89 M pixels) whatever the caller allows,
@@ -123,8 +125,24 @@ def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Im
         raise ImageReadError(path, f"cannot read file ({error.strerror})") from error
     if size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
+    return _decode(path, path, max_pixels)
+
+
+def decode_image(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """:func:`load_image` for an image held in memory (e.g. an upload); ``name`` labels errors.
+
+    Raises:
+        ImageReadError: the bytes are empty, not an image, truncated, or too large.
+    """
+    if not data:
+        raise ImageReadError(name, "empty file (0 bytes)")
+    return _decode(name, io.BytesIO(data), max_pixels)
+
+
+def _decode(path: str | Path, source: Path | BinaryIO, max_pixels: int) -> Image.Image:
+    """Open ``source`` (a file or a byte stream) and decode it; errors name ``path``."""
     try:
-        opened = _open_within_limit(path, max_pixels)
+        opened = _open_within_limit(source, max_pixels)
     except Exception as error:
         raise _read_error(path, error, max_pixels) from error
     try:
@@ -150,7 +168,41 @@ def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Im
     return result
 
 
-def _read_error(path: Path, error: Exception, max_pixels: int) -> ImageReadError:
+def check_image_file(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """Check that ``path`` reads as an image, more cheaply than :func:`load_image`.
+
+    Opens the header (size limit as in :func:`load_image`), runs PIL's ``verify`` (chunk
+    checksums, structure) and decodes the pixels at a reduced scale where the format allows it
+    (JPEG draft mode), which finds truncated or damaged data.
+
+    Raises:
+        ImageReadError: with the same reasons as :func:`load_image`.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageReadError(path, "empty file (0 bytes)")
+    except OSError as error:
+        raise ImageReadError(path, f"cannot read file ({error.strerror})") from error
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            with _open_within_limit(path, max_pixels) as opened:
+                width, height = opened.size
+                if width * height > max_pixels:
+                    msg = f"image too large ({width * height} pixels; limit {max_pixels}); refused before decoding"
+                    raise ImageReadError(path, msg)
+                if min(opened.size) < 1:
+                    raise ImageReadError(path, "image has no pixels")
+                opened.verify()
+            with _open_within_limit(path, max_pixels) as opened:
+                opened.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+                opened.load()
+    except Exception as error:
+        raise _read_error(path, error, max_pixels) from error
+
+
+def _read_error(path: str | Path, error: Exception, max_pixels: int) -> ImageReadError:
     """The :class:`ImageReadError` for an exception raised while opening or decoding ``path``."""
     if isinstance(error, ImageReadError):
         return error

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from structcore.coreset import exact_greedy
-from structcore.features import small_op_threads
+from structcore.runtime import small_op_threads, torch_threads
 
 #: Prototypes per category.
 DEFAULT_PROTOTYPES = 64
@@ -367,14 +367,6 @@ class PrototypeRouter:
         ratios[fallback] = unknown_ratio(found["mean"][fallback], legacy[columns][fallback])
         return ratios
 
-    def shortlist_for(self, patch_vectors: np.ndarray, size: int | None = None) -> np.ndarray:
-        """Indices (B, S) of the ``size`` categories whose centroid is nearest to each image's pooled embedding."""
-        size = min(size or self.shortlist or len(self.categories_), len(self.categories_))
-        batch, patches, dim = patch_vectors.shape
-        normalized = torch.from_numpy(l2_normalize(patch_vectors.reshape(batch * patches, dim)))
-        pooled = normalized.view(batch, patches, dim).mean(dim=1)
-        return self._nearest_centroids(pooled, size).numpy()
-
     def _nearest_centroids(self, pooled: torch.Tensor, size: int) -> torch.Tensor:
         centroids = self._pad()[2]
         distances = torch.cdist(pooled, centroids)
@@ -412,16 +404,12 @@ class PrototypeRouter:
             msg = "the router has no categories"
             raise ValueError(msg)
         shortlist = None
-        threads = torch.get_num_threads()
-        torch.set_num_threads(small_op_threads())
-        try:
+        with torch_threads(small_op_threads()):
             if self.shortlist is None or self.shortlist >= len(self.categories_):
                 all_scores, ratios = self.score_all(patch_vectors)
             else:
                 with torch.inference_mode():
                     all_scores, ratios, shortlist = self._shortlisted_scores(patch_vectors)
-        finally:
-            torch.set_num_threads(threads)
         best = all_scores.argmin(axis=1)
         best_scores = all_scores[np.arange(len(best)), best]
         unknown_scores = ratios.min(axis=1)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from registry.bench import common_way_coreset, format_bench, run_bench
+from evaluation.bench import common_way_coreset, format_bench, run_bench
 from structcore.anomaly_map import anomaly_maps, anomaly_maps_reference
 from structcore.features import FeatureExtractor, fuse_layers, project_layers
 from structcore.knn import PatchKNN, bf16_matmul_supported
@@ -104,10 +103,8 @@ def test_common_way_coreset_is_greedy() -> None:
 
 
 def test_run_bench_quick_synthetic() -> None:
-    started = time.perf_counter()
     messages: list[str] = []
     result = run_bench("synthetic", quick=True, batch_size=4, progress=messages.append)
-    assert time.perf_counter() - started < 120  # ~40 s on 2 idle cores
     assert messages and messages[0] == "loading images"
     for key in ("knn_floor_ratio", "coreset_floor_ratio", "extract_gemm_fraction", "route_cost_ratio_1000_vs_2"):
         assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0, key

@@ -2,34 +2,31 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from evaluation.metrics import image_metrics, pixel_metrics
 from structcore.backbones import Backbone
 from structcore.features import build_extractor, new_feature_space
-from structcore.metrics import image_metrics, pixel_metrics
 from structcore.model import CategoryModel, embed_images
 from structcore.preprocess import load_mask
 
-from .conftest import MVTEC_BOTTLE
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not (MVTEC_BOTTLE / "train" / "good").is_dir(), reason="MVTec AD bottle not present"),
-]
+pytestmark = pytest.mark.slow  # run by `pytest -m slow` (the second step of .ci/run)
 
 
-def test_bottle_hybrid_auroc(backbone: Backbone) -> None:
+def test_bottle_hybrid_auroc(backbone: Backbone, mvtec_bottle: Path) -> None:
     space = new_feature_space(backbone)
     extractor = build_extractor(space, backbone, batch_size=8)
-    train = sorted((MVTEC_BOTTLE / "train" / "good").glob("*.png"))
-    tests = sorted((MVTEC_BOTTLE / "test").glob("*/*.png"))
+    train = sorted((mvtec_bottle / "train" / "good").glob("*.png"))
+    tests = sorted((mvtec_bottle / "test").glob("*/*.png"))
     labels = np.array([path.parent.name != "good" for path in tests])
     model = CategoryModel(coreset_ratio=0.01).fit(embed_images(extractor, train), extractor.grid_shape(), space.crop)
     prediction = model.predict(embed_images(extractor, tests))
     masks = np.stack(
         [
-            load_mask(MVTEC_BOTTLE / "ground_truth" / p.parent.name / f"{p.stem}_mask.png", space.geometry)
+            load_mask(mvtec_bottle / "ground_truth" / p.parent.name / f"{p.stem}_mask.png", space.geometry)
             if label
             else np.zeros((space.crop, space.crop), dtype=bool)
             for p, label in zip(tests, labels, strict=True)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from cli.output import RECORD_KEYS
-from structcore.synthetic import make_category, write_mvtec_layout
+from evaluation.synthetic import make_category, write_mvtec_layout
 
 runner = CliRunner()
 REGISTRY_SCRIPT = Path(sys.executable).with_name("registry")

@@ -10,8 +10,8 @@ import torch
 from typer.testing import CliRunner
 
 from cli.main import app
+from evaluation.synthetic import make_category, write_mvtec_layout
 from structcore.backbones.dinov2 import make_random_state_dict
-from structcore.synthetic import make_category, write_mvtec_layout
 
 runner = CliRunner()
 

@@ -21,9 +21,9 @@ import torch
 import typer
 from typer.testing import CliRunner
 
+from evaluation.synthetic import make_category, write_mvtec_layout
 from registry import Registry
 from registry.errors import RegistryError
-from structcore.synthetic import make_category, write_mvtec_layout
 
 ray = pytest.importorskip("ray")
 

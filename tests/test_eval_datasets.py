@@ -1,4 +1,4 @@
-"""Dataset loaders (MVTec AD, VisA, plain folder), manifests and the copy check of registry.eval."""
+"""Dataset loaders (MVTec AD, VisA, plain folder), manifests and the copy check of evaluation."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from registry.eval import (
+from evaluation import (
     DatasetLayoutError,
     category_digest,
     check_dataset,
@@ -23,9 +23,8 @@ from registry.eval import (
     load_mvtec,
     load_visa,
 )
-from registry.eval.manifest import MANIFEST_DIR
-from structcore.synthetic import make_category, write_mvtec_layout
-from tests.conftest import MVTEC_BOTTLE
+from evaluation.manifest import MANIFEST_DIR
+from evaluation.synthetic import make_category, write_mvtec_layout
 
 
 def _png(path: Path, size: int = 8, value: int = 0) -> Path:
@@ -270,13 +269,12 @@ def test_category_digest(tmp_path: Path, mvtec_root: Path) -> None:
     assert category_digest(copy) != category_digest(mvtec_root / "tile")
 
 
-@pytest.mark.skipif(not MVTEC_BOTTLE.is_dir(), reason="shared MVTec AD bottle copy not present")
-def test_check_real_bottle_copy() -> None:
-    check = check_dataset("mvtec_ad", MVTEC_BOTTLE.parent, categories=["bottle"], verify_checksums=True)
+def test_check_real_bottle_copy(mvtec_bottle: Path) -> None:
+    check = check_dataset("mvtec_ad", mvtec_bottle.parent, categories=["bottle"], verify_checksums=True)
     assert check.complete and check.mismatches == []
     assert [w.found for w in check.downscaled] == [(448, 448)]
     assert check.checksums["bottle"].startswith("known copy: downscaled to 448 px")
-    bottle = load_mvtec(MVTEC_BOTTLE).categories["bottle"]
+    bottle = load_mvtec(mvtec_bottle).categories["bottle"]
     assert bottle.counts() == {
         "train": {"good": 209},
         "test": {"broken_large": 20, "broken_small": 22, "contamination": 21, "good": 20},
@@ -297,7 +295,7 @@ def test_check_prepared_visa_layout(tmp_path: Path) -> None:
 
 
 def test_manifest_guess(tmp_path: Path, mvtec_root: Path) -> None:
-    from registry.eval.runner import _manifest_name
+    from evaluation.runner import _manifest_name
 
     _fake_mvtec_copy(tmp_path, "toothbrush", size=16)
     assert _manifest_name(load_mvtec(tmp_path), "auto") == "mvtec_ad"

@@ -1,4 +1,4 @@
-"""Protocol logic of registry.eval on a fake store whose scores and routing are set by hand.
+"""Protocol logic of evaluation on a fake store whose scores and routing are set by hand.
 
 Each fake test image carries its own values in its "patch vectors": column 0 of patch 0 is its
 anomaly score, columns 1.. are its route scores against the categories (in the store's global
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from registry.eval import (
+from evaluation import (
     CategoryData,
     Dataset,
     MapCache,
@@ -28,8 +28,8 @@ from registry.eval import (
     forgetting,
     normalize_order,
 )
-from registry.eval.protocols import crossover_counts, fit_missing, mean_metrics
-from structcore.metrics import forgetting_measure
+from evaluation.metrics import forgetting_measure
+from evaluation.protocols import crossover_counts, fit_missing, mean_metrics
 from structcore.model import CategoryPrediction
 from structcore.preprocess import Preprocessing
 from structcore.scoring import ImageScores

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from evaluation import InMemoryStore, Progress, RegistryStore, load_mvtec, run_evaluation
+from evaluation.synthetic import make_category, write_mvtec_layout
 from registry import Registry
-from registry.eval import InMemoryStore, Progress, RegistryStore, load_mvtec, run_evaluation
 from structcore.features import FeatureExtractor
 from structcore.model import CategoryModel
-from structcore.synthetic import make_category, write_mvtec_layout
 
 KINDS = ("carpet", "pill")
 

@@ -60,16 +60,16 @@ def test_anomaly_map_peak_stays_at_defect() -> None:
 def test_contention_check_ignores_own_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    import structcore.features as features
+    import structcore.runtime as runtime
 
-    monkeypatch.setattr(features, "available_cpus", lambda: 2)
+    monkeypatch.setattr(runtime, "available_cpus", lambda: 2)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     # Our own spinning workers are subtracted: nothing else runnable -> not contended.
-    monkeypatch.setattr(features, "_own_running_threads", lambda: 3)
-    monkeypatch.setattr(features.Path, "read_text", lambda self: "0.5 0.5 0.5 3/100 1")
-    assert not features.cores_contended()
-    assert features.small_op_threads() == 2
+    monkeypatch.setattr(runtime, "_own_running_threads", lambda: 3)
+    monkeypatch.setattr(runtime.Path, "read_text", lambda self: "0.5 0.5 0.5 3/100 1")
+    assert not runtime.cores_contended()
+    assert runtime.small_op_threads() == 2
     # One thread of another process on the two cores we would use -> contended.
-    monkeypatch.setattr(features, "_own_running_threads", lambda: 2)
-    assert features.cores_contended()
-    assert features.small_op_threads() == 1
+    monkeypatch.setattr(runtime, "_own_running_threads", lambda: 2)
+    assert runtime.cores_contended()
+    assert runtime.small_op_threads() == 1

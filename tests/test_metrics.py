@@ -1,4 +1,4 @@
-"""Tests of structcore.metrics against independent brute-force and closed-form computations."""
+"""Tests of evaluation.metrics against independent brute-force and closed-form computations."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-from structcore.metrics import (
+from evaluation.metrics import (
     aupro,
     continual_summary,
     forgetting_measure,

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from evaluation.synthetic import make_category
 from structcore.backbones import BackboneError, create_backbone
 from structcore.features import FeatureExtractor, fuse_layers, make_projection
 from structcore.model import CategoryModel, embed_images
 from structcore.routing import PrototypeRouter
-from structcore.synthetic import make_category
 
 
 def test_backbone_hooks_equal_truncated_forward(backbone) -> None:  # type: ignore[no-untyped-def]

@@ -16,9 +16,9 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from evaluation.synthetic import make_category, write_mvtec_layout
 from registry import Registry
 from structcore.model import CategoryModel
-from structcore.synthetic import make_category, write_mvtec_layout
 
 #: Image side and registry resize/crop: a 16x16 patch grid keeps every fit well under a second.
 SIZE = 128

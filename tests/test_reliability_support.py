@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.synthetic import make_category, write_mvtec_layout
 from registry import Registry
 from structcore.model import CategoryModel
 from structcore.preprocess import load_image
-from structcore.synthetic import make_category, write_mvtec_layout
 
 SIZE = 64
 N_TRAIN = 6

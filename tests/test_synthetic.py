@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from structcore.synthetic import (
+from evaluation.synthetic import (
     CATEGORY_KINDS,
     DEFECT_TYPES,
     MAX_DEFECT_FRACTION,

@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from registry.eval.datasets import CategoryData, Dataset
-from registry.eval.store import CategoryStore, ModelLike
-from structcore.metrics import image_metrics, pixel_metrics
+from evaluation.datasets import CategoryData, Dataset
+from evaluation.metrics import image_metrics, pixel_metrics
+from evaluation.store import CategoryStore, ModelLike
 from structcore.preprocess import Preprocessing, load_mask
 
 __all__ = [
@@ -613,7 +613,7 @@ def forgetting(matrix: np.ndarray, added_at: Sequence[int]) -> float:
     FM = mean over the categories added before the final step of (best value from the step the
     category was added to the final step) - (value at the final step). Categories whose final
     value is ``nan`` are left out; ``nan`` when no term remains. With one category per step this
-    equals :func:`structcore.metrics.forgetting_measure`.
+    equals :func:`evaluation.metrics.forgetting_measure`.
 
     Args:
         matrix: (steps, categories) values, ``nan`` before a category is added.

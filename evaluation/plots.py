@@ -9,6 +9,9 @@
 * ``continual_heatmap.png``: the continual step x category matrix (image AUROC, hybrid).
 * ``routing_confusion.png``: the MUAD routing confusion matrix.
 
+:func:`render_overlay` draws one scored image (the pictures of ``registry infer --maps`` and
+``registry demo --maps``); it returns a PIL image so that a server can send it as PNG.
+
 Scatter, histograms, ROC and overlays use each image scored by its own category (the figures
 of the ``separate`` protocol).
 """
@@ -26,25 +29,31 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 from sklearn.metrics import auc, roc_curve
 
-from registry.eval.protocols import KINDS, Collected, crossover_counts
+from evaluation.protocols import KINDS, Collected, crossover_counts
 from structcore.preprocess import load_image, load_mask, preprocess_image
 
 __all__ = [
+    "OVERLAY_CMAP",
     "plot_continual_heatmap",
     "plot_histograms",
     "plot_overlays",
     "plot_roc",
     "plot_routing_confusion",
     "plot_scatter",
+    "render_overlay",
     "write_plots",
 ]
 
 _GOOD_COLOR = "#2c7fb8"
 _BAD_COLOR = "#d95f0e"
 _TRAIN_COLOR = "#7f7f7f"
+#: Colour map of the anomaly-map overlays.
+OVERLAY_CMAP = "turbo"
 
 
 def _grid(n: int, max_cols: int = 4, size: float = 3.6) -> tuple[Figure, list[Any]]:
@@ -279,3 +288,75 @@ def write_plots(
         confusion = protocols["muad"]["routing"]["confusion"]
         written.append(plot_routing_confusion(confusion["labels"], confusion["matrix"], out / "routing_confusion.png"))
     return written
+
+
+def render_overlay(
+    image: np.ndarray,
+    anomaly_map: np.ndarray,
+    *,
+    threshold: float,
+    title: str,
+    anomalous: bool,
+    vmax: float | None = None,
+    dpi: int = 100,
+) -> Image.Image:
+    """One scored image: the part, its anomaly map laid over it, a colour bar with the threshold.
+
+    The map is translucent where it is low and opaque where it is high (alpha grows with the
+    score from half the threshold to ``vmax``), so a good part shows as the plain photo and a
+    defect as a coloured spot; the threshold is drawn on the colour bar and as a contour.
+
+    Args:
+        image: (3, H, W) float in [0, 1], the preprocessed crop the map belongs to (grey images
+            are drawn in grey).
+        anomaly_map: (H, W) anomaly map of that crop.
+        threshold: the map value marked on the colour bar and as a contour (a category's base
+            threshold: the 99.5% quantile of the train-good map maxima).
+        title: text for the top-left corner (category, decision, scores).
+        anomalous: colours the corner text red (True) or green.
+        vmax: map value of the top colour [default: twice ``threshold``].
+        dpi: resolution of the picture (at 100, a 392 px crop gives a picture about 500 px wide).
+
+    Returns:
+        An RGB PIL image.
+    """
+    rgb = np.clip(np.asarray(image, dtype=np.float32).transpose(1, 2, 0), 0.0, 1.0)
+    values = np.asarray(anomaly_map, dtype=np.float32)
+    threshold = float(threshold)
+    top = float(vmax) if vmax is not None and vmax > threshold else 2.0 * max(threshold, 1e-12)
+    low = 0.5 * threshold if threshold > 0 else 0.0
+    height, width = values.shape
+    scale = max(1.0, 320.0 / max(width, 1))  # small crops are drawn larger, so the text fits
+    shown_w, shown_h = width * scale, height * scale
+    fig_w, fig_h = shown_w + 110.0, shown_h + 16.0  # pixels: margins and the colour bar on the right
+    figure = Figure(figsize=(fig_w / dpi, fig_h / dpi), dpi=dpi)
+    FigureCanvasAgg(figure)
+    axis = figure.add_axes((8 / fig_w, 8 / fig_h, shown_w / fig_w, shown_h / fig_h))
+    bar_axis = figure.add_axes(((shown_w + 22) / fig_w, 8 / fig_h, 14 / fig_w, shown_h / fig_h))
+    grey = bool(np.allclose(rgb[..., 0], rgb[..., 1], atol=2e-3) and np.allclose(rgb[..., 0], rgb[..., 2], atol=2e-3))
+    if grey:
+        axis.imshow(rgb[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="bilinear")
+    else:
+        axis.imshow(rgb, interpolation="bilinear")
+    alpha = np.clip((values - low) / max(top - low, 1e-12), 0.0, 1.0) * 0.8
+    heat = axis.imshow(values, cmap=OVERLAY_CMAP, vmin=low, vmax=top, alpha=alpha, interpolation="bilinear")
+    if values.max() > threshold > values.min():
+        axis.contour(values, levels=[threshold], colors="white", linewidths=0.8)
+    axis.set_axis_off()
+    colorbar = figure.colorbar(heat, cax=bar_axis)
+    if colorbar.solids is not None:
+        colorbar.solids.set_alpha(1.0)
+    colorbar.ax.axhline(threshold, color="black", linewidth=2.5)
+    colorbar.ax.axhline(threshold, color="white", linewidth=1.2)
+    colorbar.set_ticks([low, threshold, top], labels=[f"{low:.3g}", f"thr {threshold:.3g}", f"{top:.3g}"])
+    colorbar.ax.tick_params(labelsize=7)
+    axis.text(
+        6, 6, title, fontsize=8, va="top", ha="left", family="monospace",
+        color="#ff5a50" if anomalous else "#50ff78",
+        bbox={"facecolor": "black", "alpha": 0.75, "edgecolor": "none", "pad": 3}, clip_on=True,
+    )  # fmt: skip
+    canvas = figure.canvas
+    assert isinstance(canvas, FigureCanvasAgg)
+    canvas.draw()
+    picture = Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+    return picture

@@ -19,7 +19,7 @@ from typing import Any
 
 from PIL import Image
 
-from registry.eval.datasets import GOOD, VISA_SPLIT, DatasetLayoutError, list_images, read_visa_split
+from evaluation.datasets import GOOD, VISA_SPLIT, DatasetLayoutError, list_images, read_visa_split
 
 __all__ = [
     "DATASETS",

@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from registry.eval.datasets import Dataset, load_dataset
-from registry.eval.manifest import DATASETS, check_dataset, continual_orders, load_manifest
-from registry.eval.protocols import (
+from evaluation.datasets import Dataset, load_dataset
+from evaluation.manifest import DATASETS, check_dataset, continual_orders, load_manifest
+from evaluation.protocols import (
     PROTOCOLS,
     Collected,
     MapCache,
@@ -30,8 +30,8 @@ from registry.eval.protocols import (
     fit_missing,
     normalize_order,
 )
-from registry.eval.report import jsonable, markdown_report, write_csv, write_json, write_markdown
-from registry.eval.store import CategoryStore, InMemoryStore, open_registry_store
+from evaluation.report import jsonable, markdown_report, write_csv, write_json, write_markdown
+from evaluation.store import CategoryStore, InMemoryStore, open_registry_store
 from structcore.model import CategoryModel
 
 __all__ = ["EvaluationResult", "library_versions", "run_evaluation"]
@@ -204,11 +204,11 @@ def run_evaluation(
     """Evaluate StructCore on a dataset under one or more protocols and write the results.
 
     Args:
-        data: dataset root (any layout of :mod:`registry.eval.datasets`) or a loaded :class:`Dataset`.
+        data: dataset root (any layout of :mod:`evaluation.datasets`) or a loaded :class:`Dataset`.
         out: output folder for ``results.json``, ``per_category.csv``, ``report.md`` and plots
             (created; nothing is written when ``None``).
         protocols: any of ``"separate"``, ``"muad"``, ``"continual"``; they share one pass.
-        store: where categories are fitted / found (see :mod:`registry.eval.store`).
+        store: where categories are fitted / found (see :mod:`evaluation.store`).
         registry: path of a registry to use (created if absent) when ``store`` is not given;
             with neither, categories are fitted in memory in a fresh feature space.
         layout: dataset layout (``"auto"``, ``"mvtec"``, ``"visa"``, ``"folder"``).
@@ -238,7 +238,7 @@ def run_evaluation(
         An :class:`EvaluationResult` (the figures and the files written).
 
     Raises:
-        registry.eval.datasets.DatasetLayoutError: the data folder has the wrong layout.
+        evaluation.datasets.DatasetLayoutError: the data folder has the wrong layout.
         ValueError: unknown protocols, categories or order.
     """
     started = time.perf_counter()
@@ -347,7 +347,7 @@ def run_evaluation(
         }
         if out_dir is not None:
             if plots:
-                from registry.eval.plots import write_plots
+                from evaluation.plots import write_plots
 
                 report(Progress("plots"))
                 plotted = write_plots(collected, results, out_dir / "plots", overlays_per_category)

@@ -1,6 +1,6 @@
 """Where the evaluated categories live: a small "category store" interface and two implementations.
 
-The protocols (:mod:`registry.eval.protocols`) need only five things from a store: whether it
+The protocols (:mod:`evaluation.protocols`) need only five things from a store: whether it
 already holds a category (then it is not refitted), fitting one from train-good paths, the
 fitted model of a category, a router over its categories, and a feature extractor.
 :class:`RegistryStore` adapts the persistent :class:`registry.Registry`; :class:`InMemoryStore`

@@ -1,13 +1,13 @@
 """Evaluation of StructCore registries on benchmark and user datasets (issue 5).
 
 Entry point: :func:`run_evaluation`. Building blocks: dataset loaders
-(:mod:`registry.eval.datasets`), benchmark manifests and the copy check
-(:mod:`registry.eval.manifest`), category stores (:mod:`registry.eval.store`), the protocols
-(:mod:`registry.eval.protocols`), and the writers (:mod:`registry.eval.report`,
-:mod:`registry.eval.plots`). See ``docs/evaluation.md``.
+(:mod:`evaluation.datasets`), benchmark manifests and the copy check
+(:mod:`evaluation.manifest`), category stores (:mod:`evaluation.store`), the protocols
+(:mod:`evaluation.protocols`), and the writers (:mod:`evaluation.report`,
+:mod:`evaluation.plots`). See ``docs/evaluation.md``.
 """
 
-from registry.eval.datasets import (
+from evaluation.datasets import (
     LAYOUTS,
     CategoryData,
     Dataset,
@@ -18,8 +18,8 @@ from registry.eval.datasets import (
     load_mvtec,
     load_visa,
 )
-from registry.eval.manifest import DatasetCheck, category_digest, check_dataset, continual_orders, load_manifest
-from registry.eval.protocols import (
+from evaluation.manifest import DatasetCheck, category_digest, check_dataset, continual_orders, load_manifest
+from evaluation.protocols import (
     PROTOCOLS,
     MapCache,
     Progress,
@@ -31,8 +31,8 @@ from registry.eval.protocols import (
     forgetting,
     normalize_order,
 )
-from registry.eval.runner import EvaluationResult, library_versions, print_progress, run_evaluation
-from registry.eval.store import CategoryStore, InMemoryStore, RegistryStore, open_registry_store
+from evaluation.runner import EvaluationResult, library_versions, print_progress, run_evaluation
+from evaluation.store import CategoryStore, InMemoryStore, RegistryStore, open_registry_store
 
 __all__ = [
     "LAYOUTS",

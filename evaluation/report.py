@@ -159,6 +159,10 @@ def _matrix_table(matrix: Sequence[Sequence[Any]], columns: Sequence[str], steps
     return lines
 
 
+def _categories(count: int) -> str:
+    return f"{count} {'category' if count == 1 else 'categories'}"
+
+
 def markdown_report(results: Mapping[str, Any]) -> str:
     """The paper-style report: setup, dataset check, one table per protocol (values in %).
 
@@ -168,7 +172,7 @@ def markdown_report(results: Mapping[str, Any]) -> str:
     lines = ["# StructCore evaluation", ""]
     lines.append(
         f"Dataset: `{config.get('data')}` (layout {config.get('layout')}, "
-        f"{len(results.get('categories', {}))} categories). Store: {results.get('store', {}).get('kind', '?')}. "
+        f"{_categories(len(results.get('categories', {})))}). Store: {results.get('store', {}).get('kind', '?')}. "
         f"Protocols: {', '.join(config.get('protocols', []))}."
     )
     store = results.get("store", {})

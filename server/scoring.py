@@ -1,0 +1,364 @@
+"""The scoring worker: one thread that owns the :class:`~registry.Registry` and batches requests.
+
+Requests put a :class:`Job` (decoded images, an optional forced category) on a queue. The worker
+takes the first job, gathers more until ``max_batch_size`` images are waiting or ``max_wait_ms``
+has passed, and scores each forced-category group with one :meth:`Registry.predict` call (routed
+requests form one group). Concurrent requests therefore share backbone batches.
+
+The worker also keeps the registry live: it polls SQLite's ``data_version`` (a counter that moves
+whenever another connection commits) every ``poll_seconds`` and before each batch, and on a change
+reloads the catalogue and the router and warms the current category models. A predict call fixes
+the versions it uses when it starts; the worker reads the counter before and after the call, and a
+call during which the registry changed is run again, so the ``version`` attached to each record is
+the version that scored it and no request mixes two versions.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from registry import Registry, RegistryError, UnknownCategoryError, VersionInfo
+from registry.db import DB_FILE
+from server.metrics import ServeMetrics
+from server.settings import ServeSettings
+
+log = logging.getLogger("structcore.serve")
+
+#: Attempts at a predict call during which the registry keeps changing.
+MAX_ATTEMPTS = 3
+
+
+class ServeError(Exception):
+    """An error a request is answered with: an HTTP status and a one-line message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """The registry as the worker last read it: ``marker`` is the ``data_version`` it belongs to."""
+
+    marker: int
+    categories: tuple[dict[str, Any], ...]
+    current: Mapping[str, VersionInfo]
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One image's result: the record (``registry infer --json`` fields plus ``version``), and
+    the preprocessed crop and anomaly map when an overlay was asked for."""
+
+    record: dict[str, Any]
+    crop: np.ndarray | None = None
+    anomaly_map: np.ndarray | None = None
+    base_threshold: float | None = None
+
+
+@dataclass
+class Job:
+    """One request's images, waiting for the worker."""
+
+    names: list[str]
+    images: list[Image.Image]
+    category: str | None
+    overlay: bool
+    future: Future[list[Scored]] = field(default_factory=Future)
+
+
+class ScoringWorker:
+    """The thread that scores every request (see the module docstring)."""
+
+    def __init__(self, settings: ServeSettings, metrics: ServeMetrics):
+        self.settings = settings
+        self.metrics = metrics
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="structcore-scoring", daemon=True)
+        self._started = threading.Event()
+        self._ready = False
+        self._failure: BaseException | None = None
+        self._catalogue: Catalogue | None = None
+        self._registry: Registry | None = None
+        self._marker_connection: sqlite3.Connection | None = None
+
+    # ----------------------------------------------------------------- public (any thread)
+    def start(self, timeout: float = 600.0) -> None:
+        """Start the thread and wait until the registry is open and the backbone is loaded.
+
+        Raises:
+            the error that stopped the worker from opening the registry.
+        """
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise RuntimeError(f"the scoring worker did not start within {timeout:.0f} s")
+        if self._failure is not None:
+            raise self._failure
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Finish the queued jobs, then stop the thread."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
+
+    @property
+    def ready(self) -> bool:
+        """The backbone is loaded and the registry holds at least one category."""
+        catalogue = self._catalogue
+        return self._ready and self._thread.is_alive() and catalogue is not None and bool(catalogue.current)
+
+    @property
+    def loaded(self) -> bool:
+        """The catalogue has been read once."""
+        return self._catalogue is not None
+
+    @property
+    def catalogue(self) -> Catalogue:
+        """The latest catalogue (replaced as a whole on every change, so it is safe to read)."""
+        if self._catalogue is None:
+            raise ServeError(503, "the registry is still loading; try again shortly")
+        return self._catalogue
+
+    def submit(self, names: list[str], images: list[Image.Image], category: str | None, overlay: bool) -> Job:
+        """Queue images for scoring; the job's future gets one :class:`Scored` per image."""
+        if not self._thread.is_alive():
+            raise ServeError(503, "the scoring worker has stopped; restart the server")
+        if category is not None and category not in self.catalogue.current:
+            raise ServeError(404, f"unknown category {category!r}; see GET /v1/categories")
+        job = Job(names, images, category, overlay)
+        self._queue.put(job)
+        self.metrics.queue_images.inc(len(images))
+        return job
+
+    # ----------------------------------------------------------------- the thread
+    def _run(self) -> None:
+        try:
+            self._open()
+        except BaseException as error:
+            self._failure = error
+            self._started.set()
+            return
+        self._ready = True
+        self._started.set()
+        try:
+            self._loop()
+        finally:
+            if self._marker_connection is not None:
+                self._marker_connection.close()
+            if self._registry is not None:
+                self._registry.close()
+
+    def _open(self) -> None:
+        settings = self.settings
+        self._registry = Registry.open(settings.root, read_only=True, cache_size=settings.cache_size)
+        database = (settings.root / DB_FILE).resolve()
+        self._marker_connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, check_same_thread=False)
+        self._refresh()
+        # load the backbone and run it once so that the first request does not pay for it
+        extractor = self._registry.extractor(settings.max_batch_size)
+        side = extractor.geometry.resize
+        extractor.embed(extractor.prepare([Image.new("RGB", (side, side))]))
+
+    def _loop(self) -> None:
+        settings = self.settings
+        while True:
+            try:
+                first = self._queue.get(timeout=settings.poll_seconds)
+            except queue.Empty:
+                self._poll()
+                continue
+            if first is None:
+                break
+            jobs = self._gather(first)
+            stop = jobs[-1] is None
+            self._score([job for job in jobs if job is not None])
+            if stop:
+                break
+        # shutdown: whatever is still queued is scored too
+        leftover: list[Job] = []
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                leftover.append(job)
+        if leftover:
+            self._score(leftover)
+
+    def _gather(self, first: Job) -> list[Job | None]:
+        """``first`` and the jobs that arrive until the batch is full or the wait is over."""
+        jobs: list[Job | None] = [first]
+        count = len(first.images)
+        deadline = time.monotonic() + self.settings.max_wait_ms / 1000.0
+        while count < self.settings.max_batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            jobs.append(job)
+            if job is None:
+                break
+            count += len(job.images)
+        return jobs
+
+    # ----------------------------------------------------------------- live registry
+    def _marker(self) -> int:
+        assert self._marker_connection is not None
+        return int(self._marker_connection.execute("PRAGMA data_version").fetchone()[0])
+
+    def _poll(self) -> None:
+        """Reload the catalogue and router when the registry changed since the last read."""
+        catalogue = self._catalogue
+        try:
+            if catalogue is None or self._marker() != catalogue.marker:
+                self._refresh()
+        except (RegistryError, sqlite3.Error) as error:  # e.g. a damaged row: keep serving what was loaded
+            log.warning("registry reload failed: %s", error)
+
+    def _refresh(self) -> None:
+        """Read the catalogue consistently (no commit between the two marker reads), warm the models."""
+        registry = self._registry
+        assert registry is not None
+        for _ in range(10):
+            marker = self._marker()
+            infos = registry.list()
+            if self._marker() == marker:
+                break
+        categories = tuple(info.to_dict() for info in infos)
+        current = {info.name: info.current for info in infos if info.current is not None}
+        changed = self._catalogue is None or {k: v.uuid for k, v in current.items()} != {
+            k: v.uuid for k, v in self._catalogue.current.items()
+        }
+        self._catalogue = Catalogue(marker, categories, current)
+        self.metrics.categories.set(len(current))
+        if not changed:
+            return
+        self.metrics.reloads.inc()
+        log.info("registry changed: %s", ", ".join(f"{k} v{v.version}" for k, v in sorted(current.items())) or "empty")
+        if current:
+            registry.load_router()
+        if len(current) <= self.settings.cache_size:
+            for name, info in current.items():
+                try:
+                    registry.load_category(name, info.version)
+                except RegistryError as error:
+                    log.warning("cannot load %s v%d: %s", name, info.version, error)
+
+    # ----------------------------------------------------------------- scoring
+    def _score(self, jobs: Sequence[Job]) -> None:
+        """Score ``jobs``: one predict call per forced category (routed jobs are one group)."""
+        groups: dict[str | None, list[Job]] = {}
+        for job in jobs:
+            groups.setdefault(job.category, []).append(job)
+        self.metrics.queue_images.dec(sum(len(job.images) for job in jobs))
+        for category, group in groups.items():
+            try:
+                results = self._predict_group(category, group)
+            except ServeError as error:
+                for job in group:
+                    job.future.set_exception(error)
+                continue
+            except Exception:
+                log.exception("scoring failed")
+                failure = ServeError(500, "internal error while scoring; see the server log")
+                for job in group:
+                    job.future.set_exception(failure)
+                continue
+            start = 0
+            for job in group:
+                job.future.set_result(results[start : start + len(job.images)])
+                start += len(job.images)
+
+    def _predict_group(self, category: str | None, group: Sequence[Job]) -> list[Scored]:
+        registry = self._registry
+        assert registry is not None
+        images = [image for job in group for image in job.images]
+        names = [name for job in group for name in job.names]
+        overlay = any(job.overlay for job in group)
+        self.metrics.batch_images.observe(len(images))
+        collected: dict[int, tuple[object, np.ndarray, np.ndarray]] = {}
+
+        def on_image(record: object, crop: np.ndarray, anomaly_map: np.ndarray) -> None:
+            collected[id(record)] = (record, crop, anomaly_map)
+
+        for _attempt in range(MAX_ATTEMPTS):
+            collected.clear()
+            self._poll()
+            catalogue = self.catalogue
+            if category is not None and category not in catalogue.current:
+                raise ServeError(404, f"unknown category {category!r} (removed?); see GET /v1/categories")
+            if category is None and not catalogue.current:
+                raise ServeError(503, "the registry has no categories; add one with `registry add-category`")
+            try:
+                records = registry.predict(
+                    images,
+                    category,
+                    batch_size=self.settings.max_batch_size,
+                    on_image=on_image if overlay else None,
+                )
+            except UnknownCategoryError as error:
+                raise ServeError(404, str(error)) from None
+            except RegistryError as error:
+                if self._marker() != catalogue.marker:
+                    continue  # e.g. a category removed while it was being loaded: read again
+                raise ServeError(503, str(error)) from None
+            if self._marker() == catalogue.marker or self._same_versions(catalogue, category):
+                return self._results(records, names, catalogue, collected, group)
+            log.info("a category changed during a predict call; scoring the batch again")
+        raise ServeError(503, "the registry kept changing while the request was scored; try again")
+
+    def _same_versions(self, before: Catalogue, category: str | None) -> bool:
+        """After a commit during a predict call: are the versions it may have used still current?
+
+        Other writes (another category's refit for a forced-category call, a description) do not
+        make the call score again.
+        """
+        self._poll()
+        after = self.catalogue
+        if category is not None:
+            old, new = before.current.get(category), after.current.get(category)
+            return old is not None and new is not None and old.uuid == new.uuid
+        return {k: v.uuid for k, v in before.current.items()} == {k: v.uuid for k, v in after.current.items()}
+
+    def _results(
+        self,
+        records: Sequence[Mapping[str, Any]],
+        names: Sequence[str],
+        catalogue: Catalogue,
+        collected: Mapping[int, tuple[object, np.ndarray, np.ndarray]],
+        group: Sequence[Job],
+    ) -> list[Scored]:
+        wants = [job.overlay for job in group for _ in job.images]
+        results: list[Scored] = []
+        for record, name, want in zip(records, names, wants, strict=True):
+            out = dict(record)
+            out["path"] = name
+            info = catalogue.current.get(str(record["category"])) if record["category"] is not None else None
+            out["version"] = info.version if info is not None and record["error"] is None else None
+            if record["error"] is None and record["category"] is not None:
+                self.metrics.images_scored.labels(category=record["category"]).inc()
+                if record["anomalous"]:
+                    self.metrics.images_flagged.labels(category=record["category"]).inc()
+                if record["unknown"]:
+                    self.metrics.images_unknown.labels(category=record["category"]).inc()
+            found = collected.get(id(record))
+            if want and found is not None and found[0] is record and info is not None:
+                base = info.thresholds.get("base", 0.0)
+                results.append(Scored(out, found[1], found[2], base))
+            else:
+                results.append(Scored(out))
+        return results
