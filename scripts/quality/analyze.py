@@ -5,6 +5,8 @@
 import sys, json
 from pathlib import Path
 import numpy as np
+import functools
+load_npy = functools.partial(np.load, allow_pickle=False)  # arrays only, never pickles
 from structcore.anomaly_map import anomaly_maps
 from structcore.scoring import structural_descriptor, base_scores, StructCoreCalibrator
 from evaluation.metrics import image_metrics, pixel_metrics
@@ -12,7 +14,7 @@ from evaluation.metrics import image_metrics, pixel_metrics
 d = Path(sys.argv[1]); tag = sys.argv[2] if len(sys.argv) > 2 else "r0.01"
 pix = "--pixel" in sys.argv
 meta = json.load(open(d / f"meta_{tag}.json")); grid = tuple(meta["grid"]); crop = meta["crop"]
-labels = np.load(d / "labels.npy").astype(bool)
+labels = load_npy(d / "labels.npy").astype(bool)
 def stats(ps, keep_maps=False):
     b, ds, ms = [], [], []
     for s in range(0, len(ps), 32):
@@ -20,9 +22,9 @@ def stats(ps, keep_maps=False):
         b.append(base_scores(m)); ds.append(structural_descriptor(m))
         if keep_maps: ms.append(m.astype(np.float32))
     return np.concatenate(b), np.concatenate(ds), (np.concatenate(ms) if keep_maps else None)
-tb, td, _ = stats(np.load(d / f"train_loo_{tag}.npy"))
-ib, idd, _ = stats(np.load(d / f"train_ins_{tag}.npy"))
-eb, ed, emaps = stats(np.load(d / f"test_ps_{tag}.npy"), keep_maps=pix)
+tb, td, _ = stats(load_npy(d / f"train_loo_{tag}.npy"))
+ib, idd, _ = stats(load_npy(d / f"train_ins_{tag}.npy"))
+eb, ed, emaps = stats(load_npy(d / f"test_ps_{tag}.npy"), keep_maps=pix)
 np.savez(d / f"desc_{tag}.npz", tb=tb, td=td, ib=ib, idd=idd, eb=eb, ed=ed)
 au = lambda s: image_metrics(labels, s)["auroc"]
 print(f"== {d.name} {tag}: base AUROC {au(eb):.4f}")
@@ -36,6 +38,6 @@ for mode, (b, dd) in {"loo": (tb, td), "in-sample": (ib, idd)}.items():
     frr = {k: float((sc.by_kind(k)[~labels] > c.thresholds_[k]).mean()) for k in ("base", "struct", "hybrid")}
     print(f"  paper[{mode}]: lambda {c.lambda_:.4g} struct {au(sc.struct):.4f} hybrid {au(sc.hybrid):.4f} FRR {frr}")
 if pix:
-    masks = np.unpackbits(np.load(d / "masks.npy"), axis=-1)[..., :crop].astype(bool)
+    masks = np.unpackbits(load_npy(d / "masks.npy"), axis=-1)[..., :crop].astype(bool)
     pm = pixel_metrics(masks, emaps, max_pixels=20_000_000)
     print(f"  pixel AUROC {pm['auroc']:.4f} AUPRO {pm['aupro']:.4f}")

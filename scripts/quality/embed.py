@@ -5,6 +5,8 @@
 import sys, time, json
 from pathlib import Path
 import numpy as np
+import functools
+load_npy = functools.partial(np.load, allow_pickle=False)  # arrays only, never pickles
 from PIL import Image
 from structcore.backbones import create_backbone
 from structcore.features import build_extractor, new_feature_space
@@ -68,7 +70,7 @@ model.fit(train, ex.grid_shape(), crop); t3 = time.time()
 print("fit", t3 - t2, "bank", model.bank_.shape, flush=True)
 knn = model.knn()
 loo = model._calibration_patch_scores(train, np.arange(len(train)))
-test16 = np.load(out / "test_emb16.npy", mmap_mode="r")
+test16 = load_npy(out / "test_emb16.npy", mmap_mode="r")
 tp = np.concatenate([model.patch_scores(np.asarray(test16[s:s+32], dtype=np.float32)) for s in range(0, len(test16), 32)])
 tag = f"r{ratio}"
 np.save(out / f"train_loo_{tag}.npy", loo); np.save(out / f"test_ps_{tag}.npy", tp)

@@ -4,9 +4,11 @@
 """Scoring variants on cached descriptors (desc_*.npz)."""
 import sys
 import numpy as np
+import functools
+load_npy = functools.partial(np.load, allow_pickle=False)  # arrays only, never pickles
 from scipy.stats import median_abs_deviation as mad
 from evaluation.metrics import image_metrics
-d = np.load(sys.argv[1]); labels = np.load(sys.argv[1].rsplit("/", 1)[0] + "/labels.npy").astype(bool)
+d = load_npy(sys.argv[1]); labels = load_npy(sys.argv[1].rsplit("/", 1)[0] + "/labels.npy").astype(bool)
 au = lambda s: image_metrics(labels, s)["auroc"]
 def run(name, b, D, eb, ed, loc, scale, onesided, lam_kind, floor=0.0, dims=(0, 1, 2)):
     dims = list(dims)
