@@ -62,21 +62,30 @@ from registry.errors import (
 )
 from registry.models import CategoryRow, CategoryVersionRow, FeatureSpaceRow, utcnow
 from registry.storage import STORES_DIR, TMP_DIR, ArrayRecord, array_sha256, checkpoint, registry_lock
-from structcore.backbones.base import Backbone, BackboneError, create_backbone
-from structcore.features import FeatureExtractor, FeatureSpace, build_extractor, new_feature_space
-from structcore.model import CategoryModel, embed_images
-from structcore.routing import PrototypeRouter
 
 if TYPE_CHECKING:
+    # The model code (torch, scikit-learn, scipy) is imported by the methods that need a model, so
+    # commands without one (`list`, `show`, `verify`, ...) start in a fraction of a second.
     from registry.inference import ImageCallback, PredictionRecord
-    from structcore.features import ImageSource
+    from structcore.backbones.base import Backbone
+    from structcore.features import FeatureExtractor, FeatureSpace, ImageSource
+    from structcore.model import CategoryModel
+    from structcore.routing import PrototypeRouter
 
 #: Category names: safe as a single path component on every file system.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: Name of the projection store (a re-initialised empty registry uses ``feature_space-<id>.zarr``).
 FEATURE_SPACE_STORE = "feature_space.zarr"
 #: The arrays of a category version, in store order.
-ARRAY_NAMES: tuple[str, ...] = tuple(CategoryModel.ARRAY_NAMES)
+#: Arrays stored per category version: ``structcore.model.CategoryModel.ARRAY_NAMES`` (a test keeps them equal).
+ARRAY_NAMES: tuple[str, ...] = (
+    "bank",
+    "bank_image_ids",
+    "prototypes",
+    "calibration_base",
+    "calibration_struct",
+    "calibration_hybrid",
+)
 #: Default number of loaded categories (memory banks) kept in memory per Registry.
 DEFAULT_CACHE_SIZE = 8
 #: Fewest train-good images a category is calibrated on. With two, every image's structural
@@ -350,6 +359,8 @@ class Registry:
         """
         root = Path(root)
         _check_init_target(root)
+        from structcore.features import new_feature_space
+
         bb = _create_backbone(backbone, weights)
         space = new_feature_space(bb, resize=resize, crop=crop, dim=dim, seed=seed)
         weights_path = None if weights is None else str(Path(weights).resolve())
@@ -525,6 +536,8 @@ class Registry:
                     raise IntegrityError("<feature space>", 0, store / "zarr.json", problem)
                 with _VERIFIED_LOCK:
                     _VERIFIED.add(key)
+            from structcore.features import FeatureSpace
+
             self._space = FeatureSpace.from_description(_row_description(row), projection)
         return self._space
 
@@ -568,6 +581,8 @@ class Registry:
             )
         extractor = self._extractors.get(batch_size)
         if extractor is None:
+            from structcore.features import build_extractor
+
             extractor = build_extractor(space, bb, batch_size=batch_size)
             self._extractors[batch_size] = extractor
         return extractor
@@ -612,6 +627,8 @@ class Registry:
             )
             raise RegistryError(msg)
         stage: Stage = on_stage or (lambda _stage: None)
+        from structcore.model import CategoryModel, embed_images
+
         fitted = CategoryModel(**(model or CategoryModel()).get_params())  # type: ignore[arg-type]
         extractor = self.extractor(batch_size)
         stage("embed")
@@ -939,6 +956,8 @@ class Registry:
                 raise RegistryError(msg) from None
             raise
         try:
+            from structcore.model import CategoryModel
+
             model = CategoryModel.from_parts(arrays, dict(metadata))
         except (KeyError, TypeError, ValueError) as error:  # the row matched its store: the store is old or odd
             problem = f"holds metadata that does not rebuild a model ({type(error).__name__}: {error})"
@@ -995,6 +1014,8 @@ class Registry:
         token = tuple((v.category, v.uuid) for v in versions)
         if self._router is not None and token == self._router_token:
             return self._router
+        from structcore.routing import PrototypeRouter
+
         router = PrototypeRouter()
         for info in versions:
             self._check_row(info)
@@ -1520,6 +1541,8 @@ def _category_info(category: CategoryRow, versions: Sequence[CategoryVersionRow]
 
 
 def _create_backbone(name: str, weights: str | Path | None) -> Backbone:
+    from structcore.backbones.base import BackboneError, create_backbone
+
     try:
         return create_backbone(name, weights)
     except BackboneError as error:
@@ -1584,6 +1607,8 @@ def _install_feature_space(
         except Exception:  # unreadable: replace it
             projection = None
         if projection is not None:
+            from structcore.features import FeatureSpace
+
             existing = FeatureSpace.from_description(_row_description(old), projection)
             if not existing.differences(space):
                 return  # the same feature space: nothing to do
