@@ -27,7 +27,6 @@ processes share this machine. ``quick=True`` uses a few images and smaller input
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -428,30 +427,13 @@ class _Context:
     def fit(self, ratio: float, method: str, timings: dict[str, Any] | None = None) -> CategoryModel:
         """A category model at ``ratio`` with the coreset ``method`` forced; stage times into ``timings``."""
         marks: list[tuple[str, float]] = []
-        model = CategoryModel(coreset_ratio=ratio, seed=self.seed)
-        with forced_coreset_method(method):
-            model.fit(
-                self.train, self.grid, self.crop, progress=lambda stage: marks.append((stage, time.perf_counter()))
-            )
+        model = CategoryModel(coreset_ratio=ratio, seed=self.seed, coreset_method=method)
+        model.fit(self.train, self.grid, self.crop, progress=lambda stage: marks.append((stage, time.perf_counter())))
         end = time.perf_counter()
         if timings is not None:
             stages = {name: (marks[i + 1][1] if i + 1 < len(marks) else end) - at for i, (name, at) in enumerate(marks)}
             timings[f"{ratio:g}-{method}"] = {"seconds": stages, "bank_size": len(model.bank_)}
         return model
-
-
-@contextlib.contextmanager
-def forced_coreset_method(method: str) -> Iterator[None]:
-    """Make ``KCenterGreedy(method="auto")`` (what :class:`CategoryModel` builds) run ``method``."""
-    saved = coreset_module.APPROX_MIN_WORK
-    if method == "exact":
-        coreset_module.APPROX_MIN_WORK = math.inf
-    elif method == "approx":
-        coreset_module.APPROX_MIN_WORK = -1.0
-    try:
-        yield
-    finally:
-        coreset_module.APPROX_MIN_WORK = saved
 
 
 def _machine() -> dict[str, Any]:

@@ -67,6 +67,8 @@ class CategoryModel:
         bank_dtype: ``"float32"`` or ``"float16"`` storage of the bank.
         index: faiss index kind (``"flat"`` exact, ``"hnsw"`` approximate).
         seed: seeds the coreset, the prototypes and the holdout split.
+        coreset_method: the coreset algorithm, ``"auto"`` (by problem size), ``"exact"`` or
+            ``"approx"`` (see :mod:`structcore.coreset`); the benchmark forces each in turn.
 
     Attributes:
         bank_: (M, D) memory bank.
@@ -94,6 +96,7 @@ class CategoryModel:
         bank_dtype: str = "float32",
         index: str = "flat",
         seed: int = DEFAULT_SEED,
+        coreset_method: str = "auto",
     ):
         self.coreset_ratio = coreset_ratio
         self.k = k
@@ -106,6 +109,7 @@ class CategoryModel:
         self.bank_dtype = bank_dtype
         self.index = index
         self.seed = seed
+        self.coreset_method = coreset_method
 
     # ------------------------------------------------------------------ fit
     def fit(
@@ -151,7 +155,9 @@ class CategoryModel:
         else:
             candidate_rows = (bank_images[:, None] * n_patches + np.arange(n_patches)).ravel()
             candidates = flat[candidate_rows]
-        selector = KCenterGreedy(ratio=self.coreset_ratio, proxy_dim=self.proxy_dim, seed=self.seed)
+        selector = KCenterGreedy(
+            ratio=self.coreset_ratio, proxy_dim=self.proxy_dim, seed=self.seed, method=self.coreset_method
+        )
         selected = selector.fit(candidates).indices_
         rows = selected if candidate_rows is None else candidate_rows[selected]
         self.bank_ = flat[rows].astype(self.bank_dtype)
@@ -273,6 +279,7 @@ class CategoryModel:
             "bank_dtype": self.bank_dtype,
             "index": self.index,
             "seed": self.seed,
+            "coreset_method": self.coreset_method,
         }
 
     def to_arrays(self) -> dict[str, np.ndarray]:
