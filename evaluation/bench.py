@@ -42,10 +42,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import structcore.coreset as coreset_module
 from evaluation.metrics import image_metrics, pixel_metrics
-from structcore.anomaly_map import anomaly_maps, anomaly_maps_reference
+from structcore.anomaly_map import DEFAULT_SIGMA, anomaly_maps, gaussian_blur
 from structcore.backbones.base import Backbone, create_backbone
 from structcore.coreset import KCenterGreedy, covering_radius
 from structcore.features import FeatureExtractor, build_extractor, new_feature_space
@@ -434,6 +435,23 @@ class _Context:
             stages = {name: (marks[i + 1][1] if i + 1 < len(marks) else end) - at for i, (name, at) in enumerate(marks)}
             timings[f"{ratio:g}-{method}"] = {"seconds": stages, "bank_size": len(model.bank_)}
         return model
+
+
+@torch.inference_mode()
+def anomaly_maps_reference(
+    patch_scores: np.ndarray | torch.Tensor,
+    output_size: int,
+    sigma: float = DEFAULT_SIGMA,
+) -> np.ndarray:
+    """The benchmark's reference for :func:`structcore.anomaly_map.anomaly_maps`: ``F.interpolate`` then blur."""
+    grids = torch.as_tensor(patch_scores, dtype=torch.float32)
+    if grids.ndim != 3:
+        msg = f"patch scores must be (B, h, w), got shape {tuple(grids.shape)}"
+        raise ValueError(msg)
+    upsampled = F.interpolate(
+        grids.unsqueeze(1), size=(output_size, output_size), mode="bilinear", align_corners=False
+    ).squeeze(1)
+    return gaussian_blur(upsampled, sigma).numpy()
 
 
 def _machine() -> dict[str, Any]:
