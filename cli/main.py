@@ -232,7 +232,7 @@ def list_categories(root: RootOption = None, as_json: JsonOption = False) -> Non
     """List the categories with their current version."""
     with user_errors():
         registry = _open(root)
-        categories = registry.list()
+        categories = registry.categories()
         if as_json:
             print_json([category.to_dict() for category in categories])
             return
