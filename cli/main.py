@@ -481,6 +481,12 @@ def infer(
             highlight=False,
             soft_wrap=True,
         )
+        if unknown:
+            err_console.print(
+                f"{unknown} of {len(records)} images look like no registered product (unknown_score > 1); "
+                "if they show a new product, register it with `registry add-category NAME --train DIR`",
+                highlight=False,
+            )
         for record in failed:
             err_console.print(f"[red]failed[/]: {record['error']}", highlight=False, soft_wrap=True)
         if failed:

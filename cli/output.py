@@ -21,6 +21,7 @@ RECORD_KEYS = (
     "category",
     "route_score",
     "unknown",
+    "unknown_score",
     "score_base",
     "score_struct",
     "score_hybrid",

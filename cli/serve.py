@@ -22,9 +22,7 @@ def serve_command(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     token: Annotated[
         str | None,
-        typer.Option(
-            help="Bearer token every API request must send [env: STRUCTCORE_TOKEN].", envvar="STRUCTCORE_TOKEN"
-        ),
+        typer.Option(help="Bearer token every API request must send.", envvar="STRUCTCORE_TOKEN"),
     ] = None,
     max_batch_size: Annotated[int, typer.Option(help="Images gathered from concurrent requests into one batch.")] = 8,
     max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits for more requests (ms).")] = 10.0,

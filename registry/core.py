@@ -139,6 +139,10 @@ class VersionInfo:
     library_version: str
     origin: str
     arrays: dict[str, dict[str, Any]]
+    #: ``unknown`` decision (revision 0003); ``None`` on versions fitted before it (see docs/open-set.md).
+    unknown_statistic: str | None = None
+    unknown_threshold: float | None = None
+    far_threshold: float | None = None
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -179,6 +183,9 @@ class VersionInfo:
             library_version=row.library_version,
             origin=row.origin or "fit",
             arrays={k: dict(v) for k, v in row.arrays.items()},
+            unknown_statistic=row.unknown_statistic,
+            unknown_threshold=row.unknown_threshold,
+            far_threshold=row.far_threshold,
         )
 
     def row_fields(self) -> dict[str, Any]:
@@ -196,6 +203,8 @@ class VersionInfo:
             "fit_seconds": self.fit_seconds,
             "origin": self.origin,
             "arrays": self.arrays,
+            "unknown_threshold": self.unknown_threshold,
+            "far_threshold": self.far_threshold,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -747,6 +756,7 @@ class Registry:
             category.last_version += 1
             metadata = item.metadata
             params = dict(metadata["params"])
+            unknown_threshold = _finite_or_none(metadata.get("unknown_threshold"))
             row = CategoryVersionRow(
                 category_id=category.id,
                 version=category.last_version,
@@ -765,6 +775,9 @@ class Registry:
                 library_version=library_version(),
                 created_at=now,
                 origin=item.origin,
+                unknown_statistic=None if unknown_threshold is None else params.get("unknown_statistic"),
+                unknown_threshold=unknown_threshold,
+                far_threshold=_finite_or_none(metadata.get("far_threshold")),
             )
             session.add(row)
             session.flush()
@@ -1013,7 +1026,7 @@ class Registry:
         token = tuple((v.category, v.uuid) for v in versions)
         if self._router is not None and token == self._router_token:
             return self._router
-        from structcore.routing import PrototypeRouter
+        from structcore.routing import DEFAULT_UNKNOWN_STATISTIC, PrototypeRouter
 
         router = PrototypeRouter()
         for info in versions:
@@ -1022,7 +1035,14 @@ class Registry:
             if prototypes is None:
                 prototypes = self._read_checked(info, "prototypes")
                 self._prototypes[info.uuid] = prototypes
-            router.add(info.category, prototypes, info.route_threshold)
+            router.add(
+                info.category,
+                prototypes,
+                info.route_threshold,
+                unknown_threshold=info.unknown_threshold if info.unknown_statistic else None,
+                unknown_statistic=info.unknown_statistic or DEFAULT_UNKNOWN_STATISTIC,
+                far_threshold=info.far_threshold,
+            )
         self._router, self._router_token = router, token
         self._router_versions = {info.category: info.version for info in versions}
         return router
@@ -1454,6 +1474,9 @@ def row_differences(fields: Mapping[str, Any], attributes: Mapping[str, Any]) ->
             "route_threshold": metadata.get("route_threshold"),
             "n_train_images": metadata.get("n_train_images"),
         }
+        for key in ("unknown_threshold", "far_threshold"):  # recorded since revision 0003
+            if key in metadata:
+                expected[key] = metadata[key]
         fit_seconds = metadata.get("fit_seconds")
         if fit_seconds is None or isinstance(fit_seconds, int | float):
             expected["fit_seconds"] = _finite_or_none(fit_seconds)

@@ -619,6 +619,7 @@ def _failed_records(paths: Sequence[str], message: str) -> list[PredictionRecord
             category=None,
             route_score=None,
             unknown=None,
+            unknown_score=None,
             score_base=None,
             score_struct=None,
             score_hybrid=None,

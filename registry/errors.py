@@ -51,9 +51,8 @@ class UnknownCategoryError(RegistryError, KeyError):
     def __init__(self, name: str, known: Iterable[str]):
         self.name = name
         self.known = sorted(known)
-        listing = (
-            ", ".join(self.known) if self.known else "none (add one with `registry add-category NAME --train DIR`)"
-        )
+        hint = "none (add one with `registry add-category NAME --train DIR`)"
+        listing = ", ".join(self.known) if self.known else hint
         super().__init__(f"unknown category {name!r}; known categories: {listing}")
 
     def __str__(self) -> str:  # KeyError would repr() the message

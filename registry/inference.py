@@ -34,6 +34,7 @@ class PredictionRecord(TypedDict):
     category: str | None
     route_score: float | None
     unknown: bool | None
+    unknown_score: float | None
     score_base: float | None
     score_struct: float | None
     score_hybrid: float | None
@@ -57,6 +58,7 @@ def _error_record(path: str, message: str) -> PredictionRecord:
         category=None,
         route_score=None,
         unknown=None,
+        unknown_score=None,
         score_base=None,
         score_struct=None,
         score_hybrid=None,
@@ -78,9 +80,12 @@ def predict(
     """Score ``sources`` with the registry's categories.
 
     With ``category=None`` each image is routed to the category whose prototypes are nearest
-    (``unknown`` when its route score exceeds that category's threshold; it is still scored
-    there). With a category, every image is scored against it and ``route_score``/``unknown``
-    are measured against that category's own prototypes.
+    and scored there. ``unknown_score`` says how unlike every registered product the image is
+    (the smallest per-category unknown ratio, see :mod:`structcore.routing`; ``unknown`` is
+    ``unknown_score > 1``): a defective image of a registered product stays known, an image of
+    a product the registry does not hold is flagged (it is still scored against the nearest
+    category). With a category, every image is scored against it and ``route_score``,
+    ``unknown_score`` and ``unknown`` are measured against that category alone.
 
     Args:
         registry: an open registry.
@@ -141,7 +146,8 @@ def predict(
                 routed = router.route(vectors)
                 chosen = list(routed.categories)
                 route_scores = np.asarray(routed.route_scores, dtype=np.float64)
-                unknown = np.asarray(routed.unknown, dtype=bool)
+                assert routed.unknown_scores is not None
+                unknown_scores = np.asarray(routed.unknown_scores, dtype=np.float64)
             else:
                 assert category is not None
                 own = load(category)
@@ -149,7 +155,7 @@ def predict(
                     raise RegistryError(failed[category])
                 chosen = [category] * len(images)
                 route_scores = np.asarray(own.route_score(vectors), dtype=np.float64)
-                unknown = route_scores > own.route_threshold_
+                unknown_scores = np.asarray(own.unknown_score(vectors), dtype=np.float64)
             for name in dict.fromkeys(chosen):
                 rows = [j for j, c in enumerate(chosen) if c == name]
                 model = load(name)
@@ -166,7 +172,8 @@ def predict(
                         path=names[positions[j]],
                         category=name,
                         route_score=float(route_scores[j]),
-                        unknown=bool(unknown[j]),
+                        unknown=bool(unknown_scores[j] > 1.0),
+                        unknown_score=float(unknown_scores[j]),
                         score_base=float(scores.base[k]),
                         score_struct=float(scores.struct[k]),
                         score_hybrid=hybrid,

@@ -111,6 +111,13 @@ class CategoryVersionRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
     #: ``"fit"`` or ``"import:<bundle file name>"`` (added by revision 0002; NULL on older rows = fit).
     origin: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: Image statistic of the ``unknown`` decision (revision 0003; NULL on older rows: the route
+    #: score over ``route_threshold`` decides, the rule they were fitted with).
+    unknown_statistic: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    #: Threshold on ``unknown_statistic`` (revision 0003).
+    unknown_threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: Patch-distance threshold of the ``far-share`` statistic (revision 0003).
+    far_threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 __all__ = ["Base", "CategoryRow", "CategoryVersionRow", "FeatureSpaceRow", "utcnow"]

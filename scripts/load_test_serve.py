@@ -36,8 +36,8 @@ SYNTHETIC_KINDS = ("pill", "grid", "tile")
 
 def build_registry(root: Path, bottle: Path, images: Path, n_synthetic: int) -> None:
     """A registry of bottle and ``n_synthetic`` synthetic categories, and the request images in ``images``."""
-    from registry import Registry
     from evaluation.synthetic import make_category
+    from registry import Registry
 
     images.mkdir(parents=True, exist_ok=True)
     if not (root / "registry.sqlite").exists():
@@ -203,9 +203,14 @@ def main() -> None:
             if time.monotonic() > deadline or server.poll() is not None:
                 raise SystemExit("the server did not become ready; see serve.log")
             time.sleep(0.5)
-        run_clients(url, pool, 2, 5.0, 20)  # warm-up (category models, allocator)
+        counts = [int(c) for c in args.clients.split(",")]
+        # warm-up at the largest concurrency: full batches size the allocator's and torch's buffers
+        run_clients(url, pool, max(counts), 10.0, 4 * len(pool))
         rss_start = rss_mb(server.pid)
-        rows = [run_clients(url, pool, int(c), seconds, args.max_requests) for c in args.clients.split(",")]
+        rows = []
+        for count in counts:
+            rows.append(run_clients(url, pool, count, seconds, args.max_requests))
+            rows[-1]["rss_mb"] = rss_mb(server.pid)
         rss_end = rss_mb(server.pid)
         if args.screenshot:
             bad = next(p for p in paths if p.name.startswith("bottle_broken_large"))
@@ -233,13 +238,13 @@ def main() -> None:
         f"\n`registry infer` on {len(paths)} images: {cli['img_per_s']:.1f} img/s scoring "
         f"({cli['img_per_s_with_start']:.1f} img/s with its {cli['wall_seconds']:.0f} s start-up and load)"
     )
-    print("\n| clients | requests | errors | p50 ms | p95 ms | p99 ms | img/s | vs CLI scoring | vs CLI with start |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| clients | requests | errors | p50 ms | p95 ms | p99 ms | img/s | vs CLI | vs CLI with start | RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['clients']} | {row['requests']} | {row['errors']} | {row['p50_ms']:.0f} | {row['p95_ms']:.0f} | "
             f"{row['p99_ms']:.0f} | {row['img_per_s']:.1f} | {row['img_per_s'] / cli['img_per_s']:.2f}x | "
-            f"{row['img_per_s'] / cli['img_per_s_with_start']:.2f}x |"
+            f"{row['img_per_s'] / cli['img_per_s_with_start']:.2f}x | {row['rss_mb']:.0f} |"
         )
     print(
         f"\nserver RSS {rss_start:.0f} MB after warm-up, {rss_end:.0f} MB at the end; "

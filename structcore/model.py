@@ -13,18 +13,27 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from structcore.anomaly_map import DEFAULT_SIGMA, anomaly_maps
 from structcore.coreset import KCenterGreedy
 from structcore.features import FeatureExtractor, ImageSource
 from structcore.knn import DEFAULT_K, PatchKNN
 from structcore.routing import (
+    DEFAULT_FAR_QUANTILE,
+    DEFAULT_FAR_SHARE,
     DEFAULT_PROTOTYPES,
     DEFAULT_ROUTE_QUANTILE,
+    DEFAULT_UNKNOWN_MARGIN,
+    DEFAULT_UNKNOWN_STATISTIC,
+    check_unknown_statistic,
     l2_normalize,
-    leave_one_out_route_scores,
+    leave_one_out_patch_distances,
+    patch_statistic,
     patch_vectors_to_prototypes,
     route_distances,
+    route_statistics,
+    unknown_ratio,
 )
 from structcore.scoring import (
     DEFAULT_TOP_RATIO,
@@ -62,7 +71,15 @@ class CategoryModel:
         holdout_ratio: share of train images kept out of the bank in ``"holdout"`` mode.
         n_prototypes: routing prototypes K.
         proxy_dim: dimension of the coreset's distance proxy (``None`` = exact).
-        route_quantile: quantile of train route scores used as the ``unknown`` threshold.
+        route_quantile: quantile of train route scores (and of the unknown statistic) behind the
+            ``unknown`` thresholds.
+        unknown_statistic: image statistic of patch-to-prototype distances behind ``unknown``
+            (one of :data:`structcore.routing.UNKNOWN_STATISTICS`).
+        unknown_margin: for statistics other than ``far-share``, the factor on their
+            leave-one-out train quantile that gives the unknown threshold (docs/open-set.md).
+        far_quantile: ``far-share``: quantile of the leave-one-out train patch distances beyond
+            which a patch counts as far from the category.
+        far_share: ``far-share``: share of far patches beyond which an image is unknown.
         sigma: Gaussian blur of the anomaly map.
         bank_dtype: ``"float32"`` or ``"float16"`` storage of the bank.
         index: faiss index kind (``"flat"`` exact, ``"hnsw"`` approximate).
@@ -75,7 +92,11 @@ class CategoryModel:
         bank_image_ids_: (M,) train image index each bank vector came from.
         prototypes_: (K, D) L2-normalised routing prototypes.
         calibrator_: fitted :class:`StructCoreCalibrator`.
-        route_threshold_: unknown-input threshold on the route score.
+        route_threshold_: ``route_quantile`` of the leave-one-out train route scores (the
+            ``unknown`` rule of registries fitted before ``unknown_threshold_`` existed).
+        unknown_threshold_: threshold on ``unknown_statistic`` (``nan`` on a model loaded from
+            such an older registry: then the route threshold decides).
+        far_threshold_: patch-distance threshold of ``far-share`` (``nan`` otherwise).
         grid_: patch grid (h, w); map_size_: side of the anomaly map.
         n_train_images_: images used; calibration_scores_: train-good scores used for calibration.
         fit_seconds_: wall time of :meth:`fit`.
@@ -92,6 +113,10 @@ class CategoryModel:
         n_prototypes: int = DEFAULT_PROTOTYPES,
         proxy_dim: int | None = 128,
         route_quantile: float = DEFAULT_ROUTE_QUANTILE,
+        unknown_statistic: str = DEFAULT_UNKNOWN_STATISTIC,
+        unknown_margin: float = DEFAULT_UNKNOWN_MARGIN,
+        far_quantile: float = DEFAULT_FAR_QUANTILE,
+        far_share: float = DEFAULT_FAR_SHARE,
         sigma: float = DEFAULT_SIGMA,
         bank_dtype: str = "float32",
         index: str = "flat",
@@ -105,6 +130,10 @@ class CategoryModel:
         self.n_prototypes = n_prototypes
         self.proxy_dim = proxy_dim
         self.route_quantile = route_quantile
+        self.unknown_statistic = unknown_statistic
+        self.unknown_margin = unknown_margin
+        self.far_quantile = far_quantile
+        self.far_share = far_share
         self.sigma = sigma
         self.bank_dtype = bank_dtype
         self.index = index
@@ -130,6 +159,13 @@ class CategoryModel:
         started = time.perf_counter()
         if self.calibration not in CALIBRATION_MODES:
             msg = f"unknown calibration mode {self.calibration!r}; choose one of {CALIBRATION_MODES}"
+            raise ValueError(msg)
+        check_unknown_statistic(self.unknown_statistic)
+        if not (math.isfinite(self.unknown_margin) and self.unknown_margin >= 1.0):
+            msg = f"unknown_margin must be a finite number >= 1, got {self.unknown_margin}"
+            raise ValueError(msg)
+        if not (0.0 < self.far_quantile < 1.0 and 0.0 < self.far_share < 1.0):
+            msg = f"far_quantile and far_share must lie in (0, 1), got {self.far_quantile}, {self.far_share}"
             raise ValueError(msg)
         n_images, n_patches, dim = patch_vectors.shape
         if n_patches != grid[0] * grid[1]:
@@ -166,8 +202,11 @@ class CategoryModel:
 
         report("prototypes")
         self.prototypes_, prototype_rows = patch_vectors_to_prototypes(flat, self.n_prototypes, seed=self.seed)
-        own_routes = leave_one_out_route_scores(patch_vectors, self.prototypes_, image_of_row[prototype_rows])
+        own_distances = leave_one_out_patch_distances(patch_vectors, self.prototypes_, image_of_row[prototype_rows])
+        own_routes = own_distances.astype(np.float64).mean(axis=1)
         self.route_threshold_ = float(np.quantile(own_routes, self.route_quantile))
+        self._calibrate_unknown(own_distances)
+        del own_distances
 
         report("calibration")
         self._knn = None
@@ -178,6 +217,16 @@ class CategoryModel:
         self.calibration_scores_ = {"base": scores.base, "struct": scores.struct, "hybrid": scores.hybrid}
         self.fit_seconds_ = time.perf_counter() - started
         return self
+
+    def _calibrate_unknown(self, own_distances: np.ndarray) -> None:
+        """Unknown thresholds from the leave-one-out train patch distances (n_images, P)."""
+        if self.unknown_statistic == "far-share":
+            self.far_threshold_ = float(np.quantile(own_distances, self.far_quantile))
+            self.unknown_threshold_ = float(self.far_share)
+            return
+        self.far_threshold_ = float("nan")
+        own_statistic = patch_statistic(torch.from_numpy(own_distances.T), self.unknown_statistic).numpy()
+        self.unknown_threshold_ = float(np.quantile(own_statistic, self.route_quantile)) * self.unknown_margin
 
     def _split(self, n_images: int) -> tuple[np.ndarray, np.ndarray]:
         everything = np.arange(n_images)
@@ -254,6 +303,19 @@ class CategoryModel:
         owners = np.zeros(len(self.prototypes_), dtype=np.int64)
         return route_distances(patch_vectors, self.prototypes_, owners, 1)[:, 0]
 
+    def unknown_score(self, patch_vectors: np.ndarray) -> np.ndarray:
+        """Unknown scores (B,): the unknown statistic over its threshold (``> 1`` = unlike this category).
+
+        A model without an unknown threshold (loaded from an older registry) uses its route score
+        over its route threshold, the rule such registries were fitted with.
+        """
+        owners = np.zeros(len(self.prototypes_), dtype=np.int64)
+        if not math.isfinite(self.unknown_threshold_):
+            return unknown_ratio(self.route_score(patch_vectors), self.route_threshold_)
+        far = np.asarray([self.far_threshold_])
+        found = route_statistics(patch_vectors, self.prototypes_, owners, 1, (self.unknown_statistic,), far)
+        return unknown_ratio(found[self.unknown_statistic][:, 0], self.unknown_threshold_)
+
     # --------------------------------------------------------- persistence
     #: Names of the arrays returned by :meth:`to_arrays`.
     ARRAY_NAMES = (
@@ -275,6 +337,10 @@ class CategoryModel:
             "n_prototypes": self.n_prototypes,
             "proxy_dim": self.proxy_dim,
             "route_quantile": self.route_quantile,
+            "unknown_statistic": self.unknown_statistic,
+            "unknown_margin": self.unknown_margin,
+            "far_quantile": self.far_quantile,
+            "far_share": self.far_share,
             "sigma": self.sigma,
             "bank_dtype": self.bank_dtype,
             "index": self.index,
@@ -303,6 +369,8 @@ class CategoryModel:
             "map_size": self.map_size_,
             "n_train_images": self.n_train_images_,
             "route_threshold": self.route_threshold_,
+            "unknown_threshold": _finite_or_none(self.unknown_threshold_),
+            "far_threshold": _finite_or_none(self.far_threshold_),
             "calibrator": self.calibrator_.get_state(),
             "coreset_radius": self.coreset_radius_,
             "fit_seconds": self.fit_seconds_,
@@ -324,6 +392,10 @@ class CategoryModel:
         model.map_size_ = int(metadata["map_size"])  # type: ignore[call-overload]
         model.n_train_images_ = int(metadata["n_train_images"])  # type: ignore[call-overload]
         model.route_threshold_ = float(metadata["route_threshold"])  # type: ignore[arg-type]
+        unknown_threshold = metadata.get("unknown_threshold")  # absent before revision 0003
+        model.unknown_threshold_ = float("nan") if unknown_threshold is None else float(unknown_threshold)  # type: ignore[arg-type]
+        far_threshold = metadata.get("far_threshold")
+        model.far_threshold_ = float("nan") if far_threshold is None else float(far_threshold)  # type: ignore[arg-type]
         model.calibrator_ = StructCoreCalibrator.from_state(dict(metadata["calibrator"]))  # type: ignore[call-overload]
         model.coreset_radius_ = float(metadata.get("coreset_radius", float("nan")))  # type: ignore[arg-type]
         model.fit_seconds_ = float(metadata.get("fit_seconds", float("nan")))  # type: ignore[arg-type]
@@ -334,6 +406,11 @@ class CategoryModel:
     def thresholds(self) -> dict[str, float]:
         """Decision thresholds (99.5% train-good quantile) for base / struct / hybrid."""
         return dict(self.calibrator_.thresholds_)
+
+
+def _finite_or_none(value: float) -> float | None:
+    """``value``, or ``None`` when it is not finite (JSON has no NaN)."""
+    return float(value) if math.isfinite(value) else None
 
 
 def embed_images(

@@ -7,6 +7,16 @@ mean of its L2-normalised patch vectors) is compared with each category's centro
 the mean of its prototypes, computed when the category is added), and the exact route score is
 computed for the ``shortlist`` nearest categories only. With C <= ``shortlist`` (or
 ``shortlist=None``) routing is exact, as before.
+
+Unknown products (docs/open-set.md): the route score (a mean over patches) also rises when a
+small part of an image of a registered product is defective, so a threshold on it flags defects
+as ``unknown``. The ``unknown`` decision therefore uses another image statistic of the same
+patch-to-prototype distances (:data:`DEFAULT_UNKNOWN_STATISTIC`): the share of the image's
+patches that are farther from every prototype of the category than 90% of the category's own
+train-good patches (leave-one-out). A local defect raises the share by about its area, an
+unregistered product changes every patch. A category's unknown ratio is that share over 0.5
+(``> 1``: more than half of the image is unlike the category); an image's ``unknown_score``
+is the smallest ratio over the categories.
 """
 
 from __future__ import annotations
@@ -25,6 +35,55 @@ DEFAULT_PROTOTYPES = 64
 DEFAULT_ROUTE_QUANTILE = 0.995
 #: Categories scored exactly per image after the centroid shortlist.
 DEFAULT_SHORTLIST = 8
+#: Image statistics of patch-to-prototype distances an ``unknown`` threshold can be put on:
+#: ``far-share`` (share of patches beyond the category's patch threshold), ``mean`` (the route
+#: score), ``median``, ``low-mean-<N>`` (mean of the lowest N% of the patches' distances).
+UNKNOWN_STATISTICS = ("far-share", "low-mean-50", "low-mean-75", "median", "mean")
+#: Statistic of the ``unknown`` decision (see docs/open-set.md for the measurements behind it).
+DEFAULT_UNKNOWN_STATISTIC = "far-share"
+#: ``far-share``: quantile of the leave-one-out train-good patch distances that makes a patch "far".
+DEFAULT_FAR_QUANTILE = 0.9
+#: ``far-share``: share of far patches above which an image is unlike the category.
+DEFAULT_FAR_SHARE = 0.5
+#: Other statistics: unknown threshold = this factor x the ``route_quantile`` of the
+#: leave-one-out train-good statistic (train-good statistics spread by a few percent only).
+DEFAULT_UNKNOWN_MARGIN = 1.2
+
+
+def check_unknown_statistic(statistic: str) -> str:
+    """``statistic`` if it is one of :data:`UNKNOWN_STATISTICS`, else a ``ValueError``."""
+    if statistic not in UNKNOWN_STATISTICS:
+        msg = f"unknown statistic {statistic!r}; choose one of {', '.join(UNKNOWN_STATISTICS)}"
+        raise ValueError(msg)
+    return statistic
+
+
+def patch_statistic(distances: torch.Tensor, statistic: str, far: torch.Tensor | None = None) -> torch.Tensor:
+    """Image statistic over patches (dim 0) of patch distances (P, S): one value per column.
+
+    ``far`` (S,) gives each column's patch threshold for ``far-share`` (``nan``: share 0).
+    """
+    if statistic == "far-share":
+        if far is None:
+            msg = "far-share needs the patch thresholds"
+            raise ValueError(msg)
+        return (distances > far.to(distances.dtype)).double().mean(dim=0)
+    if statistic == "mean":
+        return distances.double().mean(dim=0)
+    if statistic == "median":
+        return distances.double().quantile(0.5, dim=0)
+    if statistic.startswith("low-mean-") and statistic in UNKNOWN_STATISTICS:
+        keep = max(1, round(distances.shape[0] * int(statistic.removeprefix("low-mean-")) / 100))
+        lowest = torch.topk(distances, keep, dim=0, largest=False, sorted=False).values
+        return lowest.double().mean(dim=0)
+    check_unknown_statistic(statistic)
+    raise AssertionError(statistic)  # pragma: no cover - every listed statistic is handled above
+
+
+def unknown_ratio(statistic: np.ndarray, threshold: np.ndarray | float) -> np.ndarray:
+    """``statistic / threshold`` (``> 1`` = beyond the threshold); 0 where the threshold is infinite."""
+    limit = np.maximum(np.asarray(threshold, dtype=np.float64), 1e-12)
+    return np.where(np.isinf(limit), 0.0, np.asarray(statistic, dtype=np.float64) / limit)
 
 
 def l2_normalize(vectors: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -62,20 +121,20 @@ def patch_vectors_to_prototypes(
     return prototypes, selected
 
 
-def leave_one_out_route_scores(
+def leave_one_out_patch_distances(
     patch_vectors: np.ndarray, prototypes: np.ndarray, prototype_images: np.ndarray
 ) -> np.ndarray:
-    """Route score of each train image (n, P, D) against the prototypes not taken from it.
+    """Squared distance (n, P) of each train patch to the nearest prototype not taken from its image.
 
     A train image's own prototypes sit at distance 0 from some of its patches, so in-sample route
     scores are biased low and a threshold on them flags ordinary test images as ``unknown``.
     Images are processed one at a time (no normalised copy of the whole matrix).
     """
-    n_images = patch_vectors.shape[0]
+    n_images, n_patches = patch_vectors.shape[:2]
     owners = np.asarray(prototype_images)
     protos = torch.from_numpy(np.ascontiguousarray(prototypes, dtype=np.float32))
     proto_norms = (protos * protos).sum(dim=1)
-    scores = np.empty(n_images)
+    out = np.empty((n_images, n_patches), dtype=np.float32)
     with torch.inference_mode():
         for image in range(n_images):
             keep = torch.from_numpy(np.flatnonzero(owners != image))
@@ -85,8 +144,16 @@ def leave_one_out_route_scores(
             kept = protos.index_select(0, keep)
             distances = (block @ kept.T).mul_(inverse).mul_(-2.0)
             distances.add_((norms * inverse).square_()).add_(proto_norms.index_select(0, keep))
-            scores[image] = float(distances.amin(dim=1).clamp_min_(0.0).double().mean())
-    return scores
+            out[image] = distances.amin(dim=1).clamp_min_(0.0).numpy()
+    return out
+
+
+def leave_one_out_route_scores(
+    patch_vectors: np.ndarray, prototypes: np.ndarray, prototype_images: np.ndarray
+) -> np.ndarray:
+    """Route score (mean over patches) of each train image (n, P, D) against the prototypes not taken from it."""
+    distances = leave_one_out_patch_distances(patch_vectors, prototypes, prototype_images)
+    return np.asarray(distances.astype(np.float64).mean(axis=1))
 
 
 def route_distances(patch_vectors: np.ndarray, prototypes: np.ndarray, owners: np.ndarray, n_owners: int) -> np.ndarray:
@@ -101,13 +168,33 @@ def route_distances(patch_vectors: np.ndarray, prototypes: np.ndarray, owners: n
     Returns:
         (B, n_owners) route scores; lower means closer.
     """
+    return route_statistics(patch_vectors, prototypes, owners, n_owners, ("mean",))["mean"]
+
+
+def route_statistics(
+    patch_vectors: np.ndarray,
+    prototypes: np.ndarray,
+    owners: np.ndarray,
+    n_owners: int,
+    statistics: tuple[str, ...] = ("mean",),
+    far: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Image statistics (B, n_owners) of the min squared patch distance to each owner's prototypes.
+
+    Same arguments as :func:`route_distances`; ``statistics`` names the statistics computed
+    (``"mean"`` is the route score), all from one pass over the distances; ``far`` (n_owners,)
+    holds each owner's patch threshold for ``far-share``.
+    """
+    for statistic in statistics:
+        check_unknown_statistic(statistic)
     batch, patches, dim = patch_vectors.shape
     queries = torch.from_numpy(l2_normalize(patch_vectors.reshape(batch * patches, dim)))
     protos = torch.from_numpy(np.ascontiguousarray(prototypes, dtype=np.float32))
     owner_t = torch.from_numpy(np.asarray(owners, dtype=np.int64))
     query_norms = (queries * queries).sum(dim=1, keepdim=True)
     proto_norms = (protos * protos).sum(dim=1)
-    scores = torch.empty(batch, n_owners, dtype=torch.float64)
+    scores = {statistic: torch.empty(batch, n_owners, dtype=torch.float64) for statistic in statistics}
+    far_t = None if far is None else torch.from_numpy(np.asarray(far, dtype=np.float32).reshape(n_owners))
     # Process one image at a time, chunking the prototypes, so memory stays bounded for
     # registries with many categories.
     chunk_rows = 16384
@@ -120,8 +207,10 @@ def route_distances(patch_vectors: np.ndarray, prototypes: np.ndarray, owners: n
             distances = block_norms + proto_norms[start : start + chunk_rows] - 2.0 * (block @ part.T)
             index = owner_t[start : start + chunk_rows].expand(patches, -1)
             best = best.scatter_reduce(1, index, distances, reduce="amin", include_self=True)
-        scores[image] = best.clamp_min_(0.0).double().mean(dim=0)
-    return scores.numpy()
+        best.clamp_min_(0.0)
+        for statistic, table in scores.items():
+            table[image] = patch_statistic(best, statistic, far_t)
+    return {statistic: table.numpy() for statistic, table in scores.items()}
 
 
 @dataclass(frozen=True)
@@ -131,6 +220,8 @@ class RouteResult:
     ``all_scores`` (B, C) holds the exact route score of every category that was scored exactly
     for an image and ``+inf`` for the categories the shortlist left out; ``shortlist`` (B, S)
     gives the category indices scored exactly (``None`` when every category was).
+    ``unknown_scores`` (B,) is the smallest per-category unknown ratio (:meth:`PrototypeRouter.score_all`;
+    higher = less like any category) and ``unknown`` is ``unknown_scores > 1``.
     """
 
     categories: list[str]
@@ -138,6 +229,7 @@ class RouteResult:
     all_scores: np.ndarray
     unknown: np.ndarray
     shortlist: np.ndarray | None = None
+    unknown_scores: np.ndarray | None = None
 
 
 class PrototypeRouter:
@@ -153,7 +245,11 @@ class PrototypeRouter:
 
     Attributes:
         categories_: category names, in insertion order.
-        thresholds_: per-category route-score threshold (``unknown`` above it).
+        thresholds_: per-category route-score threshold (the ``unknown`` rule of categories
+            without an unknown threshold: fitted before it existed).
+        unknown_thresholds_: per-category threshold on ``unknown_statistics_`` (``nan``: none).
+        unknown_statistics_: per-category image statistic of the ``unknown`` decision.
+        far_thresholds_: per-category patch threshold of ``far-share`` (``nan`` for others).
     """
 
     def __init__(self, shortlist: int | None = DEFAULT_SHORTLIST) -> None:
@@ -163,6 +259,9 @@ class PrototypeRouter:
         self.shortlist = shortlist
         self.categories_: list[str] = []
         self.thresholds_: list[float] = []
+        self.unknown_thresholds_: list[float] = []
+        self.unknown_statistics_: list[str] = []
+        self.far_thresholds_: list[float] = []
         self._blocks: list[np.ndarray] = []
         self._centroids: list[np.ndarray] = []
         self._stacked: tuple[np.ndarray, np.ndarray] | None = None
@@ -174,12 +273,21 @@ class PrototypeRouter:
         prototypes: np.ndarray,
         threshold: float = float("inf"),
         centroid: np.ndarray | None = None,
+        unknown_threshold: float | None = None,
+        unknown_statistic: str = DEFAULT_UNKNOWN_STATISTIC,
+        far_threshold: float | None = None,
     ) -> PrototypeRouter:
-        """Register ``name`` with its prototypes (K, D), its unknown threshold and its shortlist centroid.
+        """Register ``name`` with its prototypes (K, D), its thresholds and its shortlist centroid.
 
         ``centroid`` (D,) defaults to the mean of the prototypes; the mean pooled embedding of the
-        category's train images is an alternative.
+        category's train images is an alternative. ``unknown_threshold`` is the threshold on
+        ``unknown_statistic``; ``None`` (a category fitted before it existed) falls back to the
+        route score over ``threshold``. ``far_threshold`` is the patch threshold of ``far-share``.
         """
+        check_unknown_statistic(unknown_statistic)
+        if unknown_statistic == "far-share" and unknown_threshold is not None and far_threshold is None:
+            msg = f"category {name!r}: far-share needs its patch threshold"
+            raise ValueError(msg)
         if name in self.categories_:
             msg = f"category {name!r} is already in the router"
             raise ValueError(msg)
@@ -193,6 +301,9 @@ class PrototypeRouter:
             raise ValueError(msg)
         self.categories_.append(name)
         self.thresholds_.append(float(threshold))
+        self.unknown_thresholds_.append(float("nan") if unknown_threshold is None else float(unknown_threshold))
+        self.unknown_statistics_.append(unknown_statistic)
+        self.far_thresholds_.append(float("nan") if far_threshold is None else float(far_threshold))
         self._blocks.append(block)
         self._centroids.append(center)
         self._stacked = None
@@ -222,19 +333,47 @@ class PrototypeRouter:
 
     def scores(self, patch_vectors: np.ndarray) -> np.ndarray:
         """Exact route scores (B, C) of projected patch vectors (B, P, D) against every category."""
+        return self.score_all(patch_vectors)[0]
+
+    def score_all(self, patch_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact route scores (B, C) and unknown ratios (B, C) against every category.
+
+        A category's unknown ratio is its unknown statistic over its unknown threshold (or, for a
+        category without one, its route score over its route threshold): ``> 1`` = unlike it.
+        """
         if not self.categories_:
             msg = "the router has no categories"
             raise ValueError(msg)
         prototypes, owners = self._stack()
-        return route_distances(patch_vectors, prototypes, owners, len(self.categories_))
+        far = np.asarray(self.far_thresholds_)
+        found = route_statistics(patch_vectors, prototypes, owners, len(self.categories_), self._statistics(), far)
+        columns = np.arange(len(self.categories_))
+        return found["mean"], self._unknown_ratios(found, np.broadcast_to(columns, found["mean"].shape))
+
+    def _statistics(self) -> tuple[str, ...]:
+        """Statistics to compute: the route score and every category's unknown statistic."""
+        return tuple(dict.fromkeys(["mean", *self.unknown_statistics_]))
+
+    def _unknown_ratios(self, found: dict[str, np.ndarray], columns: np.ndarray) -> np.ndarray:
+        """Unknown ratios (B, S) from statistics (B, S) of the categories ``columns`` (B, S)."""
+        ratios = np.empty(columns.shape, dtype=np.float64)
+        limits = np.asarray(self.unknown_thresholds_, dtype=np.float64)
+        legacy = np.asarray(self.thresholds_, dtype=np.float64)
+        kinds = np.asarray(self.unknown_statistics_)
+        for statistic in dict.fromkeys(self.unknown_statistics_):
+            picked = (kinds[columns] == statistic) & np.isfinite(limits[columns])
+            ratios[picked] = unknown_ratio(found[statistic][picked], limits[columns][picked])
+        fallback = ~np.isfinite(limits[columns])
+        ratios[fallback] = unknown_ratio(found["mean"][fallback], legacy[columns][fallback])
+        return ratios
 
     def _nearest_centroids(self, pooled: torch.Tensor, size: int) -> torch.Tensor:
         centroids = self._pad()[2]
         distances = torch.cdist(pooled, centroids)
         return torch.topk(distances, size, dim=1, largest=False, sorted=True).indices
 
-    def _shortlisted_scores(self, patch_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact route scores of the shortlisted categories (others +inf) and the shortlist."""
+    def _shortlisted_scores(self, patch_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Exact route scores and unknown ratios of the shortlisted categories (others +inf), and the shortlist."""
         assert self.shortlist is not None
         batch, patches, dim = patch_vectors.shape
         normalized = torch.from_numpy(l2_normalize(patch_vectors.reshape(batch * patches, dim)))
@@ -243,6 +382,9 @@ class PrototypeRouter:
         padded, proto_norms, _ = self._pad()
         width = padded.shape[1]
         scores = np.full((batch, len(self.categories_)), np.inf)
+        ratios = np.full((batch, len(self.categories_)), np.inf)
+        statistics = self._statistics()
+        far = torch.tensor(self.far_thresholds_, dtype=torch.float32)
         for image in range(batch):
             chosen = shortlist[image]
             block = normalized[image]
@@ -250,8 +392,11 @@ class PrototypeRouter:
             distances = torch.addmm(proto_norms[chosen].view(1, -1), block, protos.T, alpha=-2.0)
             distances.add_((block * block).sum(dim=1, keepdim=True))
             best = distances.view(patches, len(chosen), width).amin(dim=2).clamp_min_(0.0)
-            scores[image, chosen.numpy()] = best.double().mean(dim=0).numpy()
-        return scores, shortlist.numpy()
+            found = {statistic: patch_statistic(best, statistic, far[chosen]).numpy()[None] for statistic in statistics}
+            columns = chosen.numpy()
+            scores[image, columns] = found["mean"][0]
+            ratios[image, columns] = self._unknown_ratios(found, columns[None])[0]
+        return scores, ratios, shortlist.numpy()
 
     def route(self, patch_vectors: np.ndarray) -> RouteResult:
         """Pick the nearest category per image and flag inputs beyond its route threshold."""
@@ -261,17 +406,18 @@ class PrototypeRouter:
         shortlist = None
         with torch_threads(small_op_threads()):
             if self.shortlist is None or self.shortlist >= len(self.categories_):
-                all_scores = self.scores(patch_vectors)
+                all_scores, ratios = self.score_all(patch_vectors)
             else:
                 with torch.inference_mode():
-                    all_scores, shortlist = self._shortlisted_scores(patch_vectors)
+                    all_scores, ratios, shortlist = self._shortlisted_scores(patch_vectors)
         best = all_scores.argmin(axis=1)
         best_scores = all_scores[np.arange(len(best)), best]
-        thresholds = np.asarray(self.thresholds_)[best]
+        unknown_scores = ratios.min(axis=1)
         return RouteResult(
             categories=[self.categories_[i] for i in best],
             route_scores=best_scores,
             all_scores=all_scores,
-            unknown=best_scores > thresholds,
+            unknown=unknown_scores > 1.0,
             shortlist=shortlist,
+            unknown_scores=unknown_scores,
         )

@@ -287,7 +287,7 @@ def test_registry_at_first_revision_is_upgraded_on_open(base: Path, tmp_path: Pa
     with pytest.raises(SchemaOutdatedError, match=r"run `registry upgrade --root"):
         Registry.open(root, read_only=True)
     with Registry.open(root) as registry:
-        assert registry.schema_revision() == head_revision() == "0002"
+        assert registry.schema_revision() == head_revision()
         assert registry.names() == ["pill"]
         shown = registry.show("pill")
         assert shown.description is None and shown.current.origin == "fit"
@@ -298,7 +298,7 @@ def test_registry_at_first_revision_is_upgraded_on_open(base: Path, tmp_path: Pa
 
     # down to 0001 and up again through the `registry upgrade` entry point
     command.downgrade(alembic_config(database), "0001")
-    assert Registry.upgrade(root) == ("0001", "0002")
+    assert Registry.upgrade(root) == ("0001", head_revision())
     with Registry.open(root) as registry:
         assert registry.names() == ["pill"]
 
