@@ -5,13 +5,15 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import TaskID
 
 from cli.common import InputError, console, err_console, print_json, progress_bar, resolve_root, user_errors
-from evaluation.protocols import Progress
+
+if TYPE_CHECKING:
+    from evaluation.protocols import Progress
 
 data_app = typer.Typer(help="Dataset copies: compare with the official manifests.", no_args_is_help=True)
 

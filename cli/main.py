@@ -26,6 +26,8 @@ from cli.common import (
 from cli.output import Column, fitted_table, overlay_names, records_table, save_overlay, write_records
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from registry import Registry
     from registry.inference import PredictionRecord
 
@@ -230,7 +232,7 @@ def list_categories(root: RootOption = None, as_json: JsonOption = False) -> Non
     """List the categories with their current version."""
     with user_errors():
         registry = _open(root)
-        categories = registry.list()
+        categories = registry.categories()
         if as_json:
             print_json([category.to_dict() for category in categories])
             return
@@ -424,7 +426,10 @@ def infer(
 
     with user_errors():
         if ray is not None and maps is not None:
-            raise InputError("--maps is not available with --ray; run without --ray to write overlays")
+            raise InputError(
+                "--maps is not available with --ray: the Ray workers send back records, not anomaly maps; "
+                "run without --ray to write overlays"
+            )
         if out is not None:
             check_output_file(out, "--out", parents=parents, suffixes=(".jsonl", ".json", ".csv"))
         if maps is not None:
@@ -451,7 +456,12 @@ def infer(
                 elapsed = time.perf_counter() - started
                 progress.update(task, completed=done, rate=f"{done / max(elapsed, 1e-9):.1f} img/s")
 
-            predicted = registry.predict(sources, category, batch_size=batch_size, on_batch=on_batch, on_image=on_image)
+            if ray is None:
+                predicted = registry.predict(
+                    sources, category, batch_size=batch_size, on_batch=on_batch, on_image=on_image
+                )
+            else:
+                predicted = _infer_on_ray(registry.root, sources, category, ray, batch_size, on_batch)
         records = [{**record, "overlay": written.get(record["path"])} for record in predicted]
         if out is not None:
             write_records(records, out)
@@ -481,6 +491,20 @@ def infer(
             err_console.print(f"[red]failed[/]: {record['error']}", highlight=False, soft_wrap=True)
         if failed:
             raise typer.Exit(1)
+
+
+def _infer_on_ray(
+    root: Path,
+    sources: list[Path],
+    category: str | None,
+    address: str,
+    batch_size: int,
+    on_batch: Callable[[int, int], None],
+) -> list[PredictionRecord]:
+    """``registry infer --ray``: the records of :func:`registry.distributed.distributed_infer`, in input order."""
+    from registry.distributed import distributed_infer
+
+    return distributed_infer(root, sources, category, address, None, batch_size=batch_size, on_progress=on_batch)
 
 
 # ----------------------------------------------------------------------------- export / import

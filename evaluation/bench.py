@@ -27,7 +27,6 @@ processes share this machine. ``quick=True`` uses a few images and smaller input
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -43,10 +42,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import structcore.coreset as coreset_module
 from evaluation.metrics import image_metrics, pixel_metrics
-from structcore.anomaly_map import anomaly_maps, anomaly_maps_reference
+from structcore.anomaly_map import DEFAULT_SIGMA, anomaly_maps, gaussian_blur
 from structcore.backbones.base import Backbone, create_backbone
 from structcore.coreset import KCenterGreedy, covering_radius
 from structcore.features import FeatureExtractor, build_extractor, new_feature_space
@@ -58,7 +58,11 @@ from structcore.runtime import set_num_threads
 
 #: Sections of the bench (all run by default; ``large_fit`` only when asked).
 SECTIONS = ("table", "knn", "coreset", "extract", "routing", "loading", "memory")
-OPTIONAL_SECTIONS = ("large_fit",)
+OPTIONAL_SECTIONS = ("large_fit", "start")
+#: Categories of the registry ``registry list`` is timed on (section ``start``).
+START_CATEGORIES = 1000
+#: Heavy libraries a model-free command must not import.
+HEAVY_MODULES = ("torch", "sklearn", "scipy", "faiss", "ray")
 DEFAULT_RATIOS = (0.01, 0.05, 0.10)
 #: HNSW settings of the approximate-index comparison (graph degree; search breadths swept).
 HNSW_M = 32
@@ -236,7 +240,7 @@ def run_bench(
         ratios: coreset ratios of the table rows (the first is the reference bank everywhere).
         quick: a few images and smaller inputs (a smoke test, seconds to a minute).
         threads: torch / faiss threads (default: torch's current setting).
-        sections: subset of :data:`SECTIONS` (+ ``"large_fit"``); ``None`` runs :data:`SECTIONS`.
+        sections: subset of :data:`SECTIONS` (+ ``"large_fit"``, ``"start"``); ``None`` runs :data:`SECTIONS`.
         compile: also measure the ``torch.compile``-d fast path (first call compiles, ~30 s).
         seed: seeds the feature space, coresets and samples.
         resize, crop: preprocessing geometry (default 448 -> 392; ``quick``: 160 -> 160).
@@ -342,6 +346,9 @@ def run_bench(
     if "large_fit" in chosen:
         say("large add-category (subprocess)")
         result["large_fit"] = _large_fit_section(context)
+    if "start" in chosen:
+        say(f"registry list start time on {START_CATEGORIES} categories (subprocesses)")
+        result["start"] = _start_section(context, START_CATEGORIES)
     result["targets"] = target_checks(result)
     result["seconds"] = time.perf_counter() - started
     return result
@@ -428,11 +435,8 @@ class _Context:
     def fit(self, ratio: float, method: str, timings: dict[str, Any] | None = None) -> CategoryModel:
         """A category model at ``ratio`` with the coreset ``method`` forced; stage times into ``timings``."""
         marks: list[tuple[str, float]] = []
-        model = CategoryModel(coreset_ratio=ratio, seed=self.seed)
-        with forced_coreset_method(method):
-            model.fit(
-                self.train, self.grid, self.crop, progress=lambda stage: marks.append((stage, time.perf_counter()))
-            )
+        model = CategoryModel(coreset_ratio=ratio, seed=self.seed, coreset_method=method)
+        model.fit(self.train, self.grid, self.crop, progress=lambda stage: marks.append((stage, time.perf_counter())))
         end = time.perf_counter()
         if timings is not None:
             stages = {name: (marks[i + 1][1] if i + 1 < len(marks) else end) - at for i, (name, at) in enumerate(marks)}
@@ -440,18 +444,21 @@ class _Context:
         return model
 
 
-@contextlib.contextmanager
-def forced_coreset_method(method: str) -> Iterator[None]:
-    """Make ``KCenterGreedy(method="auto")`` (what :class:`CategoryModel` builds) run ``method``."""
-    saved = coreset_module.APPROX_MIN_WORK
-    if method == "exact":
-        coreset_module.APPROX_MIN_WORK = math.inf
-    elif method == "approx":
-        coreset_module.APPROX_MIN_WORK = -1.0
-    try:
-        yield
-    finally:
-        coreset_module.APPROX_MIN_WORK = saved
+@torch.inference_mode()
+def anomaly_maps_reference(
+    patch_scores: np.ndarray | torch.Tensor,
+    output_size: int,
+    sigma: float = DEFAULT_SIGMA,
+) -> np.ndarray:
+    """The benchmark's reference for :func:`structcore.anomaly_map.anomaly_maps`: ``F.interpolate`` then blur."""
+    grids = torch.as_tensor(patch_scores, dtype=torch.float32)
+    if grids.ndim != 3:
+        msg = f"patch scores must be (B, h, w), got shape {tuple(grids.shape)}"
+        raise ValueError(msg)
+    upsampled = F.interpolate(
+        grids.unsqueeze(1), size=(output_size, output_size), mode="bilinear", align_corners=False
+    ).squeeze(1)
+    return gaussian_blur(upsampled, sigma).numpy()
 
 
 def _machine() -> dict[str, Any]:
@@ -1134,6 +1141,56 @@ def _run_child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     return dict(json.loads(completed.stdout.strip().splitlines()[-1]))
 
 
+_HEAVY_PROBE = (
+    "import sys\nfrom cli.main import app\ntry:\n    app(sys.argv[2:])\nexcept SystemExit:\n    pass\n"
+    "print(sorted(m for m in sys.argv[1].split(',') if m in sys.modules), file=sys.stderr)\n"
+)
+
+
+def _start_section(context: _Context, n_categories: int, runs: int = 5) -> dict[str, Any]:
+    """Wall time of a bare ``registry list`` (a fresh interpreter) on ``n_categories`` tiny categories.
+
+    The categories are one small model fitted on random patch vectors and stored ``n_categories``
+    times through :meth:`Registry.add_fitted` (the start time depends on the catalogue, not the banks).
+    """
+    from registry import Registry
+
+    rng = np.random.default_rng(context.seed)
+    with tempfile.TemporaryDirectory(prefix="bench-start-") as folder:
+        root = Path(folder) / "registry"
+        registry = Registry.init(
+            root, backbone=context.backbone_name, weights=context.weights, resize=context.crop, crop=context.crop
+        )
+        patches = context.grid[0] * context.grid[1]
+        vectors = rng.standard_normal((6, patches, registry.feature_space.dim)).astype(np.float32)
+        model = CategoryModel(coreset_ratio=0.05, calibration="loo", seed=context.seed)
+        model.fit(vectors, context.grid, context.crop)
+        for index in range(n_categories):
+            registry.add_fitted(f"c{index:04d}", model)
+        registry.close()
+        command = [sys.executable, "-m", "cli.main", "list", "--root", str(root)]
+        seconds = []
+        for _ in range(runs):
+            begin = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True)
+            seconds.append(time.perf_counter() - begin)
+        probe = subprocess.run(
+            [sys.executable, "-c", _HEAVY_PROBE, ",".join(HEAVY_MODULES), "list", "--root", str(root)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    heavy = json.loads(probe.stderr.strip().splitlines()[-1].replace("'", '"'))
+    return {
+        "categories": n_categories,
+        "runs": runs,
+        "median_seconds": float(np.median(seconds)),
+        "seconds": seconds,
+        "heavy_modules": heavy,
+        "load_average": os.getloadavg()[0],
+    }
+
+
 def _memory_section(context: _Context) -> dict[str, Any]:
     data = context.data
     spec: dict[str, Any] = {
@@ -1353,6 +1410,14 @@ def format_bench(result: dict[str, Any]) -> str:
                 f"   add-category of {large['images']} images at 1%: {_fmt(large['seconds'])} s ({stages}); "
                 f"peak RSS {_fmt(large['peak_rss_mb'], 0)} MB"
             )
+    start = result.get("start")
+    if start:
+        heavy = ", ".join(start["heavy_modules"]) or "none"
+        lines.append(
+            f"   registry list on {start['categories']} categories: median {_fmt(start['median_seconds'], 2)} s "
+            f"of {start['runs']} runs (target <= 0.5 s on an idle core; load {_fmt(start['load_average'], 1)}); "
+            f"heavy modules imported: {heavy}"
+        )
     if "seconds" in result:
         lines.append(f"bench took {_fmt(result['seconds'])} s")
     return "\n".join(lines)

@@ -13,7 +13,6 @@ Layout of a registry folder (see ``docs/registry.md``)::
 
 from __future__ import annotations
 
-import builtins
 import functools
 import hashlib
 import importlib.metadata
@@ -62,21 +61,30 @@ from registry.errors import (
 )
 from registry.models import CategoryRow, CategoryVersionRow, FeatureSpaceRow, utcnow
 from registry.storage import STORES_DIR, TMP_DIR, ArrayRecord, array_sha256, checkpoint, registry_lock
-from structcore.backbones.base import Backbone, BackboneError, create_backbone
-from structcore.features import FeatureExtractor, FeatureSpace, build_extractor, new_feature_space
-from structcore.model import CategoryModel, embed_images
-from structcore.routing import DEFAULT_UNKNOWN_STATISTIC, PrototypeRouter
 
 if TYPE_CHECKING:
+    # The model code (torch, scikit-learn, scipy) is imported by the methods that need a model, so
+    # commands without one (`list`, `show`, `verify`, ...) start in a fraction of a second.
     from registry.inference import ImageCallback, PredictionRecord
-    from structcore.features import ImageSource
+    from structcore.backbones.base import Backbone
+    from structcore.features import FeatureExtractor, FeatureSpace, ImageSource
+    from structcore.model import CategoryModel
+    from structcore.routing import PrototypeRouter
 
 #: Category names: safe as a single path component on every file system.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: Name of the projection store (a re-initialised empty registry uses ``feature_space-<id>.zarr``).
 FEATURE_SPACE_STORE = "feature_space.zarr"
 #: The arrays of a category version, in store order.
-ARRAY_NAMES: tuple[str, ...] = tuple(CategoryModel.ARRAY_NAMES)
+#: Arrays stored per category version: ``structcore.model.CategoryModel.ARRAY_NAMES`` (a test keeps them equal).
+ARRAY_NAMES: tuple[str, ...] = (
+    "bank",
+    "bank_image_ids",
+    "prototypes",
+    "calibration_base",
+    "calibration_struct",
+    "calibration_hybrid",
+)
 #: Default number of loaded categories (memory banks) kept in memory per Registry.
 DEFAULT_CACHE_SIZE = 8
 #: Fewest train-good images a category is calibrated on. With two, every image's structural
@@ -360,6 +368,8 @@ class Registry:
         """
         root = Path(root)
         _check_init_target(root)
+        from structcore.features import new_feature_space
+
         bb = _create_backbone(backbone, weights)
         space = new_feature_space(bb, resize=resize, crop=crop, dim=dim, seed=seed)
         weights_path = None if weights is None else str(Path(weights).resolve())
@@ -535,6 +545,8 @@ class Registry:
                     raise IntegrityError("<feature space>", 0, store / "zarr.json", problem)
                 with _VERIFIED_LOCK:
                     _VERIFIED.add(key)
+            from structcore.features import FeatureSpace
+
             self._space = FeatureSpace.from_description(_row_description(row), projection)
         return self._space
 
@@ -578,6 +590,8 @@ class Registry:
             )
         extractor = self._extractors.get(batch_size)
         if extractor is None:
+            from structcore.features import build_extractor
+
             extractor = build_extractor(space, bb, batch_size=batch_size)
             self._extractors[batch_size] = extractor
         return extractor
@@ -614,7 +628,7 @@ class Registry:
         """
         self._check_writable("add a category")
         validate_name(name)
-        sources = builtins.list(train_images)
+        sources = list(train_images)
         if len(sources) < MIN_CALIBRATION_IMAGES:
             msg = (
                 f"category {name!r} needs at least {MIN_CALIBRATION_IMAGES} train images, got {len(sources)}; "
@@ -622,6 +636,8 @@ class Registry:
             )
             raise RegistryError(msg)
         stage: Stage = on_stage or (lambda _stage: None)
+        from structcore.model import CategoryModel, embed_images
+
         fitted = CategoryModel(**(model or CategoryModel()).get_params())  # type: ignore[arg-type]
         extractor = self.extractor(batch_size)
         stage("embed")
@@ -673,18 +689,18 @@ class Registry:
         )
         return self._commit_versions([pending])[0]
 
-    def _commit_versions(self, pending: Sequence[PendingVersion]) -> builtins.list[VersionInfo]:
+    def _commit_versions(self, pending: Sequence[PendingVersion]) -> list[VersionInfo]:
         """Write stores to ``tmp/``, move them into ``stores/``, then commit all rows at once.
 
         A crash before the commit leaves only unreferenced folders (found by :meth:`verify`,
         removed by :meth:`gc`); the commit is the single point where the new versions appear.
         """
-        published: builtins.list[Path] = []
-        temporary: builtins.list[Path] = []
+        published: list[Path] = []
+        temporary: list[Path] = []
         committed = False
         with registry_lock(self._root, exclusive=False):
             try:
-                records: builtins.list[dict[str, ArrayRecord]] = []
+                records: list[dict[str, ArrayRecord]] = []
                 for item in pending:
                     tmp = storage.new_tmp_path(self._root)
                     temporary.append(tmp)
@@ -714,7 +730,7 @@ class Registry:
 
     def _insert_versions(
         self, session: Session, pending: Sequence[PendingVersion], records: Sequence[dict[str, ArrayRecord]]
-    ) -> builtins.list[VersionInfo]:
+    ) -> list[VersionInfo]:
         space_row = session.get(FeatureSpaceRow, 1)
         if space_row is None or space_row.projection_sha256 != self._projection_sha:
             raise FeatureSpaceMismatchError(
@@ -786,7 +802,7 @@ class Registry:
         self._router_token = None
         return info
 
-    def remove(self, name: str, version: int | None = None) -> builtins.list[VersionInfo]:
+    def remove(self, name: str, version: int | None = None) -> list[VersionInfo]:
         """Remove one version of ``name``, or the whole category (``version=None``).
 
         Removing the current version makes the newest remaining one current; removing the last
@@ -795,9 +811,9 @@ class Registry:
         """
         self._check_writable("remove a category")
 
-        def work(session: Session) -> builtins.list[VersionInfo]:
+        def work(session: Session) -> list[VersionInfo]:
             category = self._category_row(session, name)
-            versions = builtins.list(
+            versions = list(
                 session.scalars(
                     select(CategoryVersionRow)
                     .where(CategoryVersionRow.category_id == category.id)
@@ -860,10 +876,10 @@ class Registry:
             raise UnknownVersionError(category.name, -1 if version is None else version, known)
         return row
 
-    def names(self) -> builtins.list[str]:
+    def names(self) -> list[str]:
         """Category names, sorted."""
         with read_session(self._engine) as session:
-            return builtins.list(session.scalars(select(CategoryRow.name).order_by(CategoryRow.name)))
+            return list(session.scalars(select(CategoryRow.name).order_by(CategoryRow.name)))
 
     def __len__(self) -> int:
         with read_session(self._engine) as session:
@@ -872,12 +888,12 @@ class Registry:
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self.names()
 
-    def list(self) -> builtins.list[CategoryInfo]:
+    def categories(self) -> list[CategoryInfo]:
         """Every category with its versions, sorted by name."""
         with read_session(self._engine) as session:
             categories = session.scalars(select(CategoryRow).order_by(CategoryRow.name)).all()
             versions = session.scalars(select(CategoryVersionRow).order_by(CategoryVersionRow.version)).all()
-            by_category: dict[int, builtins.list[CategoryVersionRow]] = {}
+            by_category: dict[int, list[CategoryVersionRow]] = {}
             for row in versions:
                 by_category.setdefault(row.category_id, []).append(row)
             return [_category_info(c, by_category.get(c.id, [])) for c in categories]
@@ -891,7 +907,7 @@ class Registry:
                 .where(CategoryVersionRow.category_id == category.id)
                 .order_by(CategoryVersionRow.version)
             ).all()
-            return _category_info(category, builtins.list(versions))
+            return _category_info(category, list(versions))
 
     def version_info(self, name: str, version: int | None = None) -> VersionInfo:
         """One version (the current one by default)."""
@@ -953,6 +969,8 @@ class Registry:
                 raise RegistryError(msg) from None
             raise
         try:
+            from structcore.model import CategoryModel
+
             model = CategoryModel.from_parts(arrays, dict(metadata))
         except (KeyError, TypeError, ValueError) as error:  # the row matched its store: the store is old or odd
             problem = f"holds metadata that does not rebuild a model ({type(error).__name__}: {error})"
@@ -991,7 +1009,7 @@ class Registry:
             found = session.scalars(select(CategoryVersionRow.id).where(CategoryVersionRow.uuid == version_uuid))
             return found.one_or_none() is not None
 
-    def _current_versions(self) -> builtins.list[VersionInfo]:
+    def _current_versions(self) -> list[VersionInfo]:
         with read_session(self._engine) as session:
             rows = session.execute(
                 select(CategoryRow.name, CategoryVersionRow)
@@ -1009,6 +1027,8 @@ class Registry:
         token = tuple((v.category, v.uuid) for v in versions)
         if self._router is not None and token == self._router_token:
             return self._router
+        from structcore.routing import DEFAULT_UNKNOWN_STATISTIC, PrototypeRouter
+
         router = PrototypeRouter()
         for info in versions:
             self._check_row(info)
@@ -1045,7 +1065,7 @@ class Registry:
         batch_size: int = 8,
         on_batch: BatchProgress | None = None,
         on_image: ImageCallback | None = None,
-    ) -> builtins.list[PredictionRecord]:
+    ) -> list[PredictionRecord]:
         """Score images, routed (``category=None``) or against one category; see :func:`registry.inference.predict`."""
         from registry.inference import predict
 
@@ -1056,11 +1076,11 @@ class Registry:
         """Write the current version of each of ``names`` (all when ``None``) to one HDF5 bundle."""
         from registry.bundle import export_bundle
 
-        return export_bundle(self, None if names is None else builtins.list(names), Path(path))
+        return export_bundle(self, None if names is None else list(names), Path(path))
 
     def import_(
         self, path: str | Path, rename: Mapping[str, str] | None = None, replace: bool = False
-    ) -> builtins.list[VersionInfo]:
+    ) -> list[VersionInfo]:
         """Import a bundle; everything is validated before anything is written.
 
         Args:
@@ -1129,7 +1149,7 @@ class Registry:
         with registry_lock(self._root, exclusive=True):
             return GcReport(removed=self._remove([p for p in self._find_leftovers() if p.removable]))
 
-    def _remove(self, leftovers: Sequence[Problem]) -> builtins.list[str]:
+    def _remove(self, leftovers: Sequence[Problem]) -> list[str]:
         removed = []
         for problem in leftovers:
             assert problem.path is not None
@@ -1145,7 +1165,7 @@ class Registry:
             storage.discard(self._root, leftover)
         return removed
 
-    def _check_database(self) -> builtins.list[Problem]:
+    def _check_database(self) -> list[Problem]:
         problems = []
         try:
             with self._engine.connect() as connection:
@@ -1185,7 +1205,7 @@ class Registry:
                 problems.append(Problem("damaged-row", message, DB_FILE, name))
         return problems
 
-    def _check_feature_space(self, checksums: bool) -> builtins.list[Problem]:
+    def _check_feature_space(self, checksums: bool) -> list[Problem]:
         try:
             row = self._feature_space_row()
             store = self._root / row.projection_path
@@ -1210,7 +1230,7 @@ class Registry:
             return [Problem("feature-space", message, row.projection_path)]
         return []
 
-    def _check_readable(self) -> builtins.list[Problem]:
+    def _check_readable(self) -> list[Problem]:
         """What the other checks do not read: every column as the registry's own queries read it."""
         problems = []
         try:
@@ -1239,13 +1259,13 @@ class Registry:
                 problems.append(Problem("damaged-row", message, DB_FILE, name, version))
         if not problems:
             try:
-                self.list()
+                self.categories()
                 self._feature_space_row()
             except RegistryError as error:
                 problems.append(Problem("sqlite-integrity", str(error), DB_FILE))
         return problems
 
-    def _version_rows(self) -> tuple[builtins.list[dict[str, Any]], builtins.list[Problem]]:
+    def _version_rows(self) -> tuple[list[dict[str, Any]], list[Problem]]:
         """Every version row, decoded one by one (a damaged row is a problem, not an exception)."""
         columns = (
             "uuid", "store_path", "arrays", "metadata", "calibration_mode", "calibration",
@@ -1257,8 +1277,8 @@ class Registry:
             f"v.route_threshold, v.fit_seconds, v.unknown_threshold, v.far_threshold, {select_text} "
             "FROM category_versions v JOIN categories c ON c.id = v.category_id ORDER BY v.id"
         )
-        rows: builtins.list[dict[str, Any]] = []
-        problems: builtins.list[Problem] = []
+        rows: list[dict[str, Any]] = []
+        problems: list[Problem] = []
         try:
             with self._engine.connect() as connection:
                 fetched = connection.execute(query).fetchall()
@@ -1308,7 +1328,7 @@ class Registry:
             rows.append(fields)
         return rows, problems
 
-    def _check_versions(self, checksums: bool) -> tuple[builtins.list[Problem], int]:
+    def _check_versions(self, checksums: bool) -> tuple[list[Problem], int]:
         rows, problems = self._version_rows()
         checked = len(rows) + len(problems)
         for fields in rows:
@@ -1352,7 +1372,7 @@ class Registry:
                     problems.append(Problem("checksum-mismatch", message, where, name, version))
         return problems, checked
 
-    def _find_leftovers(self) -> builtins.list[Problem]:
+    def _find_leftovers(self) -> list[Problem]:
         """Orphan stores, temporary folders and stray files (call with the exclusive lock held).
 
         Nothing is called a leftover when the database cannot say what it refers to, and a
@@ -1426,7 +1446,7 @@ def _same(a: object, b: object) -> bool:
     return type(a) is type(b) and a == b
 
 
-def row_differences(fields: Mapping[str, Any], attributes: Mapping[str, Any]) -> builtins.list[str]:
+def row_differences(fields: Mapping[str, Any], attributes: Mapping[str, Any]) -> list[str]:
     """Fields on which a version row and the attributes of its store disagree.
 
     A store's attributes are written with its arrays, before the row is committed, so they are
@@ -1474,7 +1494,7 @@ def row_differences(fields: Mapping[str, Any], attributes: Mapping[str, Any]) ->
     return found
 
 
-def _feature_space_differences(row: FeatureSpaceRow, store: Path) -> builtins.list[str]:
+def _feature_space_differences(row: FeatureSpaceRow, store: Path) -> list[str]:
     """Fields on which the feature-space row and the attributes of W's store disagree."""
     try:
         recorded = storage.read_attributes(store).get("feature_space")
@@ -1527,10 +1547,10 @@ def _row_description(row: FeatureSpaceRow) -> dict[str, object]:
     return {
         "backbone": row.backbone,
         "weights_sha256": row.weights_sha256,
-        "layers": builtins.list(row.layers),
-        "channels": builtins.list(row.channels),
-        "mean": builtins.list(row.mean),
-        "std": builtins.list(row.std),
+        "layers": list(row.layers),
+        "channels": list(row.channels),
+        "mean": list(row.mean),
+        "std": list(row.std),
         "local_pool": row.local_pool,
         "resize": row.resize,
         "crop": row.crop,
@@ -1550,6 +1570,8 @@ def _category_info(category: CategoryRow, versions: Sequence[CategoryVersionRow]
 
 
 def _create_backbone(name: str, weights: str | Path | None) -> Backbone:
+    from structcore.backbones.base import BackboneError, create_backbone
+
     try:
         return create_backbone(name, weights)
     except BackboneError as error:
@@ -1614,6 +1636,8 @@ def _install_feature_space(
         except Exception:  # unreadable: replace it
             projection = None
         if projection is not None:
+            from structcore.features import FeatureSpace
+
             existing = FeatureSpace.from_description(_row_description(old), projection)
             if not existing.differences(space):
                 return  # the same feature space: nothing to do
@@ -1634,7 +1658,7 @@ def _install_feature_space(
         row.backbone = space.backbone
         row.weights_sha256 = space.weights_sha256
         row.weights_path = weights_path
-        row.layers = builtins.list(space.layers)
+        row.layers = list(space.layers)
         row.channels = [int(c) for c in space.channels]
         row.mean = [float(v) for v in space.mean]
         row.std = [float(v) for v in space.std]

@@ -14,8 +14,8 @@ import sys
 import numpy as np
 import torch
 
-from evaluation.bench import median_times
-from structcore.anomaly_map import anomaly_maps, anomaly_maps_reference
+from evaluation.bench import anomaly_maps_reference, median_times
+from structcore.anomaly_map import anomaly_maps
 from structcore.scoring import StructCoreCalibrator
 
 

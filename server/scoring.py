@@ -235,7 +235,7 @@ class ScoringWorker:
         assert registry is not None
         for _ in range(10):
             marker = self._marker()
-            infos = registry.list()
+            infos = registry.categories()
             if self._marker() == marker:
                 break
         categories = tuple(info.to_dict() for info in infos)

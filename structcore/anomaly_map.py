@@ -5,8 +5,8 @@ Both steps are linear and separable, so per axis they are one matrix: ``A = G @ 
 the Gaussian blur with scipy-``reflect`` borders. A map is then ``A_h @ S @ A_w.T``: two small
 matmuls per image (~8.5 M multiply-adds for a 49x49 grid at 392 px) instead of an upsample, a
 padded copy and two 33-tap convolutions over the full map. The matrices are built once per
-(grid, size, sigma) in float64 and cached. :func:`anomaly_maps_reference` keeps the direct
-computation (interpolate + :func:`gaussian_blur`); both agree to float32 rounding.
+(grid, size, sigma) in float64 and cached. :func:`evaluation.bench.anomaly_maps_reference` keeps the
+direct computation (interpolate + :func:`gaussian_blur`); both agree to float32 rounding.
 """
 
 from __future__ import annotations
@@ -109,20 +109,3 @@ def anomaly_maps(
     rows = map_operator(int(grids.shape[1]), int(output_size), float(sigma))
     columns = map_operator(int(grids.shape[2]), int(output_size), float(sigma))
     return torch.matmul(torch.matmul(rows, grids), columns.T).numpy()
-
-
-@torch.inference_mode()
-def anomaly_maps_reference(
-    patch_scores: np.ndarray | torch.Tensor,
-    output_size: int,
-    sigma: float = DEFAULT_SIGMA,
-) -> np.ndarray:
-    """:func:`anomaly_maps` computed directly: ``F.interpolate`` (bilinear) then :func:`gaussian_blur`."""
-    grids = torch.as_tensor(patch_scores, dtype=torch.float32)
-    if grids.ndim != 3:
-        msg = f"patch scores must be (B, h, w), got shape {tuple(grids.shape)}"
-        raise ValueError(msg)
-    upsampled = F.interpolate(
-        grids.unsqueeze(1), size=(output_size, output_size), mode="bilinear", align_corners=False
-    ).squeeze(1)
-    return gaussian_blur(upsampled, sigma).numpy()

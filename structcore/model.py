@@ -84,6 +84,8 @@ class CategoryModel:
         bank_dtype: ``"float32"`` or ``"float16"`` storage of the bank.
         index: faiss index kind (``"flat"`` exact, ``"hnsw"`` approximate).
         seed: seeds the coreset, the prototypes and the holdout split.
+        coreset_method: the coreset algorithm, ``"auto"`` (by problem size), ``"exact"`` or
+            ``"approx"`` (see :mod:`structcore.coreset`); the benchmark forces each in turn.
 
     Attributes:
         bank_: (M, D) memory bank.
@@ -119,6 +121,7 @@ class CategoryModel:
         bank_dtype: str = "float32",
         index: str = "flat",
         seed: int = DEFAULT_SEED,
+        coreset_method: str = "auto",
     ):
         self.coreset_ratio = coreset_ratio
         self.k = k
@@ -135,6 +138,7 @@ class CategoryModel:
         self.bank_dtype = bank_dtype
         self.index = index
         self.seed = seed
+        self.coreset_method = coreset_method
 
     # ------------------------------------------------------------------ fit
     def fit(
@@ -187,7 +191,9 @@ class CategoryModel:
         else:
             candidate_rows = (bank_images[:, None] * n_patches + np.arange(n_patches)).ravel()
             candidates = flat[candidate_rows]
-        selector = KCenterGreedy(ratio=self.coreset_ratio, proxy_dim=self.proxy_dim, seed=self.seed)
+        selector = KCenterGreedy(
+            ratio=self.coreset_ratio, proxy_dim=self.proxy_dim, seed=self.seed, method=self.coreset_method
+        )
         selected = selector.fit(candidates).indices_
         rows = selected if candidate_rows is None else candidate_rows[selected]
         self.bank_ = flat[rows].astype(self.bank_dtype)
@@ -339,6 +345,7 @@ class CategoryModel:
             "bank_dtype": self.bank_dtype,
             "index": self.index,
             "seed": self.seed,
+            "coreset_method": self.coreset_method,
         }
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -355,7 +362,9 @@ class CategoryModel:
     def to_metadata(self) -> dict[str, object]:
         """The fitted scalars and settings as JSON-compatible data."""
         return {
-            "params": self.get_params(),
+            # The coreset algorithm is a fit-time switch (the benchmark's); stored versions keep the
+            # settings they always had, so their metadata (and checksums) do not change.
+            "params": {key: value for key, value in self.get_params().items() if key != "coreset_method"},
             "grid": list(self.grid_),
             "map_size": self.map_size_,
             "n_train_images": self.n_train_images_,

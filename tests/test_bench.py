@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.bench import common_way_coreset, format_bench, run_bench
-from structcore.anomaly_map import anomaly_maps, anomaly_maps_reference
+from evaluation.bench import anomaly_maps_reference, common_way_coreset, format_bench, run_bench
+from structcore.anomaly_map import anomaly_maps
 from structcore.features import FeatureExtractor, fuse_layers, project_layers
 from structcore.knn import PatchKNN, bf16_matmul_supported
 from structcore.routing import PrototypeRouter, l2_normalize

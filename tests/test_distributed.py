@@ -293,3 +293,25 @@ def test_distributed_infer_one_category(ray_local: None, sequential: Path, datas
     assert workers[0]["shards"] == 2 and workers[0]["fetched"] == ["pill"]  # fetched once, used for both shards
     with pytest.raises(ValueError, match=r"\.jsonl"):
         distributed_infer(sequential, images, None, "auto", tmp_path / "out.csv")
+
+
+def test_cli_infer_ray_equals_local_infer(ray_local: None, sequential: Path, dataset: Path) -> None:
+    """`registry infer --ray` runs distributed_infer: the same records, in input order, as local `infer --json`."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    images = [str(path) for path in eval_images(dataset)[:6]]
+    runner = CliRunner()
+    with one_thread():  # the Ray actors score with one torch thread: bit-identical only at the same count
+        local = runner.invoke(app, ["infer", *images, "--root", str(sequential), "--json", "--batch-size", "4"])
+    assert local.exit_code == 0, local.output
+    on_ray = runner.invoke(
+        app, ["infer", *images, "--root", str(sequential), "--json", "--batch-size", "4", "--ray", "auto"]
+    )
+    assert on_ray.exit_code == 0, on_ray.output
+    expected = json.loads(local.stdout)
+    assert [record["path"] for record in expected] == images
+    assert json.loads(on_ray.stdout) == expected
+    refused = runner.invoke(app, ["infer", *images, "--root", str(sequential), "--ray", "auto", "--maps", "maps"])
+    assert refused.exit_code != 0 and "--maps is not available with --ray" in refused.output

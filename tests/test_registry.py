@@ -30,7 +30,7 @@ from registry import (
 from registry.db import alembic_config, current_revision, head_revision, make_engine
 from registry.models import Base
 from registry.storage import ArrayRecord, array_sha256
-from tests.test_registry_support import SIZE, clone, db_rows, make_base, scores, small_model, tree_hashes, write_data
+from tests.support_registry import SIZE, clone, db_rows, make_base, scores, small_model, tree_hashes, write_data
 
 Data = dict[str, tuple[list[Path], list[Path]]]
 
@@ -138,7 +138,7 @@ def test_refit_versions_set_current_and_remove(base: Path, tmp_path: Path, data:
 
         registry.set_current("pill", 1)
         assert np.array_equal(registry.load_category("pill").bank_, v1_bank)
-        assert registry.list()[0].current_version == 1
+        assert registry.categories()[0].current_version == 1
 
         with pytest.raises(UnknownVersionError, match="versions are: 1, 2"):
             registry.set_current("pill", 9)

@@ -22,7 +22,7 @@ from registry import (
     Registry,
 )
 from registry.storage import array_sha256
-from tests.test_registry_support import SIZE, make_base, scores, small_model, write_data
+from tests.support_registry import SIZE, make_base, scores, small_model, write_data
 
 Data = dict[str, tuple[list[Path], list[Path]]]
 

@@ -1,6 +1,6 @@
 """Registry under concurrent writers and under SIGKILL at every step of a write.
 
-Each scenario runs in its own Python process (``tests.test_registry_support.CHILD``); the kill
+Each scenario runs in its own Python process (``tests.support_registry.CHILD``); the kill
 scenarios run side by side, each on its own copy of a registry that holds category ``pill``.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from registry import Registry
-from tests.test_registry_support import (
+from tests.support_registry import (
     clone,
     db_rows,
     make_base,

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from registry import Registry
-from tests.test_reliability_support import (
+from tests.support_reliability import (
     CHILD_ENV,
     REGISTRY_SCRIPT,
     REPO,
@@ -103,7 +103,7 @@ def test_four_writers_and_four_readers_at_once(world: dict[str, Any], tmp_path: 
         assert [v.version for v in registry.show("pill").versions] == [1, 2]
         vectors = embed(registry, images)
         reference = {}  # (category, version) -> (route scores, hybrid scores) of every image
-        for category in registry.list():
+        for category in registry.categories():
             for version in category.versions:
                 model = registry.load_category(category.name, version.version)
                 reference[(category.name, version.version)] = (

@@ -20,7 +20,7 @@ import pytest
 from registry import IntegrityError, Registry, RegistryError
 from registry import core as registry_core
 from registry.errors import DatabaseDamagedError
-from tests.test_reliability_support import Data, clone, embed, flip_byte, make_registry, version_scores, write_data
+from tests.support_reliability import Data, clone, embed, flip_byte, make_registry, version_scores, write_data
 
 SEED = 7
 #: Positions of the SQLite file flipped: non-zero bytes (cell content, headers) and any bytes.
@@ -47,9 +47,9 @@ def _fingerprint(registry: Registry, vectors: np.ndarray) -> dict[str, Any]:
     routed = registry.load_router().route(vectors)
     return {
         "scores": version_scores(registry, vectors),
-        "thresholds": {c.name: registry.load_category(c.name).thresholds for c in registry.list()},
+        "thresholds": {c.name: registry.load_category(c.name).thresholds for c in registry.categories()},
         "route": (list(routed.categories), routed.route_scores.tolist(), list(routed.unknown)),
-        "current": {c.name: c.current_version for c in registry.list()},
+        "current": {c.name: c.current_version for c in registry.categories()},
     }
 
 

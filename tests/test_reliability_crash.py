@@ -32,7 +32,7 @@ import pytest
 
 from registry import Registry
 from registry.core import GC_KINDS
-from tests.test_reliability_support import (
+from tests.support_reliability import (
     CHILD_ENV,
     REGISTRY_SCRIPT,
     Data,

@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from registry import Registry, RegistryError
 from structcore.preprocess import ImageReadError, load_image
-from tests.test_reliability_support import (
+from tests.support_reliability import (
     CHILD_ENV,
     REGISTRY_SCRIPT,
     Data,

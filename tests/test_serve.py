@@ -33,7 +33,7 @@ from cli.main import app as cli_app  # noqa: E402
 from registry import Registry  # noqa: E402
 from server import ServeSettings, ServeSettingsError, is_loopback  # noqa: E402
 from server.app import create_app  # noqa: E402
-from tests.test_registry_support import REPO, clone, make_base, small_model, write_data  # noqa: E402
+from tests.support_registry import REPO, clone, make_base, small_model, write_data  # noqa: E402
 
 Data = dict[str, tuple[list[Path], list[Path]]]
 SCORE_FIELDS = (

@@ -12,8 +12,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported by the backbones themselves: `registry list` starts without it
+    import torch
 
 
 class BackboneError(RuntimeError):
@@ -64,6 +66,8 @@ class Backbone(ABC):
 
     def to(self, device: str | torch.device) -> Backbone:
         """Move the backbone's parameters to ``device``; returns ``self``."""
+        import torch
+
         module = getattr(self, "model", None)
         if isinstance(module, torch.nn.Module):
             module.to(device)

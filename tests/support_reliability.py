@@ -87,7 +87,7 @@ def embed(registry: Registry, paths: list[Path]) -> np.ndarray:
 def version_scores(registry: Registry, vectors: np.ndarray) -> dict[tuple[str, int], list[float]]:
     """Hybrid scores of ``vectors`` under every version of every category (a fingerprint)."""
     found = {}
-    for category in registry.list():
+    for category in registry.categories():
         for version in category.versions:
             model = registry.load_category(category.name, version.version)
             found[(category.name, version.version)] = model.predict(vectors).scores.hybrid.tolist()
@@ -136,7 +136,7 @@ ZYGOTE = textwrap.dedent(
     import h5py  # noqa: F401 - imported before forking, like everything the operations use
     import registry.bundle  # noqa: F401
     from registry import Registry, storage
-    from tests.test_reliability_support import small_model
+    from tests.support_reliability import small_model
 
     def say(message):
         os.write(1, (json.dumps(message) + "\\n").encode())

@@ -102,7 +102,7 @@ CHILD = textwrap.dedent(
     import torch
     torch.set_num_threads(1)
     from registry import Registry, storage
-    from tests.test_registry_support import small_model
+    from tests.support_registry import small_model
 
     args = json.loads(sys.argv[1])
 
