@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from cli.main import app
 from cli.output import RECORD_KEYS
@@ -25,7 +25,7 @@ REGISTERED = ("carpet", "pill")
 LEFT_OUT = "tile"
 
 
-def invoke(*args: str):  # type: ignore[no-untyped-def]
+def invoke(*args: str) -> Result:
     return runner.invoke(app, list(args))
 
 
