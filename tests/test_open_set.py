@@ -18,7 +18,10 @@ from typer.testing import CliRunner, Result
 
 from cli.main import app
 from cli.output import RECORD_KEYS
+from evaluation import InMemoryStore, run_evaluation
 from evaluation.synthetic import make_category, write_mvtec_layout
+from structcore.features import FeatureExtractor
+from structcore.model import CategoryModel
 
 runner = CliRunner()
 REGISTERED = ("carpet", "pill")
@@ -125,3 +128,25 @@ def test_legacy_version_without_unknown_threshold_still_infers(
         assert isinstance(record["unknown"], bool)
     records = infer_json(legacy, dataset / LEFT_OUT / "test")
     assert all(r["error"] is None for r in records) and len(records) == 6
+
+
+def test_open_set_protocol_on_three_synthetic_categories(
+    dataset: Path, small_extractor: FeatureExtractor, tmp_path: Path
+) -> None:
+    store = InMemoryStore(small_extractor, model_factory=lambda: CategoryModel(coreset_ratio=0.1, n_prototypes=16))
+    out = tmp_path / "out"
+    run_evaluation(dataset, out=out, protocols=("open-set",), store=store, overlays_per_category=0, pixel=False)
+    results = json.loads((out / "results.json").read_text())
+    part = results["protocols"]["open-set"]
+    assert set(part["per_category"]) == {*REGISTERED, LEFT_OUT}
+    for name, figures in part["per_category"].items():
+        assert figures["n_left_out"] == 6 and figures["n_registered"] == 12, name
+        assert figures["unknown_auroc"] == 1.0, name  # every left-out image ranks above every registered one
+        assert figures["flagged_left_out"] == 1.0, name
+        assert figures["flagged_registered_good"] == 0.0, name
+        assert 0.0 <= figures["flagged_registered_defective"] <= 0.5, name
+    assert part["mean"]["unknown_auroc"] == 1.0
+    report = (out / "report.md").read_text()
+    assert "## Open set" in report and "| **mean** |" in report
+    assert (out / "plots" / "open_set.png").is_file()
+    assert "open_set.png" in " ".join(results["plots"])
