@@ -195,6 +195,7 @@ class VersionInfo:
             "fit_seconds": self.fit_seconds,
             "origin": self.origin,
             "arrays": self.arrays,
+            "unknown_statistic": self.unknown_statistic,
             "unknown_threshold": self.unknown_threshold,
             "far_threshold": self.far_threshold,
         }
@@ -1248,12 +1249,12 @@ class Registry:
         """Every version row, decoded one by one (a damaged row is a problem, not an exception)."""
         columns = (
             "uuid", "store_path", "arrays", "metadata", "calibration_mode", "calibration",
-            "train_images", "origin",
+            "train_images", "origin", "unknown_statistic",
         )  # fmt: skip
         select_text = ", ".join(f"CAST(v.{column} AS BLOB)" for column in columns)
         query = text(
             "SELECT CAST(c.name AS BLOB), v.version, v.coreset_ratio, v.seed, v.n_train_images, "
-            f"v.route_threshold, v.fit_seconds, {select_text} "
+            f"v.route_threshold, v.fit_seconds, v.unknown_threshold, v.far_threshold, {select_text} "
             "FROM category_versions v JOIN categories c ON c.id = v.category_id ORDER BY v.id"
         )
         rows: builtins.list[dict[str, Any]] = []
@@ -1265,7 +1266,8 @@ class Registry:
         except ROW_DECODE_ERRORS as error:
             message = f"the category versions of {DB_FILE} cannot be read ({type(error).__name__}: {error})"
             return [], [Problem("sqlite-integrity", message, DB_FILE)]
-        for raw_name, version, coreset_ratio, seed, n_train, route_threshold, fit_seconds, *raw in fetched:
+        for raw_name, version, coreset_ratio, seed, n_train, route_threshold, fit_seconds, *rest in fetched:
+            unknown_threshold, far_threshold, *raw = rest
             name = _decode_name(raw_name)
             try:
                 texts = {
@@ -1288,6 +1290,9 @@ class Registry:
                     "route_threshold": route_threshold,
                     "fit_seconds": fit_seconds,
                     "origin": texts["origin"] or "fit",
+                    "unknown_statistic": texts["unknown_statistic"],
+                    "unknown_threshold": unknown_threshold,
+                    "far_threshold": far_threshold,
                     **decoded,
                 }
                 _check_arrays_field(fields["arrays"])
@@ -1457,6 +1462,8 @@ def row_differences(fields: Mapping[str, Any], attributes: Mapping[str, Any]) ->
         for key in ("unknown_threshold", "far_threshold"):  # recorded since revision 0003
             if key in metadata:
                 expected[key] = metadata[key]
+        if "unknown_threshold" in metadata and fields.get("unknown_statistic") is not None:
+            expected["unknown_statistic"] = params.get("unknown_statistic")
         fit_seconds = metadata.get("fit_seconds")
         if fit_seconds is None or isinstance(fit_seconds, int | float):
             expected["fit_seconds"] = _finite_or_none(fit_seconds)
