@@ -121,7 +121,7 @@ def plot_open_set(part: Mapping[str, Any], path: Path) -> Path:
     names = list(part["per_category"])
     keys = OPEN_SET_KEYS[:4]
     width = 0.8 / len(keys)
-    figure, axis = plt.subplots(figsize=(2.0 + 0.9 * len(names), 3.2))
+    figure, axis = plt.subplots(figsize=(3.5 + 0.9 * len(names), 3.2))
     x = np.arange(len(names))
     for k, key in enumerate(keys):
         values = [float(part["per_category"][n].get(key) or 0.0) for n in names]
@@ -130,7 +130,7 @@ def plot_open_set(part: Mapping[str, Any], path: Path) -> Path:
     axis.set_ylim(0.0, 1.05)
     axis.set_ylabel("AUROC / share", fontsize=8)
     axis.set_title("Open set: each category left out", fontsize=9)
-    axis.legend(fontsize=6, loc="lower right")
+    axis.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
