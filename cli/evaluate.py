@@ -21,7 +21,7 @@ data_app = typer.Typer(help="Dataset copies: compare with the official manifests
 def eval_command(
     data: Annotated[Path, typer.Argument(help="Dataset root (MVTec AD, VisA or plain folder layout).")],
     protocol: Annotated[
-        list[str] | None, typer.Option("--protocol", help="separate, muad or continual (repeatable).")
+        list[str] | None, typer.Option("--protocol", help="separate, muad, continual or open-set (repeatable).")
     ] = None,
     root: Annotated[
         Path | None,
@@ -54,9 +54,10 @@ def eval_command(
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the plots.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print results.json to stdout.")] = False,
 ) -> None:
-    """Evaluate under the separate / MUAD / continual protocols with the paper's metrics."""
+    """Evaluate under the separate / MUAD / continual / open-set protocols with the paper's metrics."""
     from cli.paths import check_output_folder
     from evaluation import run_evaluation
+    from evaluation.protocols import PROTOCOLS
     from evaluation.report import jsonable
     from structcore.model import CategoryModel
 
@@ -64,9 +65,9 @@ def eval_command(
         if out is not None:
             check_output_folder(out, "--out", parents=parents)
         protocols = protocol or ["separate", "muad"]
-        unknown = [p for p in protocols if p not in {"separate", "muad", "continual"}]
+        unknown = [p for p in protocols if p not in PROTOCOLS]
         if unknown:
-            raise InputError(f"--protocol must be separate, muad or continual, got {', '.join(unknown)}")
+            raise InputError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {', '.join(unknown)}")
         subset = [c.strip() for c in categories.split(",") if c.strip()] if categories else None
         continual_order: str | list[str] | None = order
         if order and "," in order:

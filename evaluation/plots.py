@@ -34,6 +34,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from sklearn.metrics import auc, roc_curve
 
+from evaluation.open_set import plot_open_set
 from evaluation.protocols import KINDS, Collected, crossover_counts
 from structcore.preprocess import load_image, load_mask, preprocess_image
 
@@ -287,6 +288,8 @@ def write_plots(
     if "muad" in protocols:
         confusion = protocols["muad"]["routing"]["confusion"]
         written.append(plot_routing_confusion(confusion["labels"], confusion["matrix"], out / "routing_confusion.png"))
+    if "open-set" in protocols:
+        written.append(plot_open_set(protocols["open-set"], out / "open_set.png"))
     return written
 
 

@@ -28,13 +28,13 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from evaluation.datasets import CategoryData, Dataset
 from evaluation.metrics import image_metrics, pixel_metrics
-from evaluation.store import CategoryStore, ModelLike
+from evaluation.store import CategoryStore, ModelLike, OpenSetRouterLike
 from structcore.preprocess import Preprocessing, load_mask
 
 __all__ = [
@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 #: Protocol names.
-PROTOCOLS = ("separate", "muad", "continual")
+PROTOCOLS = ("separate", "muad", "continual", "open-set")
 #: Image score kinds, in the order of the score columns.
 KINDS = ("base", "struct", "hybrid")
 #: Metrics tracked in the continual step x category matrices.
@@ -253,11 +253,13 @@ class CategoryRun:
         scores: model category -> (n, 3) base / struct / hybrid scores (``nan`` where the image
             was not scored by that model).
         timings: seconds spent embedding, routing and scoring.
+        unknown: (n, C) unknown ratios against the run's categories (only with ``open-set``).
     """
 
     data: CategoryData
     route: np.ndarray | None
     scores: dict[str, np.ndarray] = field(default_factory=dict)
+    unknown: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -322,7 +324,7 @@ def collect(
     index = {name: i for i, name in enumerate(names)}
     cont_steps = [list(s) for s in (steps or [[n] for n in names])]
     models: dict[str, ModelLike] = {name: store.load(name) for name in names}
-    routing = bool(wanted & {"muad", "continual"})
+    routing = bool(wanted & {"muad", "continual", "open-set"})
     columns: np.ndarray | None = None
     route_thresholds: np.ndarray | None = None
     router = None
@@ -354,6 +356,8 @@ def collect(
         if "continual" in wanted and name in step_of:
             masks.extend(seen_masks[step_of[name] :])
         run = CategoryRun(data=data, route=np.full((n, len(names)), np.nan) if routing else None)
+        if "open-set" in wanted:
+            run.unknown = np.full((n, len(names)), np.nan)
         timings = {"embed": 0.0, "route": 0.0, "score": 0.0}
         progress(Progress("test", name, 0, n))
         iterator = iter(extractor.iter_embeddings(list(data.test)))
@@ -368,7 +372,12 @@ def collect(
             rows: np.ndarray | None = None
             if router is not None and columns is not None and run.route is not None:
                 started = time.perf_counter()
-                rows = np.asarray(router.scores(vectors), dtype=np.float64)[:, columns]
+                if run.unknown is not None:
+                    route_scores, unknown_ratios = cast(OpenSetRouterLike, router).score_all(vectors)
+                    run.unknown[start : start + batch] = np.asarray(unknown_ratios, dtype=np.float64)[:, columns]
+                else:
+                    route_scores = router.scores(vectors)
+                rows = np.asarray(route_scores, dtype=np.float64)[:, columns]
                 run.route[start : start + batch] = rows
                 timings["route"] += time.perf_counter() - started
             per_image = [_candidates(index[name], None if rows is None else rows[j], masks) for j in range(batch)]

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from evaluation.open_set import open_set_markdown
+
 __all__ = [
     "CSV_COLUMNS",
     "jsonable",
@@ -247,6 +249,8 @@ def markdown_report(results: Mapping[str, Any]) -> str:
             "",
         ]
         lines += _table(part["final"]["per_category"], final, routing=True)
+    if "open-set" in protocols:
+        lines += ["", *open_set_markdown(protocols["open-set"])]
     timings = results.get("timings", {})
     if timings:
         lines += ["", "## Timings", ""]

@@ -17,6 +17,7 @@ from typing import Any
 
 from evaluation.datasets import Dataset, load_dataset
 from evaluation.manifest import DATASETS, check_dataset, continual_orders, load_manifest
+from evaluation.open_set import evaluate_open_set
 from evaluation.protocols import (
     PROTOCOLS,
     Collected,
@@ -305,6 +306,8 @@ def run_evaluation(
             results_by_protocol["muad"] = evaluate_muad(collected, report, pixel, max_pixels, pixel_cache)
         if "continual" in wanted:
             results_by_protocol["continual"] = evaluate_continual(collected, report, pixel, max_pixels, pixel_cache)
+        if "open-set" in wanted:
+            results_by_protocol["open-set"] = evaluate_open_set(collected)
         metrics_seconds = time.perf_counter() - metrics_started
         n_test = sum(len(collected.runs[n].data.test) for n in names)
         per_stage = {

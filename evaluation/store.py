@@ -82,6 +82,14 @@ class RouterLike(Protocol):
         ...
 
 
+class OpenSetRouterLike(RouterLike, Protocol):
+    """A router the ``open-set`` protocol can use: it also gives per-category unknown ratios."""
+
+    def score_all(self, patch_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Route scores (B, C) and unknown ratios (B, C; ``> 1`` = unlike that category)."""
+        ...
+
+
 @runtime_checkable
 class CategoryStore(Protocol):
     """A collection of fitted categories sharing one feature space."""
