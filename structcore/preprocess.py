@@ -139,6 +139,17 @@ def decode_image(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> 
     return _decode(name, io.BytesIO(data), max_pixels)
 
 
+def _check_size(path: str | Path, opened: Image.Image, max_pixels: int) -> tuple[int, int]:
+    """``opened.size`` after the checks every read makes before decoding (pixel limit, no pixels)."""
+    width, height = opened.size
+    if width * height > max_pixels:
+        msg = f"image too large ({width * height} pixels; limit {max_pixels}); refused before decoding"
+        raise ImageReadError(path, msg)
+    if min(opened.size) < 1:
+        raise ImageReadError(path, "image has no pixels")
+    return width, height
+
+
 def _decode(path: str | Path, source: Path | BinaryIO, max_pixels: int) -> Image.Image:
     """Open ``source`` (a file or a byte stream) and decode it; errors name ``path``."""
     try:
@@ -149,12 +160,7 @@ def _decode(path: str | Path, source: Path | BinaryIO, max_pixels: int) -> Image
         with warnings.catch_warnings():
             # PIL warns (UserWarning) about damaged metadata that it skips; the pixels are fine
             warnings.simplefilter("ignore", UserWarning)
-            width, height = opened.size
-            if width * height > max_pixels:
-                msg = f"image too large ({width * height} pixels; limit {max_pixels}); refused before decoding"
-                raise ImageReadError(path, msg)
-            if min(opened.size) < 1:
-                raise ImageReadError(path, "image has no pixels")
+            _check_size(path, opened, max_pixels)
             opened.load()
             image: Image.Image = ImageOps.exif_transpose(opened) or opened
             result = to_rgb(image)
@@ -188,12 +194,7 @@ def check_image_file(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> No
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             with _open_within_limit(path, max_pixels) as opened:
-                width, height = opened.size
-                if width * height > max_pixels:
-                    msg = f"image too large ({width * height} pixels; limit {max_pixels}); refused before decoding"
-                    raise ImageReadError(path, msg)
-                if min(opened.size) < 1:
-                    raise ImageReadError(path, "image has no pixels")
+                width, height = _check_size(path, opened, max_pixels)
                 opened.verify()
             with _open_within_limit(path, max_pixels) as opened:
                 opened.draft("RGB", (max(1, width // 8), max(1, height // 8)))
