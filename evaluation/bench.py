@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 import structcore.coreset as coreset_module
 from evaluation.metrics import image_metrics, pixel_metrics
-from structcore.anomaly_map import DEFAULT_SIGMA, anomaly_maps, gaussian_blur
+from structcore.anomaly_map import DEFAULT_SIGMA, anomaly_maps, gaussian_blur, patch_score_grids
 from structcore.backbones.base import Backbone, create_backbone
 from structcore.coreset import KCenterGreedy, covering_radius
 from structcore.features import FeatureExtractor, build_extractor, new_feature_space
@@ -451,10 +451,7 @@ def anomaly_maps_reference(
     sigma: float = DEFAULT_SIGMA,
 ) -> np.ndarray:
     """The benchmark's reference for :func:`structcore.anomaly_map.anomaly_maps`: ``F.interpolate`` then blur."""
-    grids = torch.as_tensor(patch_scores, dtype=torch.float32)
-    if grids.ndim != 3:
-        msg = f"patch scores must be (B, h, w), got shape {tuple(grids.shape)}"
-        raise ValueError(msg)
+    grids = patch_score_grids(patch_scores)
     upsampled = F.interpolate(
         grids.unsqueeze(1), size=(output_size, output_size), mode="bilinear", align_corners=False
     ).squeeze(1)

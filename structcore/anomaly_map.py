@@ -95,6 +95,15 @@ def map_operator(in_size: int, out_size: int, sigma: float) -> torch.Tensor:
     return (_blur_matrix(out_size, sigma) @ _bilinear_matrix(in_size, out_size)).float()
 
 
+def patch_score_grids(patch_scores: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Patch scores as a float32 (B, h, w) tensor; any other shape is refused with one clear message."""
+    grids = torch.as_tensor(patch_scores, dtype=torch.float32)
+    if grids.ndim != 3:
+        msg = f"patch scores must be (B, h, w), got shape {tuple(grids.shape)}"
+        raise ValueError(msg)
+    return grids
+
+
 @torch.inference_mode()
 def anomaly_maps(
     patch_scores: np.ndarray | torch.Tensor,
@@ -102,10 +111,7 @@ def anomaly_maps(
     sigma: float = DEFAULT_SIGMA,
 ) -> np.ndarray:
     """Patch-score grids (B, h, w) -> blurred anomaly maps (B, output_size, output_size) float32."""
-    grids = torch.as_tensor(patch_scores, dtype=torch.float32)
-    if grids.ndim != 3:
-        msg = f"patch scores must be (B, h, w), got shape {tuple(grids.shape)}"
-        raise ValueError(msg)
+    grids = patch_score_grids(patch_scores)
     rows = map_operator(int(grids.shape[1]), int(output_size), float(sigma))
     columns = map_operator(int(grids.shape[2]), int(output_size), float(sigma))
     return torch.matmul(torch.matmul(rows, grids), columns.T).numpy()
