@@ -9,11 +9,9 @@ patch grid), coreset ratio 0.1 and 8 prototypes, so a fit takes well under a sec
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -61,21 +59,6 @@ def make_registry(root: Path, data: Data, kinds: tuple[str, ...]) -> Path:
         for kind in kinds:
             registry.add_category(kind, data[kind][0], small_model())
     return root
-
-
-def clone(source: Path, target: Path) -> Path:
-    """Copy a closed registry folder."""
-    shutil.copytree(source, target)
-    return target
-
-
-def tree_hashes(folder: Path) -> dict[str, str]:
-    """sha256 of every file under ``folder`` (by relative path)."""
-    return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
 
 
 def embed(registry: Registry, paths: list[Path]) -> np.ndarray:

@@ -35,7 +35,8 @@ from cli.main import app
 from registry import BundleContentError, BundleError, BundleFormatError, Registry
 from registry.bundle import read_bundle
 from registry.storage import array_sha256
-from tests.support_reliability import REPO, Data, make_registry, tree_hashes, write_data
+from tests.support_registry import tree_hashes
+from tests.support_reliability import REPO, Data, make_registry, write_data
 
 runner = CliRunner()
 Edit = Callable[[h5py.File, Path], None]

@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 
 from registry import Registry
+from tests.support_registry import clone
 from tests.support_reliability import (
     CHILD_ENV,
     REGISTRY_SCRIPT,
     REPO,
     Data,
-    clone,
     embed,
     make_registry,
     small_model,

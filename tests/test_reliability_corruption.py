@@ -20,7 +20,15 @@ import pytest
 from registry import IntegrityError, Registry, RegistryError
 from registry import core as registry_core
 from registry.errors import DatabaseDamagedError
-from tests.support_reliability import Data, clone, embed, flip_byte, make_registry, version_scores, write_data
+from tests.support_registry import clone
+from tests.support_reliability import (
+    Data,
+    embed,
+    flip_byte,
+    make_registry,
+    version_scores,
+    write_data,
+)
 
 SEED = 7
 #: Positions of the SQLite file flipped: non-zero bytes (cell content, headers) and any bytes.

@@ -32,13 +32,13 @@ import pytest
 
 from registry import Registry
 from registry.core import GC_KINDS
+from tests.support_registry import clone
 from tests.support_reliability import (
     CHILD_ENV,
     REGISTRY_SCRIPT,
     Data,
     ForkServer,
     Trial,
-    clone,
     embed,
     make_registry,
     small_model,

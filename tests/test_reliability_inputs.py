@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from registry import Registry, RegistryError
 from structcore.preprocess import ImageReadError, load_image
+from tests.support_registry import tree_hashes
 from tests.support_reliability import (
     CHILD_ENV,
     REGISTRY_SCRIPT,
@@ -36,7 +37,6 @@ from tests.support_reliability import (
     make_registry,
     run_measured,
     small_model,
-    tree_hashes,
     write_data,
 )
 
