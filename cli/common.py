@@ -24,7 +24,7 @@ from rich.progress import (
 
 from registry.errors import RegistryError
 from structcore.backbones import BackboneError
-from structcore.preprocess import IMAGE_SUFFIXES, ImageReadError
+from structcore.image_files import IMAGE_SUFFIXES, ImageReadError
 
 ROOT_ENV = "STRUCTCORE_REGISTRY"
 DEFAULT_ROOT = Path("structcore-registry")

@@ -56,9 +56,9 @@ def eval_command(
 ) -> None:
     """Evaluate under the separate / MUAD / continual / open-set protocols with the paper's metrics."""
     from cli.paths import check_output_folder
-    from evaluation import run_evaluation
     from evaluation.protocols import PROTOCOLS
     from evaluation.report import jsonable
+    from evaluation.runner import run_evaluation
     from structcore.model import CategoryModel
 
     with user_errors():
@@ -123,7 +123,7 @@ def data_check(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Compare a dataset copy with the manifest: missing / extra files, counts, downscaled images."""
-    from evaluation import check_dataset
+    from evaluation.manifest import check_dataset
 
     with user_errors():
         subset = [c.strip() for c in categories.split(",") if c.strip()] if categories else None

@@ -7,7 +7,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 import typer
 
 from cli.common import (
@@ -24,9 +23,13 @@ from cli.common import (
     user_errors,
 )
 from cli.output import Column, fitted_table, overlay_names, records_table, save_overlay, write_records
+from registry.catalogue import Catalogue
+from registry.errors import SchemaOutdatedError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    import numpy as np
 
     from registry import Registry
     from registry.inference import PredictionRecord
@@ -73,6 +76,16 @@ def _main(
 def _count(number: int, noun: str, plural: str | None = None) -> str:
     """``1 image``, ``2 images``; ``1 category``, ``2 categories``."""
     return f"{number} {noun if number == 1 else plural or noun + 's'}"
+
+
+def _catalogue(root: Path | None) -> Catalogue:
+    """The read-only catalogue (fast: no model, no SQLAlchemy); an older schema is upgraded first."""
+    folder = resolve_root(root)
+    try:
+        return Catalogue.open(folder)
+    except SchemaOutdatedError:
+        _open(folder).close()  # Registry.open upgrades the schema, as every other command does
+        return Catalogue.open(folder)
 
 
 def _open(root: Path | None, weights: Path | None = None) -> Registry:
@@ -197,7 +210,8 @@ def _checked_train_images(images: list[Path], skip_bad: bool) -> tuple[list[Path
     Without ``skip_bad`` every unreadable image is listed on stderr, one line each, and the
     command stops (exit 1) before anything is embedded.
     """
-    from structcore.preprocess import ImageReadError, check_image_file
+    from structcore.image_files import ImageReadError
+    from structcore.preprocess import check_image_file
 
     bad: list[ImageReadError] = []
     with progress_bar(transient=True) as progress:
@@ -231,13 +245,13 @@ def _checked_train_images(images: list[Path], skip_bad: bool) -> tuple[list[Path
 def list_categories(root: RootOption = None, as_json: JsonOption = False) -> None:
     """List the categories with their current version."""
     with user_errors():
-        registry = _open(root)
-        categories = registry.categories()
+        catalogue = _catalogue(root)
+        categories = catalogue.categories()
         if as_json:
             print_json([category.to_dict() for category in categories])
             return
         if not categories:
-            console.print(f"no categories in {registry.root}; add one with `registry add-category NAME --train DIR`")
+            console.print(f"no categories in {catalogue.root}; add one with `registry add-category NAME --train DIR`")
             return
         columns = [
             Column("category", no_wrap=False),
@@ -276,7 +290,7 @@ def show(
 ) -> None:
     """Versions, sizes, calibration and thresholds of one category."""
     with user_errors():
-        category = _open(root).show(name)
+        category = _catalogue(root).show(name)
         if as_json:
             print_json(category.to_dict())
             return

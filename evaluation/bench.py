@@ -349,6 +349,7 @@ def run_bench(
     if "start" in chosen:
         say(f"registry list start time on {START_CATEGORIES} categories (subprocesses)")
         result["start"] = _start_section(context, START_CATEGORIES)
+        result["list_start_seconds"] = result["start"]["median_seconds"]
     result["targets"] = target_checks(result)
     result["seconds"] = time.perf_counter() - started
     return result
@@ -360,6 +361,8 @@ TARGETS = {
     "coreset_floor_ratio": 2.0,
     "route_cost_ratio_1000_vs_2": 1.5,
     "fit_rss_ratio": 2.0,
+    #: seconds, not a ratio: wall time of a bare ``registry list`` on START_CATEGORIES categories
+    "list_start_seconds": 0.5,
 }
 #: Why a ``quick`` run (a smoke test: few, small images) cannot speak to each target; the full
 #: bench checks them. Filled in from the result by :func:`_verdict`.
@@ -1412,8 +1415,8 @@ def format_bench(result: dict[str, Any]) -> str:
         heavy = ", ".join(start["heavy_modules"]) or "none"
         lines.append(
             f"   registry list on {start['categories']} categories: median {_fmt(start['median_seconds'], 2)} s "
-            f"of {start['runs']} runs (target <= 0.5 s on an idle core; load {_fmt(start['load_average'], 1)}); "
-            f"heavy modules imported: {heavy}"
+            f"of {start['runs']} runs ({_verdict(result, 'list_start_seconds')} on an idle core; "
+            f"load {_fmt(start['load_average'], 1)}); heavy modules imported: {heavy}"
         )
     if "seconds" in result:
         lines.append(f"bench took {_fmt(result['seconds'])} s")

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from structcore.preprocess import IMAGE_SUFFIXES
+from structcore.image_files import IMAGE_SUFFIXES
 
 __all__ = [
     "LAYOUTS",

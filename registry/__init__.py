@@ -10,17 +10,12 @@ arrays; see ``docs/registry.md``. The entry point is :class:`Registry`::
     records = reg.predict(test_paths)
 """
 
-from registry.core import (
-    BackboneLoadError,
-    CategoryInfo,
-    GcReport,
-    Problem,
-    Registry,
-    VerifyReport,
-    VersionInfo,
-    library_version,
-    validate_name,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from registry.catalogue import Catalogue
 from registry.errors import (
     BundleChecksumError,
     BundleContentError,
@@ -42,7 +37,35 @@ from registry.errors import (
     UnknownCategoryError,
     UnknownVersionError,
 )
-from registry.inference import PredictionRecord, predict
+from registry.records import CategoryInfo, VersionInfo, library_version, validate_name
+
+if TYPE_CHECKING:
+    from registry.core import BackboneLoadError, GcReport, Problem, Registry, VerifyReport
+    from registry.inference import PredictionRecord, predict
+
+#: Names served from their modules on first use (PEP 562), so that importing a light part of the
+#: package (``registry.errors``, ``registry.catalogue``) does not load SQLAlchemy, zarr and numpy:
+#: ``registry list`` starts in a fraction of a second (see ``tests/test_cli_start.py``).
+_ON_FIRST_USE = {
+    "BackboneLoadError": "registry.core",
+    "GcReport": "registry.core",
+    "Problem": "registry.core",
+    "Registry": "registry.core",
+    "VerifyReport": "registry.core",
+    "PredictionRecord": "registry.inference",
+    "predict": "registry.inference",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _ON_FIRST_USE.get(name)
+    if module is None:
+        msg = f"module 'registry' has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "BackboneLoadError",
@@ -52,6 +75,7 @@ __all__ = [
     "BundleFeatureSpaceError",
     "BundleFormatError",
     "BundleNameCollisionError",
+    "Catalogue",
     "CategoryInfo",
     "DatabaseBusyError",
     "DatabaseDamagedError",

@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
-from registry.core import ARRAY_NAMES, NAME_PATTERN, PendingVersion, VersionInfo, library_version
 from registry.errors import (
     BundleChecksumError,
     BundleContentError,
@@ -44,13 +43,13 @@ from registry.errors import (
     RegistryError,
 )
 from registry.models import utcnow
+from registry.records import ARRAY_NAMES, NAME_PATTERN, PendingVersion, StoredVersion, VersionInfo, library_version
 from registry.storage import ALLOWED_DTYPES, array_sha256, canonical, dtype_name
-from structcore.features import FeatureSpace
-from structcore.knn import INDEX_KINDS
-from structcore.model import CALIBRATION_MODES, CategoryModel
+from structcore.feature_space import FeatureSpace
 
 if TYPE_CHECKING:
     from registry.core import Registry
+    from structcore.model import CategoryModel
 
 FORMAT = "structcore-registry-bundle"
 FORMAT_VERSION = 1
@@ -120,10 +119,9 @@ def export_bundle(registry: Registry, names: Sequence[str] | None, path: Path) -
             fs_group.create_dataset("projection", data=projection)
             categories = handle.create_group("categories", track_order=True)
             for name in names:
-                info = registry.version_info(name)
-                model = registry.load_category(name)  # reads with checksum verification
-                arrays = {array: canonical(value) for array, value in model.to_arrays().items()}
-                record = _dumps(_version_record(info, model))
+                stored = registry.read_version(name)  # reads with checksum verification, builds no model
+                arrays = {array: canonical(value) for array, value in stored.arrays.items()}
+                record = _dumps(_version_record(stored))
                 group = categories.create_group(name)
                 group.attrs["record"] = record
                 entries = {}
@@ -143,9 +141,10 @@ def _array_entry(array: np.ndarray) -> dict[str, Any]:
     return {"shape": [int(v) for v in array.shape], "dtype": dtype_name(array), "sha256": array_sha256(array)}
 
 
-def _version_record(info: VersionInfo, model: CategoryModel) -> dict[str, Any]:
+def _version_record(stored: StoredVersion) -> dict[str, Any]:
+    info = stored.info
     return {
-        "model_metadata": _plain(model.to_metadata()),
+        "model_metadata": _plain(stored.metadata),
         "source_version": info.version,
         "source_uuid": info.uuid,
         "created_at": info.created_at.isoformat() + "Z",
@@ -447,6 +446,8 @@ def _check_settings(
     A hostile record could otherwise set a blur sigma of 1e5 (a multi-terabyte kernel), a top
     ratio that makes every score fail, or thresholds that hide every defect.
     """
+    from structcore.knn import INDEX_KINDS  # model code: imported by the import path only (export stays light)
+
     bank = arrays["bank"]
     problems = []
     if not _is_int(model.k, 1, bank.shape[0]):
@@ -536,6 +537,8 @@ def _validate_category(
     if datasets["bank_image_ids"].shape != (bank_rows,) or len(n_calibration) != 1 or min(n_calibration) < 2:
         raise _refuse(BundleContentError, path, f"category {name!r} has inconsistent array shapes")
     arrays = {array: _read_verified(datasets[array], entries[array], path) for array in ARRAY_NAMES}
+    from structcore.model import CALIBRATION_MODES, CategoryModel  # model code: only validation needs it
+
     try:
         n_train = int(metadata["n_train_images"])
         params = dict(metadata["params"])
@@ -732,14 +735,14 @@ def import_bundle(
     differences = own.differences(bundle.space)
     if differences:
         if len(registry) == 0:
-            registry._adopt_feature_space(bundle.space, weights_path=None)
+            registry.adopt_feature_space(bundle.space, weights_path=None)
         else:
             raise BundleFeatureSpaceError(
                 f"bundle {path}",
                 differences,
                 "import it into a registry made in the same feature space, or a new folder",
             )
-    known_grid = registry._patch_grid()
+    known_grid = registry.patch_grid()
     for bundled in bundle.categories:
         grid = tuple(int(v) for v in bundled.record["model_metadata"]["grid"])
         if known_grid is not None and grid != known_grid:
@@ -769,7 +772,7 @@ def import_bundle(
                 must_be_new=not replace,
             )
         )
-    return registry._commit_versions(pending)
+    return registry.commit_versions(pending)
 
 
 def _reader(bundle: ValidatedBundle, name: str) -> Any:
@@ -799,24 +802,11 @@ def _reader(bundle: ValidatedBundle, name: str) -> Any:
     return read
 
 
-def init_from_bundle(
-    cls: type[Registry], root: Path, bundle_path: Path, *, weights: str | Path | None = None
-) -> Registry:
-    """Create an empty registry at ``root`` in the bundle's feature space (validating the bundle first)."""
-    from registry.core import _check_init_target
-
-    bundle = read_bundle(bundle_path)
-    _check_init_target(root)
-    weights_path = None if weights is None else str(Path(weights).resolve())
-    return cls._create(root, bundle.space, weights_path=weights_path, seed=None)
-
-
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "ValidatedBundle",
     "export_bundle",
     "import_bundle",
-    "init_from_bundle",
     "read_bundle",
 ]

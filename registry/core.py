@@ -13,9 +13,7 @@ Layout of a registry folder (see ``docs/registry.md``)::
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import importlib.metadata
 import json
 import math
 import re
@@ -33,6 +31,8 @@ from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
 from registry import storage
+from registry.bundle import export_bundle, import_bundle, read_bundle
+from registry.catalogue import Catalogue
 from registry.db import (
     DB_FILE,
     ROW_DECODE_ERRORS,
@@ -49,7 +49,6 @@ from registry.errors import (
     DatabaseDamagedError,
     FeatureSpaceMismatchError,
     IntegrityError,
-    InvalidNameError,
     NotARegistryError,
     ReadOnlyError,
     RegistryError,
@@ -59,32 +58,31 @@ from registry.errors import (
     UnknownCategoryError,
     UnknownVersionError,
 )
+from registry.inference import ImageCallback, PredictionRecord, predict
 from registry.models import CategoryRow, CategoryVersionRow, FeatureSpaceRow, utcnow
+from registry.records import (
+    ARRAY_NAMES,
+    NAME_PATTERN,
+    CategoryInfo,
+    PendingVersion,
+    StoredVersion,
+    VersionInfo,
+    library_version,
+    validate_name,
+)
 from registry.storage import STORES_DIR, TMP_DIR, ArrayRecord, array_sha256, checkpoint, registry_lock
+from structcore.feature_space import FeatureSpace
 
 if TYPE_CHECKING:
     # The model code (torch, scikit-learn, scipy) is imported by the methods that need a model, so
     # commands without one (`list`, `show`, `verify`, ...) start in a fraction of a second.
-    from registry.inference import ImageCallback, PredictionRecord
     from structcore.backbones.base import Backbone
-    from structcore.features import FeatureExtractor, FeatureSpace, ImageSource
+    from structcore.features import FeatureExtractor, ImageSource
     from structcore.model import CategoryModel
     from structcore.routing import PrototypeRouter
 
-#: Category names: safe as a single path component on every file system.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: Name of the projection store (a re-initialised empty registry uses ``feature_space-<id>.zarr``).
 FEATURE_SPACE_STORE = "feature_space.zarr"
-#: The arrays of a category version, in store order.
-#: Arrays stored per category version: ``structcore.model.CategoryModel.ARRAY_NAMES`` (a test keeps them equal).
-ARRAY_NAMES: tuple[str, ...] = (
-    "bank",
-    "bank_image_ids",
-    "prototypes",
-    "calibration_base",
-    "calibration_struct",
-    "calibration_hybrid",
-)
 #: Default number of loaded categories (memory banks) kept in memory per Registry.
 DEFAULT_CACHE_SIZE = 8
 #: Fewest train-good images a category is calibrated on. With two, every image's structural
@@ -100,148 +98,7 @@ class BackboneLoadError(RegistryError):
     """The registry's backbone cannot be built (missing or wrong weights file)."""
 
 
-@functools.cache
-def library_version() -> str:
-    """Installed version of the ``structcore-registry`` distribution."""
-    try:
-        return importlib.metadata.version("structcore-registry")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout
-        return "unknown"
-
-
-def validate_name(name: object) -> str:
-    """Return ``name`` if it is a safe category name, else raise :class:`InvalidNameError`."""
-    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise InvalidNameError(str(name))
-    return name
-
-
 # ------------------------------------------------------------------------------ records
-@dataclass(frozen=True)
-class VersionInfo:
-    """One version of a category, as the database records it."""
-
-    category: str
-    version: int
-    uuid: str
-    is_current: bool
-    store_path: str
-    created_at: datetime
-    n_train_images: int
-    bank_size: int
-    n_prototypes: int
-    coreset_ratio: float
-    seed: int
-    calibration_mode: str
-    calibration: dict[str, Any]
-    route_threshold: float
-    fit_seconds: float | None
-    library_version: str
-    origin: str
-    arrays: dict[str, dict[str, Any]]
-    #: ``unknown`` decision (revision 0003); ``None`` on versions fitted before it (see docs/open-set.md).
-    unknown_statistic: str | None = None
-    unknown_threshold: float | None = None
-    far_threshold: float | None = None
-
-    @property
-    def thresholds(self) -> dict[str, float]:
-        """Decision thresholds (base / struct / hybrid)."""
-        return {k: float(v) for k, v in dict(self.calibration.get("thresholds", {})).items()}
-
-    @classmethod
-    def from_row(cls, row: CategoryVersionRow, category: str, is_current: bool) -> VersionInfo:
-        """Build from a database row.
-
-        Raises:
-            DatabaseDamagedError: the row's content is not what the registry writes.
-        """
-        try:
-            return cls._from_row(row, category, is_current)
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
-            problem = f"has a damaged row ({type(error).__name__}: {error})"
-            raise DatabaseDamagedError(DB_FILE, problem, category, getattr(row, "version", None)) from error
-
-    @classmethod
-    def _from_row(cls, row: CategoryVersionRow, category: str, is_current: bool) -> VersionInfo:
-        return cls(
-            category=category,
-            version=row.version,
-            uuid=row.uuid,
-            is_current=is_current,
-            store_path=row.store_path,
-            created_at=row.created_at,
-            n_train_images=row.n_train_images,
-            bank_size=int(row.arrays["bank"]["shape"][0]),
-            n_prototypes=int(row.arrays["prototypes"]["shape"][0]),
-            coreset_ratio=row.coreset_ratio,
-            seed=row.seed,
-            calibration_mode=row.calibration_mode,
-            calibration=dict(row.calibration),
-            route_threshold=row.route_threshold,
-            fit_seconds=row.fit_seconds,
-            library_version=row.library_version,
-            origin=row.origin or "fit",
-            arrays={k: dict(v) for k, v in row.arrays.items()},
-            unknown_statistic=row.unknown_statistic,
-            unknown_threshold=row.unknown_threshold,
-            far_threshold=row.far_threshold,
-        )
-
-    def row_fields(self) -> dict[str, Any]:
-        """The fields that :func:`row_differences` compares with the store's attributes."""
-        return {
-            "category": self.category,
-            "uuid": self.uuid,
-            "store_path": self.store_path,
-            "coreset_ratio": self.coreset_ratio,
-            "seed": self.seed,
-            "n_train_images": self.n_train_images,
-            "calibration_mode": self.calibration_mode,
-            "calibration": self.calibration,
-            "route_threshold": self.route_threshold,
-            "fit_seconds": self.fit_seconds,
-            "origin": self.origin,
-            "arrays": self.arrays,
-            "unknown_statistic": self.unknown_statistic,
-            "unknown_threshold": self.unknown_threshold,
-            "far_threshold": self.far_threshold,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible form (for the CLI's ``--json``)."""
-        data = dict(self.__dict__)
-        data["created_at"] = self.created_at.isoformat() + "Z"
-        data["thresholds"] = self.thresholds
-        return data
-
-
-@dataclass(frozen=True)
-class CategoryInfo:
-    """A category with all its versions (oldest first)."""
-
-    name: str
-    description: str | None
-    created_at: datetime
-    current_version: int | None
-    versions: tuple[VersionInfo, ...]
-
-    @property
-    def current(self) -> VersionInfo | None:
-        """The current version."""
-        return next((v for v in self.versions if v.is_current), None)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible form."""
-        return {
-            "name": self.name,
-            "description": self.description,
-            "created_at": self.created_at.isoformat() + "Z",
-            "current_version": self.current_version,
-            "versions": [v.to_dict() for v in self.versions],
-        }
-
-
 @dataclass(frozen=True)
 class Problem:
     """One finding of :meth:`Registry.verify`.
@@ -291,21 +148,6 @@ class GcReport:
     removed: list[str]
 
 
-@dataclass
-class PendingVersion:
-    """A category version about to be written (internal to the registry's write path)."""
-
-    name: str
-    arrays: Callable[[], dict[str, np.ndarray]]
-    metadata: dict[str, Any]
-    train_images: list[str]
-    origin: str
-    description: str | None = None
-    #: Refuse (instead of adding a version) when the name exists at commit time.
-    must_be_new: bool = False
-    uuid: str = field(default_factory=lambda: str(uuid_module.uuid4()))
-
-
 # Checksums already verified in this process: (resolved store path, array name, sha256).
 _VERIFIED: set[tuple[str, str, str]] = set()
 _VERIFIED_LOCK = threading.Lock()
@@ -337,10 +179,10 @@ class Registry:
         self._prototypes: dict[str, np.ndarray] = {}
         self._router: PrototypeRouter | None = None
         self._router_token: tuple[tuple[str, str], ...] | None = None
-        self._router_versions: dict[str, int] = {}
         self._backbone: Backbone | None = None
         self._extractors: dict[int, FeatureExtractor] = {}
         self._space: FeatureSpace | None = None
+        self._catalogue = Catalogue(root)
         self._row = self._feature_space_row()
         self._projection_sha = self._row.projection_sha256
 
@@ -370,7 +212,7 @@ class Registry:
         _check_init_target(root)
         from structcore.features import new_feature_space
 
-        bb = _create_backbone(backbone, weights)
+        bb = create_backbone(backbone, weights)
         space = new_feature_space(bb, resize=resize, crop=crop, dim=dim, seed=seed)
         weights_path = None if weights is None else str(Path(weights).resolve())
         registry = cls._create(root, space, weights_path=weights_path, seed=seed)
@@ -473,9 +315,11 @@ class Registry:
         The bundle is validated first; import its categories with :meth:`import_` afterwards.
         ``weights`` is the backbone's weights file where the backbone does not embed its own.
         """
-        from registry.bundle import init_from_bundle
-
-        return init_from_bundle(cls, Path(root), Path(bundle), weights=weights)
+        root = Path(root)
+        validated = read_bundle(Path(bundle))
+        _check_init_target(root)
+        weights_path = None if weights is None else str(Path(weights).resolve())
+        return cls._create(root, validated.space, weights_path=weights_path, seed=None)
 
     def close(self) -> None:
         """Release the database connections and cached models."""
@@ -545,8 +389,6 @@ class Registry:
                     raise IntegrityError("<feature space>", 0, store / "zarr.json", problem)
                 with _VERIFIED_LOCK:
                     _VERIFIED.add(key)
-            from structcore.features import FeatureSpace
-
             self._space = FeatureSpace.from_description(_row_description(row), projection)
         return self._space
 
@@ -568,7 +410,7 @@ class Registry:
         """The registry's backbone, built once per ``Registry`` object."""
         if self._backbone is None:
             row = self._row
-            self._backbone = _create_backbone(row.backbone, self._weights_override or row.weights_path)
+            self._backbone = create_backbone(row.backbone, self._weights_override or row.weights_path)
         return self._backbone
 
     def extractor(self, batch_size: int = 8) -> FeatureExtractor:
@@ -687,9 +529,9 @@ class Registry:
             origin="fit",
             description=description,
         )
-        return self._commit_versions([pending])[0]
+        return self.commit_versions([pending])[0]
 
-    def _commit_versions(self, pending: Sequence[PendingVersion]) -> list[VersionInfo]:
+    def commit_versions(self, pending: Sequence[PendingVersion]) -> list[VersionInfo]:
         """Write stores to ``tmp/``, move them into ``stores/``, then commit all rows at once.
 
         A crash before the commit leaves only unreferenced folders (found by :meth:`verify`,
@@ -876,38 +718,28 @@ class Registry:
             raise UnknownVersionError(category.name, -1 if version is None else version, known)
         return row
 
+    @property
+    def catalogue(self) -> Catalogue:
+        """The read-only catalogue of this registry's categories (what :meth:`categories` and :meth:`show` read)."""
+        return self._catalogue
+
     def names(self) -> list[str]:
         """Category names, sorted."""
-        with read_session(self._engine) as session:
-            return list(session.scalars(select(CategoryRow.name).order_by(CategoryRow.name)))
+        return self._catalogue.names()
 
     def __len__(self) -> int:
-        with read_session(self._engine) as session:
-            return int(session.scalar(select(func.count()).select_from(CategoryRow)) or 0)
+        return len(self._catalogue.names())
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name in self.names()
+        return isinstance(name, str) and name in self._catalogue.names()
 
     def categories(self) -> list[CategoryInfo]:
         """Every category with its versions, sorted by name."""
-        with read_session(self._engine) as session:
-            categories = session.scalars(select(CategoryRow).order_by(CategoryRow.name)).all()
-            versions = session.scalars(select(CategoryVersionRow).order_by(CategoryVersionRow.version)).all()
-            by_category: dict[int, list[CategoryVersionRow]] = {}
-            for row in versions:
-                by_category.setdefault(row.category_id, []).append(row)
-            return [_category_info(c, by_category.get(c.id, [])) for c in categories]
+        return self._catalogue.categories()
 
     def show(self, name: str) -> CategoryInfo:
         """One category with all its versions."""
-        with read_session(self._engine) as session:
-            category = self._category_row(session, name)
-            versions = session.scalars(
-                select(CategoryVersionRow)
-                .where(CategoryVersionRow.category_id == category.id)
-                .order_by(CategoryVersionRow.version)
-            ).all()
-            return _category_info(category, list(versions))
+        return self._catalogue.show(name)
 
     def version_info(self, name: str, version: int | None = None) -> VersionInfo:
         """One version (the current one by default)."""
@@ -937,6 +769,45 @@ class Registry:
                 _VERIFIED.add(key)
         return data
 
+    def read_version(self, name: str, version: int | None = None) -> StoredVersion:
+        """The stored arrays and metadata of one version (current by default), verified, without building a model.
+
+        Raises:
+            UnknownCategoryError, UnknownVersionError: no such category / version.
+            IntegrityError: a stored array is missing, unreadable or fails its checksum, or the
+                row and its store disagree.
+        """
+        info, metadata, train_images = self._stored_row(name, version)
+        return StoredVersion(info, metadata, train_images, self._verified_arrays(info, metadata, train_images))
+
+    def _stored_row(self, name: str, version: int | None) -> tuple[VersionInfo, dict[str, Any], list[Any]]:
+        """A version's record, model metadata and train image list, read in one transaction."""
+        try:
+            with read_session(self._engine) as session:
+                category = self._category_row(session, name)
+                row = self._version_row(session, category, version)
+                info = VersionInfo.from_row(row, name, row.id == category.current_version_id)
+                metadata = dict(row.model_metadata)
+                train_images = list(row.train_images)
+        except DatabaseDamagedError as error:
+            raise error.for_row(name, version) from error.__cause__
+        return info, metadata, train_images
+
+    def _verified_arrays(
+        self, info: VersionInfo, metadata: Mapping[str, Any], train_images: Sequence[Any]
+    ) -> dict[str, np.ndarray]:
+        try:
+            self._check_row(info, {"metadata": metadata, "train_images": train_images})
+            return {array: self._read_checked(info, array) for array in ARRAY_NAMES}
+        except IntegrityError:
+            if not self._version_exists(info.uuid):  # removed by another process meanwhile
+                msg = (
+                    f"category {info.category!r} version {info.version} was removed while it was being loaded; "
+                    "try again"
+                )
+                raise RegistryError(msg) from None
+            raise
+
     def load_category(self, name: str, version: int | None = None) -> CategoryModel:
         """The fitted :class:`CategoryModel` of ``name`` (current version by default).
 
@@ -947,31 +818,16 @@ class Registry:
             UnknownCategoryError, UnknownVersionError: no such category / version.
             IntegrityError: a stored array is missing, unreadable or fails its checksum.
         """
-        try:
-            with read_session(self._engine) as session:
-                category = self._category_row(session, name)
-                row = self._version_row(session, category, version)
-                info = VersionInfo.from_row(row, name, row.id == category.current_version_id)
-                metadata = row.model_metadata
-                train_images = row.train_images
-        except DatabaseDamagedError as error:
-            raise error.for_row(name, version) from error.__cause__
+        info, metadata, train_images = self._stored_row(name, version)
         cached = self._cache.get(info.uuid)
         if cached is not None:
             self._cache.move_to_end(info.uuid)
             return cached
-        try:
-            self._check_row(info, {"metadata": metadata, "train_images": train_images})
-            arrays = {array: self._read_checked(info, array) for array in ARRAY_NAMES}
-        except IntegrityError:
-            if not self._version_exists(info.uuid):  # removed by another process meanwhile
-                msg = f"category {name!r} version {info.version} was removed while it was being loaded; try again"
-                raise RegistryError(msg) from None
-            raise
+        arrays = self._verified_arrays(info, metadata, train_images)
         try:
             from structcore.model import CategoryModel
 
-            model = CategoryModel.from_parts(arrays, dict(metadata))
+            model = CategoryModel.from_parts(arrays, metadata)
         except (KeyError, TypeError, ValueError) as error:  # the row matched its store: the store is old or odd
             problem = f"holds metadata that does not rebuild a model ({type(error).__name__}: {error})"
             raise IntegrityError(info.category, info.version, Path(info.store_path) / "zarr.json", problem) from error
@@ -1019,14 +875,29 @@ class Registry:
             return [VersionInfo.from_row(row, name, is_current=True) for name, row in rows]
 
     def load_router(self) -> PrototypeRouter:
-        """A :class:`PrototypeRouter` over the current version of every category (by name order).
+        """A :class:`PrototypeRouter` over the current version of every category (by name order)."""
+        return self.routing()[0]
 
-        Reads only the prototypes (small); rebuilt only when a current version changed.
+    def routing(self) -> tuple[PrototypeRouter, dict[str, int]]:
+        """The router over the current version of every category, and the version of each category in it.
+
+        Both come from one read, so :func:`registry.inference.predict` scores with exactly the
+        versions it routed with: a refit committed during a long inference never mixes the
+        routing of one version with the scoring of another. Reads only the prototypes (small);
+        the router is rebuilt only when a current version changed.
         """
         versions = self._current_versions()
         token = tuple((v.category, v.uuid) for v in versions)
-        if self._router is not None and token == self._router_token:
-            return self._router
+        if self._router is None or token != self._router_token:
+            self._router = self._build_router(versions)
+            self._router_token = token
+        return self._router, {info.category: info.version for info in versions}
+
+    def current_version(self, name: str) -> int:
+        """The number of the current version of ``name``."""
+        return self.version_info(name).version
+
+    def _build_router(self, versions: Sequence[VersionInfo]) -> PrototypeRouter:
         from structcore.routing import DEFAULT_UNKNOWN_STATISTIC, PrototypeRouter
 
         router = PrototypeRouter()
@@ -1044,18 +915,7 @@ class Registry:
                 unknown_statistic=info.unknown_statistic or DEFAULT_UNKNOWN_STATISTIC,
                 far_threshold=info.far_threshold,
             )
-        self._router, self._router_token = router, token
-        self._router_versions = {info.category: info.version for info in versions}
         return router
-
-    def router_versions(self) -> dict[str, int]:
-        """The version of each category in the router that :meth:`load_router` last returned.
-
-        :func:`registry.inference.predict` scores with exactly these versions, so a refit
-        committed during a long inference never mixes the routing of one version with the
-        scoring of another.
-        """
-        return dict(self._router_versions)
 
     def predict(
         self,
@@ -1067,15 +927,11 @@ class Registry:
         on_image: ImageCallback | None = None,
     ) -> list[PredictionRecord]:
         """Score images, routed (``category=None``) or against one category; see :func:`registry.inference.predict`."""
-        from registry.inference import predict
-
         return predict(self, sources, category, batch_size=batch_size, on_batch=on_batch, on_image=on_image)
 
     # ----------------------------------------------------------------- bundles
     def export(self, names: Iterable[str] | None, path: str | Path) -> Path:
         """Write the current version of each of ``names`` (all when ``None``) to one HDF5 bundle."""
-        from registry.bundle import export_bundle
-
         return export_bundle(self, None if names is None else list(names), Path(path))
 
     def import_(
@@ -1093,11 +949,9 @@ class Registry:
             BundleError: (a subclass naming the problem) when the bundle is refused.
         """
         self._check_writable("import a bundle")
-        from registry.bundle import import_bundle
-
         return import_bundle(self, Path(path), rename=rename, replace=replace)
 
-    def _patch_grid(self) -> tuple[int, int] | None:
+    def patch_grid(self) -> tuple[int, int] | None:
         """The patch grid of the registry's categories (``None`` while it has none)."""
         with read_session(self._engine) as session:
             metadata = session.scalars(select(CategoryVersionRow.model_metadata).limit(1)).one_or_none()
@@ -1105,7 +959,7 @@ class Registry:
             return None
         return tuple(int(v) for v in metadata["grid"])  # type: ignore[return-value]
 
-    def _adopt_feature_space(self, space: FeatureSpace, *, weights_path: str | None) -> None:
+    def adopt_feature_space(self, space: FeatureSpace, *, weights_path: str | None) -> None:
         """Replace the feature space of a registry without categories (used by import)."""
         self._check_writable("replace the feature space")
         with registry_lock(self._root, exclusive=True):
@@ -1558,18 +1412,7 @@ def _row_description(row: FeatureSpaceRow) -> dict[str, object]:
     }
 
 
-def _category_info(category: CategoryRow, versions: Sequence[CategoryVersionRow]) -> CategoryInfo:
-    current = next((v.version for v in versions if v.id == category.current_version_id), None)
-    return CategoryInfo(
-        name=category.name,
-        description=category.description,
-        created_at=category.created_at,
-        current_version=current,
-        versions=tuple(VersionInfo.from_row(v, category.name, v.id == category.current_version_id) for v in versions),
-    )
-
-
-def _create_backbone(name: str, weights: str | Path | None) -> Backbone:
+def create_backbone(name: str, weights: str | Path | None) -> Backbone:
     from structcore.backbones.base import BackboneError, create_backbone
 
     try:
@@ -1636,8 +1479,6 @@ def _install_feature_space(
         except Exception:  # unreadable: replace it
             projection = None
         if projection is not None:
-            from structcore.features import FeatureSpace
-
             existing = FeatureSpace.from_description(_row_description(old), projection)
             if not existing.differences(space):
                 return  # the same feature space: nothing to do

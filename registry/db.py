@@ -31,9 +31,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
 from registry.errors import DatabaseBusyError, DatabaseDamagedError, RegistryError
+from registry.records import DB_FILE
 
-#: The database file inside a registry folder.
-DB_FILE = "registry.sqlite"
 #: How long one statement waits for another writer's lock (SQLite ``busy_timeout``), in ms.
 BUSY_TIMEOUT_MS = 30_000
 #: Total time a write transaction is retried on "database is locked", in seconds.

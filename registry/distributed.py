@@ -38,20 +38,20 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from registry.core import Registry, validate_name
+from registry.core import MIN_CALIBRATION_IMAGES, Registry, create_backbone, validate_name
 from registry.errors import RegistryError
+from registry.inference import PredictionRecord, predict
 from structcore.model import CALIBRATION_MODES, CategoryModel, embed_images
 from structcore.runtime import set_num_threads
 
 if TYPE_CHECKING:
-    from registry.inference import PredictionRecord
     from structcore.backbones.base import Backbone
-    from structcore.features import FeatureExtractor, FeatureSpace
+    from structcore.feature_space import FeatureSpace
+    from structcore.features import FeatureExtractor
     from structcore.routing import PrototypeRouter
 
 #: Message shown when Ray is needed but not installed.
@@ -108,12 +108,11 @@ _BACKBONES: dict[tuple[str, str | None], Backbone] = {}
 
 def _extractor(space: FeatureSpace, weights_path: str | None, batch_size: int) -> FeatureExtractor:
     """An extractor for ``space``; the backbone is built once per worker process."""
-    from registry.core import _create_backbone
     from structcore.features import build_extractor
 
     key = (space.backbone, weights_path)
     if key not in _BACKBONES:
-        _BACKBONES[key] = _create_backbone(space.backbone, weights_path)
+        _BACKBONES[key] = create_backbone(space.backbone, weights_path)
     if not space.projection.flags.writeable:  # zero-copy from the object store: torch wants a writable W
         space = dataclasses.replace(space, projection=np.array(space.projection))
     return build_extractor(space, _BACKBONES[key], batch_size=batch_size)
@@ -333,9 +332,7 @@ class _FitJob:
 
     def runnable(self) -> list[str]:
         """The categories worth fitting; those with too few images fail here, without a fit."""
-        from registry import core
-
-        minimum = int(getattr(core, "MIN_CALIBRATION_IMAGES", 2))
+        minimum = MIN_CALIBRATION_IMAGES
         names = []
         for name, paths in self.categories.items():
             if len(paths) < minimum:
@@ -513,8 +510,8 @@ def plan_shards(total: int, batch_size: int, shard_size: int) -> list[tuple[int,
     return [(start, min(start + size, total)) for start in range(0, total, size)]
 
 
-class _ShippedRegistry:
-    """What :func:`registry.inference.predict` reads from a registry, served from shipped state.
+class _ShippedModels:
+    """A :class:`registry.inference.ModelSource` served from the state the driver shipped (no registry folder).
 
     ``model_refs`` maps each category to ``(version, object ref of (arrays, metadata))``: the
     versions the driver pinned when it built the router, so every worker scores with them.
@@ -534,15 +531,13 @@ class _ShippedRegistry:
         self._models: dict[str, CategoryModel] = {}
         self.fetched: list[str] = []
 
-    def load_router(self) -> PrototypeRouter:
-        assert self._router is not None
-        return self._router
+    def routing(self) -> tuple[PrototypeRouter, dict[str, int]]:
+        if self._router is None:
+            raise RegistryError("no router was shipped to this worker (the call named its category)")
+        return self._router, {name: version for name, (version, _) in self._refs.items()}
 
-    def router_versions(self) -> dict[str, int]:
-        return {name: version for name, (version, _) in self._refs.items()}
-
-    def version_info(self, name: str, version: int | None = None) -> SimpleNamespace:
-        return SimpleNamespace(category=name, version=self._version(name, version))
+    def current_version(self, name: str) -> int:
+        return self._version(name, None)
 
     def _version(self, name: str, version: int | None) -> int:
         if name not in self._refs:
@@ -587,7 +582,7 @@ class _ShardScorer:
         self._shards = 0
         self._images = 0
         router = copy.deepcopy(router)  # writable arrays (see load_category)
-        self._view = _ShippedRegistry(root, _extractor(space, weights_path, batch_size), router, model_refs)
+        self._view = _ShippedModels(root, _extractor(space, weights_path, batch_size), router, model_refs)
 
     def ready(self) -> str:
         """Where this actor runs (``host:pid``); returns once the backbone is built."""
@@ -598,11 +593,9 @@ class _ShardScorer:
         return {"worker": _where(), "shards": self._shards, "images": self._images, "fetched": list(self._view.fetched)}
 
     def score(self, start: int, paths: list[str], category: str | None) -> tuple[int, list[PredictionRecord]]:
-        from registry.inference import predict
-
         _fault_point(f"shard-{start}")
         try:
-            records = predict(cast(Registry, self._view), paths, category, batch_size=self._batch_size)
+            records = predict(self._view, paths, category, batch_size=self._batch_size)
         except Exception as error:  # returned, not raised: some exceptions do not unpickle in the driver
             records = _failed_records(paths, f"scoring failed: {error}")
         self._shards += 1
@@ -611,8 +604,6 @@ class _ShardScorer:
 
 
 def _failed_records(paths: Sequence[str], message: str) -> list[PredictionRecord]:
-    from registry.inference import PredictionRecord
-
     return [
         PredictionRecord(
             path=path,
@@ -697,14 +688,13 @@ def distributed_infer(
     registry = Registry.open(root, read_only=True, cache_size=1)
     try:
         if category is None:
-            router: PrototypeRouter | None = registry.load_router()
-            assert router is not None
-            if not router.categories_:
+            routed, versions = registry.routing()  # the versions the router was built from
+            router: PrototypeRouter | None = routed
+            if not routed.categories_:
                 msg = f"the registry at {registry.root} has no categories; add one with `registry add-category`"
                 raise RegistryError(msg)
-            versions = registry.router_versions()  # the versions the router was built from
         else:
-            router, versions = None, {category: registry.version_info(category).version}
+            router, versions = None, {category: registry.current_version(category)}
         registry.extractor(batch_size)  # fail here when the backbone is missing
         space = registry.feature_space
         weights_path = registry.feature_space_info()["weights_path"]

@@ -11,20 +11,50 @@ refit committed meanwhile is used by the next call.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, Protocol, TypedDict
 
 import numpy as np
 from PIL import Image
 
 from registry.errors import RegistryError
-from structcore.preprocess import ImageReadError, load_image, preprocess_image
+from structcore.image_files import ImageReadError
+from structcore.preprocess import load_image, preprocess_image
 
 if TYPE_CHECKING:
-    from registry.core import Registry
-    from structcore.features import ImageSource
+    from structcore.features import FeatureExtractor, ImageSource
     from structcore.model import CategoryModel
+    from structcore.routing import PrototypeRouter
+
+
+class ModelSource(Protocol):
+    """All that routed inference reads: a router pinned to category versions, a category loader, the extractor.
+
+    :class:`registry.Registry` is one (reading its folder); the Ray workers of
+    :mod:`registry.distributed` hold another (serving state shipped by the driver).
+    """
+
+    @property
+    def root(self) -> str | Path:
+        """Where the categories come from (for messages)."""
+        ...
+
+    def routing(self) -> tuple[PrototypeRouter, Mapping[str, int]]:
+        """The router and the version of each category in it, read together."""
+        ...
+
+    def current_version(self, name: str) -> int:
+        """The version of ``name`` that scores when the category is named instead of routed."""
+        ...
+
+    def load_category(self, name: str, version: int) -> CategoryModel:
+        """The fitted model of one category version."""
+        ...
+
+    def extractor(self, batch_size: int = 8) -> FeatureExtractor:
+        """The feature extractor of the registry's feature space."""
+        ...
 
 
 class PredictionRecord(TypedDict):
@@ -69,7 +99,7 @@ def _error_record(path: str, message: str) -> PredictionRecord:
 
 
 def predict(
-    registry: Registry,
+    registry: ModelSource,
     sources: Sequence[ImageSource],
     category: str | None = None,
     *,
@@ -88,7 +118,7 @@ def predict(
     ``unknown_score`` and ``unknown`` are measured against that category alone.
 
     Args:
-        registry: an open registry.
+        registry: an open :class:`registry.Registry`, or any other :class:`ModelSource`.
         sources: image paths, PIL images or arrays.
         category: score against this category instead of routing.
         batch_size: images per backbone call.
@@ -99,17 +129,17 @@ def predict(
         One :class:`PredictionRecord` per source, in order. ``threshold`` is the hybrid
         threshold and ``anomalous`` is ``score_hybrid > threshold``.
     """
+    router: PrototypeRouter | None
     if category is None:
-        router = registry.load_router()
+        router, versions = registry.routing()
         if not router.categories_:
             msg = (
                 f"the registry at {registry.root} has no categories; "
                 "add one with `registry add-category NAME --train DIR`"
             )
             raise RegistryError(msg)
-        versions = registry.router_versions()
     else:
-        version = registry.version_info(category).version
+        version = registry.current_version(category)
         registry.load_category(category, version)  # fail early on an unknown or damaged category
         versions = {category: version}
         router = None
@@ -194,4 +224,4 @@ def predict(
     return records
 
 
-__all__ = ["ImageCallback", "PredictionRecord", "predict"]
+__all__ = ["ImageCallback", "ModelSource", "PredictionRecord", "predict"]

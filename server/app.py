@@ -33,7 +33,8 @@ from server.metrics import ServeMetrics
 from server.render import overlay_png_base64
 from server.scoring import Scored, ScoringWorker, ServeError
 from server.settings import ServeSettings
-from structcore.preprocess import ImageReadError, decode_image
+from structcore.image_files import ImageReadError
+from structcore.preprocess import decode_image
 
 log = logging.getLogger("structcore.serve")
 

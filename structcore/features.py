@@ -7,7 +7,6 @@ Method.md steps 2-4. The projection matrix ``W`` is an explicit array: it is dra
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from structcore.backbones.base import Backbone
+from structcore.feature_space import FeatureSpace
 from structcore.preprocess import Preprocessing, load_image, preprocess_image
 from structcore.runtime import tune_allocator
 
@@ -168,71 +168,6 @@ class FeatureExtractor:
         for start in range(0, len(sources), self.batch_size):
             batch = self.prepare(sources[start : start + self.batch_size])
             yield start, self.embed(batch).numpy()
-
-
-@dataclass(frozen=True)
-class FeatureSpace:
-    """Everything that fixes the meaning of a projected patch vector (one per registry).
-
-    Routing compares categories, so every category of a registry lives in one feature space.
-    """
-
-    backbone: str
-    weights_sha256: str
-    layers: tuple[str, ...]
-    channels: tuple[int, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    local_pool: int
-    resize: int
-    crop: int
-    dim: int
-    projection: np.ndarray
-
-    def describe(self) -> dict[str, object]:
-        """JSON-compatible description (everything but the projection matrix itself)."""
-        return {
-            "backbone": self.backbone,
-            "weights_sha256": self.weights_sha256,
-            "layers": list(self.layers),
-            "channels": list(self.channels),
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "local_pool": self.local_pool,
-            "resize": self.resize,
-            "crop": self.crop,
-            "dim": self.dim,
-        }
-
-    def differences(self, other: FeatureSpace) -> list[str]:
-        """Human-readable differences to ``other`` (empty when the spaces are the same)."""
-        mine, theirs = self.describe(), other.describe()
-        found = [f"{key}: {mine[key]} vs {theirs[key]}" for key in mine if mine[key] != theirs[key]]
-        if not found and not np.array_equal(self.projection, other.projection):
-            found.append("projection matrix W differs")
-        return found
-
-    @classmethod
-    def from_description(cls, description: dict[str, object], projection: np.ndarray) -> FeatureSpace:
-        """Inverse of :meth:`describe` plus the projection matrix."""
-        return cls(
-            backbone=str(description["backbone"]),
-            weights_sha256=str(description["weights_sha256"]),
-            layers=tuple(str(v) for v in description["layers"]),  # type: ignore[attr-defined]
-            channels=tuple(int(v) for v in description["channels"]),  # type: ignore[attr-defined]
-            mean=tuple(float(v) for v in description["mean"]),  # type: ignore[attr-defined]
-            std=tuple(float(v) for v in description["std"]),  # type: ignore[attr-defined]
-            local_pool=int(description["local_pool"]),  # type: ignore[call-overload]
-            resize=int(description["resize"]),  # type: ignore[call-overload]
-            crop=int(description["crop"]),  # type: ignore[call-overload]
-            dim=int(description["dim"]),  # type: ignore[call-overload]
-            projection=np.asarray(projection, dtype=np.float32),
-        )
-
-    @property
-    def geometry(self) -> Preprocessing:
-        """Resize / crop settings."""
-        return Preprocessing(resize=self.resize, crop=self.crop)
 
 
 def new_feature_space(

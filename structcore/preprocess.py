@@ -18,24 +18,11 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from structcore.image_files import ImageReadError
+
 #: Largest image (in pixels) that is decoded; larger headers are refused before decoding
 #: (a decompression bomb would otherwise exhaust memory). 16k x 16k covers real line cameras.
 MAX_IMAGE_PIXELS = 16384 * 16384
-
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
-
-
-class ImageReadError(ValueError):
-    """An input file is not a usable image. The message names the file and the reason."""
-
-    def __init__(self, path: str | Path, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
-
-    def __reduce__(self) -> tuple[type[ImageReadError], tuple[str, str]]:
-        # Picklable with its two-argument constructor (multiprocessing, Ray workers).
-        return (type(self), (self.path, self.reason))
 
 
 @dataclass(frozen=True)

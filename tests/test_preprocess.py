@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from structcore.preprocess import ImageReadError, Preprocessing, load_image, preprocess_image, preprocess_mask
+from structcore.image_files import ImageReadError
+from structcore.preprocess import Preprocessing, load_image, preprocess_image, preprocess_mask
 
 GEOMETRY = Preprocessing(resize=64, crop=48)
 

@@ -28,7 +28,8 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from registry import Registry, RegistryError
-from structcore.preprocess import ImageReadError, load_image
+from structcore.image_files import ImageReadError
+from structcore.preprocess import load_image
 from tests.support_registry import tree_hashes
 from tests.support_reliability import (
     CHILD_ENV,

@@ -1,0 +1,81 @@
+"""The feature space of a registry: backbone, layers, geometry and the projection matrix W.
+
+numpy only (no torch): reading, comparing and storing a feature space needs no model, so
+commands such as ``registry export`` run without loading the backbone's libraries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from structcore.preprocess import Preprocessing
+
+
+@dataclass(frozen=True)
+class FeatureSpace:
+    """Everything that fixes the meaning of a projected patch vector (one per registry).
+
+    Routing compares categories, so every category of a registry lives in one feature space.
+    """
+
+    backbone: str
+    weights_sha256: str
+    layers: tuple[str, ...]
+    channels: tuple[int, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    local_pool: int
+    resize: int
+    crop: int
+    dim: int
+    projection: np.ndarray
+
+    def describe(self) -> dict[str, object]:
+        """JSON-compatible description (everything but the projection matrix itself)."""
+        return {
+            "backbone": self.backbone,
+            "weights_sha256": self.weights_sha256,
+            "layers": list(self.layers),
+            "channels": list(self.channels),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "local_pool": self.local_pool,
+            "resize": self.resize,
+            "crop": self.crop,
+            "dim": self.dim,
+        }
+
+    def differences(self, other: FeatureSpace) -> list[str]:
+        """Human-readable differences to ``other`` (empty when the spaces are the same)."""
+        mine, theirs = self.describe(), other.describe()
+        found = [f"{key}: {mine[key]} vs {theirs[key]}" for key in mine if mine[key] != theirs[key]]
+        if not found and not np.array_equal(self.projection, other.projection):
+            found.append("projection matrix W differs")
+        return found
+
+    @classmethod
+    def from_description(cls, description: dict[str, object], projection: np.ndarray) -> FeatureSpace:
+        """Inverse of :meth:`describe` plus the projection matrix."""
+        return cls(
+            backbone=str(description["backbone"]),
+            weights_sha256=str(description["weights_sha256"]),
+            layers=tuple(str(v) for v in description["layers"]),  # type: ignore[attr-defined]
+            channels=tuple(int(v) for v in description["channels"]),  # type: ignore[attr-defined]
+            mean=tuple(float(v) for v in description["mean"]),  # type: ignore[attr-defined]
+            std=tuple(float(v) for v in description["std"]),  # type: ignore[attr-defined]
+            local_pool=int(description["local_pool"]),  # type: ignore[call-overload]
+            resize=int(description["resize"]),  # type: ignore[call-overload]
+            crop=int(description["crop"]),  # type: ignore[call-overload]
+            dim=int(description["dim"]),  # type: ignore[call-overload]
+            projection=np.asarray(projection, dtype=np.float32),
+        )
+
+    @property
+    def geometry(self) -> Preprocessing:
+        """Resize / crop settings."""
+        return Preprocessing(resize=self.resize, crop=self.crop)
+
+
+__all__ = ["FeatureSpace"]
