@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import sys
 import traceback
@@ -183,7 +184,6 @@ def train_images(folder: Path) -> list[Path]:
 
 def print_json(data: object) -> None:
     """Write JSON to stdout (no colour, no wrapping)."""
-    import json
 
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     sys.stdout.flush()

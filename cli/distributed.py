@@ -21,6 +21,7 @@ from cli.common import (
     train_images,
     user_errors,
 )
+from registry.records import NAME_PATTERN
 
 if TYPE_CHECKING:
     from registry.distributed import FitEvent, FitReport
@@ -40,7 +41,6 @@ def discover_categories(train_root: Path) -> tuple[dict[str, list[Path]], list[s
         InputError: ``train_root`` is missing, is itself one category, holds no category, or
             a folder name is not a valid category name.
     """
-    from registry.core import NAME_PATTERN
 
     if not train_root.is_dir():
         raise InputError(f"--train-root {train_root} is not a folder")

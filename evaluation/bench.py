@@ -43,16 +43,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 import structcore.coreset as coreset_module
 from evaluation.metrics import image_metrics, pixel_metrics
+from evaluation.synthetic import CATEGORY_KINDS, make_category
+from registry.core import Registry, forget_verified_checksums
 from structcore.anomaly_map import DEFAULT_SIGMA, anomaly_maps, gaussian_blur, patch_score_grids
 from structcore.backbones.base import Backbone, create_backbone
+from structcore.backbones.efficientnet import EfficientNetLite2
 from structcore.coreset import KCenterGreedy, covering_radius
 from structcore.features import FeatureExtractor, build_extractor, new_feature_space
 from structcore.knn import PatchKNN, bf16_matmul_supported
 from structcore.model import CategoryModel, embed_images
-from structcore.preprocess import load_mask
+from structcore.preprocess import load_mask, preprocess_mask
 from structcore.routing import PrototypeRouter, l2_normalize, patch_vectors_to_prototypes
 from structcore.runtime import set_num_threads
 
@@ -171,8 +175,6 @@ def _mvtec(folder: Path, quick: bool, seed: int) -> _Images:
 
 
 def _synthetic(quick: bool, seed: int, kind: str = "pill") -> _Images:
-    from evaluation.synthetic import make_category
-
     n_train, n_good, n_bad = (8, 2, 2) if quick else (60, 10, 20)
     category = make_category(kind, n_train=n_train, n_test_good=n_good, n_test_bad=n_bad, seed=seed, size=256)
     return _Images(
@@ -203,8 +205,6 @@ def _mask_array(mask: Any, extractor: FeatureExtractor) -> np.ndarray:
         return np.zeros((crop, crop), dtype=bool)
     if isinstance(mask, str | Path):
         return load_mask(mask, extractor.geometry)
-    from structcore.preprocess import preprocess_mask
-
     return preprocess_mask(np.asarray(mask), extractor.geometry)
 
 
@@ -859,8 +859,6 @@ def _common_way_plain_process(sample: np.ndarray, seed: int) -> float | None:
 
 # -------------------------------------------------------------------------------- extract
 def _extract_section(context: _Context, compile: bool) -> dict[str, Any]:
-    from torch.utils.flop_counter import FlopCounterMode
-
     batch = context.test_batches[0]
     with FlopCounterMode(display=False) as counter:
         context.backbone.extract(batch[:1])
@@ -879,18 +877,13 @@ def _extract_section(context: _Context, compile: bool) -> dict[str, Any]:
         "matmul": lambda: torch.mm(a, b, out=product),
     }
     section: dict[str, Any] = {}
-    if compile and hasattr(context.backbone, "compile"):
-        from structcore.backbones.efficientnet import EfficientNetLite2
-
-        if isinstance(context.backbone, EfficientNetLite2):
-            compiled = EfficientNetLite2(weights=context.weights, compile=True)
-            compiled_extractor = build_extractor(
-                new_feature_space(compiled, seed=context.seed), compiled, batch_size=size
-            )
-            started = time.perf_counter()
-            compiled_extractor.extract_maps(batch)
-            section["compile_s"] = time.perf_counter() - started
-            functions["compiled_backbone"] = lambda: compiled_extractor.extract_maps(batch)
+    if compile and hasattr(context.backbone, "compile") and isinstance(context.backbone, EfficientNetLite2):
+        compiled = EfficientNetLite2(weights=context.weights, compile=True)
+        compiled_extractor = build_extractor(new_feature_space(compiled, seed=context.seed), compiled, batch_size=size)
+        started = time.perf_counter()
+        compiled_extractor.extract_maps(batch)
+        section["compile_s"] = time.perf_counter() - started
+        functions["compiled_backbone"] = lambda: compiled_extractor.extract_maps(batch)
     times = median_times(functions, repeats)
     matmul_gflops = 2 * side**3 / times["matmul"] / 1e9
     per_image = {name: 1000 * seconds / size for name, seconds in times.items() if name != "matmul"}
@@ -987,8 +980,6 @@ def _routing_section(context: _Context, result: dict[str, Any]) -> dict[str, Any
 
 def _routing_accuracy(context: _Context) -> dict[str, Any]:
     """Routing accuracy over real categories (the bench set + synthetic demo kinds), exact vs shortlist."""
-    from evaluation.synthetic import CATEGORY_KINDS, make_category
-
     assert context.model is not None
     kinds = CATEGORY_KINDS[:2] if context.quick else CATEGORY_KINDS
     n_train, n_test = (3, 2) if context.quick else (10, 6)
@@ -1023,8 +1014,6 @@ def _routing_accuracy(context: _Context) -> dict[str, Any]:
 
 # -------------------------------------------------------------------------------- loading
 def _loading_section(context: _Context) -> dict[str, Any]:
-    from registry.core import Registry
-
     assert context.model is not None
     with tempfile.TemporaryDirectory(prefix="structcore-bench-") as folder:
         root = Path(folder) / "registry"
@@ -1039,9 +1028,7 @@ def _loading_section(context: _Context) -> dict[str, Any]:
         registry.close()
         timings: dict[str, list[float]] = {"cold": [], "warm": []}
         for _ in range(2 if context.quick else 5):
-            import registry.core as core
-
-            core._VERIFIED.clear()  # a new process would verify checksums again
+            forget_verified_checksums()  # a new process would verify checksums again
             reopened = Registry.open(root)
             started = time.perf_counter()
             reopened.load_category("bench")
@@ -1077,13 +1064,9 @@ def _child_cold_load(root: Path) -> float | None:
 # --------------------------------------------------------------------------------- memory
 def _fit_child(spec: dict[str, Any]) -> dict[str, Any]:
     """Child process body: load the model, then ``add_category``; report RSS figures."""
-    from registry.core import Registry
-
     torch.set_num_threads(int(spec["threads"]))
     sources: list[Any]
     if spec["synthetic"]:
-        from evaluation.synthetic import make_category
-
         made = make_category(spec["kind"], n_train=int(spec["n_train"]), n_test_good=0, n_test_bad=0,
                              seed=int(spec["seed"]), size=int(spec.get("size", 256)))  # fmt: skip
         sources = list(made.train_images)
@@ -1153,8 +1136,6 @@ def _start_section(context: _Context, n_categories: int, runs: int = 5) -> dict[
     The categories are one small model fitted on random patch vectors and stored ``n_categories``
     times through :meth:`Registry.add_fitted` (the start time depends on the catalogue, not the banks).
     """
-    from registry import Registry
-
     rng = np.random.default_rng(context.seed)
     with tempfile.TemporaryDirectory(prefix="bench-start-") as folder:
         root = Path(folder) / "registry"

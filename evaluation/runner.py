@@ -33,6 +33,8 @@ from evaluation.protocols import (
 )
 from evaluation.report import jsonable, markdown_report, write_csv, write_json, write_markdown
 from evaluation.store import CategoryStore, InMemoryStore, open_registry_store
+from structcore.backbones import create_backbone
+from structcore.features import build_extractor, new_feature_space
 from structcore.model import CategoryModel
 
 __all__ = ["EvaluationResult", "library_versions", "run_evaluation"]
@@ -142,9 +144,6 @@ def _steps(
 def _default_store(
     backbone: str, resize: int, crop: int, model: CategoryModel | None, batch_size: int
 ) -> InMemoryStore:
-    from structcore.backbones import create_backbone
-    from structcore.features import build_extractor, new_feature_space
-
     bb = create_backbone(backbone)
     space = new_feature_space(bb, resize=resize, crop=crop)
     params = (model or CategoryModel()).get_params()

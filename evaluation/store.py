@@ -16,6 +16,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from registry import Registry
+from registry.records import DB_FILE
 from structcore.model import CategoryModel, CategoryPrediction
 from structcore.preprocess import Preprocessing
 from structcore.routing import PrototypeRouter
@@ -275,9 +277,6 @@ def open_registry_store(
     An existing registry keeps its own feature space; ``backbone``, ``resize`` and ``crop``
     only apply to a new one.
     """
-    from registry import Registry
-    from registry.db import DB_FILE
-
     root = Path(root)
     if (root / DB_FILE).is_file():
         registry = Registry.open(root, weights=weights)

@@ -40,7 +40,8 @@ from registry.errors import (
 from registry.records import CategoryInfo, VersionInfo, library_version, validate_name
 
 if TYPE_CHECKING:
-    from registry.core import BackboneLoadError, GcReport, Problem, Registry, VerifyReport
+    from registry.checks import GcReport, Problem, VerifyReport
+    from registry.core import BackboneLoadError, Registry
     from registry.inference import PredictionRecord, predict
 
 #: Names served from their modules on first use (PEP 562), so that importing a light part of the
@@ -48,10 +49,10 @@ if TYPE_CHECKING:
 #: ``registry list`` starts in a fraction of a second (see ``tests/test_cli_start.py``).
 _ON_FIRST_USE = {
     "BackboneLoadError": "registry.core",
-    "GcReport": "registry.core",
-    "Problem": "registry.core",
+    "GcReport": "registry.checks",
+    "Problem": "registry.checks",
     "Registry": "registry.core",
-    "VerifyReport": "registry.core",
+    "VerifyReport": "registry.checks",
     "PredictionRecord": "registry.inference",
     "predict": "registry.inference",
 }

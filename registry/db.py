@@ -30,6 +30,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
+import migrations
 from registry.errors import DatabaseBusyError, DatabaseDamagedError, RegistryError
 from registry.records import DB_FILE
 
@@ -168,8 +169,6 @@ def read_session(engine: Engine) -> Iterator[Session]:
 # ------------------------------------------------------------------------------- alembic
 def migrations_dir() -> Path:
     """Folder of the installed ``migrations`` package (Alembic's script location)."""
-    import migrations
-
     return Path(migrations.__file__).resolve().parent
 
 

@@ -53,6 +53,21 @@ class FeatureSpaceRow(Base):
     library_version: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
+    def description(self) -> dict[str, object]:
+        """The fields of :meth:`structcore.feature_space.FeatureSpace.describe`, as this row records them."""
+        return {
+            "backbone": self.backbone,
+            "weights_sha256": self.weights_sha256,
+            "layers": list(self.layers),
+            "channels": list(self.channels),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "local_pool": self.local_pool,
+            "resize": self.resize,
+            "crop": self.crop,
+            "dim": self.dim,
+        }
+
 
 class CategoryRow(Base):
     """A category name and which of its versions is current."""

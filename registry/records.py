@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import math
 import re
 import uuid
 from collections.abc import Callable
@@ -43,6 +44,14 @@ def library_version() -> str:
         return importlib.metadata.version("structcore-registry")
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout
         return "unknown"
+
+
+def finite_or_none(value: object) -> float | None:
+    """``value`` as a float, or ``None`` for ``None``, NaN and infinities (JSON has no such numbers)."""
+    if value is None:
+        return None
+    number = float(value)  # type: ignore[arg-type]
+    return number if math.isfinite(number) else None
 
 
 def validate_name(name: object) -> str:
@@ -210,6 +219,7 @@ __all__ = [
     "PendingVersion",
     "StoredVersion",
     "VersionInfo",
+    "finite_or_none",
     "library_version",
     "validate_name",
 ]

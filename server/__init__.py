@@ -6,6 +6,10 @@ the ``serve`` extra (``pip install -e '.[serve]'``).
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
+
 from server.settings import ServeSettings, ServeSettingsError, is_loopback
 
 __all__ = ["ServeSettings", "ServeSettingsError", "is_loopback", "run_server"]
@@ -13,11 +17,7 @@ __all__ = ["ServeSettings", "ServeSettingsError", "is_loopback", "run_server"]
 
 def run_server(settings: ServeSettings) -> None:
     """Serve until interrupted (SIGINT / SIGTERM); in-flight requests finish first."""
-    import signal
-    import sys
-    import threading
-
-    import uvicorn
+    import uvicorn  # the optional [serve] extra: `import server` works without it
 
     from server.app import create_app
 

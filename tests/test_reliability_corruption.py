@@ -63,7 +63,7 @@ def _fingerprint(registry: Registry, vectors: np.ndarray) -> dict[str, Any]:
 
 def _fresh_process_caches() -> None:
     """Forget the checksums verified so far (as a new process would)."""
-    registry_core._VERIFIED.clear()
+    registry_core.forget_verified_checksums()
 
 
 # ------------------------------------------------------------------------------ zarr stores

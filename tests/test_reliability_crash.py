@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 from registry import Registry
-from registry.core import GC_KINDS
+from registry.checks import GC_KINDS
 from tests.support_registry import clone
 from tests.support_reliability import (
     CHILD_ENV,
