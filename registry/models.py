@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from structcore.feature_space import describe_fields
+
 
 def utcnow() -> datetime:
     """Current time, naive UTC (the form stored in the database)."""
@@ -55,18 +57,7 @@ class FeatureSpaceRow(Base):
 
     def description(self) -> dict[str, object]:
         """The fields of :meth:`structcore.feature_space.FeatureSpace.describe`, as this row records them."""
-        return {
-            "backbone": self.backbone,
-            "weights_sha256": self.weights_sha256,
-            "layers": list(self.layers),
-            "channels": list(self.channels),
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "local_pool": self.local_pool,
-            "resize": self.resize,
-            "crop": self.crop,
-            "dim": self.dim,
-        }
+        return describe_fields(self)
 
 
 class CategoryRow(Base):

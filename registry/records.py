@@ -133,7 +133,7 @@ class VersionInfo:
         )
 
     def row_fields(self) -> dict[str, Any]:
-        """The fields that :func:`registry.core.row_differences` compares with the store's attributes."""
+        """The fields that :func:`registry.checks.row_differences` compares with the store's attributes."""
         return {
             "category": self.category,
             "uuid": self.uuid,

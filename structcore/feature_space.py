@@ -12,6 +12,26 @@ import numpy as np
 
 from structcore.preprocess import Preprocessing
 
+#: What a feature-space description holds (everything but W), in order.
+DESCRIPTION_FIELDS = (
+    "backbone",
+    "weights_sha256",
+    "layers",
+    "channels",
+    "mean",
+    "std",
+    "local_pool",
+    "resize",
+    "crop",
+    "dim",
+)
+
+
+def describe_fields(source: object) -> dict[str, object]:
+    """The :data:`DESCRIPTION_FIELDS` of ``source`` (a :class:`FeatureSpace`, or a stored row of one), JSON-ready."""
+    values = {name: getattr(source, name) for name in DESCRIPTION_FIELDS}
+    return {name: list(value) if isinstance(value, list | tuple) else value for name, value in values.items()}
+
 
 @dataclass(frozen=True)
 class FeatureSpace:
@@ -34,18 +54,7 @@ class FeatureSpace:
 
     def describe(self) -> dict[str, object]:
         """JSON-compatible description (everything but the projection matrix itself)."""
-        return {
-            "backbone": self.backbone,
-            "weights_sha256": self.weights_sha256,
-            "layers": list(self.layers),
-            "channels": list(self.channels),
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "local_pool": self.local_pool,
-            "resize": self.resize,
-            "crop": self.crop,
-            "dim": self.dim,
-        }
+        return describe_fields(self)
 
     def differences(self, other: FeatureSpace) -> list[str]:
         """Human-readable differences to ``other`` (empty when the spaces are the same)."""
@@ -78,4 +87,4 @@ class FeatureSpace:
         return Preprocessing(resize=self.resize, crop=self.crop)
 
 
-__all__ = ["FeatureSpace"]
+__all__ = ["DESCRIPTION_FIELDS", "FeatureSpace", "describe_fields"]

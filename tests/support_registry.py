@@ -1,6 +1,6 @@
 """Helpers shared by the registry tests (small synthetic data, registry copies, child processes).
 
-Holds no tests itself; named ``test_registry_*`` so that it sits with the tests it serves.
+Holds no tests itself (``support_*``, so pytest does not collect it).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import sys
 import textwrap
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from evaluation.synthetic import make_category, write_mvtec_layout
 from registry import Registry
@@ -47,6 +49,20 @@ def make_base(root: Path, data: dict[str, tuple[list[Path], list[Path]]], kinds:
     for kind in kinds:
         registry.add_category(kind, data[kind][0], small_model())
     registry.close()
+    return root
+
+
+def random_registry(root: Path, versions: list[tuple[str, str | None]]) -> Path:
+    """A 64 px registry whose versions (``(name, description)``, in order) are one model fitted on random vectors.
+
+    For tests of what reads the catalogue: no images, about a second.
+    """
+    with Registry.init(root, resize=64, crop=64) as registry:
+        grid = registry.extractor().grid_shape()
+        vectors = np.random.default_rng(0).standard_normal((6, grid[0] * grid[1], registry.feature_space.dim))
+        model = CategoryModel(coreset_ratio=0.1, seed=0).fit(vectors.astype(np.float32), grid, 64)
+        for name, description in versions:
+            registry.add_fitted(name, model, description=description)
     return root
 
 

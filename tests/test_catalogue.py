@@ -6,7 +6,6 @@ import json
 import sqlite3
 from pathlib import Path
 
-import numpy as np
 import pytest
 from alembic import command
 from typer.testing import CliRunner
@@ -23,21 +22,16 @@ from registry import (
 )
 from registry.catalogue import HEAD_REVISION
 from registry.db import alembic_config
-from structcore.model import CategoryModel
-from tests.support_registry import clone
+from tests.support_registry import clone, random_registry
 
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``pill`` with versions 1 and 2 (current: 1 after set_current), ``screw`` with version 1."""
-    root = tmp_path_factory.mktemp("catalogue") / "registry"
-    with Registry.init(root, resize=64, crop=64) as registry:
-        grid = registry.extractor().grid_shape()
-        vectors = np.random.default_rng(0).standard_normal((6, grid[0] * grid[1], registry.feature_space.dim))
-        model = CategoryModel(coreset_ratio=0.1, seed=0).fit(vectors.astype(np.float32), grid, 64)
-        registry.add_fitted("screw", model)
-        registry.add_fitted("pill", model, description="round tablets")
-        registry.add_fitted("pill", model)
+    root = random_registry(
+        tmp_path_factory.mktemp("catalogue") / "registry", [("screw", None), ("pill", "round tablets"), ("pill", None)]
+    )
+    with Registry.open(root) as registry:
         registry.set_current("pill", 1)
     return root
 

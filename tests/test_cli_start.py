@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -21,6 +20,7 @@ from registry.catalogue import HEAD_REVISION, SCHEMA_REVISIONS
 from registry.db import alembic_config, head_revision
 from registry.records import ARRAY_NAMES
 from structcore.model import CategoryModel
+from tests.support_registry import random_registry
 
 HEAVY = ("torch", "sklearn", "scipy", "faiss", "ray")
 #: What a bare ``registry list`` must not load either: it reads the catalogue with sqlite3.
@@ -59,12 +59,7 @@ def empty_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def two_categories(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A registry with ``pill`` (versions 1 and 2) and ``screw`` (version 1), fitted on random vectors."""
     root = tmp_path_factory.mktemp("start") / "fitted"
-    with Registry.init(root, resize=64, crop=64) as registry:
-        grid = registry.extractor().grid_shape()
-        vectors = np.random.default_rng(0).standard_normal((6, grid[0] * grid[1], registry.feature_space.dim))
-        model = CategoryModel(coreset_ratio=0.1, seed=0).fit(vectors.astype(np.float32), grid, 64)
-        for name in ("pill", "pill", "screw"):
-            registry.add_fitted(name, model)
+    random_registry(root, [("pill", None), ("pill", None), ("screw", None)])
     return root
 
 
