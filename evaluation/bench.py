@@ -1064,7 +1064,7 @@ def _child_cold_load(root: Path) -> float | None:
 # --------------------------------------------------------------------------------- memory
 def _fit_child(spec: dict[str, Any]) -> dict[str, Any]:
     """Child process body: load the model, then ``add_category``; report RSS figures."""
-    torch.set_num_threads(int(spec["threads"]))
+    set_num_threads(int(spec["threads"]))
     sources: list[Any]
     if spec["synthetic"]:
         made = make_category(spec["kind"], n_train=int(spec["n_train"]), n_test_good=0, n_test_bad=0,

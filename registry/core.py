@@ -665,12 +665,15 @@ class Registry:
                 )
             ).one_or_none()
         if row is None:
+            if version is None:  # the current-version pointer names a missing row
+                problem = f"records current version id {category.current_version_id}, which has no row"
+                raise DatabaseDamagedError(self._root / DB_FILE, problem, category.name)
             known = session.scalars(
                 select(CategoryVersionRow.version)
                 .where(CategoryVersionRow.category_id == category.id)
                 .order_by(CategoryVersionRow.version)
             ).all()
-            raise UnknownVersionError(category.name, -1 if version is None else version, known)
+            raise UnknownVersionError(category.name, version, known)
         return row
 
     @property

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from registry import (
+    DatabaseDamagedError,
     IntegrityError,
     InvalidNameError,
     NotARegistryError,
@@ -224,6 +225,19 @@ def test_corrupted_array_raises_integrity_error_naming_category_version_file(bas
         with pytest.raises(IntegrityError, match="cannot be read"):
             registry.load_category("pill")
         assert [p.kind for p in registry.verify().problems] == ["missing-store"]
+
+
+def test_dangling_current_version_names_the_database(base: Path, tmp_path: Path) -> None:
+    root = clone(base, tmp_path / "reg")
+    with sqlite3.connect(root / "registry.sqlite") as connection:  # foreign keys off: a damaged pointer
+        connection.execute("UPDATE categories SET current_version_id = 9999 WHERE name = 'pill'")
+    with Registry.open(root) as registry:
+        with pytest.raises(DatabaseDamagedError) as caught:
+            registry.load_category("pill")
+        message = str(caught.value)
+        assert "category 'pill'" in message and "registry.sqlite" in message and "9999" in message
+        assert "registry verify" in message and "version -1" not in message
+        assert "bad-current-version" in [p.kind for p in registry.verify().problems]
 
 
 def test_verify_finds_and_gc_removes_leftovers(base: Path, tmp_path: Path) -> None:
