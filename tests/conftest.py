@@ -106,11 +106,13 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatu
         for report in terminalreporter.stats.get("skipped", [])
         if isinstance(report.longrepr, tuple) and REAL_DATA_SKIP in str(report.longrepr[2])
     ]
-    deselected = [
+    real_deselected = [
         item
         for item in terminalreporter.stats.get("deselected", [])
         if isinstance(item, pytest.Item) and item.get_closest_marker("real_data") is not None
     ]
+    # Only the slow ones need their own step; the others were left out by a `-m slow` run and ran in the default one.
+    deselected = [item for item in real_deselected if item.get_closest_marker("slow") is not None]
     if not skipped and not deselected:
         return
     terminalreporter.write_sep("=", "real-data tests that did not run", yellow=True, bold=True)
