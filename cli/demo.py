@@ -91,8 +91,9 @@ def run_demo(
 
             targets = overlay_names(tests, maps)  # pill_test_crack_000.png, ...
 
-            def on_image(record: PredictionRecord, image: np.ndarray, anomaly_map: np.ndarray) -> None:
-                map_threshold = registry.load_category(str(record["category"])).thresholds["base"]
+            def on_image(
+                record: PredictionRecord, image: np.ndarray, anomaly_map: np.ndarray, map_threshold: float
+            ) -> None:
                 written.append(save_overlay(record, image, anomaly_map, map_threshold, targets[record["path"]]))
 
         with progress_bar(transient=True) as progress:

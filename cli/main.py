@@ -457,8 +457,9 @@ def infer(
         on_image = None
         if maps is not None:
 
-            def on_image(record: PredictionRecord, image: np.ndarray, anomaly_map: np.ndarray) -> None:
-                map_threshold = registry.load_category(str(record["category"])).thresholds["base"]
+            def on_image(
+                record: PredictionRecord, image: np.ndarray, anomaly_map: np.ndarray, map_threshold: float
+            ) -> None:
                 target = overlay_files[record["path"]]
                 written[record["path"]] = str(save_overlay(record, image, anomaly_map, map_threshold, target))
 

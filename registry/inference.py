@@ -73,9 +73,11 @@ class PredictionRecord(TypedDict):
     error: str | None
 
 
-#: ``on_image(record, image, anomaly_map)``: the preprocessed crop (3, H, W) float in [0, 1] and its
-#: anomaly map (H, W), for each successfully scored image.
-ImageCallback = Callable[[PredictionRecord, np.ndarray, np.ndarray], None]
+#: ``on_image(record, image, anomaly_map, map_threshold)``: the preprocessed crop (3, H, W) float in
+#: [0, 1], its anomaly map (H, W) and the base threshold of the category version that scored it
+#: (the map's own scale: a pixel above it is as anomalous as the worst train-good image), for each
+#: successfully scored image.
+ImageCallback = Callable[[PredictionRecord, np.ndarray, np.ndarray, float], None]
 
 
 def _name(source: object, index: int) -> str:
@@ -215,7 +217,7 @@ def predict(
                         record = batch_records[positions[j]]
                         assert record is not None
                         crop = preprocess_image(images[j], extractor.geometry)
-                        on_image(record, crop, prediction.maps[k])
+                        on_image(record, crop, prediction.maps[k], float(model.thresholds["base"]))
         for record in batch_records:
             assert record is not None
             records.append(record)

@@ -292,7 +292,7 @@ class ScoringWorker:
         self.metrics.batch_images.observe(len(images))
         collected: dict[int, tuple[object, np.ndarray, np.ndarray]] = {}
 
-        def on_image(record: object, crop: np.ndarray, anomaly_map: np.ndarray) -> None:
+        def on_image(record: object, crop: np.ndarray, anomaly_map: np.ndarray, _map_threshold: float) -> None:
             collected[id(record)] = (record, crop, anomaly_map)
 
         for _attempt in range(MAX_ATTEMPTS):

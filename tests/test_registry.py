@@ -164,11 +164,11 @@ def test_predict_reports_unreadable_images_and_scores_the_rest(base: Path, tmp_p
     broken.write_text("not an image")
     missing = tmp_path / "missing.png"
     good = data["pill"][1][:2]
-    seen: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = []
+    seen: list[tuple[str, tuple[int, ...], tuple[int, ...], float]] = []
     with Registry.open(base, read_only=True) as registry:
         records = registry.predict(
             [good[0], broken, missing, good[1]],
-            on_image=lambda record, image, amap: seen.append((record["path"], image.shape, amap.shape)),
+            on_image=lambda record, image, amap, level: seen.append((record["path"], image.shape, amap.shape, level)),
         )
         assert [r["error"] is None for r in records] == [True, False, False, True]
         assert str(broken) in str(records[1]["error"]) and str(missing) in str(records[2]["error"])
@@ -179,7 +179,8 @@ def test_predict_reports_unreadable_images_and_scores_the_rest(base: Path, tmp_p
                 and record["threshold"] == registry.version_info("pill").thresholds["hybrid"]
             )
             assert record["anomalous"] == (record["score_hybrid"] > record["threshold"])
-        assert seen == [(str(p), (3, SIZE, SIZE), (SIZE, SIZE)) for p in good]
+        base_threshold = registry.version_info("pill").thresholds["base"]  # the scoring version's map scale
+        assert seen == [(str(p), (3, SIZE, SIZE), (SIZE, SIZE), base_threshold) for p in good]
         # the good images score exactly as they do without the broken ones in the batch
         alone = registry.predict(good)
         assert scores([records[0], records[3]]) == scores(alone)
