@@ -247,20 +247,9 @@ def overlay_names(sources: Sequence[str | Path], folder: Path) -> dict[str, Path
     return names
 
 
-def overlay_title(record: Mapping[str, Any]) -> str:
-    """The corner text of an overlay: category, decision, hybrid score against its threshold."""
-    decision = "ANOMALOUS" if record["anomalous"] else "ok"
-    relation = ">" if record["anomalous"] else "<="
-    unknown = " (unknown product?)" if record.get("unknown") else ""
-    return (
-        f"{record['category']}{unknown}: {decision}\n"
-        f"hybrid {float(record['score_hybrid']):.3f} {relation} {float(record['threshold'] or 0.0):.3f}"
-    )
-
-
 def save_overlay(record: Mapping[str, Any], image: Any, anomaly_map: Any, map_threshold: float, path: Path) -> Path:
     """Render the overlay of one scored image (see ``render_overlay``) and save it as PNG."""
-    from evaluation.plots import render_overlay
+    from evaluation.plots import overlay_title, render_overlay  # matplotlib: only when overlays are drawn
 
     picture = render_overlay(
         image, anomaly_map, threshold=map_threshold, title=overlay_title(record), anomalous=bool(record["anomalous"])

@@ -19,7 +19,7 @@ of the ``separate`` protocol).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +291,17 @@ def write_plots(
     if "open-set" in protocols:
         written.append(plot_open_set(protocols["open-set"], out / "open_set.png"))
     return written
+
+
+def overlay_title(record: Mapping[str, Any]) -> str:
+    """The corner text of an overlay: category, decision, hybrid score against its threshold."""
+    decision = "ANOMALOUS" if record["anomalous"] else "ok"
+    relation = ">" if record["anomalous"] else "<="
+    unknown = " (unknown product?)" if record.get("unknown") else ""
+    return (
+        f"{record['category']}{unknown}: {decision}\n"
+        f"hybrid {float(record['score_hybrid']):.3f} {relation} {float(record['threshold'] or 0.0):.3f}"
+    )
 
 
 def render_overlay(

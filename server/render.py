@@ -9,8 +9,7 @@ from __future__ import annotations
 import base64
 import io
 
-from cli.output import overlay_title
-from evaluation.plots import render_overlay
+from evaluation.plots import overlay_title, render_overlay
 from server.scoring import Scored
 
 
