@@ -21,6 +21,13 @@ What it does:
    good test image with a centred square of another category's image pasted over a share of its
    area, flagged share per area.
 
+Options: far share (patch quantile q of the LOO train distances, share threshold fixed or
+LOO-calibrated), its continuous twin ``quantile-N`` (the N% patch-distance quantile over the
+far threshold; the shipped rule is ``quantile-30`` over q = 0.9), mean / median / low quantiles
+/ low means over a margin times their LOO train 99.5% quantile or median + k MAD, the pooled
+embedding's nearest train image, the same on the shallow layer, "flag only if both" pairs, and
+the route-score margin to the second-best category (AUROC only). Results: docs/open-set.md.
+
 Usage::
 
     python scripts/open_set/explore.py --make-data          # once: writes /tmp/14-data
