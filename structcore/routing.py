@@ -13,9 +13,10 @@ small part of an image of a registered product is defective, so a threshold on i
 as ``unknown``. The ``unknown`` decision therefore uses a robust low quantile of the same
 patch-to-prototype distances (:data:`DEFAULT_UNKNOWN_STATISTIC`, ``quantile-30``): the distance
 below which the image's nearest 30% of patches lie, over the category's *far threshold* (the 90%
-quantile of its own train-good patch distances, leave-one-out). The ratio exceeds 1 exactly when
-more than 70% of the image's patches are farther from every prototype of the category than 90%
-of its own train patches: a local defect, even a large one, leaves a third of the image close;
+quantile of its own train-good patch distances, leave-one-out). The ratio exceeds 1 when more
+than 70% of the image's patches (up to the interpolation between two) are farther from every
+prototype of the category than 90% of its own train patches: a defect, even a large one, leaves
+more than 30% of the image close;
 an unregistered product moves nearly every patch. An image's ``unknown_score`` is the smallest
 ratio over the categories. Versions fitted with the earlier ``far-share`` rule (share of far
 patches over 0.5) keep it (their statistic and thresholds are stored per version).
