@@ -138,11 +138,11 @@ def load_cached(data: Path, cache: Path, names: Sequence[str], max_train: int, m
         out.append(
             Cached(
                 name=name,
-                train=np.load(folder / "train.npy", mmap_mode="r"),
-                test=np.load(folder / "test.npy", mmap_mode="r"),
-                train_shallow=np.load(folder / "train_shallow.npy", mmap_mode="r"),
-                test_shallow=np.load(folder / "test_shallow.npy", mmap_mode="r"),
-                labels=np.load(folder / "labels.npy"),
+                train=np.lib.format.open_memmap(folder / "train.npy", mode="r"),
+                test=np.lib.format.open_memmap(folder / "test.npy", mode="r"),
+                train_shallow=np.lib.format.open_memmap(folder / "train_shallow.npy", mode="r"),
+                test_shallow=np.lib.format.open_memmap(folder / "test_shallow.npy", mode="r"),
+                labels=np.asarray(np.lib.format.open_memmap(folder / "labels.npy", mode="r")),
                 defects=json.loads((folder / "defects.json").read_text()),
             )
         )
@@ -386,21 +386,29 @@ def meets(f: Figures) -> bool:
     return f.auroc_min >= 0.99 and f.left_min >= 0.95 and f.good_worst <= 0.02 and f.bad_worst <= 0.05
 
 
-def cached_space(cats: list[Cached], cache: Path, shallow: bool) -> Space:
-    """:func:`build_space`, kept in ``cache`` (pickled) for reruns on the same categories."""
-    import pickle
+SPACE_FIELDS = ("loo", "test", "pooled_loo", "pooled_test", "prototypes", "pooled_train")
 
+
+def _read_npy(path: Path) -> np.ndarray:
+    """A plain ``.npy`` array, memory-mapped (no pickle)."""
+    return np.asarray(np.lib.format.open_memmap(path, mode="r"))
+
+
+def cached_space(cats: list[Cached], cache: Path, shallow: bool) -> Space:
+    """:func:`build_space`, kept in ``cache`` (plain ``.npy`` files) for reruns on the same categories."""
     key = "-".join(f"{c.name}{len(c.train)}x{len(c.test)}" for c in cats)
-    path = cache / f"space-{'shallow' if shallow else 'routing'}-{key}.pkl"
-    if path.exists():
-        with path.open("rb") as handle:
-            space: Space = pickle.load(handle)
-            return space
+    folder = cache / f"space-{'shallow' if shallow else 'routing'}-{key}"
+    if (folder / "done").exists():
+        parts = {name: [_read_npy(folder / f"{name}-{i}.npy") for i in range(len(cats))] for name in SPACE_FIELDS}
+        return Space(**parts)
     started = time.perf_counter()
     space = build_space(cats, shallow=shallow)
     print(f"{'shallow-layer' if shallow else 'routing-vector'} distances in {time.perf_counter() - started:.0f} s")
-    with path.open("wb") as handle:
-        pickle.dump(space, handle)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in SPACE_FIELDS:
+        for i, array in enumerate(getattr(space, name)):
+            np.save(folder / f"{name}-{i}.npy", np.asarray(array))
+    (folder / "done").write_text("")
     return space
 
 
