@@ -186,7 +186,7 @@ class InMemoryStore:
         """A :class:`PrototypeRouter` over all stored categories."""
         router = PrototypeRouter()
         for name, model in self._models.items():
-            router.add(name, model.prototypes_, model.route_threshold_)
+            router.add(name, model.prototypes_, model.route_threshold_, **model.unknown_rule())
         return router
 
     def extractor(self) -> Embedder:

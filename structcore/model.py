@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from structcore.routing import (
     DEFAULT_ROUTE_QUANTILE,
     DEFAULT_UNKNOWN_MARGIN,
     DEFAULT_UNKNOWN_STATISTIC,
+    FAR_QUANTILE_STATISTICS,
     check_unknown_statistic,
     l2_normalize,
     leave_one_out_patch_distances,
@@ -53,6 +55,14 @@ _MAP_BATCH = 16
 ProgressCallback = Callable[[int, int], None]
 
 
+class UnknownRule(TypedDict):
+    """A fitted model's ``unknown`` settings, as :meth:`PrototypeRouter.add` takes them."""
+
+    unknown_threshold: float | None
+    unknown_statistic: str
+    far_threshold: float | None
+
+
 @dataclass(frozen=True)
 class CategoryPrediction:
     """Per-image anomaly maps (B, H, W) and base / struct / hybrid scores."""
@@ -75,10 +85,10 @@ class CategoryModel:
             ``unknown`` thresholds.
         unknown_statistic: image statistic of patch-to-prototype distances behind ``unknown``
             (one of :data:`structcore.routing.UNKNOWN_STATISTICS`).
-        unknown_margin: for statistics other than ``far-share``, the factor on their
+        unknown_margin: for ``mean``, ``median`` and ``low-mean-<N>``, the factor on their
             leave-one-out train quantile that gives the unknown threshold (docs/open-set.md).
-        far_quantile: ``far-share``: quantile of the leave-one-out train patch distances beyond
-            which a patch counts as far from the category.
+        far_quantile: quantile of the leave-one-out train patch distances beyond which a patch
+            counts as far from the category (``quantile-30`` and ``far-share``).
         far_share: ``far-share``: share of far patches beyond which an image is unknown.
         sigma: Gaussian blur of the anomaly map.
         bank_dtype: ``"float32"`` or ``"float16"`` storage of the bank.
@@ -96,7 +106,8 @@ class CategoryModel:
             ``unknown`` rule of registries fitted before ``unknown_threshold_`` existed).
         unknown_threshold_: threshold on ``unknown_statistic`` (``nan`` on a model loaded from
             such an older registry: then the route threshold decides).
-        far_threshold_: patch-distance threshold of ``far-share`` (``nan`` otherwise).
+        far_threshold_: far patch-distance threshold (``quantile-30``: also the unknown threshold;
+            ``far-share``; ``nan`` for the other statistics).
         grid_: patch grid (h, w); map_size_: side of the anomaly map.
         n_train_images_: images used; calibration_scores_: train-good scores used for calibration.
         fit_seconds_: wall time of :meth:`fit`.
@@ -220,6 +231,11 @@ class CategoryModel:
 
     def _calibrate_unknown(self, own_distances: np.ndarray) -> None:
         """Unknown thresholds from the leave-one-out train patch distances (n_images, P)."""
+        if self.unknown_statistic in FAR_QUANTILE_STATISTICS:
+            # quantile-N: the image's N% patch-distance quantile over the far patch threshold.
+            self.far_threshold_ = float(np.quantile(own_distances, self.far_quantile))
+            self.unknown_threshold_ = self.far_threshold_
+            return
         if self.unknown_statistic == "far-share":
             self.far_threshold_ = float(np.quantile(own_distances, self.far_quantile))
             self.unknown_threshold_ = float(self.far_share)
@@ -302,6 +318,14 @@ class CategoryModel:
         """Route scores (B,) against this category's own prototypes."""
         owners = np.zeros(len(self.prototypes_), dtype=np.int64)
         return route_distances(patch_vectors, self.prototypes_, owners, 1)[:, 0]
+
+    def unknown_rule(self) -> UnknownRule:
+        """The ``unknown`` settings :meth:`PrototypeRouter.add` takes (``unknown_threshold`` ``None``: the old rule)."""
+        return {
+            "unknown_threshold": _finite_or_none(self.unknown_threshold_),
+            "unknown_statistic": self.unknown_statistic,
+            "far_threshold": _finite_or_none(self.far_threshold_),
+        }
 
     def unknown_score(self, patch_vectors: np.ndarray) -> np.ndarray:
         """Unknown scores (B,): the unknown statistic over its threshold (``> 1`` = unlike this category).

@@ -10,13 +10,16 @@ computed for the ``shortlist`` nearest categories only. With C <= ``shortlist`` 
 
 Unknown products (docs/open-set.md): the route score (a mean over patches) also rises when a
 small part of an image of a registered product is defective, so a threshold on it flags defects
-as ``unknown``. The ``unknown`` decision therefore uses another image statistic of the same
-patch-to-prototype distances (:data:`DEFAULT_UNKNOWN_STATISTIC`): the share of the image's
-patches that are farther from every prototype of the category than 90% of the category's own
-train-good patches (leave-one-out). A local defect raises the share by about its area, an
-unregistered product changes every patch. A category's unknown ratio is that share over 0.5
-(``> 1``: more than half of the image is unlike the category); an image's ``unknown_score``
-is the smallest ratio over the categories.
+as ``unknown``. The ``unknown`` decision therefore uses a robust low quantile of the same
+patch-to-prototype distances (:data:`DEFAULT_UNKNOWN_STATISTIC`, ``quantile-30``): the distance
+below which the image's nearest 30% of patches lie, over the category's *far threshold* (the 90%
+quantile of its own train-good patch distances, leave-one-out). The ratio exceeds 1 when more
+than 70% of the image's patches (up to the interpolation between two) are farther from every
+prototype of the category than 90% of its own train patches: a defect, even a large one, leaves
+more than 30% of the image close;
+an unregistered product moves nearly every patch. An image's ``unknown_score`` is the smallest
+ratio over the categories. Versions fitted with the earlier ``far-share`` rule (share of far
+patches over 0.5) keep it (their statistic and thresholds are stored per version).
 """
 
 from __future__ import annotations
@@ -36,14 +39,19 @@ DEFAULT_ROUTE_QUANTILE = 0.995
 #: Categories scored exactly per image after the centroid shortlist.
 DEFAULT_SHORTLIST = 8
 #: Image statistics of patch-to-prototype distances an ``unknown`` threshold can be put on:
-#: ``far-share`` (share of patches beyond the category's patch threshold), ``mean`` (the route
-#: score), ``median``, ``low-mean-<N>`` (mean of the lowest N% of the patches' distances).
-UNKNOWN_STATISTICS = ("far-share", "low-mean-50", "low-mean-75", "median", "mean")
+#: ``quantile-<N>`` (the N% quantile of the patches' distances, over the category's far patch
+#: threshold), ``far-share`` (share of patches beyond the far threshold, over a share threshold),
+#: ``mean`` (the route score), ``median``, ``low-mean-<N>`` (mean of the lowest N% of the
+#: patches' distances); the last three over a margin times their leave-one-out train quantile.
+UNKNOWN_STATISTICS = ("quantile-30", "far-share", "low-mean-50", "low-mean-75", "median", "mean")
 #: Statistic of the ``unknown`` decision (see docs/open-set.md for the measurements behind it).
-DEFAULT_UNKNOWN_STATISTIC = "far-share"
-#: ``far-share``: quantile of the leave-one-out train-good patch distances that makes a patch "far".
+DEFAULT_UNKNOWN_STATISTIC = "quantile-30"
+#: Statistics whose threshold is the category's far patch threshold itself.
+FAR_QUANTILE_STATISTICS = ("quantile-30",)
+#: Quantile of the leave-one-out train-good patch distances that makes a patch "far".
 DEFAULT_FAR_QUANTILE = 0.9
-#: ``far-share``: share of far patches above which an image is unlike the category.
+#: ``far-share`` (the rule of versions fitted before ``quantile-30``): share of far patches
+#: above which an image is unlike the category.
 DEFAULT_FAR_SHARE = 0.5
 #: Other statistics: unknown threshold = this factor x the ``route_quantile`` of the
 #: leave-one-out train-good statistic (train-good statistics spread by a few percent only).
@@ -72,6 +80,8 @@ def patch_statistic(distances: torch.Tensor, statistic: str, far: torch.Tensor |
         return distances.double().mean(dim=0)
     if statistic == "median":
         return distances.double().quantile(0.5, dim=0)
+    if statistic.startswith("quantile-") and statistic in UNKNOWN_STATISTICS:
+        return distances.double().quantile(int(statistic.removeprefix("quantile-")) / 100, dim=0)
     if statistic.startswith("low-mean-") and statistic in UNKNOWN_STATISTICS:
         keep = max(1, round(distances.shape[0] * int(statistic.removeprefix("low-mean-")) / 100))
         lowest = torch.topk(distances, keep, dim=0, largest=False, sorted=False).values

@@ -1,8 +1,8 @@
 """Open-set ``unknown`` with known answers: real embedded backbone, real registry, synthetic categories.
 
-carpet and pill are registered; tile is left out. Tile's images must come back ``unknown`` (share
-of patches far from every registered prototype set above half), a registered category's defective
-images must not (a local defect changes a small share of the patches).
+carpet and pill are registered; tile is left out. Tile's images must come back ``unknown`` (more
+than 70% of their patches far from every registered prototype set), a registered category's
+defective images must not (a defect, even a large one, changes a smaller share of the patches).
 """
 
 from __future__ import annotations
@@ -77,14 +77,12 @@ def test_defective_registered_images_stay_known(registry_root: Path, dataset: Pa
     for record in records:
         assert record["category"] in record["path"]
         assert record["unknown_score"] < lowest_left_out  # every registered image ranks below the left-out ones
-        if "/good/" in record["path"] or "/pill/" in record["path"]:
-            # Good images and pill's local defects (crack, scratch, missing piece) stay known. carpet's
-            # "missing" defect covers about half of a 16x16 patch grid at 128 px and may be flagged.
-            assert record["unknown"] is False, record
-            assert record["unknown_score"] <= 1.0
+        # Good images and every defect stay known, carpet's "missing" patch included (it covers
+        # about half of a 16x16 patch grid at 128 px, which the earlier far-share rule could flag).
+        assert record["unknown"] is False, record
+        assert record["unknown_score"] <= 1.0
     defective = [r for r in records if "/good/" not in r["path"]]
     assert len(defective) == 6
-    assert sum(r["unknown"] for r in defective) <= 1
 
 
 def test_unknown_score_in_json_and_csv(registry_root: Path, dataset: Path, tmp_path: Path) -> None:
@@ -144,7 +142,7 @@ def test_open_set_protocol_on_three_synthetic_categories(
         assert figures["unknown_auroc"] == 1.0, name  # every left-out image ranks above every registered one
         assert figures["flagged_left_out"] == 1.0, name
         assert figures["flagged_registered_good"] == 0.0, name
-        assert 0.0 <= figures["flagged_registered_defective"] <= 0.5, name
+        assert figures["flagged_registered_defective"] == 0.0, name  # a defect is not a new product
     assert part["mean"]["unknown_auroc"] == 1.0
     report = (out / "report.md").read_text()
     assert "## Open set" in report and "| **mean** |" in report
