@@ -36,10 +36,12 @@ from structcore.routing import (
     unknown_ratio,
 )
 from structcore.scoring import (
+    DEFAULT_SCORING,
     DEFAULT_TOP_RATIO,
     ImageScores,
     StructCoreCalibrator,
     base_scores,
+    check_scoring,
     structural_descriptor,
 )
 
@@ -86,6 +88,8 @@ class CategoryModel:
         seed: seeds the coreset, the prototypes and the holdout split.
         coreset_method: the coreset algorithm, ``"auto"`` (by problem size), ``"exact"`` or
             ``"approx"`` (see :mod:`structcore.coreset`); the benchmark forces each in turn.
+        scoring: StructCore calibration, ``"robust"`` (default) or ``"paper"`` (see
+            :mod:`structcore.scoring`); stored with the calibrator's state.
 
     Attributes:
         bank_: (M, D) memory bank.
@@ -122,6 +126,7 @@ class CategoryModel:
         index: str = "flat",
         seed: int = DEFAULT_SEED,
         coreset_method: str = "auto",
+        scoring: str = DEFAULT_SCORING,
     ):
         self.coreset_ratio = coreset_ratio
         self.k = k
@@ -139,6 +144,7 @@ class CategoryModel:
         self.index = index
         self.seed = seed
         self.coreset_method = coreset_method
+        self.scoring = scoring
 
     # ------------------------------------------------------------------ fit
     def fit(
@@ -161,6 +167,7 @@ class CategoryModel:
             msg = f"unknown calibration mode {self.calibration!r}; choose one of {CALIBRATION_MODES}"
             raise ValueError(msg)
         check_unknown_statistic(self.unknown_statistic)
+        check_scoring(self.scoring)
         if not (math.isfinite(self.unknown_margin) and self.unknown_margin >= 1.0):
             msg = f"unknown_margin must be a finite number >= 1, got {self.unknown_margin}"
             raise ValueError(msg)
@@ -212,7 +219,7 @@ class CategoryModel:
         self._knn = None
         calibration_patch_scores = self._calibration_patch_scores(patch_vectors, calibration_images)
         base, descriptors = self._map_statistics(calibration_patch_scores)
-        self.calibrator_ = StructCoreCalibrator().fit_descriptors(base, descriptors)
+        self.calibrator_ = StructCoreCalibrator(scoring=self.scoring).fit_descriptors(base, descriptors)
         scores = self.calibrator_.score_descriptors(base, descriptors)
         self.calibration_scores_ = {"base": scores.base, "struct": scores.struct, "hybrid": scores.hybrid}
         self.fit_seconds_ = time.perf_counter() - started
@@ -346,6 +353,7 @@ class CategoryModel:
             "index": self.index,
             "seed": self.seed,
             "coreset_method": self.coreset_method,
+            "scoring": self.scoring,
         }
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -363,8 +371,11 @@ class CategoryModel:
         """The fitted scalars and settings as JSON-compatible data."""
         return {
             # The coreset algorithm is a fit-time switch (the benchmark's); stored versions keep the
-            # settings they always had, so their metadata (and checksums) do not change.
-            "params": {key: value for key, value in self.get_params().items() if key != "coreset_method"},
+            # settings they always had, so their metadata (and checksums) do not change. The scoring
+            # is stored in the calibrator's state (states without it are the paper's).
+            "params": {
+                key: value for key, value in self.get_params().items() if key not in {"coreset_method", "scoring"}
+            },
             "grid": list(self.grid_),
             "map_size": self.map_size_,
             "n_train_images": self.n_train_images_,
@@ -397,6 +408,7 @@ class CategoryModel:
         far_threshold = metadata.get("far_threshold")
         model.far_threshold_ = float("nan") if far_threshold is None else float(far_threshold)  # type: ignore[arg-type]
         model.calibrator_ = StructCoreCalibrator.from_state(dict(metadata["calibrator"]))  # type: ignore[call-overload]
+        model.scoring = model.calibrator_.scoring
         model.coreset_radius_ = float(metadata.get("coreset_radius", float("nan")))  # type: ignore[arg-type]
         model.fit_seconds_ = float(metadata.get("fit_seconds", float("nan")))  # type: ignore[arg-type]
         model._knn = None
