@@ -89,8 +89,8 @@ def init(
         "efficientnet-lite2"
     ),
     weights: Annotated[Path | None, typer.Option(help="Weights file or folder (needed for dinov2-*).")] = None,
-    resize: Annotated[int, typer.Option(help="Resize side before the crop.")] = 448,
-    crop: Annotated[int, typer.Option(help="Centre-crop side (equal to --resize: no crop).")] = 392,
+    resize: Annotated[int, typer.Option(help="Resize side before the crop (448 with --crop 392: the paper's).")] = 392,
+    crop: Annotated[int, typer.Option(help="Centre-crop side (equal to --resize: no crop, the default).")] = 392,
     seed: Annotated[int, typer.Option(help="Seed of the projection matrix W.")] = 42,
     as_json: JsonOption = False,
 ) -> None:

@@ -351,7 +351,7 @@ class Registry:
         root: str | Path,
         backbone: str = "efficientnet-lite2",
         weights: str | Path | None = None,
-        resize: int = 448,
+        resize: int = 392,
         crop: int = 392,
         dim: int = 512,
         seed: int = 42,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from structcore.backbones.base import Backbone
-from structcore.preprocess import Preprocessing, load_image, preprocess_image
+from structcore.preprocess import DEFAULT_CROP, DEFAULT_RESIZE, Preprocessing, load_image, preprocess_image
 from structcore.runtime import tune_allocator
 
 #: Dimension of the projected patch vectors.
@@ -237,8 +237,8 @@ class FeatureSpace:
 
 def new_feature_space(
     backbone: Backbone,
-    resize: int = 448,
-    crop: int = 392,
+    resize: int = DEFAULT_RESIZE,
+    crop: int = DEFAULT_CROP,
     dim: int = DEFAULT_DIM,
     seed: int = DEFAULT_PROJECTION_SEED,
 ) -> FeatureSpace:
