@@ -149,6 +149,13 @@ class VersionInfo:
         """Decision thresholds (base / struct / hybrid)."""
         return {k: float(v) for k, v in dict(self.calibration.get("thresholds", {})).items()}
 
+    @property
+    def scoring(self) -> str:
+        """StructCore scoring, ``robust`` or ``paper`` (versions fitted before it was stored: ``paper``)."""
+        from structcore.scoring import LEGACY_SCORING
+
+        return str(self.calibration.get("scoring", LEGACY_SCORING))
+
     @classmethod
     def from_row(cls, row: CategoryVersionRow, category: str, is_current: bool) -> VersionInfo:
         """Build from a database row.
@@ -213,6 +220,7 @@ class VersionInfo:
         data = dict(self.__dict__)
         data["created_at"] = self.created_at.isoformat() + "Z"
         data["thresholds"] = self.thresholds
+        data["scoring"] = self.scoring
         return data
 
 
