@@ -10,9 +10,10 @@ Two scorings (:data:`SCORING_MODES`) share the descriptor and differ in the cali
 - ``"robust"`` (the default, docs/quality.md): ``mu`` = median and ``sigma`` = normal-consistent
   MAD of phi, floored at :data:`DEFAULT_SCALE_FLOOR` times ``|median|`` (a degenerate MAD cannot
   blow a dimension up); a one-sided distance, where only ``phi > mu`` counts (a defect only raises
-  the map: a calmer map than usual is not anomalous); ``lambda`` = the ratio of the same robust
-  scales of the train-good base scores and distances. Rankings no longer depend on a few unusual
-  train-good maps, and calm good maps no longer score as anomalous.
+  the map: a calmer map than usual is not anomalous); ``lambda`` = the ratio of the
+  normal-consistent interquartile ranges of the train-good base scores and distances (the MAD of
+  the one-sided distance collapses: see :func:`quartile_scale`). The statistics no longer move
+  with a few unusual train-good maps, and calm good maps no longer score as anomalous.
 """
 
 from __future__ import annotations
