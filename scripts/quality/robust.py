@@ -24,6 +24,16 @@ def iqr(x):
     return (q75 - q25) / 1.3489795003921634
 
 
+def upper(x):
+    q75, q50 = np.percentile(x, [75, 50])
+    return q75 - q50
+
+
+def upper90(x):
+    q90, q50 = np.percentile(x, [90, 50])
+    return q90 - q50
+
+
 def evaluate(name, labels, b, D, eb, ed, **kw):
     lam_kind = kw.pop("lam", None)
     dims = kw.pop("dims", None)
@@ -35,7 +45,7 @@ def evaluate(name, labels, b, D, eb, ed, **kw):
     c.fit_descriptors(b, D)
     if lam_kind is not None:
         st = c.struct_distance(D)
-        scale = {"std": np.std, "mad": robust_scale, "iqr": iqr}[lam_kind]
+        scale = {"std": np.std, "mad": robust_scale, "iqr": iqr, "upper": upper, "upper90": upper90}[lam_kind]
         c.lambda_ = float(scale(b) / (scale(st) + c.eps))
         h = b + c.lambda_ * st
         c.thresholds_["hybrid"] = float(np.quantile(h, c.quantile))
@@ -60,7 +70,7 @@ for cache in sys.argv[1:]:
         print(f" [{cal}]")
         evaluate("paper", labels, b, D, eb, ed, scoring="paper")
         evaluate("robust (shipped)", labels, b, D, eb, ed, scoring="robust")
-        for lam in ("std", "mad", "iqr"):
+        for lam in ("std", "mad", "iqr", "upper", "upper90"):
             evaluate(f"robust, lambda by {lam} ratio", labels, b, D, eb, ed, scoring="robust", lam=lam)
         for floor in (0.0, 0.05, 0.1, 0.2):
             evaluate(f"robust, scale floor {floor}", labels, b, D, eb, ed, scoring="robust", scale_floor=floor)
