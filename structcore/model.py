@@ -45,7 +45,7 @@ from structcore.scoring import (
     structural_descriptor,
 )
 
-CALIBRATION_MODES = ("loo", "in-sample", "holdout")
+CALIBRATION_MODES = ("loo", "in-sample", "holdout", "mixed")
 #: Default calibration mode (see docs/calibration.md for the measurements behind it).
 DEFAULT_CALIBRATION = "loo"
 DEFAULT_SEED = 42
@@ -69,7 +69,9 @@ class CategoryModel:
     Args:
         coreset_ratio: share of the train patch vectors kept in the bank.
         k: neighbours averaged per patch score.
-        calibration: ``"loo"``, ``"in-sample"`` or ``"holdout"`` (method.md "Calibration bias").
+        calibration: ``"loo"``, ``"in-sample"``, ``"holdout"`` (method.md "Calibration bias") or
+            ``"mixed"``: the StructCore statistics (mu, sigma, lambda) from the in-sample maps, the
+            thresholds from the leave-one-out maps (docs/quality.md).
         holdout_ratio: share of train images kept out of the bank in ``"holdout"`` mode.
         n_prototypes: routing prototypes K.
         proxy_dim: dimension of the coreset's distance proxy (``None`` = exact).
@@ -217,9 +219,16 @@ class CategoryModel:
 
         report("calibration")
         self._knn = None
-        calibration_patch_scores = self._calibration_patch_scores(patch_vectors, calibration_images)
+        in_sample: list[np.ndarray] | None = [] if self.calibration == "mixed" else None
+        calibration_patch_scores = self._calibration_patch_scores(patch_vectors, calibration_images, in_sample)
         base, descriptors = self._map_statistics(calibration_patch_scores)
-        self.calibrator_ = StructCoreCalibrator(scoring=self.scoring).fit_descriptors(base, descriptors)
+        calibrator = StructCoreCalibrator(scoring=self.scoring)
+        if in_sample is None:
+            self.calibrator_ = calibrator.fit_descriptors(base, descriptors)
+        else:  # statistics from the in-sample maps, thresholds from the leave-one-out ones
+            del calibration_patch_scores
+            self.calibrator_ = calibrator.fit_descriptors(*self._map_statistics(np.stack(in_sample)))
+            self.calibrator_.fit_thresholds(base, descriptors)
         scores = self.calibrator_.score_descriptors(base, descriptors)
         self.calibration_scores_ = {"base": scores.base, "struct": scores.struct, "hybrid": scores.hybrid}
         self.fit_seconds_ = time.perf_counter() - started
@@ -244,9 +253,12 @@ class CategoryModel:
         order = np.random.default_rng(self.seed).permutation(n_images)
         return np.sort(order[held:]), np.sort(order[:held])
 
-    def _calibration_patch_scores(self, patch_vectors: np.ndarray, images: np.ndarray) -> np.ndarray:
+    def _calibration_patch_scores(
+        self, patch_vectors: np.ndarray, images: np.ndarray, in_sample: list[np.ndarray] | None = None
+    ) -> np.ndarray:
+        """Patch scores (n, P) of the calibration images; ``in_sample`` (loo modes) also gets their in-sample ones."""
         knn = self.knn()
-        if self.calibration != "loo":
+        if self.calibration not in {"loo", "mixed"}:
             return np.stack([knn.score(patch_vectors[i]) for i in images])
         # Leave-one-image-out: search past the image's own bank vectors and drop them.
         own_counts = np.bincount(self.bank_image_ids_, minlength=patch_vectors.shape[0])
@@ -255,10 +267,19 @@ class CategoryModel:
             raise ValueError(msg)
         scores = []
         for image in images:
-            scores.append(self._leave_one_out_scores(knn, patch_vectors[image], int(image), int(own_counts[image])))
+            scores.append(
+                self._leave_one_out_scores(knn, patch_vectors[image], int(image), int(own_counts[image]), in_sample)
+            )
         return np.stack(scores)
 
-    def _leave_one_out_scores(self, knn: PatchKNN, queries: np.ndarray, image: int, own_count: int) -> np.ndarray:
+    def _leave_one_out_scores(
+        self,
+        knn: PatchKNN,
+        queries: np.ndarray,
+        image: int,
+        own_count: int,
+        in_sample: list[np.ndarray] | None = None,
+    ) -> np.ndarray:
         """Mean distance of each query to its ``k`` nearest bank vectors taken from other images.
 
         A plain k-search first: a query none of whose ``k`` neighbours came from ``image`` already
@@ -266,6 +287,8 @@ class CategoryModel:
         the image's ``own_count`` bank vectors, which costs ~3x a plain search per query.
         """
         distances, neighbours = knn.search(queries, self.k)
+        if in_sample is not None:  # the plain search is the in-sample score
+            in_sample.append(np.asarray(distances.mean(axis=1)))
         hit = (self.bank_image_ids_[neighbours] == image).any(axis=1)
         if own_count and hit.any():
             deeper, deeper_neighbours = knn.search(queries[hit], self.k + own_count)

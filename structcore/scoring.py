@@ -167,6 +167,24 @@ class StructCoreCalibrator:
             self.sigma_ = np.maximum(robust_scale(descriptors, axis=0), self.scale_floor * np.abs(self.mu_))
             struct = self.struct_distance(descriptors)
             self.lambda_ = quartile_scale(base) / (quartile_scale(struct) + self.eps)
+        self._set_thresholds(base, struct)
+        return self
+
+    def fit_thresholds(self, base: np.ndarray, descriptors: np.ndarray) -> StructCoreCalibrator:
+        """Replace the thresholds by the quantiles of the scores of other train-good maps (B,), (B, 3).
+
+        The statistics (mu, sigma, lambda) stay those of :meth:`fit_descriptors`; the ``mixed``
+        calibration fits them on in-sample maps and the thresholds on leave-one-out maps.
+        """
+        base = np.asarray(base, dtype=np.float64)
+        descriptors = np.asarray(descriptors, dtype=np.float64)
+        if base.ndim != 1 or descriptors.shape != (base.shape[0], 3) or base.shape[0] < 2:
+            msg = f"need at least 2 train-good maps; got base {base.shape}, descriptors {descriptors.shape}"
+            raise ValueError(msg)
+        self._set_thresholds(base, self.struct_distance(descriptors))
+        return self
+
+    def _set_thresholds(self, base: np.ndarray, struct: np.ndarray) -> None:
         hybrid = base + self.lambda_ * struct
         self.thresholds_ = {
             "base": float(np.quantile(base, self.quantile)),
@@ -174,7 +192,6 @@ class StructCoreCalibrator:
             "hybrid": float(np.quantile(hybrid, self.quantile)),
         }
         self.n_samples_ = int(base.shape[0])
-        return self
 
     def struct_distance(self, descriptors: np.ndarray) -> np.ndarray:
         """Diagonal Mahalanobis distance ``||(phi - mu) / (sigma + eps)||_2`` per row.
