@@ -46,7 +46,7 @@ def eval_command(
     ),
     layout: Annotated[str, typer.Option(help="auto, mvtec, visa or folder.")] = "auto",
     coreset_ratio: Annotated[float, typer.Option(help="Coreset ratio of newly fitted categories.")] = 0.01,
-    calibration: Annotated[str, typer.Option(help="Calibration of newly fitted categories.")] = "loo",
+    calibration: Annotated[str, typer.Option(help="Calibration of newly fitted categories.")] = "mixed",
     scoring: Annotated[str, typer.Option(help="StructCore scoring of newly fitted categories: robust or paper.")] = (
         "robust"
     ),

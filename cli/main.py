@@ -119,7 +119,9 @@ def add_category(
     train: Annotated[Path, typer.Option("--train", help="Folder of good images, or an MVTec/VisA category root.")],
     root: RootOption = None,
     coreset_ratio: Annotated[float, typer.Option(help="Share of train patch vectors kept in the bank.")] = 0.01,
-    calibration: Annotated[str, typer.Option(help="Calibration: loo, in-sample or holdout.")] = "loo",
+    calibration: Annotated[
+        str, typer.Option(help="Calibration: mixed (statistics in-sample, thresholds loo), loo, in-sample or holdout.")
+    ] = "mixed",
     scoring: Annotated[
         str, typer.Option(help="StructCore scoring: robust (median/MAD, one-sided) or paper (its exact equations).")
     ] = "robust",

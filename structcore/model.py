@@ -46,8 +46,8 @@ from structcore.scoring import (
 )
 
 CALIBRATION_MODES = ("loo", "in-sample", "holdout", "mixed")
-#: Default calibration mode (see docs/calibration.md for the measurements behind it).
-DEFAULT_CALIBRATION = "loo"
+#: Default calibration mode (see docs/calibration.md and docs/quality.md for the measurements behind it).
+DEFAULT_CALIBRATION = "mixed"
 DEFAULT_SEED = 42
 #: Images scored per anomaly-map batch during calibration (bounds the memory of the maps).
 _MAP_BATCH = 16

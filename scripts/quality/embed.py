@@ -68,8 +68,8 @@ import gc; gc.collect()
 model = CategoryModel(coreset_ratio=ratio, calibration="loo")
 captured = {}
 _own = model._calibration_patch_scores
-def _capture(vectors, images):  # keep the fit's own loo patch scores (no second loo pass)
-    captured["loo"] = _own(vectors, images); return captured["loo"]
+def _capture(vectors, images, *rest):  # keep the fit's own loo patch scores (no second loo pass)
+    captured["loo"] = _own(vectors, images, *rest); return captured["loo"]
 model._calibration_patch_scores = _capture
 model.fit(train, ex.grid_shape(), crop); t3 = time.time()
 print("fit", t3 - t2, "bank", model.bank_.shape, flush=True)
