@@ -71,6 +71,30 @@ def test_list_and_show_json(fitted_registry: Path) -> None:
     assert "scoring" in text and "robust" in text
 
 
+def test_version_without_scoring_scores_as_paper(fitted_registry: Path, dataset: Path, tmp_path: Path) -> None:
+    """A version fitted before the scoring was stored (no key anywhere) is the paper's, scores unchanged."""
+    import sqlite3
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(fitted_registry, legacy)
+    with sqlite3.connect(legacy / "registry.sqlite") as connection:
+        connection.execute(
+            "UPDATE category_versions SET calibration = json_remove(calibration, '$.scoring'), "
+            "metadata = json_remove(metadata, '$.calibrator.scoring')"
+        )
+    for attributes_file in legacy.glob("stores/*/*.zarr/zarr.json"):
+        document = json.loads(attributes_file.read_text())
+        document["attributes"]["metadata"]["calibrator"].pop("scoring", None)
+        attributes_file.write_text(json.dumps(document))
+    shown = json.loads(invoke("show", "pill", "--root", str(legacy), "--json").stdout)
+    assert "scoring" not in shown["versions"][0]["calibration"] and shown["versions"][0]["scoring"] == "paper"
+    images = str(dataset / "pill" / "test")
+    before = json.loads(invoke("infer", images, "--root", str(fitted_registry), "--category", "pill", "--json").stdout)
+    after = json.loads(invoke("infer", images, "--root", str(legacy), "--category", "pill", "--json").stdout)
+    assert len(after) == 6
+    assert [r["score_hybrid"] for r in after] == [r["score_hybrid"] for r in before]
+
+
 def test_add_category_refuses_unknown_scoring(dataset: Path, tmp_path: Path) -> None:
     result = invoke("add-category", "carpet", "--train", str(dataset / "carpet"), "--root", str(tmp_path / "r"),
                     "--scoring", "fancy")  # fmt: skip
