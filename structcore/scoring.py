@@ -12,7 +12,8 @@ Two scorings (:data:`SCORING_MODES`) share the descriptor and differ in the cali
   blow a dimension up); a one-sided distance, where only ``phi > mu`` counts (a defect only raises
   the map: a calmer map than usual is not anomalous); ``lambda`` = the ratio of the
   normal-consistent interquartile ranges of the train-good base scores and distances (the MAD of
-  the one-sided distance collapses: see :func:`quartile_scale`). The statistics no longer move
+  the one-sided distance collapses: see :func:`quartile_scale`). Where a robust scale is 0 (more
+  than half the values tie, or for the quartiles three quarters) the std stands in for it. The statistics no longer move
   with a few unusual train-good maps, and calm good maps no longer score as anomalous.
 """
 
@@ -69,6 +70,12 @@ def quartile_scale(values: np.ndarray) -> float:
     """
     upper, lower = np.percentile(np.asarray(values, dtype=np.float64), [75.0, 25.0])
     return float((upper - lower) / _NORMAL_IQR)
+
+
+def _spread(values: np.ndarray) -> float:
+    """:func:`quartile_scale`, or the std where the quartiles tie (few maps, most distances 0)."""
+    spread = quartile_scale(values)
+    return spread if spread > 0 else float(np.std(values))
 
 
 def base_scores(maps: np.ndarray) -> np.ndarray:
@@ -164,9 +171,11 @@ class StructCoreCalibrator:
             self.lambda_ = float(base.std() / (struct.std() + self.eps))
         else:
             self.mu_ = np.median(descriptors, axis=0)
-            self.sigma_ = np.maximum(robust_scale(descriptors, axis=0), self.scale_floor * np.abs(self.mu_))
+            sigma = np.maximum(robust_scale(descriptors, axis=0), self.scale_floor * np.abs(self.mu_))
+            # median and MAD both 0 (most maps tie at 0): the floor is 0 too; the std still measures
+            self.sigma_ = np.where(sigma > 0, sigma, descriptors.std(axis=0))
             struct = self.struct_distance(descriptors)
-            self.lambda_ = quartile_scale(base) / (quartile_scale(struct) + self.eps)
+            self.lambda_ = _spread(base) / (_spread(struct) + self.eps)
         self._set_thresholds(base, struct)
         return self
 

@@ -197,6 +197,24 @@ def test_robust_scale_floor_bounds_a_degenerate_dimension() -> None:
         StructCoreCalibrator(scale_floor=-1.0).fit_descriptors(np.linspace(1, 2, 10), phi)
 
 
+def test_robust_falls_back_to_the_std_where_median_and_mad_are_zero() -> None:
+    # four of five maps have phi = 0 in every dimension: median 0, MAD 0, so the floor is 0 too
+    phi = np.zeros((5, 3))
+    phi[4] = [3.0, 6.0, 0.3]
+    base = np.array([1.0, 2.0, 4.0, 3.0, 5.0])
+    calibrator = StructCoreCalibrator(eps=0.0).fit_descriptors(base, phi)
+    np.testing.assert_allclose(calibrator.sigma_, phi.std(axis=0))  # 0.4 times the row-4 values
+    assert calibrator.sigma_[0] == pytest.approx(1.2)
+    struct = calibrator.struct_distance(phi)
+    np.testing.assert_allclose(struct, [0.0, 0.0, 0.0, 0.0, math.sqrt(3) * 3.0 / 1.2])
+    # the distances' quartiles tie at 0 (four of five): lambda uses their std (0.4 * d) instead
+    base_spread = (4.0 - 2.0) / NORMAL_IQR
+    assert calibrator.lambda_ == pytest.approx(base_spread / (0.4 * struct[4]))
+    scaled = StructCoreCalibrator(eps=0.0).fit_descriptors(2 * base, 2 * phi)
+    np.testing.assert_allclose(scaled.struct_distance(2 * phi), struct)
+    assert scaled.lambda_ == pytest.approx(2 * calibrator.lambda_)
+
+
 def test_unknown_scoring_is_refused_by_fit() -> None:
     with pytest.raises(ValueError, match="unknown scoring 'nonsense'"):
         StructCoreCalibrator(scoring="nonsense").fit_descriptors(ROBUST_BASE, ROBUST_PHI)
