@@ -12,8 +12,7 @@ from evaluation.metrics import image_metrics
 from structcore.scoring import StructCoreCalibrator
 
 load_npy = functools.partial(np.load, allow_pickle=False)
-ROWS = [("crop", "paper", "loo"), ("nocrop", "paper", "loo"), ("nocrop", "robust", "loo"),
-        ("nocrop", "paper", "mixed"), ("nocrop", "robust", "mixed")]
+ROWS = [(g, s, c) for g in ("crop", "nocrop") for s in ("paper", "robust") for c in ("loo", "mixed")]
 print("| category | geometry | scoring | calibration | base | struct | hybrid | hybrid - base | P-AUROC | AUPRO"
       " | FRR hybrid | lambda | fit (s) |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
