@@ -29,19 +29,21 @@ t0 = time.time()
 train = embed_images(ex, [str(p) for p in data.train])
 labels = load_npy(cache / "labels.npy").astype(bool)
 model = CategoryModel(coreset_ratio=ratio, calibration=mode, scoring="paper")
-kept = {}
+kept = []  # (base, phi) per _map_statistics call: the calibration maps (mixed: loo first, then in-sample)
 stats = model._map_statistics
 def keep(ps):
-    kept["s"] = stats(ps); return kept["s"]
+    kept.append(stats(ps)); return kept[-1]
 model._map_statistics = keep
 model.fit(train, ex.grid_shape(), crop)
 fit_s = time.time() - t0
 test16 = load_npy(cache / "test_emb16.npy", mmap_mode="r")
 maps = np.concatenate([model._maps(model.patch_scores(np.asarray(test16[s:s + 32], dtype=np.float32)))
                        for s in range(0, len(test16), 32)])
-print(f"== {name} {geom} {mode} r{ratio}: fit+embed {fit_s:.0f} s, calibration maps {len(kept['s'][0])}")
+print(f"== {name} {geom} {mode} r{ratio}: fit+embed {fit_s:.0f} s, calibration maps {len(kept[0][0])}")
 for scoring in ("paper", "robust"):
-    c = StructCoreCalibrator(scoring=scoring).fit_descriptors(*kept["s"])
+    c = StructCoreCalibrator(scoring=scoring).fit_descriptors(*kept[-1])
+    if mode == "mixed":
+        c.fit_thresholds(*kept[0])
     sc = c.score(maps)
     au = {k: image_metrics(labels, sc.by_kind(k))["auroc"] for k in ("base", "struct", "hybrid")}
     frr = {k: float((sc.by_kind(k)[~labels] > c.thresholds_[k]).mean()) for k in ("base", "struct", "hybrid")}
