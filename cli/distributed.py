@@ -109,7 +109,7 @@ def add_categories(
         ),
     ] = None,
     coreset_ratio: Annotated[float, typer.Option(help="Share of train patch vectors kept in the bank.")] = 0.01,
-    calibration: Annotated[str, typer.Option(help="Calibration: loo, in-sample or holdout.")] = "loo",
+    calibration: Annotated[str, typer.Option(help="Calibration: mixed, loo, in-sample or holdout.")] = "mixed",
     seed: Annotated[int, typer.Option(help="Seed of the coreset, prototypes and holdout split.")] = 42,
     batch_size: Annotated[int, typer.Option(help="Images per backbone call.")] = 8,
     threads: Annotated[int, typer.Option(help="Torch threads (and CPUs reserved) per Ray task.")] = 1,

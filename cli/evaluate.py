@@ -46,7 +46,10 @@ def eval_command(
     ),
     layout: Annotated[str, typer.Option(help="auto, mvtec, visa or folder.")] = "auto",
     coreset_ratio: Annotated[float, typer.Option(help="Coreset ratio of newly fitted categories.")] = 0.01,
-    calibration: Annotated[str, typer.Option(help="Calibration of newly fitted categories.")] = "loo",
+    calibration: Annotated[str, typer.Option(help="Calibration of newly fitted categories.")] = "mixed",
+    scoring: Annotated[str, typer.Option(help="StructCore scoring of newly fitted categories: robust or paper.")] = (
+        "robust"
+    ),
     refit: Annotated[bool, typer.Option(help="Fit again even when the registry holds a category.")] = False,
     max_train: Annotated[int | None, typer.Option(help="Seeded subset of train images (quick runs).")] = None,
     max_test: Annotated[int | None, typer.Option(help="Seeded subset of test images (quick runs).")] = None,
@@ -60,8 +63,11 @@ def eval_command(
     from evaluation.report import jsonable
     from evaluation.runner import run_evaluation
     from structcore.model import CategoryModel
+    from structcore.scoring import SCORING_MODES
 
     with user_errors():
+        if scoring not in SCORING_MODES:
+            raise InputError(f"--scoring must be one of {', '.join(SCORING_MODES)}, got {scoring!r}")
         if out is not None:
             check_output_folder(out, "--out", parents=parents)
         protocols = protocol or ["separate", "muad"]
@@ -96,7 +102,7 @@ def eval_command(
                 categories=subset,
                 order=continual_order,
                 dataset=None if dataset == "none" else dataset,
-                model=CategoryModel(coreset_ratio=coreset_ratio, calibration=calibration),
+                model=CategoryModel(coreset_ratio=coreset_ratio, calibration=calibration, scoring=scoring),
                 batch_size=batch_size,
                 refit=refit,
                 max_train=max_train,

@@ -102,8 +102,8 @@ def init(
         "efficientnet-lite2"
     ),
     weights: Annotated[Path | None, typer.Option(help="Weights file or folder (needed for dinov2-*).")] = None,
-    resize: Annotated[int, typer.Option(help="Resize side before the crop.")] = 448,
-    crop: Annotated[int, typer.Option(help="Centre-crop side (equal to --resize: no crop).")] = 392,
+    resize: Annotated[int, typer.Option(help="Resize side before the crop (448 with --crop 392: the paper's).")] = 392,
+    crop: Annotated[int, typer.Option(help="Centre-crop side (equal to --resize: no crop, the default).")] = 392,
     seed: Annotated[int, typer.Option(help="Seed of the projection matrix W.")] = 42,
     as_json: JsonOption = False,
 ) -> None:
@@ -132,7 +132,12 @@ def add_category(
     train: Annotated[Path, typer.Option("--train", help="Folder of good images, or an MVTec/VisA category root.")],
     root: RootOption = None,
     coreset_ratio: Annotated[float, typer.Option(help="Share of train patch vectors kept in the bank.")] = 0.01,
-    calibration: Annotated[str, typer.Option(help="Calibration: loo, in-sample or holdout.")] = "loo",
+    calibration: Annotated[
+        str, typer.Option(help="Calibration: mixed (statistics in-sample, thresholds loo), loo, in-sample or holdout.")
+    ] = "mixed",
+    scoring: Annotated[
+        str, typer.Option(help="StructCore scoring: robust (median/MAD, one-sided) or paper (its exact equations).")
+    ] = "robust",
     seed: Annotated[int, typer.Option(help="Seed of the coreset, prototypes and holdout split.")] = 42,
     batch_size: Annotated[int, typer.Option(help="Images per backbone call.")] = 8,
     description: Annotated[str | None, typer.Option(help="Free text stored with the category.")] = None,
@@ -153,10 +158,13 @@ def add_category(
     """
     from structcore.knn import INDEX_KINDS
     from structcore.model import CALIBRATION_MODES, CategoryModel
+    from structcore.scoring import SCORING_MODES
 
     with user_errors():
         if calibration not in CALIBRATION_MODES:
             raise InputError(f"--calibration must be one of {', '.join(CALIBRATION_MODES)}, got {calibration!r}")
+        if scoring not in SCORING_MODES:
+            raise InputError(f"--scoring must be one of {', '.join(SCORING_MODES)}, got {scoring!r}")
         if not 0 < coreset_ratio <= 1:
             raise InputError(f"--coreset-ratio must be in (0, 1], got {coreset_ratio}")
         if knn_index not in INDEX_KINDS:
@@ -164,7 +172,9 @@ def add_category(
         registry = _open(root)
         images = train_images(train)
         images, skipped = _checked_train_images(images, skip_bad)
-        model = CategoryModel(coreset_ratio=coreset_ratio, calibration=calibration, seed=seed, index=knn_index)
+        model = CategoryModel(
+            coreset_ratio=coreset_ratio, calibration=calibration, seed=seed, index=knn_index, scoring=scoring
+        )
         started = time.perf_counter()
         with progress_bar() as progress:
             task = progress.add_task(f"embedding {name}", total=len(images), rate="")
@@ -195,7 +205,7 @@ def add_category(
             f"added [bold]{name}[/] version {info.version}: {info.n_train_images} train images"
             f"{f' ({len(skipped)} skipped)' if skipped else ''}, "
             f"bank {info.bank_size} x {registry.feature_space.dim}, {info.n_prototypes} prototypes, "
-            f"calibration {info.calibration_mode}"
+            f"calibration {info.calibration_mode}, scoring {info.scoring}"
         )
         console.print(
             f"  thresholds (99.5% of train-good): base {thresholds['base']:.4f}, struct {thresholds['struct']:.4f}, "
@@ -303,6 +313,7 @@ def show(
             Column("bank", "right"),
             Column("ratio", "right", drop=2),
             Column("mode", drop=1),
+            Column("scoring", drop=1),
             Column("lambda", "right", drop=3),
             Column("threshold", "right"),
             Column("base / struct thr.", "right", drop=4),
@@ -319,6 +330,7 @@ def show(
                     str(item.bank_size),
                     f"{item.coreset_ratio:g}",
                     item.calibration_mode,
+                    item.scoring,
                     f"{float(item.calibration['lambda']):.4f}",
                     f"{thresholds['hybrid']:.4f}",
                     f"{thresholds['base']:.3f} / {thresholds['struct']:.3f}",
@@ -331,7 +343,8 @@ def show(
             console.print(
                 f"current version {current.version}: thresholds base {thresholds['base']:.4f}, struct "
                 f"{thresholds['struct']:.4f}, hybrid {thresholds['hybrid']:.4f}; lambda "
-                f"{float(current.calibration['lambda']):.4f}; created {current.created_at:%Y-%m-%d %H:%M:%S}",
+                f"{float(current.calibration['lambda']):.4f} ({current.scoring} scoring); "
+                f"created {current.created_at:%Y-%m-%d %H:%M:%S}",
                 highlight=False,
             )
 

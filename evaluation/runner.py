@@ -186,7 +186,7 @@ def run_evaluation(
     dataset: str | None = "auto",
     model: CategoryModel | None = None,
     backbone: str = "efficientnet-lite2",
-    resize: int = 448,
+    resize: int = 392,
     crop: int = 392,
     batch_size: int = 8,
     refit: bool = False,

@@ -267,7 +267,7 @@ def open_registry_store(
     *,
     backbone: str = "efficientnet-lite2",
     weights: str | Path | None = None,
-    resize: int = 448,
+    resize: int = 392,
     crop: int = 392,
     model: CategoryModel | None = None,
     batch_size: int = 8,

@@ -78,6 +78,7 @@ from registry.records import (
 )
 from registry.storage import STORES_DIR, TMP_DIR, ArrayRecord, array_sha256, checkpoint, registry_lock
 from structcore.feature_space import FeatureSpace
+from structcore.preprocess import DEFAULT_CROP, DEFAULT_RESIZE
 
 if TYPE_CHECKING:
     # The model code (torch, scikit-learn, scipy) is imported by the methods that need a model, so
@@ -155,8 +156,8 @@ class Registry:
         root: str | Path,
         backbone: str = "efficientnet-lite2",
         weights: str | Path | None = None,
-        resize: int = 448,
-        crop: int = 392,
+        resize: int = DEFAULT_RESIZE,
+        crop: int = DEFAULT_CROP,
         dim: int = 512,
         seed: int = 42,
     ) -> Registry:

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 DB_FILE = "registry.sqlite"
 #: Category names: safe as a single path component on every file system.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: Scoring of versions whose calibration does not record one (``structcore.scoring.LEGACY_SCORING``;
+#: a test keeps them equal): they were fitted before the robust scoring existed.
+LEGACY_SCORING = "paper"
 #: Arrays stored per category version: ``structcore.model.CategoryModel.ARRAY_NAMES`` (a test keeps them equal).
 ARRAY_NAMES: tuple[str, ...] = (
     "bank",
@@ -93,6 +96,11 @@ class VersionInfo:
         """Decision thresholds (base / struct / hybrid)."""
         return {k: float(v) for k, v in dict(self.calibration.get("thresholds", {})).items()}
 
+    @property
+    def scoring(self) -> str:
+        """StructCore scoring, ``robust`` or ``paper`` (versions fitted before it was stored: ``paper``)."""
+        return str(self.calibration.get("scoring", LEGACY_SCORING))
+
     @classmethod
     def from_row(cls, row: Any, category: str, is_current: bool) -> VersionInfo:
         """Build from a ``category_versions`` row: an ORM row or any object with its columns as attributes.
@@ -157,6 +165,7 @@ class VersionInfo:
         data = dict(self.__dict__)
         data["created_at"] = self.created_at.isoformat() + "Z"
         data["thresholds"] = self.thresholds
+        data["scoring"] = self.scoring
         return data
 
 

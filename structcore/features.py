@@ -16,7 +16,7 @@ from PIL import Image
 
 from structcore.backbones.base import Backbone
 from structcore.feature_space import FeatureSpace
-from structcore.preprocess import Preprocessing, load_image, preprocess_image
+from structcore.preprocess import DEFAULT_CROP, DEFAULT_RESIZE, Preprocessing, load_image, preprocess_image
 from structcore.runtime import tune_allocator
 
 #: Dimension of the projected patch vectors.
@@ -172,8 +172,8 @@ class FeatureExtractor:
 
 def new_feature_space(
     backbone: Backbone,
-    resize: int = 448,
-    crop: int = 392,
+    resize: int = DEFAULT_RESIZE,
+    crop: int = DEFAULT_CROP,
     dim: int = DEFAULT_DIM,
     seed: int = DEFAULT_PROJECTION_SEED,
 ) -> FeatureSpace:

@@ -38,16 +38,18 @@ from structcore.routing import (
     unknown_ratio,
 )
 from structcore.scoring import (
+    DEFAULT_SCORING,
     DEFAULT_TOP_RATIO,
     ImageScores,
     StructCoreCalibrator,
     base_scores,
+    check_scoring,
     structural_descriptor,
 )
 
-CALIBRATION_MODES = ("loo", "in-sample", "holdout")
-#: Default calibration mode (see docs/calibration.md for the measurements behind it).
-DEFAULT_CALIBRATION = "loo"
+CALIBRATION_MODES = ("loo", "in-sample", "holdout", "mixed")
+#: Default calibration mode (see docs/calibration.md and docs/quality.md for the measurements behind it).
+DEFAULT_CALIBRATION = "mixed"
 DEFAULT_SEED = 42
 #: Images scored per anomaly-map batch during calibration (bounds the memory of the maps).
 _MAP_BATCH = 16
@@ -77,7 +79,9 @@ class CategoryModel:
     Args:
         coreset_ratio: share of the train patch vectors kept in the bank.
         k: neighbours averaged per patch score.
-        calibration: ``"loo"``, ``"in-sample"`` or ``"holdout"`` (method.md "Calibration bias").
+        calibration: ``"loo"``, ``"in-sample"``, ``"holdout"`` (method.md "Calibration bias") or
+            ``"mixed"``: the StructCore statistics (mu, sigma, lambda) from the in-sample maps, the
+            thresholds from the leave-one-out maps (docs/quality.md).
         holdout_ratio: share of train images kept out of the bank in ``"holdout"`` mode.
         n_prototypes: routing prototypes K.
         proxy_dim: dimension of the coreset's distance proxy (``None`` = exact).
@@ -96,6 +100,8 @@ class CategoryModel:
         seed: seeds the coreset, the prototypes and the holdout split.
         coreset_method: the coreset algorithm, ``"auto"`` (by problem size), ``"exact"`` or
             ``"approx"`` (see :mod:`structcore.coreset`); the benchmark forces each in turn.
+        scoring: StructCore calibration, ``"robust"`` (default) or ``"paper"`` (see
+            :mod:`structcore.scoring`); stored with the calibrator's state.
 
     Attributes:
         bank_: (M, D) memory bank.
@@ -133,6 +139,7 @@ class CategoryModel:
         index: str = "flat",
         seed: int = DEFAULT_SEED,
         coreset_method: str = "auto",
+        scoring: str = DEFAULT_SCORING,
     ):
         self.coreset_ratio = coreset_ratio
         self.k = k
@@ -150,6 +157,7 @@ class CategoryModel:
         self.index = index
         self.seed = seed
         self.coreset_method = coreset_method
+        self.scoring = scoring
 
     # ------------------------------------------------------------------ fit
     def fit(
@@ -172,6 +180,7 @@ class CategoryModel:
             msg = f"unknown calibration mode {self.calibration!r}; choose one of {CALIBRATION_MODES}"
             raise ValueError(msg)
         check_unknown_statistic(self.unknown_statistic)
+        check_scoring(self.scoring)
         if not (math.isfinite(self.unknown_margin) and self.unknown_margin >= 1.0):
             msg = f"unknown_margin must be a finite number >= 1, got {self.unknown_margin}"
             raise ValueError(msg)
@@ -221,9 +230,16 @@ class CategoryModel:
 
         report("calibration")
         self._knn = None
-        calibration_patch_scores = self._calibration_patch_scores(patch_vectors, calibration_images)
+        in_sample: list[np.ndarray] | None = [] if self.calibration == "mixed" else None
+        calibration_patch_scores = self._calibration_patch_scores(patch_vectors, calibration_images, in_sample)
         base, descriptors = self._map_statistics(calibration_patch_scores)
-        self.calibrator_ = StructCoreCalibrator().fit_descriptors(base, descriptors)
+        calibrator = StructCoreCalibrator(scoring=self.scoring)
+        if in_sample is None:
+            self.calibrator_ = calibrator.fit_descriptors(base, descriptors)
+        else:  # statistics from the in-sample maps, thresholds from the leave-one-out ones
+            del calibration_patch_scores
+            self.calibrator_ = calibrator.fit_descriptors(*self._map_statistics(np.stack(in_sample)))
+            self.calibrator_.fit_thresholds(base, descriptors)
         scores = self.calibrator_.score_descriptors(base, descriptors)
         self.calibration_scores_ = {"base": scores.base, "struct": scores.struct, "hybrid": scores.hybrid}
         self.fit_seconds_ = time.perf_counter() - started
@@ -253,9 +269,12 @@ class CategoryModel:
         order = np.random.default_rng(self.seed).permutation(n_images)
         return np.sort(order[held:]), np.sort(order[:held])
 
-    def _calibration_patch_scores(self, patch_vectors: np.ndarray, images: np.ndarray) -> np.ndarray:
+    def _calibration_patch_scores(
+        self, patch_vectors: np.ndarray, images: np.ndarray, in_sample: list[np.ndarray] | None = None
+    ) -> np.ndarray:
+        """Patch scores (n, P) of the calibration images; ``in_sample`` (loo modes) also gets their in-sample ones."""
         knn = self.knn()
-        if self.calibration != "loo":
+        if self.calibration not in {"loo", "mixed"}:
             return np.stack([knn.score(patch_vectors[i]) for i in images])
         # Leave-one-image-out: search past the image's own bank vectors and drop them.
         own_counts = np.bincount(self.bank_image_ids_, minlength=patch_vectors.shape[0])
@@ -264,10 +283,19 @@ class CategoryModel:
             raise ValueError(msg)
         scores = []
         for image in images:
-            scores.append(self._leave_one_out_scores(knn, patch_vectors[image], int(image), int(own_counts[image])))
+            scores.append(
+                self._leave_one_out_scores(knn, patch_vectors[image], int(image), int(own_counts[image]), in_sample)
+            )
         return np.stack(scores)
 
-    def _leave_one_out_scores(self, knn: PatchKNN, queries: np.ndarray, image: int, own_count: int) -> np.ndarray:
+    def _leave_one_out_scores(
+        self,
+        knn: PatchKNN,
+        queries: np.ndarray,
+        image: int,
+        own_count: int,
+        in_sample: list[np.ndarray] | None = None,
+    ) -> np.ndarray:
         """Mean distance of each query to its ``k`` nearest bank vectors taken from other images.
 
         A plain k-search first: a query none of whose ``k`` neighbours came from ``image`` already
@@ -275,6 +303,8 @@ class CategoryModel:
         the image's ``own_count`` bank vectors, which costs ~3x a plain search per query.
         """
         distances, neighbours = knn.search(queries, self.k)
+        if in_sample is not None:  # the plain search is the in-sample score
+            in_sample.append(np.asarray(distances.mean(axis=1)))
         hit = (self.bank_image_ids_[neighbours] == image).any(axis=1)
         if own_count and hit.any():
             deeper, deeper_neighbours = knn.search(queries[hit], self.k + own_count)
@@ -370,6 +400,7 @@ class CategoryModel:
             "index": self.index,
             "seed": self.seed,
             "coreset_method": self.coreset_method,
+            "scoring": self.scoring,
         }
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -387,8 +418,11 @@ class CategoryModel:
         """The fitted scalars and settings as JSON-compatible data."""
         return {
             # The coreset algorithm is a fit-time switch (the benchmark's); stored versions keep the
-            # settings they always had, so their metadata (and checksums) do not change.
-            "params": {key: value for key, value in self.get_params().items() if key != "coreset_method"},
+            # settings they always had, so their metadata (and checksums) do not change. The scoring
+            # is stored in the calibrator's state (states without it are the paper's).
+            "params": {
+                key: value for key, value in self.get_params().items() if key not in {"coreset_method", "scoring"}
+            },
             "grid": list(self.grid_),
             "map_size": self.map_size_,
             "n_train_images": self.n_train_images_,
@@ -421,6 +455,7 @@ class CategoryModel:
         far_threshold = metadata.get("far_threshold")
         model.far_threshold_ = float("nan") if far_threshold is None else float(far_threshold)  # type: ignore[arg-type]
         model.calibrator_ = StructCoreCalibrator.from_state(dict(metadata["calibrator"]))  # type: ignore[call-overload]
+        model.scoring = model.calibrator_.scoring
         model.coreset_radius_ = float(metadata.get("coreset_radius", float("nan")))  # type: ignore[arg-type]
         model.fit_seconds_ = float(metadata.get("fit_seconds", float("nan")))  # type: ignore[arg-type]
         model._knn = None

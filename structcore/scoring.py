@@ -2,6 +2,19 @@
 
 Method.md steps 7-11. All functions work on blurred anomaly maps (B, H, W); pixel maps are never
 changed here.
+
+Two scorings (:data:`SCORING_MODES`) share the descriptor and differ in the calibration:
+
+- ``"paper"``: the paper's equations exactly: ``mu``/``sigma`` = mean/std of phi over train-good,
+  a two-sided ``D_struct = ||(phi - mu) / (sigma + eps)||``, ``lambda = std(base) / (std(D_struct) + eps)``.
+- ``"robust"`` (the default, docs/quality.md): ``mu`` = median and ``sigma`` = normal-consistent
+  MAD of phi, floored at :data:`DEFAULT_SCALE_FLOOR` times ``|median|`` (a degenerate MAD cannot
+  blow a dimension up); a one-sided distance, where only ``phi > mu`` counts (a defect only raises
+  the map: a calmer map than usual is not anomalous); ``lambda`` = the ratio of the
+  normal-consistent interquartile ranges of the train-good base scores and distances (the MAD of
+  the one-sided distance collapses: see :func:`quartile_scale`). Where a robust scale is 0 (more
+  than half the values tie, or for the quartiles three quarters) the std stands in for it. The statistics no longer move
+  with a few unusual train-good maps, and calm good maps no longer score as anomalous.
 """
 
 from __future__ import annotations
@@ -10,6 +23,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import median_abs_deviation
 
 #: Share of the map's pixels averaged by the top-k mean.
 DEFAULT_TOP_RATIO = 0.01
@@ -20,6 +34,48 @@ DEFAULT_QUANTILE = 0.995
 #: Names of the descriptor's dimensions, in order.
 DESCRIPTOR_NAMES = ("std", "topk_mean", "tv")
 SCORE_KINDS = ("base", "struct", "hybrid")
+#: Calibrations of the structural distance and lambda (module docstring).
+SCORING_MODES = ("robust", "paper")
+#: Scoring of newly fitted categories.
+DEFAULT_SCORING = "robust"
+#: Stored states without a ``scoring`` key were fitted with the paper's equations.
+LEGACY_SCORING = "paper"
+#: ``robust``: smallest scale of a descriptor dimension, as a share of its train-good median.
+DEFAULT_SCALE_FLOOR = 0.01
+
+
+def check_scoring(scoring: str) -> str:
+    """``scoring`` when it is one of :data:`SCORING_MODES`; raises ``ValueError`` otherwise."""
+    if scoring not in SCORING_MODES:
+        msg = f"unknown scoring {scoring!r}; choose one of {', '.join(SCORING_MODES)}"
+        raise ValueError(msg)
+    return scoring
+
+
+def robust_scale(values: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """Normal-consistent median absolute deviation (equals the std for normal data)."""
+    return np.asarray(median_abs_deviation(np.asarray(values, dtype=np.float64), axis=axis, scale="normal"))
+
+
+#: Interquartile range of a standard normal distribution.
+_NORMAL_IQR = 1.3489795003921634
+
+
+def quartile_scale(values: np.ndarray) -> float:
+    """Normal-consistent interquartile range (equals the std for normal data).
+
+    The scale of the one-sided distance: that distance is exactly 0 on the train-good maps whose
+    descriptor lies below the median in every dimension, up to half of them, which makes its
+    median (and so its MAD) collapse to 0; its upper quartile stays positive.
+    """
+    upper, lower = np.percentile(np.asarray(values, dtype=np.float64), [75.0, 25.0])
+    return float((upper - lower) / _NORMAL_IQR)
+
+
+def _spread(values: np.ndarray) -> float:
+    """:func:`quartile_scale`, or the std where the quartiles tie (few maps, most distances 0)."""
+    spread = quartile_scale(values)
+    return spread if spread > 0 else float(np.std(values))
 
 
 def base_scores(maps: np.ndarray) -> np.ndarray:
@@ -67,20 +123,31 @@ class StructCoreCalibrator:
     Args:
         top_ratio: share r of the top-k mean.
         quantile: quantile of train-good scores used as each threshold.
-        eps: added to standard deviations.
+        eps: added to scales before dividing.
+        scoring: ``"robust"`` (default) or ``"paper"`` (module docstring).
+        scale_floor: ``robust``: floor of each descriptor scale, as a share of its ``|median|``.
 
     Attributes:
-        mu_: (3,) mean of phi over train-good maps.
-        sigma_: (3,) population std of phi over train-good maps.
-        lambda_: ``std(base) / (std(D_struct) + eps)`` over train-good maps.
+        mu_: (3,) location of phi over train-good maps (mean, or median for ``robust``).
+        sigma_: (3,) scale of phi over train-good maps (population std, or floored MAD).
+        lambda_: scale of train-good base scores over that of train-good distances (+ eps).
         thresholds_: quantile of train-good base / struct / hybrid scores.
         n_samples_: number of train-good maps used.
     """
 
-    def __init__(self, top_ratio: float = DEFAULT_TOP_RATIO, quantile: float = DEFAULT_QUANTILE, eps: float = EPS):
+    def __init__(
+        self,
+        top_ratio: float = DEFAULT_TOP_RATIO,
+        quantile: float = DEFAULT_QUANTILE,
+        eps: float = EPS,
+        scoring: str = DEFAULT_SCORING,
+        scale_floor: float = DEFAULT_SCALE_FLOOR,
+    ):
         self.top_ratio = top_ratio
         self.quantile = quantile
         self.eps = eps
+        self.scoring = scoring
+        self.scale_floor = scale_floor
 
     def fit(self, maps: np.ndarray) -> StructCoreCalibrator:
         """Fit on train-good anomaly maps (B, H, W)."""
@@ -88,15 +155,45 @@ class StructCoreCalibrator:
 
     def fit_descriptors(self, base: np.ndarray, descriptors: np.ndarray) -> StructCoreCalibrator:
         """Fit from precomputed base scores (B,) and descriptors (B, 3) of train-good maps."""
+        check_scoring(self.scoring)
+        if not (math.isfinite(self.scale_floor) and self.scale_floor >= 0):
+            msg = f"scale_floor must be a finite number >= 0, got {self.scale_floor}"
+            raise ValueError(msg)
         base = np.asarray(base, dtype=np.float64)
         descriptors = np.asarray(descriptors, dtype=np.float64)
         if base.ndim != 1 or descriptors.shape != (base.shape[0], 3) or base.shape[0] < 2:
             msg = f"need at least 2 train-good maps; got base {base.shape}, descriptors {descriptors.shape}"
             raise ValueError(msg)
-        self.mu_ = descriptors.mean(axis=0)
-        self.sigma_ = descriptors.std(axis=0)
-        struct = self.struct_distance(descriptors)
-        self.lambda_ = float(base.std() / (struct.std() + self.eps))
+        if self.scoring == "paper":
+            self.mu_ = descriptors.mean(axis=0)
+            self.sigma_ = descriptors.std(axis=0)
+            struct = self.struct_distance(descriptors)
+            self.lambda_ = float(base.std() / (struct.std() + self.eps))
+        else:
+            self.mu_ = np.median(descriptors, axis=0)
+            sigma = np.maximum(robust_scale(descriptors, axis=0), self.scale_floor * np.abs(self.mu_))
+            # median and MAD both 0 (most maps tie at 0): the floor is 0 too; the std still measures
+            self.sigma_ = np.where(sigma > 0, sigma, descriptors.std(axis=0))
+            struct = self.struct_distance(descriptors)
+            self.lambda_ = _spread(base) / (_spread(struct) + self.eps)
+        self._set_thresholds(base, struct)
+        return self
+
+    def fit_thresholds(self, base: np.ndarray, descriptors: np.ndarray) -> StructCoreCalibrator:
+        """Replace the thresholds by the quantiles of the scores of other train-good maps (B,), (B, 3).
+
+        The statistics (mu, sigma, lambda) stay those of :meth:`fit_descriptors`; the ``mixed``
+        calibration fits them on in-sample maps and the thresholds on leave-one-out maps.
+        """
+        base = np.asarray(base, dtype=np.float64)
+        descriptors = np.asarray(descriptors, dtype=np.float64)
+        if base.ndim != 1 or descriptors.shape != (base.shape[0], 3) or base.shape[0] < 2:
+            msg = f"need at least 2 train-good maps; got base {base.shape}, descriptors {descriptors.shape}"
+            raise ValueError(msg)
+        self._set_thresholds(base, self.struct_distance(descriptors))
+        return self
+
+    def _set_thresholds(self, base: np.ndarray, struct: np.ndarray) -> None:
         hybrid = base + self.lambda_ * struct
         self.thresholds_ = {
             "base": float(np.quantile(base, self.quantile)),
@@ -104,11 +201,15 @@ class StructCoreCalibrator:
             "hybrid": float(np.quantile(hybrid, self.quantile)),
         }
         self.n_samples_ = int(base.shape[0])
-        return self
 
     def struct_distance(self, descriptors: np.ndarray) -> np.ndarray:
-        """Diagonal Mahalanobis distance ``||(phi - mu) / (sigma + eps)||_2`` per row."""
+        """Diagonal Mahalanobis distance ``||(phi - mu) / (sigma + eps)||_2`` per row.
+
+        ``robust``: only the dimensions with ``phi > mu`` contribute (negative terms are zero).
+        """
         standardized = (np.asarray(descriptors, dtype=np.float64) - self.mu_) / (self.sigma_ + self.eps)
+        if self.scoring != "paper":
+            standardized = np.maximum(standardized, 0.0)
         return np.sqrt((standardized**2).sum(axis=1))
 
     def score_descriptors(self, base: np.ndarray, descriptors: np.ndarray) -> ImageScores:
@@ -123,7 +224,7 @@ class StructCoreCalibrator:
 
     def get_state(self) -> dict[str, object]:
         """Plain-data state (floats and lists) for storage."""
-        return {
+        state: dict[str, object] = {
             "mu": [float(v) for v in self.mu_],
             "sigma": [float(v) for v in self.sigma_],
             "lambda": self.lambda_,
@@ -132,15 +233,25 @@ class StructCoreCalibrator:
             "top_ratio": self.top_ratio,
             "quantile": self.quantile,
             "eps": self.eps,
+            "scoring": self.scoring,
         }
+        if self.scoring != "paper":
+            state["scale_floor"] = self.scale_floor
+        return state
 
     @classmethod
     def from_state(cls, state: dict[str, object]) -> StructCoreCalibrator:
-        """Rebuild a fitted calibrator from :meth:`get_state` output."""
+        """Rebuild a fitted calibrator from :meth:`get_state` output.
+
+        A state without ``scoring`` (written before the robust scoring existed) is ``"paper"``.
+        """
+        scoring = check_scoring(str(state.get("scoring", LEGACY_SCORING)))
         calibrator = cls(
             top_ratio=float(state["top_ratio"]),  # type: ignore[arg-type]
             quantile=float(state["quantile"]),  # type: ignore[arg-type]
             eps=float(state["eps"]),  # type: ignore[arg-type]
+            scoring=scoring,
+            scale_floor=float(state.get("scale_floor", DEFAULT_SCALE_FLOOR)),  # type: ignore[arg-type]
         )
         calibrator.mu_ = np.asarray(state["mu"], dtype=np.float64)
         calibrator.sigma_ = np.asarray(state["sigma"], dtype=np.float64)

@@ -27,7 +27,7 @@ REQUIRE_DATA_ENV = "STRUCTCORE_REQUIRE_DATA"
 #: Prefix of every real-data skip reason (the terminal summary looks for it).
 REAL_DATA_SKIP = "real data not found"
 #: Fixtures that provide real data; a test using one is marked ``real_data``.
-REAL_DATA_FIXTURES = ("mvtec_bottle", "real_data_root")
+REAL_DATA_FIXTURES = ("mvtec_bottle", "mtd_magnetic_tile", "real_data_root")
 
 
 def real_data_root() -> Path:
@@ -64,6 +64,12 @@ def require_real_data(relative: str, must_hold: str = "") -> Path:
 def mvtec_bottle() -> Path:
     """The real MVTec AD bottle category (``train/good``, ``test/<defect>``, ``ground_truth``)."""
     return require_real_data("mvtec_ad/bottle", "train/good")
+
+
+@pytest.fixture(scope="session")
+def mtd_magnetic_tile() -> Path:
+    """The real Magnetic Tile Defects category in MVTec layout (DifferNet's split)."""
+    return require_real_data("mtd/magnetic_tile", "train/good")
 
 
 @pytest.fixture(scope="session")

@@ -39,13 +39,14 @@ def fitted_registry(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     root = tmp_path_factory.mktemp("reg") / "registry"
     result = invoke("init", "--root", str(root), "--resize", "128", "--crop", "128")
     assert result.exit_code == 0, result.output
-    for kind, knn_index in (("carpet", "flat"), ("pill", "hnsw")):
+    for kind, knn_index, scoring in (("carpet", "flat", []), ("pill", "hnsw", ["--scoring", "paper"])):
         result = invoke(
             "add-category", kind, "--train", str(dataset / kind), "--root", str(root), "--coreset-ratio", "0.1",
-            "--knn-index", knn_index,
+            "--knn-index", knn_index, *scoring,
         )  # fmt: skip
         assert result.exit_code == 0, result.output
         assert f"added {kind} version 1" in result.output
+        assert f"scoring {'paper' if scoring else 'robust'}" in result.output
     return root
 
 
@@ -59,7 +60,46 @@ def test_list_and_show_json(fitted_registry: Path) -> None:
     registry = Registry.open(fitted_registry)
     assert registry.load_category("pill").knn().index == "hnsw"  # --knn-index is stored with the category
     assert registry.load_category("carpet").knn().index == "flat"
+    # --scoring is stored with the version (in its calibrator state) and shown
+    assert registry.load_category("pill").calibrator_.scoring == "paper"
+    assert registry.load_category("carpet").calibrator_.scoring == "robust"
     registry.close()
+    assert shown["versions"][0]["scoring"] == shown["versions"][0]["calibration"]["scoring"] == "paper"
+    carpet = json.loads(invoke("show", "carpet", "--root", str(fitted_registry), "--json").stdout)
+    assert carpet["versions"][0]["scoring"] == "robust"
+    text = invoke("show", "carpet", "--root", str(fitted_registry), env={"COLUMNS": "200"}).stdout
+    assert "scoring" in text and "robust" in text
+
+
+def test_version_without_scoring_scores_as_paper(fitted_registry: Path, dataset: Path, tmp_path: Path) -> None:
+    """A version fitted before the scoring was stored (no key anywhere) is the paper's, scores unchanged."""
+    import sqlite3
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(fitted_registry, legacy)
+    with sqlite3.connect(legacy / "registry.sqlite") as connection:
+        connection.execute(
+            "UPDATE category_versions SET calibration = json_remove(calibration, '$.scoring'), "
+            "metadata = json_remove(metadata, '$.calibrator.scoring')"
+        )
+    for attributes_file in legacy.glob("stores/*/*.zarr/zarr.json"):
+        document = json.loads(attributes_file.read_text())
+        document["attributes"]["metadata"]["calibrator"].pop("scoring", None)
+        attributes_file.write_text(json.dumps(document))
+    shown = json.loads(invoke("show", "pill", "--root", str(legacy), "--json").stdout)
+    assert "scoring" not in shown["versions"][0]["calibration"] and shown["versions"][0]["scoring"] == "paper"
+    images = str(dataset / "pill" / "test")
+    before = json.loads(invoke("infer", images, "--root", str(fitted_registry), "--category", "pill", "--json").stdout)
+    after = json.loads(invoke("infer", images, "--root", str(legacy), "--category", "pill", "--json").stdout)
+    assert len(after) == 6
+    assert [r["score_hybrid"] for r in after] == [r["score_hybrid"] for r in before]
+
+
+def test_add_category_refuses_unknown_scoring(dataset: Path, tmp_path: Path) -> None:
+    result = invoke("add-category", "carpet", "--train", str(dataset / "carpet"), "--root", str(tmp_path / "r"),
+                    "--scoring", "fancy")  # fmt: skip
+    assert result.exit_code != 0
+    assert "--scoring must be one of robust, paper" in result.output
 
 
 def test_routed_infer_json(fitted_registry: Path, dataset: Path, tmp_path: Path) -> None:

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from registry import Registry
+from registry import Registry, records
 from registry.catalogue import HEAD_REVISION, SCHEMA_REVISIONS
 from registry.db import alembic_config, head_revision
 from registry.records import ARRAY_NAMES
+from structcore import scoring
 from structcore.model import CategoryModel
 from tests.support_registry import random_registry
 
@@ -112,6 +113,11 @@ def test_data_check_imports_no_heavy_library(tmp_path: Path) -> None:
 
 def test_stored_array_names_match_the_model() -> None:
     assert tuple(CategoryModel.ARRAY_NAMES) == ARRAY_NAMES
+
+
+def test_records_know_the_scoring_of_old_versions() -> None:
+    """The catalogue names the scoring of a version without numpy: its default must be the method's."""
+    assert records.LEGACY_SCORING == scoring.LEGACY_SCORING
 
 
 def test_catalogue_knows_every_schema_revision() -> None:

@@ -83,7 +83,7 @@ def test_category_model_scores_defects_higher(synthetic_features, small_extracto
         assert scores[labels].mean() > scores[~labels].mean()
 
 
-@pytest.mark.parametrize("mode", ["loo", "in-sample", "holdout"])
+@pytest.mark.parametrize("mode", ["loo", "in-sample", "holdout", "mixed"])
 def test_calibration_modes(synthetic_features, small_extractor, mode) -> None:  # type: ignore[no-untyped-def]
     train, _, _ = synthetic_features["pill"]
     model = CategoryModel(coreset_ratio=0.1, calibration=mode).fit(train, small_extractor.grid_shape(), 128)
@@ -110,6 +110,39 @@ def test_loo_excludes_own_image(synthetic_features, small_extractor) -> None:  #
 
     expected_base = anomaly_maps(patch_scores.reshape(1, *grid), 128).max()
     assert loo.calibration_scores_["base"][0] == pytest.approx(expected_base, rel=1e-4)
+
+
+def test_mixed_takes_statistics_in_sample_and_thresholds_loo(synthetic_features, small_extractor) -> None:  # type: ignore[no-untyped-def]
+    train, _, _ = synthetic_features["wood"]
+    grid = small_extractor.grid_shape()
+    fits = {
+        mode: CategoryModel(coreset_ratio=0.2, calibration=mode).fit(train, grid, 128)
+        for mode in ("loo", "in-sample", "mixed")
+    }
+    mixed, in_sample, loo = fits["mixed"].calibrator_, fits["in-sample"].calibrator_, fits["loo"].calibrator_
+    np.testing.assert_allclose(mixed.mu_, in_sample.mu_)
+    np.testing.assert_allclose(mixed.sigma_, in_sample.sigma_)
+    assert mixed.lambda_ == pytest.approx(in_sample.lambda_)
+    # thresholds and stored calibration scores: the loo maps, scored with the in-sample statistics
+    np.testing.assert_allclose(fits["mixed"].calibration_scores_["base"], fits["loo"].calibration_scores_["base"])
+    assert mixed.thresholds_["base"] == pytest.approx(loo.thresholds_["base"])
+    hybrid = fits["mixed"].calibration_scores_["hybrid"]
+    assert mixed.thresholds_["hybrid"] == pytest.approx(np.quantile(hybrid, 0.995))
+    restored = CategoryModel.from_parts(fits["mixed"].to_arrays(), fits["mixed"].to_metadata())
+    assert restored.calibration == "mixed" and restored.thresholds == fits["mixed"].thresholds
+
+
+@pytest.mark.parametrize("scoring", ["robust", "paper"])
+def test_scoring_is_stored_with_the_calibrator(synthetic_features, small_extractor, scoring) -> None:  # type: ignore[no-untyped-def]
+    train, test, _ = synthetic_features["carpet"]
+    model = CategoryModel(coreset_ratio=0.1, scoring=scoring).fit(train, small_extractor.grid_shape(), 128)
+    assert model.calibrator_.scoring == scoring
+    metadata = model.to_metadata()
+    assert "scoring" not in metadata["params"]  # type: ignore[operator]
+    assert metadata["calibrator"]["scoring"] == scoring  # type: ignore[index]
+    restored = CategoryModel.from_parts(model.to_arrays(), metadata)
+    assert restored.scoring == scoring and restored.get_params()["scoring"] == scoring
+    np.testing.assert_array_equal(restored.predict(test).scores.hybrid, model.predict(test).scores.hybrid)
 
 
 def test_model_round_trip(synthetic_features, small_extractor) -> None:  # type: ignore[no-untyped-def]

@@ -34,7 +34,7 @@ for j, n in enumerate(["std", "topk", "tv"]):
           f"  test-bad {ed[labels, j].mean():.4g}")
 print(f"  base: loo-train {tb.mean():.4g}/{tb.std():.4g} ins {ib.mean():.4g}/{ib.std():.4g} test-good {eb[~labels].mean():.4g}/{eb[~labels].std():.4g}")
 for mode, (b, dd) in {"loo": (tb, td), "in-sample": (ib, idd)}.items():
-    c = StructCoreCalibrator().fit_descriptors(b, dd); sc = c.score_descriptors(eb, ed)
+    c = StructCoreCalibrator(scoring="paper").fit_descriptors(b, dd); sc = c.score_descriptors(eb, ed)
     frr = {k: float((sc.by_kind(k)[~labels] > c.thresholds_[k]).mean()) for k in ("base", "struct", "hybrid")}
     print(f"  paper[{mode}]: lambda {c.lambda_:.4g} struct {au(sc.struct):.4f} hybrid {au(sc.hybrid):.4f} FRR {frr}")
 if pix:
