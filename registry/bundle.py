@@ -52,7 +52,10 @@ if TYPE_CHECKING:
     from structcore.model import CategoryModel
 
 FORMAT = "structcore-registry-bundle"
-FORMAT_VERSION = 1
+#: Version 2: categories may hold robust scoring, ``mixed`` calibration and the ``quantile-30``
+#: unknown rule, which a version-1 reader would misread; this library reads both.
+FORMAT_VERSION = 2
+READABLE_FORMAT_VERSIONS = (1, 2)
 #: Largest array a bundle may declare, in bytes.
 MAX_ARRAY_BYTES = 16 << 30
 #: Largest JSON attribute, in characters.
@@ -662,11 +665,12 @@ def _validate(handle: h5py.File, path: Path) -> ValidatedBundle:
             BundleFormatError, path, "is not a structcore registry bundle", "pass a file written by `registry export`"
         )
     version = handle.attrs.get("format_version")
-    if not isinstance(version, int | np.integer) or int(version) != FORMAT_VERSION:
+    if not isinstance(version, int | np.integer) or int(version) not in READABLE_FORMAT_VERSIONS:
+        readable = " and ".join(str(v) for v in READABLE_FORMAT_VERSIONS)
         raise _refuse(
             BundleFormatError,
             path,
-            f"has format version {version}, this library reads version {FORMAT_VERSION}",
+            f"has format version {version}, this library reads versions {readable}",
             "upgrade structcore-registry or export the bundle with a matching version",
         )
     _only_attrs(handle, ROOT_ATTRS, path)
@@ -805,6 +809,7 @@ def _reader(bundle: ValidatedBundle, name: str) -> Any:
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "READABLE_FORMAT_VERSIONS",
     "ValidatedBundle",
     "export_bundle",
     "import_bundle",

@@ -22,7 +22,7 @@ from registry import (
     Registry,
 )
 from registry.storage import array_sha256
-from tests.support_registry import SIZE, make_base, scores, small_model, write_data
+from tests.support_registry import SIZE, clone, make_base, scores, small_model, write_data
 
 Data = dict[str, tuple[list[Path], list[Path]]]
 
@@ -211,9 +211,9 @@ REFUSALS: dict[str, tuple[Callable[[Path, Path], Path], type[BundleError], str]]
     "truncated": (_truncate, BundleFormatError, "is truncated or damaged"),
     "not hdf5": (lambda b, t: _write(t / "x.h5", b"hello"), BundleFormatError, "is not an HDF5 file"),
     "format version": (
-        lambda b, t: _edit(b, t, "v2", lambda h: h.attrs.__setitem__("format_version", 2)),
+        lambda b, t: _edit(b, t, "v3", lambda h: h.attrs.__setitem__("format_version", 3)),
         BundleFormatError,
-        "has format version 2, this library reads version 1",
+        "has format version 3, this library reads versions 1 and 2",
     ),
     "no manifest": (
         lambda b, t: _edit(b, t, "nomanifest", lambda h: h.attrs.__delitem__("manifest")),
@@ -271,6 +271,14 @@ def test_damaged_bundles_are_refused_before_anything_is_written(
     with pytest.raises(error):  # a new registry is not even created from it
         Registry.init_from_bundle(tmp_path / "new", damaged)
     assert not (tmp_path / "new").exists()
+
+
+def test_a_format_version_1_bundle_still_imports(bundle: Path, target: Path, tmp_path: Path) -> None:
+    """Bundles written before format 2 (paper scoring, loo, far-share) are read as they are."""
+    old = _edit(bundle, tmp_path, "v1", lambda h: h.attrs.__setitem__("format_version", 1))
+    root = clone(target, tmp_path / "registry")
+    with Registry.open(root) as registry:
+        assert sorted(info.category for info in registry.import_(old)) == ["grid", "pill"]
 
 
 def test_every_refusal_message_is_distinct() -> None:
