@@ -72,10 +72,23 @@ def quartile_scale(values: np.ndarray) -> float:
     return float((upper - lower) / _NORMAL_IQR)
 
 
+#: A robust scale below this share of the std counts as 0: more than half (for the quartiles, three
+#: quarters) of the values tie, up to floating-point rounding, which must not decide the scale.
+TIED_SHARE = 1e-6
+
+
+def _untied(robust: np.ndarray | float, std: np.ndarray | float) -> np.ndarray:
+    """``robust`` where it measures a spread, else ``std`` (the values tie; see :data:`TIED_SHARE`).
+
+    Relative to the std, so the choice is the same for ``c * values`` (scale equivariance).
+    """
+    robust, std = np.asarray(robust, dtype=np.float64), np.asarray(std, dtype=np.float64)
+    return np.where(robust > TIED_SHARE * std, robust, std)
+
+
 def _spread(values: np.ndarray) -> float:
     """:func:`quartile_scale`, or the std where the quartiles tie (few maps, most distances 0)."""
-    spread = quartile_scale(values)
-    return spread if spread > 0 else float(np.std(values))
+    return float(_untied(quartile_scale(values), float(np.std(values))))
 
 
 def base_scores(maps: np.ndarray) -> np.ndarray:
@@ -173,7 +186,7 @@ class StructCoreCalibrator:
             self.mu_ = np.median(descriptors, axis=0)
             sigma = np.maximum(robust_scale(descriptors, axis=0), self.scale_floor * np.abs(self.mu_))
             # median and MAD both 0 (most maps tie at 0): the floor is 0 too; the std still measures
-            self.sigma_ = np.where(sigma > 0, sigma, descriptors.std(axis=0))
+            self.sigma_ = _untied(sigma, descriptors.std(axis=0))
             struct = self.struct_distance(descriptors)
             self.lambda_ = _spread(base) / (_spread(struct) + self.eps)
         self._set_thresholds(base, struct)

@@ -215,6 +215,20 @@ def test_robust_falls_back_to_the_std_where_median_and_mad_are_zero() -> None:
     assert scaled.lambda_ == pytest.approx(2 * calibrator.lambda_)
 
 
+def test_robust_fallback_is_not_decided_by_rounding() -> None:
+    """Ties up to rounding count as ties: c * maps gives the same distances (found by hypothesis).
+
+    Two of three maps are constant; scaled by 8.0625 their std is ~1e-15 instead of exactly 0, and
+    a fallback on ``MAD > 0`` used that as the scale (distance 703,594 instead of 8.04).
+    """
+    maps = np.full((3, 3, 3), 3.72231652)
+    maps[0, 0, 0] = 4.0
+    plain = StructCoreCalibrator().fit(maps)
+    scaled = StructCoreCalibrator().fit(8.0625 * maps)
+    np.testing.assert_allclose(scaled.score(8.0625 * maps).struct, plain.score(maps).struct, rtol=1e-3)
+    np.testing.assert_allclose(scaled.sigma_, 8.0625 * plain.sigma_, rtol=1e-6)
+
+
 def test_unknown_scoring_is_refused_by_fit() -> None:
     with pytest.raises(ValueError, match="unknown scoring 'nonsense'"):
         StructCoreCalibrator(scoring="nonsense").fit_descriptors(ROBUST_BASE, ROBUST_PHI)
