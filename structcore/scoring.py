@@ -12,8 +12,9 @@ Two scorings (:data:`SCORING_MODES`) share the descriptor and differ in the cali
   blow a dimension up); a one-sided distance, where only ``phi > mu`` counts (a defect only raises
   the map: a calmer map than usual is not anomalous); ``lambda`` = the ratio of the
   normal-consistent interquartile ranges of the train-good base scores and distances (the MAD of
-  the one-sided distance collapses: see :func:`quartile_scale`). Where a robust scale is 0 (more
-  than half the values tie, or for the quartiles three quarters) the std stands in for it. The statistics no longer move
+  the one-sided distance collapses: see :func:`quartile_scale`). Where a robust scale is 0 up to
+  rounding (below :data:`TIED_SHARE` of the std: more than half the values tie, or for the
+  quartiles three quarters) the std stands in for it. The statistics no longer move
   with a few unusual train-good maps, and calm good maps no longer score as anomalous.
 """
 
