@@ -677,11 +677,6 @@ class Registry:
             raise UnknownVersionError(category.name, version, known)
         return row
 
-    @property
-    def catalogue(self) -> Catalogue:
-        """The read-only catalogue of this registry's categories (what :meth:`categories` and :meth:`show` read)."""
-        return self._catalogue
-
     def names(self) -> list[str]:
         """Category names, sorted."""
         return self._catalogue.names()
