@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.progress import TaskID
@@ -15,7 +15,10 @@ from cli.common import console, err_console, images_in, print_json, progress_bar
 from cli.paths import check_output_folder
 from evaluation.metrics import image_metrics
 from evaluation.synthetic import CATEGORY_KINDS, write_dataset
-from registry.inference import PredictionRecord
+from structcore.progress import Progress
+
+if TYPE_CHECKING:
+    from registry.detector import PredictionRecord
 
 DEMO_TRAIN_IMAGES = 16
 DEMO_TEST_GOOD = 6
@@ -72,10 +75,11 @@ def run_demo(
                 train = images_in(folder / "train" / "good")
                 task = progress.add_task(f"fitting {name}", total=len(train), rate="")
 
-                def on_batch(done: int, _total: int, task: TaskID = task) -> None:
-                    progress.update(task, completed=done)
+                def on_progress(event: Progress, task: TaskID = task) -> None:
+                    if event.stage == "embed":
+                        progress.update(task, completed=event.done)
 
-                registry.add_category(name, train, on_batch=on_batch)
+                registry.add_category(name, train, progress=on_progress)
         tests: list[Path] = []
         truth: list[str] = []
         labels: list[bool] = []
@@ -98,8 +102,8 @@ def run_demo(
 
         with progress_bar(transient=True) as progress:
             task = progress.add_task("routed inference", total=len(tests), rate="")
-            records = registry.predict(
-                tests, on_batch=lambda done, _total: progress.update(task, completed=done), on_image=on_image
+            records = registry.detector().predict(
+                tests, progress=lambda event: progress.update(task, completed=event.done), on_image=on_image
             )
         summary = _summarise(records, truth, np.asarray(labels))
         summary["seconds"] = time.perf_counter() - started

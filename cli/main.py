@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     import numpy as np
 
     from registry import Registry
-    from registry.inference import PredictionRecord
+    from registry.detector import PredictionRecord
+    from structcore.progress import Progress
 
 app = typer.Typer(
     name="registry",
@@ -179,20 +180,19 @@ def add_category(
         with progress_bar() as progress:
             task = progress.add_task(f"embedding {name}", total=len(images), rate="")
 
-            def on_batch(done: int, total: int) -> None:
-                elapsed = time.perf_counter() - started
-                progress.update(task, completed=done, rate=f"{done / max(elapsed, 1e-9):.1f} img/s")
-
-            def on_stage(stage: str) -> None:
-                if stage not in {"embed", "done"}:
-                    progress.update(task, description=f"{name}: {stage}")
+            def on_progress(event: Progress) -> None:
+                if event.stage == "embed":
+                    elapsed = time.perf_counter() - started
+                    rate = f"{event.done / max(elapsed, 1e-9):.1f} img/s"
+                    progress.update(task, completed=event.done, rate=rate)
+                elif event.stage != "done":
+                    progress.update(task, description=f"{name}: {event.stage}")
 
             info = registry.add_category(
                 name,
                 images,
                 model,
-                on_batch=on_batch,
-                on_stage=on_stage,
+                on_progress,
                 batch_size=batch_size,
                 description=description,
             )
@@ -480,16 +480,17 @@ def infer(
         with progress_bar(transient=True) as progress:
             task = progress.add_task("scoring", total=len(sources), rate="", visible=len(sources) > 4)
 
-            def on_batch(done: int, total: int) -> None:
+            def on_progress(event: Progress) -> None:
                 elapsed = time.perf_counter() - started
-                progress.update(task, completed=done, rate=f"{done / max(elapsed, 1e-9):.1f} img/s")
+                progress.update(task, completed=event.done, rate=f"{event.done / max(elapsed, 1e-9):.1f} img/s")
 
             if ray is None:
-                predicted = registry.predict(
-                    sources, category, batch_size=batch_size, on_batch=on_batch, on_image=on_image
+                detector = registry.detector(None if category is None else [category])
+                predicted = detector.predict(
+                    sources, category, batch_size=batch_size, progress=on_progress, on_image=on_image
                 )
             else:
-                predicted = _infer_on_ray(registry.root, sources, category, ray, batch_size, on_batch)
+                predicted = _infer_on_ray(registry.root, sources, category, ray, batch_size, on_progress)
         records = [{**record, "overlay": written.get(record["path"])} for record in predicted]
         if out is not None:
             write_records(records, out)
@@ -527,12 +528,12 @@ def _infer_on_ray(
     category: str | None,
     address: str,
     batch_size: int,
-    on_batch: Callable[[int, int], None],
+    progress: Callable[[Progress], None],
 ) -> list[PredictionRecord]:
     """``registry infer --ray``: the records of :func:`registry.distributed.distributed_infer`, in input order."""
     from registry.distributed import distributed_infer
 
-    return distributed_infer(root, sources, category, address, None, batch_size=batch_size, on_progress=on_batch)
+    return distributed_infer(root, sources, category, address, None, batch_size=batch_size, progress=progress)
 
 
 # ----------------------------------------------------------------------------- export / import

@@ -17,6 +17,7 @@ from rich.text import Text
 RECORD_KEYS = (
     "path",
     "category",
+    "version",
     "route_score",
     "unknown",
     "unknown_score",

@@ -7,7 +7,7 @@ arrays; see ``docs/registry.md``. The entry point is :class:`Registry`::
 
     reg = Registry.init("my-registry")
     reg.add_category("screw", train_paths)
-    records = reg.predict(test_paths)
+    records = reg.detector().predict(test_paths)
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from registry.catalogue import Catalogue
 from registry.errors import (
+    BackboneLoadError,
     BundleChecksumError,
     BundleContentError,
     BundleError,
@@ -41,20 +42,19 @@ from registry.records import CategoryInfo, VersionInfo, library_version, validat
 
 if TYPE_CHECKING:
     from registry.checks import GcReport, Problem, VerifyReport
-    from registry.core import BackboneLoadError, Registry
-    from registry.inference import PredictionRecord, predict
+    from registry.core import Registry
+    from registry.detector import Detector, PredictionRecord
 
 #: Names served from their modules on first use (PEP 562), so that importing a light part of the
 #: package (``registry.errors``, ``registry.catalogue``) does not load SQLAlchemy, zarr and numpy:
 #: ``registry list`` starts in a fraction of a second (see ``tests/test_cli_start.py``).
 _ON_FIRST_USE = {
-    "BackboneLoadError": "registry.core",
+    "Detector": "registry.detector",
     "GcReport": "registry.checks",
     "Problem": "registry.checks",
     "Registry": "registry.core",
     "VerifyReport": "registry.checks",
-    "PredictionRecord": "registry.inference",
-    "predict": "registry.inference",
+    "PredictionRecord": "registry.detector",
 }
 
 
@@ -80,6 +80,7 @@ __all__ = [
     "CategoryInfo",
     "DatabaseBusyError",
     "DatabaseDamagedError",
+    "Detector",
     "FeatureSpaceMismatchError",
     "GcReport",
     "IntegrityError",
@@ -98,6 +99,5 @@ __all__ = [
     "VerifyReport",
     "VersionInfo",
     "library_version",
-    "predict",
     "validate_name",
 ]

@@ -25,7 +25,7 @@ import json
 import math
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,12 +43,11 @@ from registry.errors import (
     RegistryError,
 )
 from registry.models import utcnow
-from registry.records import ARRAY_NAMES, NAME_PATTERN, PendingVersion, StoredVersion, VersionInfo, library_version
+from registry.records import ARRAY_NAMES, NAME_PATTERN, PendingVersion, StoredVersion, library_version
 from registry.storage import ALLOWED_DTYPES, array_sha256, canonical, dtype_name
 from structcore.feature_space import FeatureSpace
 
 if TYPE_CHECKING:
-    from registry.core import Registry
     from structcore.model import CategoryModel
 
 FORMAT = "structcore-registry-bundle"
@@ -82,21 +81,20 @@ def _dumps(data: object) -> str:
 
 
 # -------------------------------------------------------------------------------- export
-def export_bundle(registry: Registry, names: Sequence[str] | None, path: Path) -> Path:
-    """Write the current versions of ``names`` (all categories when ``None``) to ``path``.
+def export_bundle(
+    space: FeatureSpace, names: Sequence[str], read_version: Callable[[str], StoredVersion], path: Path
+) -> Path:
+    """Write ``space`` and the version ``read_version(name)`` gives for each of ``names`` to ``path``.
 
-    The file is written next to ``path`` under a temporary name and renamed at the end.
+    ``read_version`` returns verified arrays and metadata (:meth:`Registry.read_version
+    <registry.core.Registry.read_version>`: the current version). The file is written next to
+    ``path`` under a temporary name and renamed at the end.
     """
-    if names is None:
-        names = registry.names()
-        if not names:
-            raise RegistryError(f"nothing to export: the registry at {registry.root} has no categories")
     names = list(dict.fromkeys(names))
     if not names:
         raise RegistryError("nothing to export: no category names were given")
     if Path(path).is_dir():  # found before the bundle is written, not at the final rename
         raise RegistryError(f"cannot export to {path}: it is an existing folder; give a file name")
-    space = registry.feature_space
     description = _dumps(space.describe())
     projection = canonical(space.projection)
     manifest: dict[str, Any] = {
@@ -122,7 +120,7 @@ def export_bundle(registry: Registry, names: Sequence[str] | None, path: Path) -
             fs_group.create_dataset("projection", data=projection)
             categories = handle.create_group("categories", track_order=True)
             for name in names:
-                stored = registry.read_version(name)  # reads with checksum verification, builds no model
+                stored = read_version(name)  # reads with checksum verification, builds no model
                 arrays = {array: canonical(value) for array, value in stored.arrays.items()}
                 record = _dumps(_version_record(stored))
                 group = categories.create_group(name)
@@ -729,54 +727,69 @@ def _targets(bundle: ValidatedBundle, rename: Mapping[str, str] | None) -> dict[
     return targets
 
 
-def import_bundle(
-    registry: Registry, path: Path, *, rename: Mapping[str, str] | None = None, replace: bool = False
-) -> list[VersionInfo]:
-    """Validate ``path`` completely, then write its categories and commit them together."""
-    bundle = read_bundle(path)
+@dataclass(frozen=True)
+class ImportPlan:
+    """What importing a validated bundle writes: the new versions, and whether the registry takes its feature space."""
+
+    pending: list[PendingVersion]
+    adopt_feature_space: bool
+
+
+def plan_import(
+    bundle: ValidatedBundle,
+    *,
+    space: FeatureSpace,
+    empty: bool,
+    grid: tuple[int, ...] | None,
+    existing: Sequence[str],
+    rename: Mapping[str, str] | None = None,
+    replace: bool = False,
+) -> ImportPlan:
+    """Check a validated bundle against a registry (its feature space ``space``, whether it is
+    ``empty``, its patch ``grid`` and ``existing`` names) and plan the versions to commit.
+
+    Raises:
+        BundleError: (a subclass naming the problem) when the bundle is refused.
+    """
+    path = bundle.path
     targets = _targets(bundle, rename)
-    own = registry.feature_space
-    differences = own.differences(bundle.space)
-    if differences:
-        if len(registry) == 0:
-            registry.adopt_feature_space(bundle.space, weights_path=None)
-        else:
-            raise BundleFeatureSpaceError(
-                f"bundle {path}",
-                differences,
-                "import it into a registry made in the same feature space, or a new folder",
-            )
-    known_grid = registry.patch_grid()
+    differences = space.differences(bundle.space)
+    if differences and not empty:
+        raise BundleFeatureSpaceError(
+            f"bundle {path}",
+            differences,
+            "import it into a registry made in the same feature space, or a new folder",
+        )
+    known_grid = None if differences else grid
     for bundled in bundle.categories:
-        grid = tuple(int(v) for v in bundled.record["model_metadata"]["grid"])
-        if known_grid is not None and grid != known_grid:
+        bundled_grid = tuple(int(v) for v in bundled.record["model_metadata"]["grid"])
+        if known_grid is not None and bundled_grid != known_grid:
             raise _refuse(
                 BundleContentError,
                 path,
-                f"category {bundled.name!r} has patch grid {list(grid)}, the registry's categories {list(known_grid)}",
+                f"category {bundled.name!r} has patch grid {list(bundled_grid)}, "
+                f"the registry's categories {list(known_grid)}",
                 "import it into a registry made in the same feature space",
             )
-    existing = set(registry.names())
-    collisions = sorted(t for t in targets.values() if t in existing)
+    collisions = sorted(t for t in targets.values() if t in set(existing))
     if collisions and not replace:
         listing = ", ".join(repr(c) for c in collisions)
         raise BundleNameCollisionError(
             f"the registry already has categor{'y' if len(collisions) == 1 else 'ies'} {listing}; "
             "import with rename={OLD: NEW} (`--rename OLD=NEW`) or replace=True (`--replace`)"
         )
-    pending = []
-    for bundled in bundle.categories:
-        pending.append(
-            PendingVersion(
-                name=targets[bundled.name],
-                arrays=_reader(bundle, bundled.name),
-                metadata=dict(bundled.record["model_metadata"]),
-                train_images=[],
-                origin=f"import:{bundle.path.name}",
-                must_be_new=not replace,
-            )
+    pending = [
+        PendingVersion(
+            name=targets[bundled.name],
+            arrays=_reader(bundle, bundled.name),
+            metadata=dict(bundled.record["model_metadata"]),
+            train_images=[],
+            origin=f"import:{bundle.path.name}",
+            must_be_new=not replace,
         )
-    return registry.commit_versions(pending)
+        for bundled in bundle.categories
+    ]
+    return ImportPlan(pending, adopt_feature_space=bool(differences))
 
 
 def _reader(bundle: ValidatedBundle, name: str) -> Any:
@@ -810,8 +823,9 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "READABLE_FORMAT_VERSIONS",
+    "ImportPlan",
     "ValidatedBundle",
     "export_bundle",
-    "import_bundle",
+    "plan_import",
     "read_bundle",
 ]

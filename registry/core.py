@@ -17,8 +17,7 @@ import hashlib
 import json
 import threading
 import uuid as uuid_module
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +26,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from registry import storage
-from registry.bundle import export_bundle, import_bundle, read_bundle
+from registry.bundle import export_bundle, plan_import, read_bundle
 from registry.catalogue import Catalogue
 from registry.checks import (
     GcReport,
@@ -50,6 +49,7 @@ from registry.db import (
     upgrade_schema,
 )
 from registry.errors import (
+    BackboneLoadError,
     BundleNameCollisionError,
     DatabaseDamagedError,
     FeatureSpaceMismatchError,
@@ -63,7 +63,6 @@ from registry.errors import (
     UnknownCategoryError,
     UnknownVersionError,
 )
-from registry.inference import ImageCallback, PredictionRecord, predict
 from registry.models import CategoryRow, CategoryVersionRow, FeatureSpaceRow, utcnow
 from registry.records import (
     ARRAY_NAMES,
@@ -83,27 +82,19 @@ from structcore.preprocess import DEFAULT_CROP, DEFAULT_RESIZE
 if TYPE_CHECKING:
     # The model code (torch, scikit-learn, scipy) is imported by the methods that need a model, so
     # commands without one (`list`, `show`, `verify`, ...) start in a fraction of a second.
-    from structcore.backbones.base import Backbone
+    from registry.detector import Detector, ImageCallback, PinnedCategory, PredictionRecord
     from structcore.features import FeatureExtractor, ImageSource
     from structcore.model import CategoryModel
-    from structcore.routing import PrototypeRouter
+    from structcore.progress import ProgressCallback
 
 #: Name of the projection store (a re-initialised empty registry uses ``feature_space-<id>.zarr``).
 FEATURE_SPACE_STORE = "feature_space.zarr"
-#: Default number of loaded categories (memory banks) kept in memory per Registry.
+#: Default number of loaded categories (memory banks) kept in memory per Detector.
 DEFAULT_CACHE_SIZE = 8
 #: Fewest train-good images a category is calibrated on. With two, every image's structural
 #: distance is the same (each standardised descriptor is +-1), so lambda = std(base) / eps
 #: explodes (~1e5) and the hybrid threshold is meaningless.
 MIN_CALIBRATION_IMAGES = 3
-
-Stage = Callable[[str], None]
-BatchProgress = Callable[[int, int], None]
-
-
-class BackboneLoadError(RegistryError):
-    """The registry's backbone cannot be built (missing or wrong weights file)."""
-
 
 # Checksums already verified in this process: (resolved store path, array name, sha256).
 _VERIFIED: set[tuple[str, str, str]] = set()
@@ -138,12 +129,7 @@ class Registry:
         self._read_only = read_only
         self._cache_size = max(1, int(cache_size))
         self._weights_override = None if weights is None else str(weights)
-        self._cache: OrderedDict[str, CategoryModel] = OrderedDict()
-        self._prototypes: dict[str, np.ndarray] = {}
-        self._router: PrototypeRouter | None = None
-        self._router_token: tuple[tuple[str, str], ...] | None = None
-        self._backbone: Backbone | None = None
-        self._extractors: dict[int, FeatureExtractor] = {}
+        self._prototypes: dict[str, np.ndarray] = {}  # verified prototypes by version uuid (immutable)
         self._space: FeatureSpace | None = None
         self._catalogue = Catalogue(root)
         self._row = feature_space_row(self._engine, self._root)
@@ -173,14 +159,13 @@ class Registry:
         """
         root = Path(root)
         _check_init_target(root)
+        from registry.detector import load_backbone
         from structcore.features import new_feature_space
 
-        bb = create_backbone(backbone, weights)
+        bb = load_backbone(backbone, weights)
         space = new_feature_space(bb, resize=resize, crop=crop, dim=dim, seed=seed)
         weights_path = None if weights is None else str(Path(weights).resolve())
-        registry = cls._create(root, space, weights_path=weights_path, seed=seed)
-        registry._backbone = bb
-        return registry
+        return cls._create(root, space, weights_path=weights_path, seed=seed)
 
     @classmethod
     def _create(cls, root: Path, space: FeatureSpace, *, weights_path: str | None, seed: int | None) -> Registry:
@@ -285,8 +270,8 @@ class Registry:
         return cls._create(root, validated.space, weights_path=weights_path, seed=None)
 
     def close(self) -> None:
-        """Release the database connections and cached models."""
-        self._cache.clear()
+        """Release the database connections."""
+        self._prototypes.clear()
         self._engine.dispose()
 
     def __enter__(self) -> Registry:
@@ -362,37 +347,16 @@ class Registry:
         )
         return info
 
-    def backbone(self) -> Backbone:
-        """The registry's backbone, built once per ``Registry`` object."""
-        if self._backbone is None:
-            row = self._row
-            self._backbone = create_backbone(row.backbone, self._weights_override or row.weights_path)
-        return self._backbone
-
     def extractor(self, batch_size: int = 8) -> FeatureExtractor:
-        """A :class:`FeatureExtractor` for this registry's feature space.
+        """A :class:`FeatureExtractor` for this registry's feature space (the backbone is built once per process).
 
         Raises:
             BackboneLoadError: the backbone's weights are missing.
             FeatureSpaceMismatchError: the weights found are not the ones the registry was made with.
         """
-        space = self.feature_space
-        bb = self.backbone()
-        if bb.info.name != space.backbone or bb.info.weights_sha256 != space.weights_sha256:
-            differences = [
-                f"backbone: {bb.info.name} vs {space.backbone}",
-                f"weights sha256: {bb.info.weights_sha256[:12]} vs {space.weights_sha256[:12]}",
-            ]
-            raise FeatureSpaceMismatchError(
-                "the backbone weights found", differences, "pass the weights file the registry was made with"
-            )
-        extractor = self._extractors.get(batch_size)
-        if extractor is None:
-            from structcore.features import build_extractor
+        from registry.detector import extractor_for
 
-            extractor = build_extractor(space, bb, batch_size=batch_size)
-            self._extractors[batch_size] = extractor
-        return extractor
+        return extractor_for(self.feature_space, self._weights_override or self._row.weights_path, batch_size)
 
     # ----------------------------------------------------------------- writing
     def add_category(
@@ -400,8 +364,7 @@ class Registry:
         name: str,
         train_images: Sequence[ImageSource],
         model: CategoryModel | None = None,
-        on_batch: BatchProgress | None = None,
-        on_stage: Stage | None = None,
+        progress: ProgressCallback | None = None,
         *,
         batch_size: int = 8,
         description: str | None = None,
@@ -409,15 +372,16 @@ class Registry:
         """Embed ``train_images``, fit a category and store it as a new version of ``name``.
 
         Refitting an existing name adds a version that becomes current; other categories are
-        never touched. The fit runs outside any database transaction or lock.
+        never touched. The fit (:func:`structcore.model.fit_category`) runs outside any database
+        transaction or lock.
 
         Args:
             name: category name (see :data:`NAME_PATTERN`).
             train_images: good images (paths, PIL images or arrays).
             model: an unfitted :class:`CategoryModel` giving the settings (it is not modified).
-            on_batch: ``on_batch(done, total)`` after each embedded batch.
-            on_stage: ``on_stage(stage)`` with ``embed``, ``fit``, ``coreset``, ``prototypes``,
-                ``calibration``, ``write`` and ``done``.
+            progress: receives a :class:`structcore.progress.Progress` per embedded batch
+                (stage ``embed``) and at the start of the stages ``fit``, ``coreset``,
+                ``prototypes``, ``calibration``, ``write`` and ``done``.
             batch_size: images per backbone call.
             description: free text stored with the category.
 
@@ -433,19 +397,14 @@ class Registry:
                 "pass more good images"
             )
             raise RegistryError(msg)
-        stage: Stage = on_stage or (lambda _stage: None)
-        from structcore.model import CategoryModel, embed_images
+        from structcore.model import fit_category
+        from structcore.progress import Progress, quiet
 
-        fitted = CategoryModel(**(model or CategoryModel()).get_params())  # type: ignore[arg-type]
-        extractor = self.extractor(batch_size)
-        stage("embed")
-        vectors = embed_images(extractor, sources, on_batch)
-        stage("fit")
-        fitted.fit(vectors, extractor.grid_shape(), extractor.geometry.crop, progress=stage)
-        del vectors
-        stage("write")
+        report = progress or quiet
+        fitted = fit_category(self.extractor(batch_size), sources, model, report, category=name)
+        report(Progress("write", category=name))
         info = self.add_fitted(name, fitted, train_images=sources, description=description)
-        stage("done")
+        report(Progress("done", category=name))
         return info
 
     def add_fitted(
@@ -523,7 +482,6 @@ class Registry:
                     for path in published + temporary:
                         storage.discard(self._root, path)
                 raise
-        self._router_token = None
         return infos
 
     def _insert_versions(
@@ -596,9 +554,7 @@ class Registry:
             category.current_version_id = row.id
             return VersionInfo.from_row(row, name, is_current=True)
 
-        info = run_write(self._engine, work)
-        self._router_token = None
-        return info
+        return run_write(self._engine, work)
 
     def remove(self, name: str, version: int | None = None) -> list[VersionInfo]:
         """Remove one version of ``name``, or the whole category (``version=None``).
@@ -638,12 +594,10 @@ class Registry:
             checkpoint("row-deleted")
             for info in removed:
                 storage.discard(self._root, self._root / info.store_path)
-                self._cache.pop(info.uuid, None)
                 self._prototypes.pop(info.uuid, None)
             category_dir = self._root / STORES_DIR / name
             if category_dir.is_dir() and not any(category_dir.iterdir()):
                 category_dir.rmdir()
-        self._router_token = None
         return removed
 
     # ----------------------------------------------------------------- reading
@@ -763,20 +717,19 @@ class Registry:
             raise
 
     def load_category(self, name: str, version: int | None = None) -> CategoryModel:
-        """The fitted :class:`CategoryModel` of ``name`` (current version by default).
+        """The fitted :class:`CategoryModel` of ``name`` (current version by default), built from verified arrays.
 
-        Loaded models are kept in an LRU cache of ``cache_size`` entries; the returned object
-        is shared with the cache, so do not refit it.
+        Each call reads the store again; to score images, hold a :meth:`detector` (it keeps the
+        models it loaded).
 
         Raises:
             UnknownCategoryError, UnknownVersionError: no such category / version.
             IntegrityError: a stored array is missing, unreadable or fails its checksum.
         """
         info, metadata, train_images = self._stored_row(name, version)
-        cached = self._cache.get(info.uuid)
-        if cached is not None:
-            self._cache.move_to_end(info.uuid)
-            return cached
+        return self._build_model(info, metadata, train_images)
+
+    def _build_model(self, info: VersionInfo, metadata: dict[str, Any], train_images: list[Any]) -> CategoryModel:
         arrays = self._verified_arrays(info, metadata, train_images)
         try:
             from structcore.model import CategoryModel
@@ -785,10 +738,19 @@ class Registry:
         except (KeyError, TypeError, ValueError) as error:  # the row matched its store: the store is old or odd
             problem = f"holds metadata that does not rebuild a model ({type(error).__name__}: {error})"
             raise IntegrityError(info.category, info.version, Path(info.store_path) / "zarr.json", problem) from error
-        self._cache[info.uuid] = model
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
         return model
+
+    def _load_pinned(self, info: VersionInfo) -> CategoryModel:
+        """The model of exactly the version ``info`` (by its uuid: a removed version is not replaced by a namesake)."""
+        with read_session(self._engine) as session:
+            found = session.scalars(select(CategoryVersionRow).where(CategoryVersionRow.uuid == info.uuid))
+            row = found.one_or_none()
+            if row is None:
+                msg = f"category {info.category!r} version {info.version} was removed; score again (current version)"
+                raise RegistryError(msg)
+            metadata = dict(row.model_metadata)
+            train_images = list(row.train_images)
+        return self._build_model(info, metadata, train_images)
 
     def _check_row(self, info: VersionInfo, extra: Mapping[str, Any] | None = None) -> None:
         """Compare a version's database row with its store's attributes (once per process).
@@ -828,48 +790,53 @@ class Registry:
             ).all()
             return [VersionInfo.from_row(row, name, is_current=True) for name, row in rows]
 
-    def load_router(self) -> PrototypeRouter:
-        """A :class:`PrototypeRouter` over the current version of every category (by name order)."""
-        return self.routing()[0]
-
-    def routing(self) -> tuple[PrototypeRouter, dict[str, int]]:
-        """The router over the current version of every category, and the version of each category in it.
-
-        Both come from one read, so :func:`registry.inference.predict` scores with exactly the
-        versions it routed with: a refit committed during a long inference never mixes the
-        routing of one version with the scoring of another. Reads only the prototypes (small);
-        the router is rebuilt only when a current version changed.
-        """
-        versions = self._current_versions()
-        token = tuple((v.category, v.uuid) for v in versions)
-        if self._router is None or token != self._router_token:
-            self._router = self._build_router(versions)
-            self._router_token = token
-        return self._router, {info.category: info.version for info in versions}
-
     def current_version(self, name: str) -> int:
         """The number of the current version of ``name``."""
         return self.version_info(name).version
 
-    def _build_router(self, versions: Sequence[VersionInfo]) -> PrototypeRouter:
-        from structcore.routing import DEFAULT_UNKNOWN_STATISTIC, PrototypeRouter
+    def detector(self, categories: Iterable[str] | None = None) -> Detector:
+        """A :class:`~registry.detector.Detector` pinned to the current version of every category (or ``categories``).
 
-        router = PrototypeRouter()
-        for info in versions:
-            self._check_row(info)
-            prototypes = self._prototypes.get(info.uuid)
-            if prototypes is None:
-                prototypes = self._read_checked(info, "prototypes")
-                self._prototypes[info.uuid] = prototypes
-            router.add(
-                info.category,
-                prototypes,
-                info.route_threshold,
-                unknown_threshold=info.unknown_threshold if info.unknown_statistic else None,
-                unknown_statistic=info.unknown_statistic or DEFAULT_UNKNOWN_STATISTIC,
-                far_threshold=info.far_threshold,
-            )
-        return router
+        The versions are read in one transaction, so the Detector routes and scores with one
+        consistent set: a refit committed later is seen by the next Detector only. Reads the
+        prototypes now (small, verified); each category's bank when an image is first routed to it.
+
+        Raises:
+            UnknownCategoryError: a name in ``categories`` is not in the registry.
+            BackboneLoadError, FeatureSpaceMismatchError: the backbone cannot be built.
+        """
+        from registry.detector import Detector
+
+        infos = self._current_versions()
+        if categories is not None:
+            by_name = {info.category: info for info in infos}
+            wanted = list(dict.fromkeys(categories))
+            for name in wanted:
+                if name not in by_name:
+                    raise UnknownCategoryError(name, list(by_name))
+            infos = [by_name[name] for name in wanted]
+        pinned = [self._pinned(info) for info in infos]
+        return Detector(self.extractor(), pinned, source=self._root, cache_size=self._cache_size)
+
+    def _pinned(self, info: VersionInfo) -> PinnedCategory:
+        from registry.detector import PinnedCategory
+        from structcore.routing import DEFAULT_UNKNOWN_STATISTIC
+
+        self._check_row(info)
+        prototypes = self._prototypes.get(info.uuid)
+        if prototypes is None:
+            prototypes = self._read_checked(info, "prototypes")
+            self._prototypes[info.uuid] = prototypes
+        return PinnedCategory(
+            name=info.category,
+            version=info.version,
+            prototypes=prototypes,
+            route_threshold=info.route_threshold,
+            unknown_threshold=info.unknown_threshold if info.unknown_statistic else None,
+            unknown_statistic=info.unknown_statistic or DEFAULT_UNKNOWN_STATISTIC,
+            far_threshold=info.far_threshold,
+            load=lambda: self._load_pinned(info),
+        )
 
     def predict(
         self,
@@ -877,16 +844,25 @@ class Registry:
         category: str | None = None,
         *,
         batch_size: int = 8,
-        on_batch: BatchProgress | None = None,
+        progress: ProgressCallback | None = None,
         on_image: ImageCallback | None = None,
     ) -> list[PredictionRecord]:
-        """Score images, routed (``category=None``) or against one category; see :func:`registry.inference.predict`."""
-        return predict(self, sources, category, batch_size=batch_size, on_batch=on_batch, on_image=on_image)
+        """Score images with a new :meth:`detector` (see :meth:`Detector.predict <registry.detector.Detector.predict>`).
+
+        A convenience: each call pins the current versions and loads the models it needs; hold
+        a Detector to score many calls' worth of images.
+        """
+        detector = self.detector() if category is None else self.detector([category])
+        return detector.predict(sources, category, batch_size=batch_size, progress=progress, on_image=on_image)
 
     # ----------------------------------------------------------------- bundles
     def export(self, names: Iterable[str] | None, path: str | Path) -> Path:
         """Write the current version of each of ``names`` (all when ``None``) to one HDF5 bundle."""
-        return export_bundle(self, None if names is None else list(names), Path(path))
+        if names is None:
+            names = self.names()
+            if not names:
+                raise RegistryError(f"nothing to export: the registry at {self._root} has no categories")
+        return export_bundle(self.feature_space, list(names), self.read_version, Path(path))
 
     def import_(
         self, path: str | Path, rename: Mapping[str, str] | None = None, replace: bool = False
@@ -903,7 +879,19 @@ class Registry:
             BundleError: (a subclass naming the problem) when the bundle is refused.
         """
         self._check_writable("import a bundle")
-        return import_bundle(self, Path(path), rename=rename, replace=replace)
+        bundle = read_bundle(Path(path))
+        plan = plan_import(
+            bundle,
+            space=self.feature_space,
+            empty=len(self) == 0,
+            grid=self.patch_grid(),
+            existing=self.names(),
+            rename=rename,
+            replace=replace,
+        )
+        if plan.adopt_feature_space:
+            self.adopt_feature_space(bundle.space, weights_path=None)
+        return self.commit_versions(plan.pending)
 
     def patch_grid(self) -> tuple[int, int] | None:
         """The patch grid of the registry's categories (``None`` while it has none)."""
@@ -921,9 +909,6 @@ class Registry:
         self._row = feature_space_row(self._engine, self._root)
         self._projection_sha = self._row.projection_sha256
         self._space = None
-        self._backbone = None
-        self._extractors.clear()
-        self._router_token = None
 
     # ----------------------------------------------------------------- checks
     def verify(self, repair: bool = False, checksums: bool = True) -> VerifyReport:
@@ -953,15 +938,6 @@ def _source_name(source: object, index: int) -> str:
 def _fields_digest(fields: Mapping[str, Any]) -> str:
     text = json.dumps(fields, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def create_backbone(name: str, weights: str | Path | None) -> Backbone:
-    from structcore.backbones.base import BackboneError, create_backbone
-
-    try:
-        return create_backbone(name, weights)
-    except BackboneError as error:
-        raise BackboneLoadError(str(error)) from error
 
 
 #: Files and folders a registry folder may hold before ``init`` (leftovers of a crashed init).

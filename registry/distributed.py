@@ -26,8 +26,6 @@ lazily: without it, the in-process paths still work and the Ray paths raise a
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
 import logging
 import os
@@ -42,17 +40,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from registry.core import MIN_CALIBRATION_IMAGES, Registry, create_backbone, validate_name
+from registry.core import MIN_CALIBRATION_IMAGES, Registry, validate_name
+from registry.detector import Detector, PinnedCategory, PredictionRecord, error_record, extractor_for
 from registry.errors import RegistryError
-from registry.inference import PredictionRecord, predict
-from structcore.model import CALIBRATION_MODES, CategoryModel, embed_images
+from structcore.model import CALIBRATION_MODES, CategoryModel, fit_category
+from structcore.progress import Progress, ProgressCallback
 from structcore.runtime import set_num_threads
 
 if TYPE_CHECKING:
-    from structcore.backbones.base import Backbone
     from structcore.feature_space import FeatureSpace
     from structcore.features import FeatureExtractor
-    from structcore.routing import PrototypeRouter
 
 #: Message shown when Ray is needed but not installed.
 INSTALL_HINT = "Ray is not installed; install with pip install 'structcore-registry[ray]'"
@@ -101,21 +98,6 @@ def ray_session(address: str) -> Iterator[Any]:
         yield ray
     finally:
         ray.shutdown()
-
-
-_BACKBONES: dict[tuple[str, str | None], Backbone] = {}
-
-
-def _extractor(space: FeatureSpace, weights_path: str | None, batch_size: int) -> FeatureExtractor:
-    """An extractor for ``space``; the backbone is built once per worker process."""
-    from structcore.features import build_extractor
-
-    key = (space.backbone, weights_path)
-    if key not in _BACKBONES:
-        _BACKBONES[key] = create_backbone(space.backbone, weights_path)
-    if not space.projection.flags.writeable:  # zero-copy from the object store: torch wants a writable W
-        space = dataclasses.replace(space, projection=np.array(space.projection))
-    return build_extractor(space, _BACKBONES[key], batch_size=batch_size)
 
 
 def _where() -> str:
@@ -231,13 +213,13 @@ def _fit_model(
     params: Mapping[str, Any],
     after_embed: Callable[[], None] | None = None,
 ) -> CategoryModel:
-    """Embed + fit, exactly as :meth:`Registry.add_category` does (shared by both paths)."""
-    model = CategoryModel(**params)
-    vectors = embed_images(extractor, list(sources))
-    if after_embed is not None:
-        after_embed()
-    model.fit(vectors, extractor.grid_shape(), extractor.geometry.crop)
-    return model
+    """Embed + fit through :func:`structcore.model.fit_category`, as :meth:`Registry.add_category` does."""
+
+    def progress(event: Progress) -> None:
+        if event.stage == "fit" and after_embed is not None:
+            after_embed()
+
+    return fit_category(extractor, list(sources), CategoryModel(**params), progress)
 
 
 def _fault_point(name: str) -> None:
@@ -275,7 +257,7 @@ def _fit_task(
     set_num_threads(threads)
     started = time.perf_counter()
     try:
-        extractor = _extractor(space, weights_path, batch_size)
+        extractor = extractor_for(space, weights_path, batch_size)
         model = _fit_model(extractor, [Path(p) for p in paths], params, after_embed=lambda: _fault_point(name))
     except Exception as error:
         return {"error": str(error) or type(error).__name__, "worker": _where()}
@@ -510,69 +492,33 @@ def plan_shards(total: int, batch_size: int, shard_size: int) -> list[tuple[int,
     return [(start, min(start + size, total)) for start in range(0, total, size)]
 
 
-class _ShippedModels:
-    """A :class:`registry.inference.ModelSource` served from the state the driver shipped (no registry folder).
+def _fetched(ref: Any, name: str, fetched: list[str]) -> Callable[[], CategoryModel]:
+    """A loader that fetches one shipped category version from the object store (once per worker)."""
 
-    ``model_refs`` maps each category to ``(version, object ref of (arrays, metadata))``: the
-    versions the driver pinned when it built the router, so every worker scores with them.
-    """
+    def load() -> CategoryModel:
+        import ray
 
-    def __init__(
-        self,
-        root: str,
-        extractor: FeatureExtractor,
-        router: PrototypeRouter | None,
-        model_refs: Mapping[str, tuple[int, Any]],
-    ):
-        self.root = root
-        self._extractor = extractor
-        self._router = router
-        self._refs = dict(model_refs)
-        self._models: dict[str, CategoryModel] = {}
-        self.fetched: list[str] = []
+        arrays, metadata = ray.get(ref)
+        fetched.append(name)
+        # Copies: the object store hands out read-only views, which torch refuses to wrap cleanly.
+        return CategoryModel.from_parts({key: np.array(value) for key, value in arrays.items()}, metadata)
 
-    def routing(self) -> tuple[PrototypeRouter, dict[str, int]]:
-        if self._router is None:
-            raise RegistryError("no router was shipped to this worker (the call named its category)")
-        return self._router, {name: version for name, (version, _) in self._refs.items()}
-
-    def current_version(self, name: str) -> int:
-        return self._version(name, None)
-
-    def _version(self, name: str, version: int | None) -> int:
-        if name not in self._refs:
-            raise RegistryError(f"category {name!r} was not shipped to this worker")
-        shipped = self._refs[name][0]
-        if version is not None and version != shipped:
-            raise RegistryError(f"category {name!r} version {version} was not shipped (version {shipped} was)")
-        return shipped
-
-    def load_category(self, name: str, version: int | None = None) -> CategoryModel:
-        self._version(name, version)
-        model = self._models.get(name)
-        if model is None:
-            import ray
-
-            arrays, metadata = ray.get(self._refs[name][1])
-            # Copies: the object store hands out read-only views, which torch refuses to wrap cleanly.
-            model = CategoryModel.from_parts({key: np.array(value) for key, value in arrays.items()}, metadata)
-            self._models[name] = model
-            self.fetched.append(name)
-        return model
-
-    def extractor(self, batch_size: int = 8) -> FeatureExtractor:
-        return self._extractor
+    return load
 
 
 class _ShardScorer:
-    """Ray actor: scores shards of image paths; state (extractor, router, models) is kept between shards."""
+    """Ray actor: scores shards of image paths with one :class:`Detector` built from the shipped versions.
+
+    ``shipped`` maps each category to ``(version, prototypes, metadata, object ref of (arrays,
+    metadata))``: the versions the driver pinned, so every worker scores with them. A category's
+    bank is fetched the first time an image is routed to it.
+    """
 
     def __init__(
         self,
         space: FeatureSpace,
         weights_path: str | None,
-        router: PrototypeRouter | None,
-        model_refs: dict[str, tuple[int, Any]],
+        shipped: dict[str, tuple[int, np.ndarray, dict[str, Any], Any]],
         root: str,
         batch_size: int,
         threads: int,
@@ -581,8 +527,12 @@ class _ShardScorer:
         self._batch_size = batch_size
         self._shards = 0
         self._images = 0
-        router = copy.deepcopy(router)  # writable arrays (see load_category)
-        self._view = _ShippedModels(root, _extractor(space, weights_path, batch_size), router, model_refs)
+        self.fetched: list[str] = []
+        pinned = [
+            PinnedCategory.of_stored(name, version, np.array(prototypes), metadata, _fetched(ref, name, self.fetched))
+            for name, (version, prototypes, metadata, ref) in shipped.items()
+        ]
+        self._detector = Detector(extractor_for(space, weights_path, batch_size), pinned, source=root)
 
     def ready(self) -> str:
         """Where this actor runs (``host:pid``); returns once the backbone is built."""
@@ -590,41 +540,17 @@ class _ShardScorer:
 
     def report(self) -> dict[str, Any]:
         """Where the actor runs, the shards and images it scored and the models it fetched (each once)."""
-        return {"worker": _where(), "shards": self._shards, "images": self._images, "fetched": list(self._view.fetched)}
+        return {"worker": _where(), "shards": self._shards, "images": self._images, "fetched": list(self.fetched)}
 
     def score(self, start: int, paths: list[str], category: str | None) -> tuple[int, list[PredictionRecord]]:
         _fault_point(f"shard-{start}")
         try:
-            records = predict(self._view, paths, category, batch_size=self._batch_size)
+            records = self._detector.predict(paths, category, batch_size=self._batch_size)
         except Exception as error:  # returned, not raised: some exceptions do not unpickle in the driver
-            records = _failed_records(paths, f"scoring failed: {error}")
+            records = [error_record(path, f"scoring failed: {error}") for path in paths]
         self._shards += 1
         self._images += len(paths)
         return start, records
-
-
-def _failed_records(paths: Sequence[str], message: str) -> list[PredictionRecord]:
-    return [
-        PredictionRecord(
-            path=path,
-            category=None,
-            route_score=None,
-            unknown=None,
-            unknown_score=None,
-            score_base=None,
-            score_struct=None,
-            score_hybrid=None,
-            threshold=None,
-            anomalous=None,
-            error=message,
-        )
-        for path in paths
-    ]
-
-
-def _model_parts(registry: Registry, name: str, version: int) -> tuple[dict[str, np.ndarray], dict[str, object]]:
-    model = registry.load_category(name, version)
-    return model.to_arrays(), model.to_metadata()
 
 
 def distributed_infer(
@@ -635,7 +561,7 @@ def distributed_infer(
     out: Path | None,
     batch_size: int = 8,
     shard_size: int = 64,
-    on_progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
     *,
     workers: int | None = None,
     threads: int = 1,
@@ -663,7 +589,7 @@ def distributed_infer(
             writes). ``None``: nothing is written.
         batch_size: images per backbone call (the same batches as the single-machine path).
         shard_size: images per task.
-        on_progress: ``on_progress(done, total)`` after each shard.
+        progress: receives ``Progress("predict", done, total)`` after each shard.
         workers: number of actors.
         threads: torch / faiss threads (and CPUs reserved) per actor. Scores are bit-identical
             to :meth:`Registry.predict` run with the same number of torch threads.
@@ -687,18 +613,14 @@ def distributed_infer(
     shards = plan_shards(len(paths), batch_size, shard_size)
     registry = Registry.open(root, read_only=True, cache_size=1)
     try:
-        if category is None:
-            routed, versions = registry.routing()  # the versions the router was built from
-            router: PrototypeRouter | None = routed
-            if not routed.categories_:
-                msg = f"the registry at {registry.root} has no categories; add one with `registry add-category`"
-                raise RegistryError(msg)
-        else:
-            router, versions = None, {category: registry.current_version(category)}
-        registry.extractor(batch_size)  # fail here when the backbone is missing
+        # Fails here when the backbone is missing or a category is unknown; pins the versions.
+        detector = registry.detector(None if category is None else [category])
+        if not len(detector):
+            msg = f"the registry at {registry.root} has no categories; add one with `registry add-category`"
+            raise RegistryError(msg)
         space = registry.feature_space
         weights_path = registry.feature_space_info()["weights_path"]
-        parts = {name: (version, _model_parts(registry, name, version)) for name, version in versions.items()}
+        stored = {name: registry.read_version(name, version) for name, version in detector.versions.items()}
         root_name = str(registry.root)
     finally:
         registry.close()
@@ -708,11 +630,14 @@ def distributed_infer(
             out.write_text("")
         return []
     with ray_session(ray_address) as ray:
-        model_refs = {name: (version, ray.put(part)) for name, (version, part) in parts.items()}
-        del parts
-        job = _InferJob(ray, paths, shards, out, on_progress, max_retries, stats)
+        shipped = {
+            name: (item.info.version, item.arrays["prototypes"], item.metadata, ray.put((item.arrays, item.metadata)))
+            for name, item in stored.items()
+        }
+        del stored
+        job = _InferJob(ray, paths, shards, out, progress, max_retries, stats)
         actor_class = ray.remote(_ShardScorer).options(num_cpus=threads, max_restarts=0, scheduling_strategy="SPREAD")
-        init_args = (ray.put(space), weights_path, ray.put(router), model_refs, root_name, batch_size, threads)
+        init_args = (ray.put(space), weights_path, shipped, root_name, batch_size, threads)
         if workers is None:
             cpus = float(ray.cluster_resources().get("CPU", 1))
             workers = max(1, int(cpus // threads))
@@ -728,7 +653,7 @@ class _InferJob:
         paths: list[str],
         shards: list[tuple[int, int]],
         out: Path | None,
-        on_progress: Callable[[int, int], None] | None,
+        progress: ProgressCallback | None,
         max_retries: int,
         stats: dict[str, Any] | None = None,
     ):
@@ -740,7 +665,7 @@ class _InferJob:
         self.paths = paths
         self.shards = shards
         self.out = out
-        self.on_progress = on_progress
+        self.progress = progress
         self.max_retries = max_retries
         self.results: list[list[PredictionRecord] | None] = [None] * len(shards)
         self.attempts = [0] * len(shards)
@@ -784,7 +709,7 @@ class _InferJob:
                     _, records = ray.get(ready[0])
                 except Exception as error:
                     if not _is_system_failure(ray, error):
-                        records = _failed_records(self.paths[start:stop], f"scoring failed: {_cause(error)}")
+                        records = [error_record(p, f"scoring failed: {_cause(error)}") for p in self.paths[start:stop]]
                     else:
                         if gen == generation[slot]:  # the first failure seen from this actor: replace it
                             with suppress(Exception):
@@ -798,12 +723,12 @@ class _InferJob:
                             submit(slot)
                             continue
                         message = f"worker lost after {self.attempts[shard]} attempts: {_cause(error)}"
-                        records = _failed_records(self.paths[start:stop], message)
+                        records = [error_record(path, message) for path in self.paths[start:stop]]
                 self.results[shard] = records
                 self.done += stop - start
                 self._flush(handle)
-                if self.on_progress is not None:
-                    self.on_progress(self.done, len(self.paths))
+                if self.progress is not None:
+                    self.progress(Progress("predict", self.done, len(self.paths)))
                 submit(slot)
         except BaseException:
             for ref in running:  # actor tasks cannot be force-cancelled; the actors are killed below

@@ -72,6 +72,10 @@ class UnknownVersionError(RegistryError, KeyError):
         return str(self.args[0])
 
 
+class BackboneLoadError(RegistryError):
+    """The registry's backbone cannot be built (missing or wrong weights file)."""
+
+
 class FeatureSpaceMismatchError(RegistryError):
     """Two feature spaces (or a backbone and a feature space) differ; the message names how."""
 
@@ -175,6 +179,7 @@ class BundleFeatureSpaceError(BundleError, FeatureSpaceMismatchError):
 
 
 __all__ = [
+    "BackboneLoadError",
     "BundleChecksumError",
     "BundleContentError",
     "BundleError",

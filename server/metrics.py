@@ -39,7 +39,7 @@ class ServeMetrics:
         )
         self.images_unknown = Counter(
             "structcore_images_unknown",
-            "Images whose route score exceeded the category's routing threshold, by category.",
+            "Images flagged unknown (unknown_score > 1: unlike every registered product), by category.",
             ["category"],
             registry=self.registry,
         )

@@ -2,15 +2,16 @@
 
 Requests put a :class:`Job` (decoded images, an optional forced category) on a queue. The worker
 takes the first job, gathers more until ``max_batch_size`` images are waiting or ``max_wait_ms``
-has passed, and scores each forced-category group with one :meth:`Registry.predict` call (routed
-requests form one group). Concurrent requests therefore share backbone batches.
+has passed, and scores each forced-category group with one :meth:`Detector.predict
+<registry.detector.Detector.predict>` call (routed requests form one group). Concurrent requests
+therefore share backbone batches.
 
-The worker also keeps the registry live: it polls SQLite's ``data_version`` (a counter that moves
+The worker holds one :class:`~registry.detector.Detector`, an immutable snapshot pinned to
+category versions, and keeps it live: it polls SQLite's ``data_version`` (a counter that moves
 whenever another connection commits) every ``poll_seconds`` and before each batch, and on a change
-reloads the catalogue and the router and warms the current category models. A predict call fixes
-the versions it uses when it starts; the worker reads the counter before and after the call, and a
-call during which the registry changed is run again, so the ``version`` attached to each record is
-the version that scored it and no request mixes two versions.
+builds a new Detector (warming its models) and swaps it in whole. A predict call uses the Detector
+it started with, so no request mixes two versions, and each record carries the ``version`` and
+``threshold`` that scored and decided it.
 """
 
 from __future__ import annotations
@@ -28,15 +29,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from registry import Registry, RegistryError, UnknownCategoryError, VersionInfo
+from registry import Detector, Registry, RegistryError, UnknownCategoryError, VersionInfo
 from registry.db import DB_FILE
 from server.metrics import ServeMetrics
 from server.settings import ServeSettings
 
 log = logging.getLogger("structcore.serve")
-
-#: Attempts at a predict call during which the registry keeps changing.
-MAX_ATTEMPTS = 3
 
 
 class ServeError(Exception):
@@ -92,6 +90,7 @@ class ScoringWorker:
         self._failure: BaseException | None = None
         self._catalogue: Catalogue | None = None
         self._registry: Registry | None = None
+        self._detector: Detector | None = None
         self._marker_connection: sqlite3.Connection | None = None
 
     # ----------------------------------------------------------------- public (any thread)
@@ -165,11 +164,7 @@ class ScoringWorker:
         self._registry = Registry.open(settings.root, read_only=True, cache_size=settings.cache_size)
         database = (settings.root / DB_FILE).resolve()
         self._marker_connection = sqlite3.connect(f"file:{database}?mode=ro", uri=True, check_same_thread=False)
-        self._refresh()
-        # load the backbone and run it once so that the first request does not pay for it
-        extractor = self._registry.extractor(settings.max_batch_size)
-        side = extractor.geometry.resize
-        extractor.embed(extractor.prepare([Image.new("RGB", (side, side))]))
+        self._refresh()  # builds the first Detector and runs its backbone once: the first request does not pay
 
     def _loop(self) -> None:
         settings = self.settings
@@ -230,7 +225,7 @@ class ScoringWorker:
             log.warning("registry reload failed: %s", error)
 
     def _refresh(self) -> None:
-        """Read the catalogue consistently (no commit between the two marker reads), warm the models."""
+        """Read the catalogue consistently (no commit between the two marker reads); on a change, swap Detectors."""
         registry = self._registry
         assert registry is not None
         for _ in range(10):
@@ -243,20 +238,16 @@ class ScoringWorker:
         changed = self._catalogue is None or {k: v.uuid for k, v in current.items()} != {
             k: v.uuid for k, v in self._catalogue.current.items()
         }
+        if changed or self._detector is None:
+            detector = registry.detector()
+            detector.warm_up()  # outside any request: the swap below is the only moment requests see
+            self._detector = detector
         self._catalogue = Catalogue(marker, categories, current)
         self.metrics.categories.set(len(current))
         if not changed:
             return
         self.metrics.reloads.inc()
         log.info("registry changed: %s", ", ".join(f"{k} v{v.version}" for k, v in sorted(current.items())) or "empty")
-        if current:
-            registry.load_router()
-        if len(current) <= self.settings.cache_size:
-            for name, info in current.items():
-                try:
-                    registry.load_category(name, info.version)
-                except RegistryError as error:
-                    log.warning("cannot load %s v%d: %s", name, info.version, error)
 
     # ----------------------------------------------------------------- scoring
     def _score(self, jobs: Sequence[Job]) -> None:
@@ -284,62 +275,41 @@ class ScoringWorker:
                 start += len(job.images)
 
     def _predict_group(self, category: str | None, group: Sequence[Job]) -> list[Scored]:
-        registry = self._registry
-        assert registry is not None
         images = [image for job in group for image in job.images]
         names = [name for job in group for name in job.names]
         overlay = any(job.overlay for job in group)
         self.metrics.batch_images.observe(len(images))
-        collected: dict[int, tuple[object, np.ndarray, np.ndarray]] = {}
+        collected: dict[int, tuple[object, np.ndarray, np.ndarray, float]] = {}
 
-        def on_image(record: object, crop: np.ndarray, anomaly_map: np.ndarray, _map_threshold: float) -> None:
-            collected[id(record)] = (record, crop, anomaly_map)
+        def on_image(record: object, crop: np.ndarray, anomaly_map: np.ndarray, map_threshold: float) -> None:
+            collected[id(record)] = (record, crop, anomaly_map, map_threshold)
 
-        for _attempt in range(MAX_ATTEMPTS):
-            collected.clear()
-            self._poll()
-            catalogue = self.catalogue
-            if category is not None and category not in catalogue.current:
-                raise ServeError(404, f"unknown category {category!r} (removed?); see GET /v1/categories")
-            if category is None and not catalogue.current:
-                raise ServeError(503, "the registry has no categories; add one with `registry add-category`")
-            try:
-                records = registry.predict(
-                    images,
-                    category,
-                    batch_size=self.settings.max_batch_size,
-                    on_image=on_image if overlay else None,
-                )
-            except UnknownCategoryError as error:
-                raise ServeError(404, str(error)) from None
-            except RegistryError as error:
-                if self._marker() != catalogue.marker:
-                    continue  # e.g. a category removed while it was being loaded: read again
-                raise ServeError(503, str(error)) from None
-            if self._marker() == catalogue.marker or self._same_versions(catalogue, category):
-                return self._results(records, names, catalogue, collected, group)
-            log.info("a category changed during a predict call; scoring the batch again")
-        raise ServeError(503, "the registry kept changing while the request was scored; try again")
-
-    def _same_versions(self, before: Catalogue, category: str | None) -> bool:
-        """After a commit during a predict call: are the versions it may have used still current?
-
-        Other writes (another category's refit for a forced-category call, a description) do not
-        make the call score again.
-        """
         self._poll()
-        after = self.catalogue
-        if category is not None:
-            old, new = before.current.get(category), after.current.get(category)
-            return old is not None and new is not None and old.uuid == new.uuid
-        return {k: v.uuid for k, v in before.current.items()} == {k: v.uuid for k, v in after.current.items()}
+        detector = self._detector  # one snapshot for the whole call: never two versions of a category
+        if detector is None:
+            raise ServeError(503, "the registry is still loading; try again shortly")
+        if category is not None and category not in detector.versions:
+            raise ServeError(404, f"unknown category {category!r} (removed?); see GET /v1/categories")
+        if category is None and not len(detector):
+            raise ServeError(503, "the registry has no categories; add one with `registry add-category`")
+        try:
+            records = detector.predict(
+                images,
+                category,
+                batch_size=self.settings.max_batch_size,
+                on_image=on_image if overlay else None,
+            )
+        except UnknownCategoryError as error:
+            raise ServeError(404, str(error)) from None
+        except RegistryError as error:
+            raise ServeError(503, str(error)) from None
+        return self._results(records, names, collected, group)
 
     def _results(
         self,
         records: Sequence[Mapping[str, Any]],
         names: Sequence[str],
-        catalogue: Catalogue,
-        collected: Mapping[int, tuple[object, np.ndarray, np.ndarray]],
+        collected: Mapping[int, tuple[object, np.ndarray, np.ndarray, float]],
         group: Sequence[Job],
     ) -> list[Scored]:
         wants = [job.overlay for job in group for _ in job.images]
@@ -347,8 +317,6 @@ class ScoringWorker:
         for record, name, want in zip(records, names, wants, strict=True):
             out = dict(record)
             out["path"] = name
-            info = catalogue.current.get(str(record["category"])) if record["category"] is not None else None
-            out["version"] = info.version if info is not None and record["error"] is None else None
             if record["error"] is None and record["category"] is not None:
                 self.metrics.images_scored.labels(category=record["category"]).inc()
                 if record["anomalous"]:
@@ -356,9 +324,8 @@ class ScoringWorker:
                 if record["unknown"]:
                     self.metrics.images_unknown.labels(category=record["category"]).inc()
             found = collected.get(id(record))
-            if want and found is not None and found[0] is record and info is not None:
-                base = info.thresholds.get("base", 0.0)
-                results.append(Scored(out, found[1], found[2], base))
+            if want and found is not None and found[0] is record:
+                results.append(Scored(out, found[1], found[2], found[3]))
             else:
                 results.append(Scored(out))
         return results

@@ -7,9 +7,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -20,6 +21,7 @@ from structcore.anomaly_map import DEFAULT_SIGMA, anomaly_maps
 from structcore.coreset import KCenterGreedy
 from structcore.features import FeatureExtractor, ImageSource
 from structcore.knn import DEFAULT_K, PatchKNN
+from structcore.progress import Progress, ProgressCallback, quiet
 from structcore.routing import (
     DEFAULT_FAR_QUANTILE,
     DEFAULT_FAR_SHARE,
@@ -53,8 +55,6 @@ DEFAULT_CALIBRATION = "mixed"
 DEFAULT_SEED = 42
 #: Images scored per anomaly-map batch during calibration (bounds the memory of the maps).
 _MAP_BATCH = 16
-
-ProgressCallback = Callable[[int, int], None]
 
 
 class UnknownRule(TypedDict):
@@ -165,7 +165,7 @@ class CategoryModel:
         patch_vectors: np.ndarray,
         grid: tuple[int, int],
         map_size: int,
-        progress: Callable[[str], None] | None = None,
+        progress: ProgressCallback | None = None,
     ) -> CategoryModel:
         """Fit from the projected patch vectors (n_images, P, D) of train-good images.
 
@@ -173,7 +173,8 @@ class CategoryModel:
             patch_vectors: (n_images, P, D) float32, P = grid[0] * grid[1].
             grid: patch grid (h, w).
             map_size: side of the anomaly maps (the crop size).
-            progress: optional callback receiving the name of each stage as it starts.
+            progress: receives ``Progress(stage)`` as each stage (``coreset``, ``prototypes``,
+                ``calibration``) starts.
         """
         started = time.perf_counter()
         if self.calibration not in CALIBRATION_MODES:
@@ -198,7 +199,10 @@ class CategoryModel:
         self.grid_ = (int(grid[0]), int(grid[1]))
         self.map_size_ = int(map_size)
         self.n_train_images_ = n_images
-        report = progress or (lambda _stage: None)
+        notify = progress or quiet
+
+        def report(stage: str) -> None:
+            notify(Progress(stage))
 
         bank_images, calibration_images = self._split(n_images)
         flat = patch_vectors.reshape(n_images * n_patches, dim)
@@ -475,18 +479,21 @@ def _finite_or_none(value: float) -> float | None:
 def embed_images(
     extractor: FeatureExtractor,
     sources: Sequence[ImageSource],
-    on_batch: ProgressCallback | None = None,
+    progress: ProgressCallback | None = None,
+    *,
+    category: str = "",
 ) -> np.ndarray:
     """Stream ``sources`` through the extractor into one (n_images, P, D) float32 array.
 
     The output is allocated once; besides it, memory holds one batch of backbone activations.
+    ``progress`` receives ``Progress("embed", done, total, category)`` after each batch.
     """
     grid = extractor.grid_shape()
     output = np.empty((len(sources), grid[0] * grid[1], extractor.dim), dtype=np.float32)
     for start, batch in extractor.iter_embeddings(sources):
         output[start : start + len(batch)] = batch
-        if on_batch is not None:
-            on_batch(start + len(batch), len(sources))
+        if progress is not None:
+            progress(Progress("embed", start + len(batch), len(sources), category))
     return output
 
 
@@ -494,17 +501,28 @@ def fit_category(
     extractor: FeatureExtractor,
     sources: Sequence[ImageSource],
     model: CategoryModel | None = None,
-    on_batch: ProgressCallback | None = None,
+    progress: ProgressCallback | None = None,
+    *,
+    category: str = "",
 ) -> CategoryModel:
-    """Embed train-good images and fit a :class:`CategoryModel` on them (``model`` gives the settings)."""
-    model = model or CategoryModel()
-    patch_vectors = embed_images(extractor, sources, on_batch)
-    return model.fit(patch_vectors, extractor.grid_shape(), extractor.geometry.crop)
+    """Embed train-good images and fit a new :class:`CategoryModel` on them: the one fit pipeline.
 
+    ``registry add-category``, the Ray tasks of ``add-categories`` and ``registry eval`` all fit
+    through here. ``model`` gives the settings and is not modified (a clone is fitted).
+    ``progress`` receives ``Progress("embed", done, total)`` per embedded batch, then
+    ``Progress("fit")`` and the stages of :meth:`CategoryModel.fit`, each with ``category``.
+    """
+    fitted = CategoryModel(**(model or CategoryModel()).get_params())  # type: ignore[arg-type]
+    notify = progress or quiet
+    notify(Progress("embed", 0, len(sources), category))
+    patch_vectors = embed_images(extractor, sources, notify, category=category)
+    notify(Progress("fit", category=category))
 
-def expected_bank_size(n_vectors: int, ratio: float) -> int:
-    """Bank size the coreset produces for ``n_vectors`` at ``ratio``."""
-    return max(1, min(n_vectors, math.ceil(n_vectors * ratio)))
+    def stage(event: Progress) -> None:
+        notify(dataclasses.replace(event, category=category))
+
+    fitted.fit(patch_vectors, extractor.grid_shape(), extractor.geometry.crop, progress=stage)
+    return fitted
 
 
 __all__ = [
@@ -513,7 +531,6 @@ __all__ = [
     "CategoryModel",
     "CategoryPrediction",
     "embed_images",
-    "expected_bank_size",
     "fit_category",
     "l2_normalize",
 ]

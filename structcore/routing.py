@@ -158,14 +158,6 @@ def leave_one_out_patch_distances(
     return out
 
 
-def leave_one_out_route_scores(
-    patch_vectors: np.ndarray, prototypes: np.ndarray, prototype_images: np.ndarray
-) -> np.ndarray:
-    """Route score (mean over patches) of each train image (n, P, D) against the prototypes not taken from it."""
-    distances = leave_one_out_patch_distances(patch_vectors, prototypes, prototype_images)
-    return np.asarray(distances.astype(np.float64).mean(axis=1))
-
-
 def route_distances(patch_vectors: np.ndarray, prototypes: np.ndarray, owners: np.ndarray, n_owners: int) -> np.ndarray:
     """Mean over patches of the min squared distance to each owner's prototypes.
 

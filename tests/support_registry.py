@@ -138,7 +138,7 @@ CHILD = textwrap.dedent(
     if args.get("remove"):
         registry.remove(args["remove"])
     for name in args.get("add", []):
-        registry.add_category(name, args["images"], small_model(), on_stage=die)
+        registry.add_category(name, args["images"], small_model(), lambda event: die(event.stage))
     registry.close()
     """
 )

@@ -134,7 +134,9 @@ ZYGOTE = textwrap.dedent(
         storage.checkpoint_hook = lambda stage: marks.setdefault(stage, time.perf_counter() - started)
         op = command["op"]
         if op == "add":
-            registry.add_category(command["name"], command["images"], small_model(), on_stage=storage.checkpoint)
+            registry.add_category(
+                command["name"], command["images"], small_model(), lambda event: storage.checkpoint(event.stage)
+            )
         elif op == "remove":
             registry.remove(command["name"], command.get("version"))
         elif op == "import":

@@ -21,8 +21,8 @@ from structcore.backbones.dinov2 import (
     DINOV2_SIZES,
     DinoV2,
     DinoVisionTransformer,
-    make_random_state_dict,
 )
+from tests.support_dinov2 import make_random_state_dict
 
 # ---------------------------------------------------------------------------------------------
 # Independent reference

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from evaluation.synthetic import make_category, write_mvtec_layout
-from structcore.backbones.dinov2 import make_random_state_dict
+from tests.support_dinov2 import make_random_state_dict
 
 runner = CliRunner()
 

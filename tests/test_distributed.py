@@ -262,7 +262,7 @@ def test_distributed_infer_equals_local(
             out,
             batch_size=4,
             shard_size=6,  # rounded up to 8: every shard starts at a multiple of the batch size
-            on_progress=lambda done, total: progress.append((done, total)),
+            progress=lambda event: progress.append((event.done, event.total)),
             stats=stats,
         )
     finally:

@@ -31,6 +31,7 @@ from registry import (
 from registry.db import alembic_config, current_revision, head_revision, make_engine
 from registry.models import Base
 from registry.storage import ArrayRecord, array_sha256
+from structcore.progress import Progress
 from tests.support_registry import SIZE, clone, db_rows, make_base, scores, small_model, tree_hashes, write_data
 
 Data = dict[str, tuple[list[Path], list[Path]]]
@@ -98,19 +99,13 @@ def test_adding_b_leaves_a_bytes_row_and_scores_unchanged(base: Path, tmp_path: 
         before_routed = scores(registry.predict(tests))
         before_w = tree_hashes(root / registry.feature_space_info()["projection_path"])
 
-        stages: list[str] = []
-        progress: list[tuple[int, int]] = []
-        info = registry.add_category(
-            "grid",
-            data["grid"][0],
-            small_model(),
-            on_batch=lambda done, total: progress.append((done, total)),
-            on_stage=stages.append,
-            batch_size=4,
-        )
+        events: list[Progress] = []
+        info = registry.add_category("grid", data["grid"][0], small_model(), events.append, batch_size=4)
         assert (info.category, info.version, info.is_current) == ("grid", 1, True)
+        stages = list(dict.fromkeys(event.stage for event in events))
         assert stages == ["embed", "fit", "coreset", "prototypes", "calibration", "write", "done"]
-        assert progress == [(4, 6), (6, 6)]
+        assert [(e.done, e.total) for e in events if e.stage == "embed"] == [(0, 6), (4, 6), (6, 6)]
+        assert {event.category for event in events} == {"grid"}
 
         assert tree_hashes(a_store) == before_files
         assert db_rows(root, "pill") == before_rows
@@ -194,17 +189,23 @@ def test_read_only_registry_refuses_writes(base: Path) -> None:
             registry.gc()
 
 
-def test_load_category_is_cached_and_bounded(base: Path, tmp_path: Path, data: Data) -> None:
+def test_detector_keeps_its_models_bounded_and_its_versions_pinned(base: Path, tmp_path: Path, data: Data) -> None:
     root = clone(base, tmp_path / "reg")
     with Registry.open(root, cache_size=1) as registry:
         registry.add_category("grid", data["grid"][0], small_model())
-        first = registry.load_category("pill")
-        assert registry.load_category("pill") is first
-        registry.load_category("grid")
-        assert registry.load_category("pill") is not first  # evicted by grid (cache of one)
-        router = registry.load_router()
-        assert router.categories_ == ["grid", "pill"]
-        assert registry.load_router() is router  # unchanged registry: same router
+        detector = registry.detector()
+        assert dict(detector.versions) == {"grid": 1, "pill": 1}
+        assert detector.router.categories_ == ["grid", "pill"]
+        first = detector.model("pill")
+        assert detector.model("pill") is first
+        detector.model("grid")
+        assert detector.model("pill") is not first  # evicted by grid (cache of one)
+        registry.add_category("grid", data["grid"][0], small_model())
+        assert dict(detector.versions) == {"grid": 1, "pill": 1}  # a snapshot: the refit is not seen
+        assert dict(registry.detector().versions) == {"grid": 2, "pill": 1}
+        assert dict(registry.detector(["pill"]).versions) == {"pill": 1}
+        with pytest.raises(UnknownCategoryError):
+            registry.detector(["nope"])
 
 
 # ------------------------------------------------------------------------- integrity

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from registry import Registry
+from structcore.progress import Progress
 from tests.support_registry import clone
 from tests.support_reliability import (
     CHILD_ENV,
@@ -141,16 +142,16 @@ def test_a_refit_during_inference_does_not_mix_versions(world: dict[str, Any], t
     with Registry.open(root) as reader, Registry.open(root) as writer:
         seeds = iter((7, 11))
 
-        def refit_after_first_batch(done: int, _total: int) -> None:
-            if done == 2:
+        def refit_after_first_batch(event: Progress) -> None:
+            if event.done == 2:
                 writer.add_category("pill", data["pill"][0], small_model(seed=next(seeds)))
 
         routed = reader.predict(images, batch_size=2)
-        assert reader.predict(images, batch_size=2, on_batch=refit_after_first_batch) == routed
+        assert reader.predict(images, batch_size=2, progress=refit_after_first_batch) == routed
         assert reader.show("pill").current_version == 2
         named = reader.predict(images, "pill", batch_size=2)  # version 2 now
         assert [r["score_hybrid"] for r in named] != [r["score_hybrid"] for r in routed if r["category"] == "pill"]
-        assert reader.predict(images, "pill", batch_size=2, on_batch=refit_after_first_batch) == named
+        assert reader.predict(images, "pill", batch_size=2, progress=refit_after_first_batch) == named
         assert reader.show("pill").current_version == 3
         after = reader.predict(images, "pill", batch_size=2)  # the next call uses version 3
         assert [r["score_hybrid"] for r in after] != [r["score_hybrid"] for r in named]

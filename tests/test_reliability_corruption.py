@@ -52,7 +52,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def _fingerprint(registry: Registry, vectors: np.ndarray) -> dict[str, Any]:
     """Everything a user of the registry can observe that matters for decisions."""
-    routed = registry.load_router().route(vectors)
+    routed = registry.detector().router.route(vectors)
     return {
         "scores": version_scores(registry, vectors),
         "thresholds": {c.name: registry.load_category(c.name).thresholds for c in registry.categories()},
