@@ -37,7 +37,7 @@ if TYPE_CHECKING:
         forgetting,
         normalize_order,
     )
-    from evaluation.runner import EvaluationResult, library_versions, print_progress, run_evaluation
+    from evaluation.runner import EvaluationResult, library_versions, run_evaluation
     from evaluation.store import CategoryStore, InMemoryStore, RegistryStore, open_registry_store
 
 #: Names served from their modules on first use (PEP 562): importing a light part of the package
@@ -53,8 +53,8 @@ _ON_FIRST_USE = {
     "LAYOUTS": "evaluation.datasets",
     "MapCache": "evaluation.protocols",
     "PROTOCOLS": "evaluation.protocols",
-    "Progress": "evaluation.protocols",
-    "ProgressCallback": "evaluation.protocols",
+    "Progress": "structcore.progress",
+    "ProgressCallback": "structcore.progress",
     "RegistryStore": "evaluation.store",
     "category_digest": "evaluation.manifest",
     "check_dataset": "evaluation.manifest",
@@ -73,7 +73,6 @@ _ON_FIRST_USE = {
     "load_visa": "evaluation.datasets",
     "normalize_order": "evaluation.protocols",
     "open_registry_store": "evaluation.store",
-    "print_progress": "evaluation.runner",
     "run_evaluation": "evaluation.runner",
 }
 
@@ -119,6 +118,5 @@ __all__ = [
     "load_visa",
     "normalize_order",
     "open_registry_store",
-    "print_progress",
     "run_evaluation",
 ]

@@ -1,10 +1,11 @@
 """``open-set`` protocol: each category in turn left out of the router, its images presented as unknown.
 
-For left-out category ``c`` the router keeps every other evaluated category (no refit: the same
-fitted prototypes and thresholds, column ``c`` dropped). An image's ``unknown_score`` is then the
-smallest unknown ratio over the kept categories (:meth:`structcore.routing.PrototypeRouter.score_all`),
-and it is flagged unknown when that exceeds 1, as ``registry infer`` does. Positives: every test
-image of ``c`` (good and defective); negatives: every test image of the kept categories.
+For left-out category ``c`` the evaluation's Detector is restricted to every other evaluated
+category (:meth:`registry.detector.Detector.restricted_to`: no refit, the same versions), and each
+test image's ``unknown_score`` and ``unknown`` are what that Detector's routing gives, the values
+``registry infer`` reports on a registry without ``c`` (collected by
+:func:`evaluation.protocols.collect`). Positives: every test image of ``c`` (good and defective);
+negatives: every test image of the kept categories.
 """
 
 from __future__ import annotations
@@ -35,12 +36,6 @@ def _rate(flags: np.ndarray) -> float:
     return float(np.mean(flags)) if flags.size else _NAN
 
 
-def _scores_without(ratios: np.ndarray, left_out: int) -> np.ndarray:
-    """Per-image unknown score among all columns but ``left_out``: the smallest kept ratio."""
-    kept = np.delete(ratios, left_out, axis=1)
-    return np.asarray(np.min(kept, axis=1), dtype=np.float64)
-
-
 def evaluate_open_set(collected: Collected) -> dict[str, Any]:
     """Unknown detection with each evaluated category left out in turn.
 
@@ -54,28 +49,29 @@ def evaluate_open_set(collected: Collected) -> dict[str, Any]:
     if len(names) < 2:
         msg = "the open-set protocol needs at least two categories (one left out, one registered)"
         raise ValueError(msg)
-    ratios: dict[str, np.ndarray] = {}
     labels: dict[str, np.ndarray] = {}
     for name in names:
         run = collected.runs[name]
-        if run.unknown is None:
+        if set(run.unknown_scores) != set(names):
             msg = f"category {name!r} was collected without unknown ratios; collect with 'open-set' among the protocols"
             raise ValueError(msg)
-        ratios[name] = run.unknown
         labels[name] = np.asarray(run.data.labels, dtype=np.int64)
     per: dict[str, dict[str, Any]] = {}
-    for c, left_out in enumerate(names):
-        positive = _scores_without(ratios[left_out], c)
+    for left_out in names:
+        runs = collected.runs
+        positive = runs[left_out].unknown_scores[left_out]
+        positive_flags = runs[left_out].unknown[left_out]
         others = [n for n in names if n != left_out]
-        negative = np.concatenate([_scores_without(ratios[n], c) for n in others])
+        negative = np.concatenate([runs[n].unknown_scores[left_out] for n in others])
+        negative_flags = np.concatenate([runs[n].unknown[left_out] for n in others])
         negative_labels = np.concatenate([labels[n] for n in others])
         truth = np.r_[np.ones(len(positive)), np.zeros(len(negative))]
         both = np.r_[positive, negative]
         per[left_out] = {
             "unknown_auroc": float(roc_auc_score(truth, both)) if len(positive) and len(negative) else _NAN,
-            "flagged_left_out": _rate(positive > 1.0),
-            "flagged_registered_good": _rate(negative[negative_labels == 0] > 1.0),
-            "flagged_registered_defective": _rate(negative[negative_labels != 0] > 1.0),
+            "flagged_left_out": _rate(positive_flags),
+            "flagged_registered_good": _rate(negative_flags[negative_labels == 0]),
+            "flagged_registered_defective": _rate(negative_flags[negative_labels != 0]),
             "n_left_out": len(positive),
             "n_registered": len(negative),
         }

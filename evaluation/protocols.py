@@ -1,23 +1,30 @@
-"""Evaluation protocols: ``separate``, ``muad`` and ``continual`` (method.md "Evaluation protocols").
+"""Evaluation protocols: ``separate``, ``muad``, ``continual`` and ``open-set`` (method.md "Evaluation protocols").
 
 All protocols share one pass over the test images (:func:`collect`): each test image is
-embedded once, its route scores against every evaluated category are kept (a few floats), and
-it is scored by every category it can be routed to under the requested protocols (its own
-category always, which also gives the ``separate`` figures). Scores are kept per image and
-category; anomaly maps go to a :class:`MapCache` (memory up to a budget, then a temporary
-file), so patch vectors (P x 512 float32, about 5 MB per image at a 49 x 49 grid) are never
-held beyond one batch.
+embedded once, and its patch vectors are scored by the store's
+:class:`~registry.detector.Detector` (:meth:`~registry.detector.Detector.score_vectors`, the
+code ``registry infer`` runs after the backbone) once per view the requested protocols need. A
+view is the Detector forced to the image's own category (``separate``), the Detector over every
+evaluated category (``muad``), or the same Detector restricted to a subset of them
+(:meth:`~registry.detector.Detector.restricted_to`: the categories seen after a ``continual``
+step, or all but the one ``open-set`` leaves out). So every score, threshold, ``anomalous``,
+``unknown`` and ``unknown_score`` in a report is the record ``registry infer`` gives for that
+image with those categories registered; nothing is recomputed here. A memo per batch makes the
+kNN search of one image against one category run once whatever the number of views. Records
+are kept per image and view; anomaly maps go to a :class:`MapCache` (memory up to a budget, then
+a temporary file), so patch vectors (P x 512 float32, about 5 MB per image at a 49 x 49 grid)
+are never held beyond one batch.
 
 * ``separate``: category known; each image scored against its own category.
 * ``muad``: every category fitted into one store; each image routed among all evaluated
   categories (category unknown) and scored by the chosen one; per-category metrics, their plain
   mean, routing accuracy and the confusion matrix.
 * ``continual``: categories added step by step in a given order; after each step every seen
-  category is evaluated with routing among the categories seen so far. Because a category's
-  route score does not depend on the other categories (prototype routing), the routing of every
-  step is an argmin over a subset of the route-score columns from the single pass; the result
-  equals re-running the test set after each step. Reports the step x category matrix, the final
-  mean and the forgetting measure FM.
+  category is evaluated with routing among the categories seen so far (a category's router
+  column does not depend on the others, so this equals re-running the test set on a registry
+  holding the seen categories). Reports the step x category matrix, the final mean and the
+  forgetting measure FM.
+* ``open-set``: see :mod:`evaluation.open_set`.
 """
 
 from __future__ import annotations
@@ -25,17 +32,19 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
 from evaluation.datasets import CategoryData, Dataset
 from evaluation.metrics import image_metrics, pixel_metrics
-from evaluation.store import CategoryStore, ModelLike, OpenSetRouterLike
+from evaluation.store import CategoryStore, Scorer
+from registry.detector import ImageScore, MapCallback, PredictionRecord
 from structcore.preprocess import Preprocessing, load_mask
+from structcore.progress import Progress, ProgressCallback, quiet
 
 __all__ = [
     "KINDS",
@@ -48,6 +57,7 @@ __all__ = [
     "ProgressCallback",
     "category_metrics",
     "collect",
+    "continual_view",
     "crossover_counts",
     "evaluate_continual",
     "evaluate_muad",
@@ -74,35 +84,6 @@ MATRIX_METRICS = (
     "routing_accuracy",
 )
 _NAN = float("nan")
-
-
-# ------------------------------------------------------------------------------------ progress
-@dataclass(frozen=True)
-class Progress:
-    """One progress report.
-
-    Attributes:
-        stage: ``"fit"`` (embedding + fitting a category), ``"reuse"`` (a fitted category is
-            reused), ``"test"`` (embedding + scoring test images), ``"metrics"`` (one category of
-            one protocol, or one continual step), ``"plots"``, ``"write"`` or ``"done"``.
-        category: category concerned (empty when none).
-        done: units done within the stage for this category (images, or categories).
-        total: units in all.
-        protocol: protocol concerned (``"metrics"`` stage), else empty.
-    """
-
-    stage: str
-    category: str = ""
-    done: int = 0
-    total: int = 0
-    protocol: str = ""
-
-
-ProgressCallback = Callable[[Progress], None]
-
-
-def _quiet(_event: Progress) -> None:
-    return None
 
 
 # ------------------------------------------------------------------------------------ map cache
@@ -216,7 +197,7 @@ def fit_missing(
     store: CategoryStore,
     dataset: Dataset,
     names: Sequence[str],
-    progress: ProgressCallback = _quiet,
+    progress: ProgressCallback = quiet,
     refit: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Fit every category of ``names`` the store does not hold yet, in order.
@@ -228,44 +209,58 @@ def fit_missing(
     for name in names:
         data = dataset.categories[name]
         if store.has(name) and not refit:
-            progress(Progress("reuse", name, len(data.train), len(data.train)))
+            progress(Progress("reuse", len(data.train), len(data.train), name))
             report[name] = {"reused": True, "seconds": 0.0, "n_train": len(data.train)}
             continue
         started = time.perf_counter()
-        progress(Progress("fit", name, 0, len(data.train)))
+        progress(Progress("fit", 0, len(data.train), name))
 
-        def on_batch(done: int, total: int, name: str = name) -> None:
-            progress(Progress("fit", name, done, total))
+        def on_fit(event: Progress, name: str = name) -> None:
+            if event.stage == "embed":  # the evaluation's "fit" stage counts the embedded train images
+                progress(Progress("fit", event.done, event.total, name))
 
-        store.add(name, list(data.train), on_batch=on_batch)
+        store.add(name, list(data.train), on_fit)
         report[name] = {"reused": False, "seconds": time.perf_counter() - started, "n_train": len(data.train)}
     return report
 
 
 # ------------------------------------------------------------------------------------ collect
+#: The view of the ``separate`` protocol (each image forced to its own category) and of ``muad``.
+SEPARATE = "separate"
+MUAD = "muad"
+
+
+def continual_view(step: int) -> str:
+    """The view of continual step ``step``: routing among the categories seen after it."""
+    return f"continual:{step}"
+
+
 @dataclass
 class CategoryRun:
     """Everything the single pass kept for one category's test images.
 
     Attributes:
         data: the category's files.
-        route: (n, C) route scores against the run's categories (``None`` without routing).
-        scores: model category -> (n, 3) base / struct / hybrid scores (``nan`` where the image
-            was not scored by that model).
-        timings: seconds spent embedding, routing and scoring.
-        unknown: (n, C) unknown ratios against the run's categories (only with ``open-set``).
+        records: view (:data:`SEPARATE`, :data:`MUAD`, :func:`continual_view`) -> one
+            :class:`~registry.detector.PredictionRecord` per test image, as ``registry infer``
+            gives it with that view's categories registered.
+        scores: ``{own category: (n, 3)}`` base / struct / hybrid scores of the separate view.
+        unknown_scores: left-out category -> (n,) ``unknown_score`` with it left out (``open-set``).
+        unknown: left-out category -> (n,) ``unknown`` flags with it left out (``open-set``).
+        timings: seconds spent embedding and scoring.
     """
 
     data: CategoryData
-    route: np.ndarray | None
+    records: dict[str, list[PredictionRecord]] = field(default_factory=dict)
     scores: dict[str, np.ndarray] = field(default_factory=dict)
-    unknown: np.ndarray | None = None
+    unknown_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    unknown: dict[str, np.ndarray] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class Collected:
-    """Result of :func:`collect`: per-category runs, maps, models' thresholds and settings, routing."""
+    """Result of :func:`collect`: per-category runs, maps, models' thresholds and settings, versions."""
 
     names: list[str]
     runs: dict[str, CategoryRun]
@@ -273,26 +268,13 @@ class Collected:
     thresholds: dict[str, dict[str, float]]
     calibration: dict[str, dict[str, np.ndarray]]
     params: dict[str, dict[str, Any]]
-    route_thresholds: np.ndarray | None
     geometry: Preprocessing
     steps: list[list[str]]
+    versions: dict[str, int] = field(default_factory=dict)
 
     def threshold_matrix(self, models: Sequence[str]) -> np.ndarray:
         """(n, 3) thresholds of the given model per image."""
         return np.asarray([[self.thresholds[m][k] for k in KINDS] for m in models], dtype=np.float64)
-
-
-def _candidates(
-    true_index: int,
-    row: np.ndarray | None,
-    masks: Sequence[np.ndarray],
-) -> set[int]:
-    found = {true_index}
-    if row is None:
-        return found
-    for allowed in masks:
-        found.add(int(np.flatnonzero(allowed)[np.argmin(row[allowed])]))
-    return found
 
 
 def collect(
@@ -301,10 +283,10 @@ def collect(
     names: Sequence[str],
     protocols: Iterable[str],
     steps: Sequence[Sequence[str]] | None = None,
-    progress: ProgressCallback = _quiet,
+    progress: ProgressCallback = quiet,
     maps: MapCache | None = None,
 ) -> Collected:
-    """Embed every test image of ``names`` once; route it and score it with every candidate category.
+    """Embed every test image of ``names`` once; score it through the store's Detector in every view needed.
 
     Args:
         dataset: the dataset (its categories must be fitted in ``store``).
@@ -321,46 +303,38 @@ def collect(
         msg = f"unknown protocols: {', '.join(sorted(unknown))}; choose from {', '.join(PROTOCOLS)}"
         raise ValueError(msg)
     names = list(names)
-    index = {name: i for i, name in enumerate(names)}
     cont_steps = [list(s) for s in (steps or [[n] for n in names])]
-    models: dict[str, ModelLike] = {name: store.load(name) for name in names}
-    routing = bool(wanted & {"muad", "continual", "open-set"})
-    columns: np.ndarray | None = None
-    route_thresholds: np.ndarray | None = None
-    router = None
-    if routing:
-        router = store.router()
-        missing = [n for n in names if n not in router.categories_]
-        if missing:
-            msg = f"the store's router lacks {', '.join(missing)}"
-            raise ValueError(msg)
-        columns = np.asarray([router.categories_.index(n) for n in names])
-        route_thresholds = np.asarray(router.thresholds_, dtype=np.float64)[columns]
-    # Allowed route targets per image category: muad = all; continual = seen set of each later step.
+    detector = store.detector(names)
+    views: dict[str, Scorer] = {}
+    if "muad" in wanted:
+        views[MUAD] = detector
     step_of = {name: t for t, step in enumerate(cont_steps) for name in step}
-    seen_masks: list[np.ndarray] = []
-    seen: set[str] = set()
-    for step in cont_steps:
-        seen |= set(step)
-        seen_masks.append(np.asarray([n in seen for n in names]))
-    all_mask = np.ones(len(names), dtype=bool)
+    if "continual" in wanted:
+        seen: list[str] = []
+        for t, step in enumerate(cont_steps):
+            seen.extend(step)
+            views[continual_view(t)] = detector.restricted_to(list(seen))
+    left_out: dict[str, Scorer] = {}
+    if "open-set" in wanted and len(names) > 1:
+        left_out = {name: detector.restricted_to([n for n in names if n != name]) for name in names}
     cache = maps if maps is not None else MapCache()
-    extractor = store.extractor()
+    extractor = detector.extractor
     runs: dict[str, CategoryRun] = {}
     for name in names:
         data = dataset.categories[name]
         n = len(data.test)
-        masks: list[np.ndarray] = []
-        if "muad" in wanted:
-            masks.append(all_mask)
-        if "continual" in wanted and name in step_of:
-            masks.extend(seen_masks[step_of[name] :])
-        run = CategoryRun(data=data, route=np.full((n, len(names)), np.nan) if routing else None)
-        if "open-set" in wanted:
-            run.unknown = np.full((n, len(names)), np.nan)
-        timings = {"embed": 0.0, "route": 0.0, "score": 0.0}
-        progress(Progress("test", name, 0, n))
+        paths = [str(path) for path in data.test]
+        own_views = {
+            view: scorer
+            for view, scorer in views.items()
+            if not view.startswith("continual:") or int(view.split(":")[1]) >= step_of.get(name, len(cont_steps))
+        }
+        run = CategoryRun(data=data, records={SEPARATE: [], **{view: [] for view in own_views}})
+        timings = {"embed": 0.0, "score": 0.0}
+        progress(Progress("test", 0, n, name))
         iterator = iter(extractor.iter_embeddings(list(data.test)))
+        flags: dict[str, list[np.ndarray]] = {c: [] for c in left_out}
+        ratios: dict[str, list[np.ndarray]] = {c: [] for c in left_out}
         while True:
             started = time.perf_counter()
             try:
@@ -368,32 +342,33 @@ def collect(
             except StopIteration:
                 break
             timings["embed"] += time.perf_counter() - started
-            batch = len(vectors)
-            rows: np.ndarray | None = None
-            if router is not None and columns is not None and run.route is not None:
-                started = time.perf_counter()
-                if run.unknown is not None:
-                    route_scores, unknown_ratios = cast(OpenSetRouterLike, router).score_all(vectors)
-                    run.unknown[start : start + batch] = np.asarray(unknown_ratios, dtype=np.float64)[:, columns]
-                else:
-                    route_scores = router.scores(vectors)
-                rows = np.asarray(route_scores, dtype=np.float64)[:, columns]
-                run.route[start : start + batch] = rows
-                timings["route"] += time.perf_counter() - started
-            per_image = [_candidates(index[name], None if rows is None else rows[j], masks) for j in range(batch)]
             started = time.perf_counter()
-            for model_index in sorted(set().union(*per_image)):
-                model_name = names[model_index]
-                picked = [j for j in range(batch) if model_index in per_image[j]]
-                prediction = models[model_name].predict(vectors[picked])
-                table = run.scores.setdefault(model_name, np.full((n, 3), np.nan))
-                for k, j in enumerate(picked):
-                    table[start + j] = [float(prediction.scores.by_kind(kind)[k]) for kind in KINDS]
-                    cache.put((name, model_name, start + j), prediction.maps[k])
+            batch = paths[start : start + len(vectors)]
+            memo: dict[tuple[str, str], ImageScore] = {}
+            keep_map = _map_keeper(cache, name, start)
+            run.records[SEPARATE] += detector.score_vectors(vectors, batch, name, on_map=keep_map, memo=memo)
+            for view, scorer in own_views.items():
+                run.records[view] += scorer.score_vectors(vectors, batch, on_map=keep_map, memo=memo)
+            for other, scorer in left_out.items():
+                routing = scorer.route(vectors)
+                ratios[other].append(routing.unknown_scores)
+                flags[other].append(routing.unknown)
             timings["score"] += time.perf_counter() - started
-            progress(Progress("test", name, start + batch, n))
+            progress(Progress("test", start + len(vectors), n, name))
+        for view, records in run.records.items():
+            failed = [r for r in records if r["error"] is not None]
+            if failed:
+                msg = f"{name}: {len(failed)} test images could not be scored ({view}): {failed[0]['error']}"
+                raise RuntimeError(msg)
+        separate = run.records[SEPARATE]
+        run.scores[name] = np.asarray(
+            [[r["score_base"], r["score_struct"], r["score_hybrid"]] for r in separate], dtype=np.float64
+        ).reshape(n, 3)
+        run.unknown_scores = {c: _joined(parts, n) for c, parts in ratios.items()}
+        run.unknown = {c: _joined(parts, n).astype(bool) for c, parts in flags.items()}
         run.timings = timings
         runs[name] = run
+    models = {name: detector.model(name) for name in names}
     return Collected(
         names=names,
         runs=runs,
@@ -403,14 +378,24 @@ def collect(
             name: {k: np.asarray(v, dtype=np.float64) for k, v in models[name].calibration_scores_.items()}
             for name in names
         },
-        params={
-            name: dict(models[name].get_params()) if hasattr(models[name], "get_params") else {}  # type: ignore[attr-defined]
-            for name in names
-        },
-        route_thresholds=route_thresholds,
+        params={name: dict(models[name].get_params()) if hasattr(models[name], "get_params") else {} for name in names},
         geometry=extractor.geometry,
         steps=cont_steps,
+        versions=dict(detector.versions),
     )
+
+
+def _map_keeper(cache: MapCache, name: str, start: int) -> MapCallback:
+    """Keeps each scored image's map under (its category, the scoring category, its test index)."""
+
+    def keep(row: int, record: PredictionRecord, anomaly_map: np.ndarray, _threshold: float) -> None:
+        cache.put((name, str(record["category"]), start + row), anomaly_map)
+
+    return keep
+
+
+def _joined(parts: list[np.ndarray], n: int) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.empty(n)
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -455,17 +440,21 @@ def load_masks(data: CategoryData, geometry: Preprocessing) -> tuple[np.ndarray,
 def category_metrics(
     collected: Collected,
     name: str,
-    routed: Sequence[str],
+    view: str,
     pixel: bool = True,
     pixel_cache: dict[tuple[Any, ...], dict[str, float]] | None = None,
     max_pixels: int | None = None,
 ) -> dict[str, Any]:
-    """All figures of one category when its test images are scored by the ``routed`` models.
+    """All figures of one category from its test images' records in ``view``.
+
+    Scores, the hybrid threshold, ``anomalous`` and ``unknown`` come from the records (the
+    Detector's decisions); the base and struct thresholds (rates of those scores alone, not
+    product decisions) from the scoring category's calibration.
 
     Args:
         collected: the single pass.
         name: the category.
-        routed: model category per test image (the category itself for ``separate``).
+        view: :data:`SEPARATE`, :data:`MUAD` or a :func:`continual_view`.
         pixel: compute pixel metrics (needs masks).
         pixel_cache: pixel metrics by ``(name, routed...)``, reused across continual steps.
         max_pixels: cap on pixels for pixel AUROC / AP / F1 (AUPRO stays exact).
@@ -478,21 +467,21 @@ def category_metrics(
         ``unknown_rate_anomalous``); cross-over counts (``fp_fixed``, ...).
     """
     run = collected.runs[name]
+    records = run.records[view]
     labels = np.asarray(run.data.labels, dtype=np.int64)
     n = len(labels)
-    scores = np.empty((n, 3))
-    for i, model in enumerate(routed):
-        scores[i] = run.scores[model][i]
-    if not np.all(np.isfinite(scores)):
-        msg = f"{name}: some images were not scored by their routed category"
-        raise RuntimeError(msg)
+    routed = [str(r["category"]) for r in records]
+    scores = np.asarray([[r["score_base"], r["score_struct"], r["score_hybrid"]] for r in records], dtype=np.float64)
+    scores = scores.reshape(n, 3)
     thresholds = collected.threshold_matrix(routed)
+    thresholds[:, 2] = [float(r["threshold"]) for r in records]  # type: ignore[arg-type]
+    anomalous = np.asarray([bool(r["anomalous"]) for r in records], dtype=bool)
     out: dict[str, Any] = {"n_test": n, "n_good": int(np.sum(labels == 0)), "n_anomalous": int(np.sum(labels == 1))}
     good = labels == 0
     for k, kind in enumerate(KINDS):
         for metric, value in image_metrics(labels, scores[:, k]).items():
             out[f"image_{metric}_{kind}"] = value
-        rejected = scores[:, k] > thresholds[:, k]
+        rejected = anomalous if kind == "hybrid" else scores[:, k] > thresholds[:, k]
         out[f"frr_{kind}"] = _rate(rejected[good])
         out[f"tpr_{kind}"] = _rate(rejected[~good])
     out.update({"pixel_auroc": _NAN, "pixel_ap": _NAN, "pixel_f1_max": _NAN, "aupro": _NAN})
@@ -508,26 +497,19 @@ def category_metrics(
             if pixel_cache is not None:
                 pixel_cache[key] = cached
         out.update(cached)
-    routed_self = np.asarray([m == name for m in routed])
-    out["routing_accuracy"] = _rate(routed_self) if run.route is not None else _NAN
-    flags = _unknown_flags(collected, name, routed)
-    routed_run = run.route is not None
-    out["unknown_rate"] = _rate(flags) if routed_run else _NAN
-    out["unknown_rate_good"] = _rate(flags[good]) if routed_run else _NAN
-    out["unknown_rate_anomalous"] = _rate(flags[~good]) if routed_run else _NAN
+    routed_view = view != SEPARATE
+    flags = np.asarray([bool(r["unknown"]) for r in records], dtype=bool)
+    out["routing_accuracy"] = _rate(np.asarray([m == name for m in routed])) if routed_view else _NAN
+    out["unknown_rate"] = _rate(flags) if routed_view else _NAN
+    out["unknown_rate_good"] = _rate(flags[good]) if routed_view else _NAN
+    out["unknown_rate_anomalous"] = _rate(flags[~good]) if routed_view else _NAN
     out.update(crossover_counts(labels, scores[:, 0], scores[:, 2], thresholds[:, 0], thresholds[:, 2]))
     return out
 
 
-def _unknown_flags(collected: Collected, name: str, routed: Sequence[str]) -> np.ndarray:
-    """Images whose route score to their routed category exceeds that category's threshold."""
-    run = collected.runs[name]
-    if run.route is None or collected.route_thresholds is None:
-        return np.zeros(len(routed), dtype=bool)
-    index = {m: i for i, m in enumerate(collected.names)}
-    cols = np.asarray([index[m] for m in routed], dtype=np.int64)
-    best = run.route[np.arange(len(routed)), cols]
-    return np.asarray(best > collected.route_thresholds[cols])
+def routed_categories(collected: Collected, name: str, view: str) -> list[str]:
+    """The category that scored each test image of ``name`` in ``view``."""
+    return [str(r["category"]) for r in collected.runs[name].records[view]]
 
 
 def mean_metrics(per_category: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -545,17 +527,9 @@ def mean_metrics(per_category: dict[str, dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def _routed(collected: Collected, name: str, allowed: np.ndarray) -> list[str]:
-    run = collected.runs[name]
-    assert run.route is not None
-    candidates = np.flatnonzero(allowed)
-    choice = candidates[np.argmin(run.route[:, allowed], axis=1)]
-    return [collected.names[i] for i in choice]
-
-
 def evaluate_separate(
     collected: Collected,
-    progress: ProgressCallback = _quiet,
+    progress: ProgressCallback = quiet,
     pixel: bool = True,
     max_pixels: int | None = None,
     pixel_cache: dict[tuple[Any, ...], dict[str, float]] | None = None,
@@ -563,19 +537,16 @@ def evaluate_separate(
     """Category known: every image scored against its own category."""
     per: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(collected.names):
-        routed = [name] * len(collected.runs[name].data.test)
         per[name] = category_metrics(
-            collected, name, routed, pixel=pixel, pixel_cache=pixel_cache, max_pixels=max_pixels
+            collected, name, SEPARATE, pixel=pixel, pixel_cache=pixel_cache, max_pixels=max_pixels
         )
-        for key in ("routing_accuracy", "unknown_rate", "unknown_rate_good", "unknown_rate_anomalous"):
-            per[name][key] = _NAN
-        progress(Progress("metrics", name, i + 1, len(collected.names), "separate"))
+        progress(Progress("metrics", i + 1, len(collected.names), name, "separate"))
     return {"per_category": per, "mean": mean_metrics(per)}
 
 
 def evaluate_muad(
     collected: Collected,
-    progress: ProgressCallback = _quiet,
+    progress: ProgressCallback = quiet,
     pixel: bool = True,
     max_pixels: int | None = None,
     pixel_cache: dict[tuple[Any, ...], dict[str, float]] | None = None,
@@ -588,21 +559,18 @@ def evaluate_muad(
         (``labels`` and ``matrix[true][routed]`` counts).
     """
     names = collected.names
-    allowed = np.ones(len(names), dtype=bool)
     per: dict[str, dict[str, Any]] = {}
     confusion = np.zeros((len(names), len(names)), dtype=np.int64)
     unknown = 0
     total = 0
     for i, name in enumerate(names):
-        routed = _routed(collected, name, allowed)
-        per[name] = category_metrics(
-            collected, name, routed, pixel=pixel, pixel_cache=pixel_cache, max_pixels=max_pixels
-        )
-        for model in routed:
-            confusion[i, names.index(model)] += 1
-        unknown += int(np.count_nonzero(_unknown_flags(collected, name, routed)))
-        total += len(routed)
-        progress(Progress("metrics", name, i + 1, len(names), "muad"))
+        per[name] = category_metrics(collected, name, MUAD, pixel=pixel, pixel_cache=pixel_cache, max_pixels=max_pixels)
+        records = collected.runs[name].records[MUAD]
+        for record in records:
+            confusion[i, names.index(str(record["category"]))] += 1
+        unknown += sum(bool(record["unknown"]) for record in records)
+        total += len(records)
+        progress(Progress("metrics", i + 1, len(names), name, "muad"))
     accuracy = float(np.trace(confusion) / confusion.sum()) if confusion.sum() else _NAN
     return {
         "per_category": per,
@@ -644,7 +612,7 @@ def forgetting(matrix: np.ndarray, added_at: Sequence[int]) -> float:
 
 def evaluate_continual(
     collected: Collected,
-    progress: ProgressCallback = _quiet,
+    progress: ProgressCallback = quiet,
     pixel: bool = True,
     max_pixels: int | None = None,
     pixel_cache: dict[tuple[Any, ...], dict[str, float]] | None = None,
@@ -667,12 +635,12 @@ def evaluate_continual(
     seen: list[str] = []
     for t, step in enumerate(steps):
         seen.extend(step)
-        allowed = np.asarray([n in seen for n in collected.names])
         per: dict[str, dict[str, Any]] = {}
         correct = total = 0
         for name in seen:
-            routed = _routed(collected, name, allowed)
-            per[name] = category_metrics(collected, name, routed, pixel=pixel, pixel_cache=cache, max_pixels=max_pixels)
+            view = continual_view(t)
+            routed = routed_categories(collected, name, view)
+            per[name] = category_metrics(collected, name, view, pixel=pixel, pixel_cache=cache, max_pixels=max_pixels)
             correct += sum(m == name for m in routed)
             total += len(routed)
             j = order.index(name)
@@ -689,7 +657,7 @@ def evaluate_continual(
                 "routing_accuracy": correct / total if total else _NAN,
             }
         )
-        progress(Progress("metrics", ",".join(step), t + 1, len(steps), "continual"))
+        progress(Progress("metrics", t + 1, len(steps), ",".join(step), "continual"))
     final = results[-1]
     return {
         "order": [list(s) for s in steps],

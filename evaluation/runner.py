@@ -9,7 +9,7 @@ import importlib.metadata
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +33,7 @@ from evaluation.protocols import (
 )
 from evaluation.report import jsonable, markdown_report, write_csv, write_json, write_markdown
 from evaluation.store import CategoryStore, InMemoryStore, open_registry_store
-from structcore.backbones import create_backbone
+from registry.detector import load_backbone
 from structcore.features import build_extractor, new_feature_space
 from structcore.model import CategoryModel
 
@@ -144,7 +144,7 @@ def _steps(
 def _default_store(
     backbone: str, resize: int, crop: int, model: CategoryModel | None, batch_size: int
 ) -> InMemoryStore:
-    bb = create_backbone(backbone)
+    bb = load_backbone(backbone, None)
     space = new_feature_space(bb, resize=resize, crop=crop)
     params = (model or CategoryModel()).get_params()
     return InMemoryStore(
@@ -370,19 +370,3 @@ def run_evaluation(
     return EvaluationResult(results=results, out=out_dir, files=files)
 
 
-def print_progress(stream: Any = sys.stderr) -> Callable[[Progress], None]:
-    """A simple progress callback printing one line per category stage (for scripts)."""
-    last: dict[str, Any] = {}
-
-    def show(event: Progress) -> None:
-        key = (event.stage, event.category, event.protocol)
-        if event.stage in {"fit", "test"} and event.done not in {0, event.total}:
-            return
-        if last.get("key") == key and event.done == last.get("done"):
-            return
-        last.update(key=key, done=event.done)
-        what = f" {event.protocol}" if event.protocol else ""
-        count = f" {event.done}/{event.total}" if event.total else ""
-        print(f"[{event.stage}{what}] {event.category}{count}", file=stream, flush=True)
-
-    return show

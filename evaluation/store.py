@@ -1,40 +1,39 @@
 """Where the evaluated categories live: a small "category store" interface and two implementations.
 
-The protocols (:mod:`evaluation.protocols`) need only five things from a store: whether it
-already holds a category (then it is not refitted), fitting one from train-good paths, the
-fitted model of a category, a router over its categories, and a feature extractor.
+The protocols (:mod:`evaluation.protocols`) need three things from a store: whether it already
+holds a category (then it is not refitted), fitting one from train-good paths, and a
+:class:`~registry.detector.Detector` over the evaluated categories: the same object that scores
+``registry infer``'s images, so every score, threshold and decision in a report is the product's.
 :class:`RegistryStore` adapts the persistent :class:`registry.Registry`; :class:`InMemoryStore`
 keeps fitted :class:`~structcore.model.CategoryModel` objects in memory (fast tests, or runs
-that should leave nothing on disk) and works with any extractor, including fake ones.
+that should leave nothing on disk). Both fit through :func:`structcore.model.fit_category`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from registry import Registry
+from registry.detector import Detector, MapCallback, PinnedCategory, PredictionRecord, Routing, ScoreMemo
 from registry.records import DB_FILE
-from structcore.model import CategoryModel, CategoryPrediction
+from structcore.features import FeatureExtractor
+from structcore.model import CategoryModel, CategoryPrediction, fit_category
 from structcore.preprocess import Preprocessing
-from structcore.routing import PrototypeRouter
+from structcore.progress import ProgressCallback
 
 __all__ = [
-    "BatchProgress",
     "CategoryStore",
     "Embedder",
     "InMemoryStore",
     "ModelLike",
     "RegistryStore",
-    "RouterLike",
+    "Scorer",
     "open_registry_store",
 ]
-
-#: ``on_batch(done, total)`` after each embedded batch.
-BatchProgress = Callable[[int, int], None]
 
 
 @runtime_checkable
@@ -53,7 +52,7 @@ class Embedder(Protocol):
 
 
 class ModelLike(Protocol):
-    """What the protocols need of a fitted category (:class:`CategoryModel` fits)."""
+    """What the reports read of a fitted category (:class:`CategoryModel` fits): thresholds, calibration."""
 
     calibration_scores_: dict[str, np.ndarray]
 
@@ -67,28 +66,41 @@ class ModelLike(Protocol):
         ...
 
 
-class RouterLike(Protocol):
-    """What the protocols need of a router (:class:`structcore.routing.PrototypeRouter` fits).
+class Scorer(Protocol):
+    """What the protocols use of a :class:`~registry.detector.Detector` (which is one)."""
 
-    ``scores`` returns one column per entry of ``categories_``, lower = closer; a category's
-    column must not depend on which other categories the router holds (true of prototype
-    routing: adding a category never changes another's prototypes). The continual protocol
-    relies on this to evaluate every step from one pass over the test images.
-    """
-
-    categories_: list[str]
-    thresholds_: list[float]
-
-    def scores(self, patch_vectors: np.ndarray) -> np.ndarray:
-        """Route scores (B, C) of patch vectors (B, P, D)."""
+    @property
+    def versions(self) -> Mapping[str, int]:
+        """The pinned version of each category."""
         ...
 
+    @property
+    def extractor(self) -> Any:
+        """The feature extractor (an :class:`Embedder`)."""
+        ...
 
-class OpenSetRouterLike(RouterLike, Protocol):
-    """A router the ``open-set`` protocol can use: it also gives per-category unknown ratios."""
+    def model(self, name: str) -> Any:
+        """The fitted model of ``name`` (a :class:`ModelLike`)."""
+        ...
 
-    def score_all(self, patch_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Route scores (B, C) and unknown ratios (B, C; ``> 1`` = unlike that category)."""
+    def restricted_to(self, names: Sequence[str]) -> Scorer:
+        """The same versions, routing among ``names`` only."""
+        ...
+
+    def route(self, patch_vectors: np.ndarray, category: str | None = None) -> Routing:
+        """Chosen category, route score and unknown score per image."""
+        ...
+
+    def score_vectors(
+        self,
+        patch_vectors: np.ndarray,
+        names: Sequence[str],
+        category: str | None = None,
+        *,
+        on_map: MapCallback | None = None,
+        memo: ScoreMemo | None = None,
+    ) -> list[PredictionRecord]:
+        """The records ``registry infer`` gives for these embedded images."""
         ...
 
 
@@ -100,20 +112,12 @@ class CategoryStore(Protocol):
         """Whether ``name`` is already fitted (then the protocols reuse it)."""
         ...
 
-    def add(self, name: str, train_paths: Sequence[Path], on_batch: BatchProgress | None = None) -> None:
+    def add(self, name: str, train_paths: Sequence[Path], progress: ProgressCallback | None = None) -> None:
         """Embed ``train_paths`` and fit ``name``."""
         ...
 
-    def load(self, name: str) -> ModelLike:
-        """The fitted model of ``name``."""
-        ...
-
-    def router(self) -> RouterLike:
-        """A router over every category of the store."""
-        ...
-
-    def extractor(self) -> Embedder:
-        """The feature extractor of the store's feature space."""
+    def detector(self, names: Sequence[str]) -> Scorer:
+        """A Detector over ``names`` (their current versions, routing among them)."""
         ...
 
     def describe(self) -> dict[str, Any]:
@@ -121,38 +125,26 @@ class CategoryStore(Protocol):
         ...
 
 
-def _embed(extractor: Embedder, sources: Sequence[Any], on_batch: BatchProgress | None) -> np.ndarray:
-    parts: list[np.ndarray] = []
-    done = 0
-    for _start, batch in extractor.iter_embeddings(sources):
-        parts.append(np.asarray(batch, dtype=np.float32))
-        done += len(batch)
-        if on_batch is not None:
-            on_batch(done, len(sources))
-    return np.concatenate(parts) if parts else np.empty((0, 0, 0), dtype=np.float32)
-
-
 class InMemoryStore:
     """Categories fitted and kept in memory.
 
     Args:
-        extractor: the feature extractor (a real :class:`~structcore.features.FeatureExtractor`
-            or any object with ``geometry``, ``grid_shape()`` and ``iter_embeddings()``).
-        model_factory: makes an unfitted model per category (default :class:`CategoryModel`);
-            its result must have ``fit(patch_vectors, grid, map_size)``, ``prototypes_`` and
-            ``route_threshold_`` (a :class:`CategoryModel`).
+        extractor: the feature extractor.
+        model_factory: makes an unfitted model giving the settings per category (default
+            :class:`CategoryModel`).
         description: extra JSON-compatible facts for :meth:`describe`.
     """
 
     def __init__(
         self,
-        extractor: Embedder,
+        extractor: FeatureExtractor,
         model_factory: Callable[[], CategoryModel] = CategoryModel,
         description: dict[str, Any] | None = None,
     ):
         self._extractor = extractor
         self._factory = model_factory
         self._models: dict[str, CategoryModel] = {}
+        self._versions: dict[str, int] = {}
         self._description = dict(description or {})
 
     def has(self, name: str) -> bool:
@@ -160,15 +152,13 @@ class InMemoryStore:
         return name in self._models
 
     def put(self, name: str, model: CategoryModel) -> None:
-        """Store an already fitted model under ``name``."""
+        """Store an already fitted model under ``name`` (its next version)."""
         self._models[name] = model
+        self._versions[name] = self._versions.get(name, 0) + 1
 
-    def add(self, name: str, train_paths: Sequence[Path], on_batch: BatchProgress | None = None) -> None:
+    def add(self, name: str, train_paths: Sequence[Path], progress: ProgressCallback | None = None) -> None:
         """Embed ``train_paths`` and fit a new model for ``name`` (replacing an older one)."""
-        vectors = _embed(self._extractor, list(train_paths), on_batch)
-        model = self._factory()
-        model.fit(vectors, self._extractor.grid_shape(), self._extractor.geometry.crop)
-        self._models[name] = model
+        self.put(name, fit_category(self._extractor, list(train_paths), self._factory(), progress, category=name))
 
     def load(self, name: str) -> CategoryModel:
         """The fitted model of ``name``."""
@@ -182,16 +172,11 @@ class InMemoryStore:
         """Stored category names, in insertion order."""
         return list(self._models)
 
-    def router(self) -> PrototypeRouter:
-        """A :class:`PrototypeRouter` over all stored categories."""
-        router = PrototypeRouter()
-        for name, model in self._models.items():
-            router.add(name, model.prototypes_, model.route_threshold_, **model.unknown_rule())
-        return router
-
-    def extractor(self) -> Embedder:
-        """The extractor given at construction."""
-        return self._extractor
+    def detector(self, names: Sequence[str] | None = None) -> Detector:
+        """A :class:`Detector` over ``names`` (all stored categories by default), in that order."""
+        chosen = list(self._models) if names is None else list(names)
+        pinned = [PinnedCategory.of_model(name, self._versions[name], self.load(name)) for name in chosen]
+        return Detector(self._extractor, pinned)
 
     def describe(self) -> dict[str, Any]:
         """Kind, geometry and grid of the store."""
@@ -215,42 +200,29 @@ class RegistryStore:
         batch_size: images per backbone call.
     """
 
-    def __init__(self, registry: Any, model: CategoryModel | None = None, batch_size: int = 8):
+    def __init__(self, registry: Registry, model: CategoryModel | None = None, batch_size: int = 8):
         self.registry = registry
         self.model = model
         self.batch_size = batch_size
-        self._extractor: Embedder | None = None
 
     def has(self, name: str) -> bool:
         """Whether the registry holds ``name`` (its current version is reused)."""
         return name in self.registry.names()
 
-    def add(self, name: str, train_paths: Sequence[Path], on_batch: BatchProgress | None = None) -> None:
+    def add(self, name: str, train_paths: Sequence[Path], progress: ProgressCallback | None = None) -> None:
         """Fit ``name`` into the registry (a new version when it exists)."""
         self.registry.add_category(
             name,
             [str(path) for path in train_paths],
             model=self.model,
-            on_batch=on_batch,
+            progress=progress,
             batch_size=self.batch_size,
             description="fitted by registry eval",
         )
 
-    def load(self, name: str) -> CategoryModel:
-        """The current version of ``name``."""
-        model: CategoryModel = self.registry.load_category(name)
-        return model
-
-    def router(self) -> PrototypeRouter:
-        """The registry's router over the current version of every category."""
-        router: PrototypeRouter = self.registry.load_router()
-        return router
-
-    def extractor(self) -> Embedder:
-        """The registry's feature extractor (built once)."""
-        if self._extractor is None:
-            self._extractor = self.registry.extractor(self.batch_size)
-        return self._extractor
+    def detector(self, names: Sequence[str] | None = None) -> Detector:
+        """The registry's :meth:`~registry.Registry.detector` over ``names`` (all categories by default)."""
+        return self.registry.detector(names, batch_size=self.batch_size)
 
     def describe(self) -> dict[str, Any]:
         """Root and feature space of the registry."""

@@ -794,7 +794,7 @@ class Registry:
         """The number of the current version of ``name``."""
         return self.version_info(name).version
 
-    def detector(self, categories: Iterable[str] | None = None) -> Detector:
+    def detector(self, categories: Iterable[str] | None = None, *, batch_size: int = 8) -> Detector:
         """A :class:`~registry.detector.Detector` pinned to the current version of every category (or ``categories``).
 
         The versions are read in one transaction, so the Detector routes and scores with one
@@ -804,6 +804,8 @@ class Registry:
         Raises:
             UnknownCategoryError: a name in ``categories`` is not in the registry.
             BackboneLoadError, FeatureSpaceMismatchError: the backbone cannot be built.
+
+        ``batch_size`` is the batch of the extractor's ``iter_embeddings`` (``predict`` takes its own).
         """
         from registry.detector import Detector
 
@@ -816,7 +818,7 @@ class Registry:
                     raise UnknownCategoryError(name, list(by_name))
             infos = [by_name[name] for name in wanted]
         pinned = [self._pinned(info) for info in infos]
-        return Detector(self.extractor(), pinned, source=self._root, cache_size=self._cache_size)
+        return Detector(self.extractor(batch_size), pinned, source=self._root, cache_size=self._cache_size)
 
     def _pinned(self, info: VersionInfo) -> PinnedCategory:
         from registry.detector import PinnedCategory

@@ -3,7 +3,10 @@
 Each fake test image carries its own values in its "patch vectors": column 0 of patch 0 is its
 anomaly score, columns 1.. are its route scores against the categories (in the store's global
 category order). A fake model adds its bias to the score, so being routed to the wrong
-category changes the score in a known way, and every figure has a hand-computed answer.
+category changes the score in a known way, and every figure has a hand-computed answer. The
+fake detector routes by those columns (unknown score: the smallest route score / 0.5); that the
+real protocols take every decision from the real Detector is tested in
+``tests/evaluation/test_eval_matches_infer.py``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from evaluation import (
 )
 from evaluation.metrics import forgetting_measure
 from evaluation.protocols import crossover_counts, fit_missing, mean_metrics
+from registry.detector import MapCallback, PredictionRecord, Routing
 from structcore.model import CategoryPrediction
 from structcore.preprocess import Preprocessing
 from structcore.scoring import ImageScores
@@ -72,14 +76,59 @@ class FakeModel:
         return CategoryPrediction(maps=maps, scores=ImageScores(base=score, struct=score, hybrid=score))
 
 
-class FakeRouter:
-    def __init__(self, names: list[str], thresholds: list[float]):
-        self.categories_ = names
-        self.thresholds_ = thresholds
+class FakeDetector:
+    def __init__(self, models: dict[str, FakeModel], names: Sequence[str], extractor: FakeExtractor):
+        self.models = models
+        self.names = list(names)
+        self.extractor = extractor
+        self.versions = dict.fromkeys(self.names, 1)
 
-    def scores(self, patch_vectors: np.ndarray) -> np.ndarray:
-        columns = [1 + ALL.index(n) for n in self.categories_]
-        return patch_vectors[:, 0, columns].astype(np.float64)
+    def model(self, name: str) -> FakeModel:
+        return self.models[name]
+
+    def restricted_to(self, names: Sequence[str]) -> FakeDetector:
+        return FakeDetector(self.models, names, self.extractor)
+
+    def route(self, patch_vectors: np.ndarray, category: str | None = None) -> Routing:
+        names = self.names if category is None else [category]
+        routes = patch_vectors[:, 0, [1 + ALL.index(n) for n in names]].astype(np.float64)
+        best = routes.argmin(axis=1)
+        return Routing([names[i] for i in best], routes[np.arange(len(best)), best], routes.min(axis=1) / 0.5)
+
+    def score_vectors(
+        self,
+        patch_vectors: np.ndarray,
+        names: Sequence[str],
+        category: str | None = None,
+        *,
+        on_map: MapCallback | None = None,
+        memo: Any = None,
+    ) -> list[PredictionRecord]:
+        routing = self.route(patch_vectors, category)
+        records = []
+        for j, chosen in enumerate(routing.categories):
+            model = self.models[chosen]
+            prediction = model.predict(patch_vectors[j : j + 1])
+            score = float(prediction.scores.hybrid[0])
+            threshold = model.thresholds["hybrid"]
+            record = PredictionRecord(
+                path=names[j],
+                category=chosen,
+                version=1,
+                route_score=float(routing.route_scores[j]),
+                unknown=bool(routing.unknown[j]),
+                unknown_score=float(routing.unknown_scores[j]),
+                score_base=score,
+                score_struct=score,
+                score_hybrid=score,
+                threshold=threshold,
+                anomalous=score > threshold,
+                error=None,
+            )
+            if on_map is not None:
+                on_map(j, record, prediction.maps[0], threshold)
+            records.append(record)
+        return records
 
 
 class FakeStore:
@@ -92,21 +141,14 @@ class FakeStore:
     def has(self, name: str) -> bool:
         return name in self.models
 
-    def add(self, name: str, train_paths: Sequence[Path], on_batch: Any = None) -> None:
+    def add(self, name: str, train_paths: Sequence[Path], progress: Any = None) -> None:
         self.fitted.append(name)
-        if on_batch is not None:
-            on_batch(len(train_paths), len(train_paths))
+        if progress is not None:
+            progress(Progress("embed", len(train_paths), len(train_paths), name))
         self.models[name] = FakeModel(self.biases[name])
 
-    def load(self, name: str) -> FakeModel:
-        return self.models[name]
-
-    def router(self) -> FakeRouter:
-        names = list(self.models)
-        return FakeRouter(names, [0.5] * len(names))
-
-    def extractor(self) -> FakeExtractor:
-        return self._extractor
+    def detector(self, names: Sequence[str]) -> FakeDetector:
+        return FakeDetector(self.models, names, self._extractor)
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "fake"}
@@ -199,7 +241,7 @@ def test_muad_routing_and_confusion(setup: tuple[Dataset, FakeStore]) -> None:
     assert routing["mean_accuracy"] == pytest.approx((0.75 + 1 + 1) / 3)
     assert muad["per_category"]["A"]["image_auroc_hybrid"] == pytest.approx(0.5)
     assert muad["per_category"]["C"]["image_auroc_hybrid"] == pytest.approx(1.0)
-    # route score 0.9 of C's images against... their own 0.2 <= 0.5 threshold: none unknown.
+    # every image's smallest route score is at most 0.2: unknown score <= 0.4, none unknown.
     assert routing["unknown_rate"] == 0.0
     separate = evaluate_separate(collected)
     assert separate["per_category"]["A"]["image_auroc_hybrid"] == pytest.approx(1.0)
