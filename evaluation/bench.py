@@ -439,7 +439,9 @@ class _Context:
         """A category model at ``ratio`` with the coreset ``method`` forced; stage times into ``timings``."""
         marks: list[tuple[str, float]] = []
         model = CategoryModel(coreset_ratio=ratio, seed=self.seed, coreset_method=method)
-        model.fit(self.train, self.grid, self.crop, progress=lambda stage: marks.append((stage, time.perf_counter())))
+        model.fit(
+            self.train, self.grid, self.crop, progress=lambda event: marks.append((event.stage, time.perf_counter()))
+        )
         end = time.perf_counter()
         if timings is not None:
             stages = {name: (marks[i + 1][1] if i + 1 < len(marks) else end) - at for i, (name, at) in enumerate(marks)}
@@ -1090,7 +1092,9 @@ def _fit_child(spec: dict[str, Any]) -> dict[str, Any]:
             sources,
             model=model,
             batch_size=int(spec["batch_size"]),
-            on_stage=lambda stage: marks.append((stage, time.perf_counter())),
+            progress=lambda event: (
+                None if marks[-1][0] == event.stage else marks.append((event.stage, time.perf_counter()))
+            ),
         )
         peak = peak_rss_mb() or 0.0
         stages = {name: marks[i + 1][1] - at for i, (name, at) in enumerate(marks[:-1])}

@@ -368,5 +368,3 @@ def run_evaluation(
             (out_dir / ".maps").rmdir()
     report(Progress("done"))
     return EvaluationResult(results=results, out=out_dir, files=files)
-
-

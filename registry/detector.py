@@ -472,9 +472,9 @@ class Detector:
                 scored = self.score_vectors(vectors, [names[i] for i in positions], category, on_map=on_map)
                 for i, record in zip(positions, scored, strict=True):
                     batch_records[i] = record
-            for record in batch_records:
-                assert record is not None
-                records.append(record)
+            for done in batch_records:
+                assert done is not None
+                records.append(done)
             if progress is not None:
                 progress(Progress("predict", min(start + batch_size, total), total))
         return records
