@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ __all__ = [
     "evaluate_separate",
     "fit_missing",
     "forgetting",
+    "image_records",
     "mean_metrics",
     "normalize_order",
 ]
@@ -383,6 +384,30 @@ def collect(
         steps=cont_steps,
         versions=dict(detector.versions),
     )
+
+
+def image_records(collected: Collected) -> Iterator[dict[str, Any]]:
+    """Every test image's record in every view, as ``records.jsonl`` holds them (``view`` first).
+
+    Views: ``separate``, ``muad``, ``continual:<step>`` (full :class:`~registry.detector.PredictionRecord`
+    fields: what ``registry infer`` reports with that view's categories registered) and
+    ``open-set:<left-out category>`` (``path``, ``unknown_score`` and ``unknown`` with that category
+    left out of the registry).
+    """
+    for name in collected.names:
+        run = collected.runs[name]
+        for view, records in run.records.items():
+            for record in records:
+                yield {"view": view, "true_category": name, **record}
+        for left_out, scores in run.unknown_scores.items():
+            for path, score, flag in zip(run.data.test, scores, run.unknown[left_out], strict=True):
+                yield {
+                    "view": f"open-set:{left_out}",
+                    "true_category": name,
+                    "path": str(path),
+                    "unknown_score": float(score),
+                    "unknown": bool(flag),
+                }
 
 
 def _map_keeper(cache: MapCache, name: str, start: int) -> MapCallback:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ __all__ = [
     "write_csv",
     "write_json",
     "write_markdown",
+    "write_records",
 ]
 
 #: Metric columns of ``per_category.csv`` (after ``protocol``, ``step``, ``category``).
@@ -68,6 +69,14 @@ def jsonable(value: Any) -> Any:
 def write_json(path: Path, results: Mapping[str, Any]) -> Path:
     """Write ``results`` as strict JSON (no NaN)."""
     path.write_text(json.dumps(jsonable(results), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def write_records(path: Path, records: Iterable[Mapping[str, Any]]) -> Path:
+    """Write one JSON object per line (``records.jsonl``: every test image's record per view)."""
+    with path.open("w") as handle:
+        for record in records:
+            handle.write(json.dumps(jsonable(dict(record)), allow_nan=False) + "\n")
     return path
 
 

@@ -29,9 +29,10 @@ from evaluation.protocols import (
     evaluate_muad,
     evaluate_separate,
     fit_missing,
+    image_records,
     normalize_order,
 )
-from evaluation.report import jsonable, markdown_report, write_csv, write_json, write_markdown
+from evaluation.report import jsonable, markdown_report, write_csv, write_json, write_markdown, write_records
 from evaluation.store import CategoryStore, InMemoryStore, open_registry_store
 from registry.detector import load_backbone
 from structcore.features import build_extractor, new_feature_space
@@ -358,6 +359,7 @@ def run_evaluation(
             report(Progress("write"))
             results["timings"]["total_s"] = time.perf_counter() - started
             files.append(write_csv(out_dir / "per_category.csv", results))
+            files.append(write_records(out_dir / "records.jsonl", image_records(collected)))
             files.append(write_markdown(out_dir / "report.md", results))
             files.append(write_json(out_dir / "results.json", results))
         else:
