@@ -142,3 +142,80 @@ def test_the_checker_sees_a_planted_upward_import() -> None:
     known = {"structcore.knn", "cli.main"}
     everywhere, top = _imports(ast.parse("def f():\n    from cli.main import app\n"), "structcore.knn", known)
     assert everywhere == {"cli.main"} and top == set()
+
+
+# ------------------------------------------------------------------ cli/ and server/ score through a Detector
+#: The model code: fitted banks, routing, kNN, maps, scoring, feature extraction.
+MODEL_MODULES = (
+    "structcore.model",
+    "structcore.routing",
+    "structcore.knn",
+    "structcore.coreset",
+    "structcore.anomaly_map",
+    "structcore.scoring",
+    "structcore.features",
+)
+#: What cli/ and server/ may import from the model modules: setting choices (UPPER_CASE constants)
+#: and ``CategoryModel`` as the holder of fit settings handed to ``Registry.add_category``.
+ALLOWED_MODEL_NAMES = frozenset({"CategoryModel"})
+#: Registry methods that hand out model parts; cli/ and server/ call none (they use a Detector).
+MODEL_ACCESSORS = frozenset({"load_category", "load_router", "routing", "extractor", "read_version"})
+
+
+def detector_only_violations(source: str, module: str) -> list[str]:
+    """Where ``source`` (a module of cli/ or server/) reaches models other than through a Detector.
+
+    The rule: it imports from :data:`MODEL_MODULES` only UPPER_CASE constants and
+    :data:`ALLOWED_MODEL_NAMES` (never a module object, never ``registry.inference``), and it calls
+    none of :data:`MODEL_ACCESSORS`. Scoring goes through ``Registry.detector()`` / ``Detector.predict``.
+    """
+    found: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module is not None:
+            if node.module == "registry.inference" or node.module.startswith(MODEL_MODULES):
+                bad = [a.name for a in node.names if not (a.name.isupper() or a.name in ALLOWED_MODEL_NAMES)]
+                found += [f"{module}:{node.lineno} imports {name} from {node.module}" for name in bad]
+            elif node.module == "structcore" and any(f"structcore.{a.name}" in MODEL_MODULES for a in node.names):
+                found.append(f"{module}:{node.lineno} imports a model module from structcore")
+        elif isinstance(node, ast.Import):
+            found += [
+                f"{module}:{node.lineno} imports {a.name}"
+                for a in node.names
+                if a.name.startswith(MODEL_MODULES) or a.name == "registry.inference"
+            ]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in MODEL_ACCESSORS:
+            found.append(f"{module}:{node.lineno} calls .{node.func.attr}()")
+    return found
+
+
+def test_cli_and_server_reach_models_only_through_a_detector() -> None:
+    violations = [
+        violation
+        for package in ("cli", "server")
+        for path in sorted((REPO / package).rglob("*.py"))
+        for violation in detector_only_violations(path.read_text(), _module_name(path))
+    ]
+    assert violations == []
+
+
+def test_the_detector_rule_sees_planted_violations() -> None:
+    planted = (
+        "from structcore.model import CALIBRATION_MODES, CategoryModel\n"  # allowed: settings
+        "from structcore.routing import PrototypeRouter\n"
+        "import structcore.knn\n"
+        "def f(registry):\n"
+        "    from registry.inference import predict\n"
+        "    return registry.load_category('bottle'), registry.detector().predict([])\n"
+    )
+    assert detector_only_violations(planted, "cli.planted") == [
+        "cli.planted:2 imports PrototypeRouter from structcore.routing",
+        "cli.planted:3 imports structcore.knn",
+        "cli.planted:5 imports predict from registry.inference",
+        "cli.planted:6 calls .load_category()",
+    ]
+
+
+def test_bundle_and_detector_do_not_know_the_registry(graph: dict[str, tuple[set[str], set[str]]]) -> None:
+    """No import at all (type-only included) from the bundle or the Detector back to ``registry.core``."""
+    assert "registry.core" not in graph["registry.bundle"][0]
+    assert "registry.core" not in graph["registry.detector"][0]
