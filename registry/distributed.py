@@ -11,9 +11,10 @@ Two entry points, both also usable without a cluster:
   ``max_retries`` times) and reported. With ``ray_address=None`` the same code runs the
   categories one after another in this process.
 * :func:`distributed_infer` scores a long list of image paths with a pool of Ray actors. Each
-  actor receives the feature space, the router and object references to the category models
-  once, and fetches a model the first time it routes an image to it, so a bank crosses the
-  network at most once per worker. Images travel as paths (in shards). Shards start at
+  actor receives the feature space and, per pinned category version, its prototypes, metadata
+  and an object reference to its arrays once; it builds one :class:`~registry.detector.Detector`
+  from them and fetches a category's arrays the first time it routes an image to it, so a bank
+  crosses the network at most once per worker. Images travel as paths (in shards). Shards start at
   multiples of ``batch_size``, so the backbone sees the same batches as in
   :meth:`Registry.predict`, and the scores are bit-identical when the worker and the local
   process use the same number of torch threads (see ``docs/distributed.md``). Records are
