@@ -294,7 +294,7 @@ class Detector:
             self._extractor,
             [dataclasses.replace(self._pinned[name], load=self._loader(name)) for name in names],
             source=self._source,
-            cache_size=None,
+            cache_size=self._cache_size,
             shortlist=self._shortlist,
         )
         return subset
