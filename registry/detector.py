@@ -504,17 +504,20 @@ def _name(source: object, index: int) -> str:
 
 
 # ------------------------------------------------------------------------- extractors
-_BACKBONES: dict[tuple[str, str | None], Backbone] = {}
+_BACKBONES: dict[tuple[object, ...], Backbone] = {}
 _BACKBONES_LOCK = threading.Lock()
 
 
 def load_backbone(name: str, weights: str | Path | None) -> Backbone:
-    """The backbone ``name`` with ``weights``, built once per process.
+    """The backbone ``name`` with ``weights``, built once per process (again when the weights file changes).
 
     Raises:
         BackboneLoadError: it cannot be built (missing or wrong weights file).
     """
-    key = (name, None if weights is None else str(weights))
+    key: tuple[object, ...] = (name, None if weights is None else str(weights))
+    if weights is not None and Path(weights).is_file():
+        stat = Path(weights).stat()
+        key = (*key, stat.st_size, stat.st_mtime_ns)
     with _BACKBONES_LOCK:
         backbone = _BACKBONES.get(key)
         if backbone is None:
