@@ -78,7 +78,14 @@ from registry.records import (
 )
 from registry.storage import STORES_DIR, TMP_DIR, ArrayRecord, array_sha256, checkpoint, registry_lock
 from structcore.feature_space import FeatureSpace
-from structcore.preprocess import DEFAULT_CROP, DEFAULT_RESIZE
+from structcore.settings import (
+    DEFAULT_BACKBONE,
+    DEFAULT_CROP,
+    DEFAULT_DIM,
+    DEFAULT_PROJECTION_SEED,
+    DEFAULT_RESIZE,
+    FeatureSpaceSettings,
+)
 
 if TYPE_CHECKING:
     # The model code (torch, scikit-learn, scipy) is imported by the methods that need a model, so
@@ -154,12 +161,12 @@ class Registry:
     def init(
         cls,
         root: str | Path,
-        backbone: str = "efficientnet-lite2",
+        backbone: str = DEFAULT_BACKBONE,
         weights: str | Path | None = None,
         resize: int = DEFAULT_RESIZE,
         crop: int = DEFAULT_CROP,
-        dim: int = 512,
-        seed: int = 42,
+        dim: int = DEFAULT_DIM,
+        seed: int = DEFAULT_PROJECTION_SEED,
     ) -> Registry:
         """Create a registry at ``root`` with a new feature space (W drawn once from ``seed``).
 
@@ -170,7 +177,11 @@ class Registry:
         Raises:
             RegistryExistsError: ``root`` holds categories, or files that are not a registry's.
             BackboneLoadError: the backbone cannot be built.
+            structcore.settings.InvalidSettingError: a setting outside its allowed values.
         """
+        FeatureSpaceSettings(
+            backbone=backbone, weights=weights, resize=resize, crop=crop, dim=dim, seed=seed
+        ).validate()
         root = Path(root)
         _check_init_target(root)
         from structcore.features import new_feature_space

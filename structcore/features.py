@@ -16,13 +16,9 @@ from PIL import Image
 
 from structcore.backbones.base import Backbone
 from structcore.feature_space import FeatureSpace
-from structcore.preprocess import DEFAULT_CROP, DEFAULT_RESIZE, Preprocessing, load_image, preprocess_image
+from structcore.preprocess import Preprocessing, load_image, preprocess_image
 from structcore.runtime import tune_allocator
-
-#: Dimension of the projected patch vectors.
-DEFAULT_DIM = 512
-#: Seed of the projection matrix.
-DEFAULT_PROJECTION_SEED = 42
+from structcore.settings import DEFAULT_CROP, DEFAULT_DIM, DEFAULT_PROJECTION_SEED, DEFAULT_RESIZE
 
 ImageSource = str | Path | Image.Image | np.ndarray
 

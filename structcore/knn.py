@@ -27,12 +27,8 @@ import numpy as np
 import torch
 
 from structcore.runtime import small_op_threads, torch_threads
+from structcore.settings import DEFAULT_K, INDEX_KINDS  # neighbours per patch score; flat (exact) or hnsw
 
-#: Neighbours averaged per patch score.
-DEFAULT_K = 5
-
-#: Index kinds: exact brute force, or HNSW graph (approximate).
-INDEX_KINDS = ("flat", "hnsw")
 #: Engines of the exact ("flat") search.
 ENGINES = ("auto", "faiss", "bf16", "torch")
 
