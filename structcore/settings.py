@@ -132,20 +132,16 @@ class Interval(Constraint):
     closed: str = "both"
 
     def is_satisfied_by(self, value: object) -> bool:
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral if self.integer else numbers.Real):
+        if isinstance(value, bool):
             return False
-        number = float(value) if not self.integer else value
-        if not self.integer and not math.isfinite(number):  # type: ignore[arg-type]
+        if self.integer:  # compared as Python integers: exact up to MAX_SEED and beyond
+            return isinstance(value, numbers.Integral) and self._within(int(value))
+        return isinstance(value, numbers.Real) and math.isfinite(float(value)) and self._within(float(value))
+
+    def _within(self, number: float) -> bool:
+        if self.low is not None and not (number >= self.low if self.closed in ("both", "left") else number > self.low):
             return False
-        if self.low is not None:
-            above = number >= self.low if self.closed in ("both", "left") else number > self.low  # type: ignore[operator]
-            if not above:
-                return False
-        if self.high is not None:
-            below = number <= self.high if self.closed in ("both", "right") else number < self.high  # type: ignore[operator]
-            if not below:
-                return False
-        return True
+        return self.high is None or (number <= self.high if self.closed in ("both", "right") else number < self.high)
 
     def describe(self) -> str:
         kind = "an integer" if self.integer else "a number"
