@@ -80,6 +80,7 @@ from registry.storage import STORES_DIR, TMP_DIR, ArrayRecord, array_sha256, che
 from structcore.feature_space import FeatureSpace
 from structcore.settings import (
     DEFAULT_BACKBONE,
+    DEFAULT_BATCH_SIZE,
     DEFAULT_CROP,
     DEFAULT_DIM,
     DEFAULT_PROJECTION_SEED,
@@ -380,7 +381,7 @@ class Registry:
             self._backbone = create_backbone(row.backbone, self._weights_override or row.weights_path)
         return self._backbone
 
-    def extractor(self, batch_size: int = 8) -> FeatureExtractor:
+    def extractor(self, batch_size: int = DEFAULT_BATCH_SIZE) -> FeatureExtractor:
         """A :class:`FeatureExtractor` for this registry's feature space.
 
         Raises:
@@ -414,7 +415,7 @@ class Registry:
         on_batch: BatchProgress | None = None,
         on_stage: Stage | None = None,
         *,
-        batch_size: int = 8,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         description: str | None = None,
     ) -> VersionInfo:
         """Embed ``train_images``, fit a category and store it as a new version of ``name``.
@@ -887,7 +888,7 @@ class Registry:
         sources: Sequence[ImageSource],
         category: str | None = None,
         *,
-        batch_size: int = 8,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         on_batch: BatchProgress | None = None,
         on_image: ImageCallback | None = None,
     ) -> list[PredictionRecord]:

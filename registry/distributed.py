@@ -561,7 +561,7 @@ class _ShippedModels:
             self.fetched.append(name)
         return model
 
-    def extractor(self, batch_size: int = 8) -> FeatureExtractor:
+    def extractor(self, batch_size: int = DEFAULT_BATCH_SIZE) -> FeatureExtractor:
         return self._extractor
 
 
@@ -634,7 +634,7 @@ def distributed_infer(
     category: str | None,
     ray_address: str,
     out: Path | None,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     shard_size: int = 64,
     on_progress: Callable[[int, int], None] | None = None,
     *,

@@ -21,6 +21,7 @@ from PIL import Image
 from registry.errors import RegistryError
 from structcore.image_files import ImageReadError
 from structcore.preprocess import load_image, preprocess_image
+from structcore.settings import DEFAULT_BATCH_SIZE
 
 if TYPE_CHECKING:
     from structcore.features import FeatureExtractor, ImageSource
@@ -52,7 +53,7 @@ class ModelSource(Protocol):
         """The fitted model of one category version."""
         ...
 
-    def extractor(self, batch_size: int = 8) -> FeatureExtractor:
+    def extractor(self, batch_size: int = DEFAULT_BATCH_SIZE) -> FeatureExtractor:
         """The feature extractor of the registry's feature space."""
         ...
 
@@ -105,7 +106,7 @@ def predict(
     sources: Sequence[ImageSource],
     category: str | None = None,
     *,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: Callable[[int, int], None] | None = None,
     on_image: ImageCallback | None = None,
 ) -> list[PredictionRecord]:
