@@ -21,6 +21,16 @@ from cli.common import (
     train_images,
     user_errors,
 )
+from cli.options import (
+    FIT_DEFAULTS,
+    BatchSizeOption,
+    CalibrationOption,
+    CoresetRatioOption,
+    FitSeedOption,
+    KnnIndexOption,
+    ScoringOption,
+    fit_settings,
+)
 from registry.records import NAME_PATTERN
 
 if TYPE_CHECKING:
@@ -108,10 +118,12 @@ def add_categories(
             "(host:6379, ray://host:10001). Without it, categories are fitted one after another in this process.",
         ),
     ] = None,
-    coreset_ratio: Annotated[float, typer.Option(help="Share of train patch vectors kept in the bank.")] = 0.01,
-    calibration: Annotated[str, typer.Option(help="Calibration: mixed, loo, in-sample or holdout.")] = "mixed",
-    seed: Annotated[int, typer.Option(help="Seed of the coreset, prototypes and holdout split.")] = 42,
-    batch_size: Annotated[int, typer.Option(help="Images per backbone call.")] = 8,
+    coreset_ratio: CoresetRatioOption = FIT_DEFAULTS.coreset_ratio,
+    calibration: CalibrationOption = FIT_DEFAULTS.calibration,
+    scoring: ScoringOption = FIT_DEFAULTS.scoring,
+    seed: FitSeedOption = FIT_DEFAULTS.seed,
+    batch_size: BatchSizeOption = FIT_DEFAULTS.batch_size,
+    knn_index: KnnIndexOption = FIT_DEFAULTS.index,
     threads: Annotated[int, typer.Option(help="Torch threads (and CPUs reserved) per Ray task.")] = 1,
     max_retries: Annotated[int, typer.Option(help="Resubmissions of a category whose Ray worker died.")] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")] = False,
@@ -125,19 +137,22 @@ def add_categories(
     Exit code 1 when any category failed.
     """
     from registry.distributed import fit_categories
-    from structcore.model import CALIBRATION_MODES
 
     with user_errors():
-        if calibration not in CALIBRATION_MODES:
-            raise InputError(f"--calibration must be one of {', '.join(CALIBRATION_MODES)}, got {calibration!r}")
-        if not 0 < coreset_ratio <= 1:
-            raise InputError(f"--coreset-ratio must be in (0, 1], got {coreset_ratio}")
-        if batch_size < 1 or threads < 1 or max_retries < 0:
-            raise InputError("--batch-size and --threads must be positive and --max-retries not negative")
+        settings = fit_settings(
+            coreset_ratio=coreset_ratio,
+            calibration=calibration,
+            scoring=scoring,
+            index=knn_index,
+            seed=seed,
+            batch_size=batch_size,
+        )
+        if threads < 1 or max_retries < 0:
+            raise InputError("--threads must be positive and --max-retries not negative")
         categories, skipped = discover_categories(train_root)
         for note in skipped:
             err_console.print(f"[yellow]skipped[/] {note}", highlight=False, soft_wrap=True)
-        params = {"coreset_ratio": coreset_ratio, "calibration": calibration, "seed": seed}
+        params = settings.model_params()
         where = "in this process" if ray_address is None else f"on Ray ({ray_address})"
         started = time.perf_counter()
         with progress_bar() as progress:
@@ -174,7 +189,7 @@ def add_categories(
                 ray_address,
                 max_retries=max_retries,
                 on_event=on_event,
-                batch_size=batch_size,
+                batch_size=settings.batch_size,
                 threads=threads,
             )
         elapsed = time.perf_counter() - started

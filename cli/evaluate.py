@@ -11,6 +11,16 @@ import typer
 from rich.progress import TaskID
 
 from cli.common import InputError, console, err_console, print_json, progress_bar, resolve_root, user_errors
+from cli.options import (
+    FIT_DEFAULTS,
+    BatchSizeOption,
+    CalibrationOption,
+    CoresetRatioOption,
+    FitSeedOption,
+    KnnIndexOption,
+    ScoringOption,
+    fit_settings,
+)
 
 if TYPE_CHECKING:
     from evaluation.protocols import Progress
@@ -45,29 +55,38 @@ def eval_command(
         "auto"
     ),
     layout: Annotated[str, typer.Option(help="auto, mvtec, visa or folder.")] = "auto",
-    coreset_ratio: Annotated[float, typer.Option(help="Coreset ratio of newly fitted categories.")] = 0.01,
-    calibration: Annotated[str, typer.Option(help="Calibration of newly fitted categories.")] = "mixed",
-    scoring: Annotated[str, typer.Option(help="StructCore scoring of newly fitted categories: robust or paper.")] = (
-        "robust"
-    ),
+    coreset_ratio: CoresetRatioOption = FIT_DEFAULTS.coreset_ratio,
+    calibration: CalibrationOption = FIT_DEFAULTS.calibration,
+    scoring: ScoringOption = FIT_DEFAULTS.scoring,
+    seed: FitSeedOption = FIT_DEFAULTS.seed,
+    knn_index: KnnIndexOption = FIT_DEFAULTS.index,
     refit: Annotated[bool, typer.Option(help="Fit again even when the registry holds a category.")] = False,
     max_train: Annotated[int | None, typer.Option(help="Seeded subset of train images (quick runs).")] = None,
     max_test: Annotated[int | None, typer.Option(help="Seeded subset of test images (quick runs).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per backbone call.")] = 8,
+    batch_size: BatchSizeOption = FIT_DEFAULTS.batch_size,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the plots.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print results.json to stdout.")] = False,
 ) -> None:
-    """Evaluate under the separate / MUAD / continual / open-set protocols with the paper's metrics."""
+    """Evaluate under the separate / MUAD / continual / open-set protocols with the paper's metrics.
+
+    The fit options (--coreset-ratio, --calibration, --scoring, --seed, --knn-index) apply to the
+    categories this run fits: those the registry does not hold yet, or all of them with --refit.
+    """
     from cli.paths import check_output_folder
     from evaluation.protocols import PROTOCOLS
     from evaluation.report import jsonable
     from evaluation.runner import run_evaluation
     from structcore.model import CategoryModel
-    from structcore.scoring import SCORING_MODES
 
     with user_errors():
-        if scoring not in SCORING_MODES:
-            raise InputError(f"--scoring must be one of {', '.join(SCORING_MODES)}, got {scoring!r}")
+        settings = fit_settings(
+            coreset_ratio=coreset_ratio,
+            calibration=calibration,
+            scoring=scoring,
+            index=knn_index,
+            seed=seed,
+            batch_size=batch_size,
+        )
         if out is not None:
             check_output_folder(out, "--out", parents=parents)
         protocols = protocol or ["separate", "muad"]
@@ -102,8 +121,8 @@ def eval_command(
                 categories=subset,
                 order=continual_order,
                 dataset=None if dataset == "none" else dataset,
-                model=CategoryModel(coreset_ratio=coreset_ratio, calibration=calibration, scoring=scoring),
-                batch_size=batch_size,
+                model=CategoryModel(**settings.model_params()),
+                batch_size=settings.batch_size,
                 refit=refit,
                 max_train=max_train,
                 max_test=max_test,

@@ -22,6 +22,24 @@ from cli.common import (
     train_images,
     user_errors,
 )
+from cli.options import (
+    FEATURE_SPACE_DEFAULTS,
+    FIT_DEFAULTS,
+    BackboneOption,
+    BatchSizeOption,
+    CalibrationOption,
+    CoresetRatioOption,
+    CropOption,
+    DimOption,
+    FitSeedOption,
+    KnnIndexOption,
+    ProjectionSeedOption,
+    ResizeOption,
+    ScoringOption,
+    WeightsOption,
+    feature_space_settings,
+    fit_settings,
+)
 from cli.output import Column, fitted_table, overlay_names, records_table, save_overlay, write_records
 from registry.catalogue import Catalogue
 from registry.errors import SchemaOutdatedError
@@ -99,22 +117,22 @@ def _open(root: Path | None, weights: Path | None = None) -> Registry:
 @app.command()
 def init(
     root: RootOption = None,
-    backbone: Annotated[str, typer.Option(help="Backbone: efficientnet-lite2 (embedded) or dinov2-vitb14.")] = (
-        "efficientnet-lite2"
-    ),
-    weights: Annotated[Path | None, typer.Option(help="Weights file or folder (needed for dinov2-*).")] = None,
-    resize: Annotated[int, typer.Option(help="Resize side before the crop (448 with --crop 392: the paper's).")] = 392,
-    crop: Annotated[int, typer.Option(help="Centre-crop side (equal to --resize: no crop, the default).")] = 392,
-    seed: Annotated[int, typer.Option(help="Seed of the projection matrix W.")] = 42,
+    backbone: BackboneOption = FEATURE_SPACE_DEFAULTS.backbone,
+    weights: WeightsOption = None,
+    resize: ResizeOption = FEATURE_SPACE_DEFAULTS.resize,
+    crop: CropOption = FEATURE_SPACE_DEFAULTS.crop,
+    dim: DimOption = FEATURE_SPACE_DEFAULTS.dim,
+    seed: ProjectionSeedOption = FEATURE_SPACE_DEFAULTS.seed,
     as_json: JsonOption = False,
 ) -> None:
     """Create a registry with a fixed feature space (backbone, geometry, projection W)."""
     from registry import Registry
 
     with user_errors():
-        registry = Registry.init(
-            resolve_root(root), backbone=backbone, weights=weights, resize=resize, crop=crop, seed=seed
+        settings = feature_space_settings(
+            backbone=backbone, weights=weights, resize=resize, crop=crop, dim=dim, seed=seed
         )
+        registry = Registry.init(resolve_root(root), **settings.to_dict())
         info = registry.feature_space_info()
         if as_json:
             print_json({"root": str(registry.root), "feature_space": info})
@@ -132,20 +150,13 @@ def add_category(
     name: Annotated[str, typer.Argument(help="Category name (letters, digits, . _ -).")],
     train: Annotated[Path, typer.Option("--train", help="Folder of good images, or an MVTec/VisA category root.")],
     root: RootOption = None,
-    coreset_ratio: Annotated[float, typer.Option(help="Share of train patch vectors kept in the bank.")] = 0.01,
-    calibration: Annotated[
-        str, typer.Option(help="Calibration: mixed (statistics in-sample, thresholds loo), loo, in-sample or holdout.")
-    ] = "mixed",
-    scoring: Annotated[
-        str, typer.Option(help="StructCore scoring: robust (median/MAD, one-sided) or paper (its exact equations).")
-    ] = "robust",
-    seed: Annotated[int, typer.Option(help="Seed of the coreset, prototypes and holdout split.")] = 42,
-    batch_size: Annotated[int, typer.Option(help="Images per backbone call.")] = 8,
+    coreset_ratio: CoresetRatioOption = FIT_DEFAULTS.coreset_ratio,
+    calibration: CalibrationOption = FIT_DEFAULTS.calibration,
+    scoring: ScoringOption = FIT_DEFAULTS.scoring,
+    seed: FitSeedOption = FIT_DEFAULTS.seed,
+    batch_size: BatchSizeOption = FIT_DEFAULTS.batch_size,
     description: Annotated[str | None, typer.Option(help="Free text stored with the category.")] = None,
-    knn_index: Annotated[
-        str,
-        typer.Option(help="kNN index of the bank: flat (exact) or hnsw (approximate; pays off at 5-10% banks)."),
-    ] = "flat",
+    knn_index: KnnIndexOption = FIT_DEFAULTS.index,
     skip_bad: Annotated[
         bool,
         typer.Option("--skip-bad", help="Fit without train images that cannot be read (each one is listed)."),
@@ -157,25 +168,21 @@ def add_category(
     Every train image is checked before any is embedded; unreadable ones are listed together
     (exit 1), or left out and listed with --skip-bad.
     """
-    from structcore.knn import INDEX_KINDS
-    from structcore.model import CALIBRATION_MODES, CategoryModel
-    from structcore.scoring import SCORING_MODES
+    from structcore.model import CategoryModel
 
     with user_errors():
-        if calibration not in CALIBRATION_MODES:
-            raise InputError(f"--calibration must be one of {', '.join(CALIBRATION_MODES)}, got {calibration!r}")
-        if scoring not in SCORING_MODES:
-            raise InputError(f"--scoring must be one of {', '.join(SCORING_MODES)}, got {scoring!r}")
-        if not 0 < coreset_ratio <= 1:
-            raise InputError(f"--coreset-ratio must be in (0, 1], got {coreset_ratio}")
-        if knn_index not in INDEX_KINDS:
-            raise InputError(f"--knn-index must be one of {', '.join(INDEX_KINDS)}, got {knn_index!r}")
+        settings = fit_settings(
+            coreset_ratio=coreset_ratio,
+            calibration=calibration,
+            scoring=scoring,
+            index=knn_index,
+            seed=seed,
+            batch_size=batch_size,
+        )
         registry = _open(root)
         images = train_images(train)
         images, skipped = _checked_train_images(images, skip_bad)
-        model = CategoryModel(
-            coreset_ratio=coreset_ratio, calibration=calibration, seed=seed, index=knn_index, scoring=scoring
-        )
+        model = CategoryModel(**settings.model_params())
         started = time.perf_counter()
         with progress_bar() as progress:
             task = progress.add_task(f"embedding {name}", total=len(images), rate="")
@@ -193,7 +200,7 @@ def add_category(
                 images,
                 model,
                 on_progress,
-                batch_size=batch_size,
+                batch_size=settings.batch_size,
                 description=description,
             )
         elapsed = time.perf_counter() - started
@@ -439,7 +446,7 @@ def infer(
         typer.Option(help="Write an overlay PNG per image into this folder (created; its parent must exist)."),
     ] = None,
     parents: ParentsOption = False,
-    batch_size: Annotated[int, typer.Option(help="Images per backbone call.")] = 8,
+    batch_size: BatchSizeOption = FIT_DEFAULTS.batch_size,
     ray: Annotated[
         str | None,
         typer.Option("--ray", help="Run on Ray: a cluster address, 'auto' or 'local' (needs the ray extra)."),
@@ -452,6 +459,7 @@ def infer(
     from cli.paths import check_output_file, check_output_folder
 
     with user_errors():
+        batch_size = fit_settings(batch_size=batch_size).batch_size
         if ray is not None and maps is not None:
             raise InputError(
                 "--maps is not available with --ray: the Ray workers send back records, not anomaly maps; "

@@ -37,6 +37,14 @@ from evaluation.store import CategoryStore, InMemoryStore, open_registry_store
 from registry.detector import load_backbone
 from structcore.features import build_extractor, new_feature_space
 from structcore.model import CategoryModel
+from structcore.settings import (
+    DEFAULT_BACKBONE,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CROP,
+    DEFAULT_RESIZE,
+    FeatureSpaceSettings,
+    FitSettings,
+)
 
 __all__ = ["EvaluationResult", "library_versions", "run_evaluation"]
 
@@ -186,10 +194,10 @@ def run_evaluation(
     order: Sequence[str | Sequence[str]] | str | None = None,
     dataset: str | None = "auto",
     model: CategoryModel | None = None,
-    backbone: str = "efficientnet-lite2",
-    resize: int = 392,
-    crop: int = 392,
-    batch_size: int = 8,
+    backbone: str = DEFAULT_BACKBONE,
+    resize: int = DEFAULT_RESIZE,
+    crop: int = DEFAULT_CROP,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     refit: bool = False,
     max_train: int | None = None,
     max_test: int | None = None,
@@ -241,9 +249,13 @@ def run_evaluation(
     Raises:
         evaluation.datasets.DatasetLayoutError: the data folder has the wrong layout.
         ValueError: unknown protocols, categories or order.
+        structcore.settings.InvalidSettingError: a model or feature-space setting outside its
+            allowed values (a ``ValueError``; checked before any data is read).
     """
     started = time.perf_counter()
     report = progress or (lambda _event: None)
+    FitSettings.from_values({**(model or CategoryModel()).get_params(), "batch_size": batch_size}).validate()
+    FeatureSpaceSettings(backbone=backbone, resize=resize, crop=crop).validate()
     wanted = list(dict.fromkeys(protocols))
     unknown = [p for p in wanted if p not in PROTOCOLS]
     if unknown or not wanted:

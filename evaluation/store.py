@@ -24,6 +24,7 @@ from structcore.features import FeatureExtractor
 from structcore.model import CategoryModel, CategoryPrediction, fit_category
 from structcore.preprocess import Preprocessing
 from structcore.progress import ProgressCallback
+from structcore.settings import DEFAULT_BACKBONE, DEFAULT_BATCH_SIZE, DEFAULT_CROP, DEFAULT_RESIZE
 
 __all__ = [
     "CategoryStore",
@@ -200,7 +201,7 @@ class RegistryStore:
         batch_size: images per backbone call.
     """
 
-    def __init__(self, registry: Registry, model: CategoryModel | None = None, batch_size: int = 8):
+    def __init__(self, registry: Registry, model: CategoryModel | None = None, batch_size: int = DEFAULT_BATCH_SIZE):
         self.registry = registry
         self.model = model
         self.batch_size = batch_size
@@ -237,12 +238,12 @@ class RegistryStore:
 def open_registry_store(
     root: str | Path,
     *,
-    backbone: str = "efficientnet-lite2",
+    backbone: str = DEFAULT_BACKBONE,
     weights: str | Path | None = None,
-    resize: int = 392,
-    crop: int = 392,
+    resize: int = DEFAULT_RESIZE,
+    crop: int = DEFAULT_CROP,
     model: CategoryModel | None = None,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> RegistryStore:
     """Open the registry at ``root``, creating it (with the given feature space) when absent.
 

@@ -46,6 +46,7 @@ from registry.models import utcnow
 from registry.records import ARRAY_NAMES, NAME_PATTERN, PendingVersion, StoredVersion, library_version
 from registry.storage import ALLOWED_DTYPES, array_sha256, canonical, dtype_name
 from structcore.feature_space import FeatureSpace
+from structcore.settings import BANK_DTYPES, FIT_PARAMETERS, MAX_IMAGE_SIDE, FeatureSpaceSettings, check_parameters
 
 if TYPE_CHECKING:
     from structcore.model import CategoryModel
@@ -65,8 +66,6 @@ MAX_CATEGORIES = 10_000
 #: a bound on the memory a small file can make the import allocate (a "zip bomb").
 MAX_COMPRESSION_RATIO = 64
 MIN_DECLARED_BYTES_LIMIT = 64 << 20
-#: Largest image side (resize) a bundle's feature space may declare.
-MAX_IMAGE_SIDE = 4096
 
 ROOT_ATTRS = frozenset({"format", "format_version", "library_version", "created_at", "manifest"})
 FLOAT_ARRAYS = frozenset({"bank", "prototypes", "calibration_base", "calibration_struct", "calibration_hybrid"})
@@ -407,11 +406,13 @@ def _check_description(description: Any, path: Path) -> None:
     if not isinstance(description, dict):
         raise _refuse(BundleFormatError, path, "feature-space description is not a JSON object")
     problems = []
-    resize, crop = description.get("resize"), description.get("crop")
-    if not _is_int(resize, 1, MAX_IMAGE_SIDE) or not _is_int(crop, 1) or crop > resize:  # type: ignore[operator]
+    resize, crop, dim = description.get("resize"), description.get("crop"), description.get("dim")
+    # the settings `registry init` accepts (structcore.settings), checked by the same table
+    refused = {problem.parameter for problem in FeatureSpaceSettings(resize=resize, crop=crop, dim=dim).problems()}  # type: ignore[arg-type]
+    if refused & {"resize", "crop"}:
         problems.append(f"resize/crop {resize}/{crop} (1 <= crop <= resize <= {MAX_IMAGE_SIDE})")
-    if not _is_int(description.get("dim"), 1, 1 << 16):
-        problems.append(f"dim {description.get('dim')!r}")
+    if "dim" in refused:
+        problems.append(f"dim {dim!r}")
     if not _is_int(description.get("local_pool"), 1, 64):
         problems.append(f"local_pool {description.get('local_pool')!r}")
     for key, low, open_low in (("mean", -1e6, False), ("std", 0.0, True)):
@@ -447,27 +448,19 @@ def _check_settings(
     A hostile record could otherwise set a blur sigma of 1e5 (a multi-terabyte kernel), a top
     ratio that makes every score fail, or thresholds that hide every defect.
     """
-    from structcore.knn import INDEX_KINDS  # model code: imported by the import path only (export stays light)
-
     bank = arrays["bank"]
-    problems = []
-    if not _is_int(model.k, 1, bank.shape[0]):
+    # every setting against the table the library fits with (structcore.settings) ...
+    problems = [
+        f"{problem.parameter} {problem.value!r} ({problem.allowed})"
+        for problem in check_parameters(FIT_PARAMETERS, model.get_params())
+    ]
+    # ... and what the table cannot know: the bank and the feature space
+    if _is_int(model.k, 1) and model.k > bank.shape[0]:
         problems.append(f"k {model.k!r} (1..{bank.shape[0]})")
-    if model.index not in INDEX_KINDS:
-        problems.append(f"index {model.index!r}")
-    if model.bank_dtype not in ("float16", "float32") or np.dtype(model.bank_dtype) != bank.dtype:
+    if model.bank_dtype in BANK_DTYPES and np.dtype(model.bank_dtype) != bank.dtype:
         problems.append(f"bank_dtype {model.bank_dtype!r} for a {bank.dtype} bank")
-    if not _is_number(model.sigma, 0.0, float(space.crop)):
+    if _is_number(model.sigma, 0.0, math.inf) and model.sigma > space.crop:
         problems.append(f"sigma {model.sigma!r} (0..{space.crop})")
-    for key in ("coreset_ratio", "route_quantile"):
-        if not _is_number(getattr(model, key), 0.0, 1.0, open_low=True):
-            problems.append(f"{key} {getattr(model, key)!r}")
-    if not _is_number(model.holdout_ratio, 0.0, 1.0):
-        problems.append(f"holdout_ratio {model.holdout_ratio!r}")
-    if not _is_int(model.n_prototypes, 1) or not _is_int(model.seed, -(1 << 63), (1 << 64) - 1):
-        problems.append(f"n_prototypes / seed {model.n_prototypes!r} / {model.seed!r}")
-    if model.proxy_dim is not None and not _is_int(model.proxy_dim, 1):
-        problems.append(f"proxy_dim {model.proxy_dim!r}")
     grid = model.grid_
     if not all(_is_int(v, 1, space.crop) for v in grid):
         problems.append(f"grid {list(grid)}")
@@ -538,11 +531,10 @@ def _validate_category(
     if datasets["bank_image_ids"].shape != (bank_rows,) or len(n_calibration) != 1 or min(n_calibration) < 2:
         raise _refuse(BundleContentError, path, f"category {name!r} has inconsistent array shapes")
     arrays = {array: _read_verified(datasets[array], entries[array], path) for array in ARRAY_NAMES}
-    from structcore.model import CALIBRATION_MODES, CategoryModel  # model code: only validation needs it
+    from structcore.model import CategoryModel  # model code: only validation needs it
 
     try:
         n_train = int(metadata["n_train_images"])
-        params = dict(metadata["params"])
         map_size = int(metadata["map_size"])
         model = CategoryModel.from_parts(arrays, metadata)
     except (KeyError, TypeError, ValueError) as error:
@@ -550,7 +542,7 @@ def _validate_category(
     ids = arrays["bank_image_ids"]
     if ids.min() < 0 or ids.max() >= n_train:
         raise _refuse(BundleContentError, path, f"category {name!r} has bank image ids outside 0..{n_train - 1}")
-    if params.get("calibration") not in CALIBRATION_MODES or map_size != space.crop or n_protos < 1:
+    if map_size != space.crop or n_protos < 1:  # the settings themselves: _check_settings
         raise _refuse(BundleContentError, path, f"category {name!r} has settings that do not fit its feature space")
     if not np.isfinite(model.route_threshold_) and model.route_threshold_ != float("inf"):
         raise _refuse(BundleContentError, path, f"category {name!r} has an invalid route threshold")

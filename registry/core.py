@@ -77,7 +77,15 @@ from registry.records import (
 )
 from registry.storage import STORES_DIR, TMP_DIR, ArrayRecord, array_sha256, checkpoint, registry_lock
 from structcore.feature_space import FeatureSpace
-from structcore.preprocess import DEFAULT_CROP, DEFAULT_RESIZE
+from structcore.settings import (
+    DEFAULT_BACKBONE,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CROP,
+    DEFAULT_DIM,
+    DEFAULT_PROJECTION_SEED,
+    DEFAULT_RESIZE,
+    FeatureSpaceSettings,
+)
 
 if TYPE_CHECKING:
     # The model code (torch, scikit-learn, scipy) is imported by the methods that need a model, so
@@ -140,12 +148,12 @@ class Registry:
     def init(
         cls,
         root: str | Path,
-        backbone: str = "efficientnet-lite2",
+        backbone: str = DEFAULT_BACKBONE,
         weights: str | Path | None = None,
         resize: int = DEFAULT_RESIZE,
         crop: int = DEFAULT_CROP,
-        dim: int = 512,
-        seed: int = 42,
+        dim: int = DEFAULT_DIM,
+        seed: int = DEFAULT_PROJECTION_SEED,
     ) -> Registry:
         """Create a registry at ``root`` with a new feature space (W drawn once from ``seed``).
 
@@ -156,7 +164,11 @@ class Registry:
         Raises:
             RegistryExistsError: ``root`` holds categories, or files that are not a registry's.
             BackboneLoadError: the backbone cannot be built.
+            structcore.settings.InvalidSettingError: a setting outside its allowed values.
         """
+        FeatureSpaceSettings(
+            backbone=backbone, weights=weights, resize=resize, crop=crop, dim=dim, seed=seed
+        ).validate()
         root = Path(root)
         _check_init_target(root)
         from registry.detector import load_backbone
@@ -347,7 +359,7 @@ class Registry:
         )
         return info
 
-    def extractor(self, batch_size: int = 8) -> FeatureExtractor:
+    def extractor(self, batch_size: int = DEFAULT_BATCH_SIZE) -> FeatureExtractor:
         """A :class:`FeatureExtractor` for this registry's feature space (the backbone is built once per process).
 
         Raises:
@@ -366,7 +378,7 @@ class Registry:
         model: CategoryModel | None = None,
         progress: ProgressCallback | None = None,
         *,
-        batch_size: int = 8,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         description: str | None = None,
     ) -> VersionInfo:
         """Embed ``train_images``, fit a category and store it as a new version of ``name``.
@@ -794,7 +806,7 @@ class Registry:
         """The number of the current version of ``name``."""
         return self.version_info(name).version
 
-    def detector(self, categories: Iterable[str] | None = None, *, batch_size: int = 8) -> Detector:
+    def detector(self, categories: Iterable[str] | None = None, *, batch_size: int = DEFAULT_BATCH_SIZE) -> Detector:
         """A :class:`~registry.detector.Detector` pinned to the current version of every category (or ``categories``).
 
         The versions are read in one transaction, so the Detector routes and scores with one
@@ -845,7 +857,7 @@ class Registry:
         sources: Sequence[ImageSource],
         category: str | None = None,
         *,
-        batch_size: int = 8,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         progress: ProgressCallback | None = None,
         on_image: ImageCallback | None = None,
     ) -> list[PredictionRecord]:

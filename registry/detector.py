@@ -38,6 +38,7 @@ from structcore.model import CategoryModel
 from structcore.preprocess import load_image, preprocess_image
 from structcore.progress import Progress, ProgressCallback
 from structcore.routing import DEFAULT_SHORTLIST, DEFAULT_UNKNOWN_STATISTIC, PrototypeRouter
+from structcore.settings import DEFAULT_BATCH_SIZE
 
 #: Category models kept loaded per Detector (LRU) when they are read from a registry folder.
 DEFAULT_CACHE_SIZE = 8
@@ -422,7 +423,7 @@ class Detector:
         sources: Sequence[ImageSource],
         category: str | None = None,
         *,
-        batch_size: int = 8,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         progress: ProgressCallback | None = None,
         on_image: ImageCallback | None = None,
     ) -> list[PredictionRecord]:
@@ -529,7 +530,9 @@ def load_backbone(name: str, weights: str | Path | None) -> Backbone:
     return backbone
 
 
-def extractor_for(space: FeatureSpace, weights: str | Path | None, batch_size: int = 8) -> FeatureExtractor:
+def extractor_for(
+    space: FeatureSpace, weights: str | Path | None, batch_size: int = DEFAULT_BATCH_SIZE
+) -> FeatureExtractor:
     """A :class:`FeatureExtractor` of ``space`` (its backbone shared within the process).
 
     Raises:

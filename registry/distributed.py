@@ -44,9 +44,10 @@ import numpy as np
 from registry.core import MIN_CALIBRATION_IMAGES, Registry, validate_name
 from registry.detector import Detector, PinnedCategory, PredictionRecord, error_record, extractor_for
 from registry.errors import RegistryError
-from structcore.model import CALIBRATION_MODES, CategoryModel, fit_category
+from structcore.model import CategoryModel, fit_category
 from structcore.progress import Progress, ProgressCallback
 from structcore.runtime import set_num_threads
+from structcore.settings import DEFAULT_BATCH_SIZE, FitSettings
 
 if TYPE_CHECKING:
     from structcore.feature_space import FeatureSpace
@@ -270,12 +271,10 @@ def _fit_task(
     }
 
 
-def _check_params(model_params: Mapping[str, Any]) -> dict[str, Any]:
-    params = dict(CategoryModel(**model_params).get_params()) if model_params else CategoryModel().get_params()
-    if params["calibration"] not in CALIBRATION_MODES:
-        msg = f"calibration must be one of {', '.join(CALIBRATION_MODES)}, got {params['calibration']!r}"
-        raise ValueError(msg)
-    return params
+def _check_params(model_params: Mapping[str, Any], batch_size: int) -> dict[str, Any]:
+    """Every :class:`CategoryModel` setting, checked against :data:`structcore.settings.FIT_PARAMETERS`."""
+    settings = FitSettings.from_values({**model_params, "batch_size": batch_size}).validate()
+    return settings.model_params()
 
 
 class _FitJob:
@@ -355,7 +354,7 @@ def fit_categories(
     max_retries: int = 2,
     on_event: FitCallback | None = None,
     *,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     threads: int = 1,
 ) -> FitReport:
     """Fit ``categories`` (name -> train-good image paths) and store each as a new version.
@@ -371,7 +370,8 @@ def fit_categories(
     Args:
         root: the registry folder (opened for writing by this process only).
         categories: category name -> image paths; names must be valid category names.
-        model_params: :class:`CategoryModel` settings (``coreset_ratio``, ``calibration``, ``seed``, ...).
+        model_params: :class:`CategoryModel` settings (``coreset_ratio``, ``calibration``, ``seed``, ...;
+            see :data:`structcore.settings.FIT_PARAMETERS`); the others keep their defaults.
         ray_address: ``None`` (in-process), ``"local"``, ``"auto"`` or a cluster address.
         max_retries: resubmissions of a category after its worker died.
         on_event: receives a :class:`FitEvent` per submission, retry, success and failure.
@@ -384,14 +384,15 @@ def fit_categories(
 
     Raises:
         InvalidNameError: a category name is not valid (nothing is fitted).
-        ValueError: bad model settings.
+        structcore.settings.InvalidSettingError: a setting outside its allowed values (a
+            ``ValueError``; nothing is fitted).
         RegistryError: the registry cannot be opened, or Ray is needed but missing.
     """
     if not categories:
         raise ValueError("no categories to fit")
     for name in categories:
         validate_name(name)
-    params = _check_params(model_params)
+    params = _check_params(model_params, batch_size)
     registry = Registry.open(root)
     try:
         if ray_address is None:
@@ -560,7 +561,7 @@ def distributed_infer(
     category: str | None,
     ray_address: str,
     out: Path | None,
-    batch_size: int = 8,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     shard_size: int = 64,
     progress: ProgressCallback | None = None,
     *,

@@ -17,8 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-#: Standard deviation of the Gaussian blur, in pixels of the crop.
-DEFAULT_SIGMA = 4.0
+from structcore.settings import DEFAULT_SIGMA  # standard deviation of the blur, in pixels of the crop
 
 
 def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> torch.Tensor:

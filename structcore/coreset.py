@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from structcore.runtime import small_op_threads, torch_threads
+from structcore.settings import CORESET_METHODS
 
 #: ``n_select x N`` above which ``method="auto"`` uses the approximate (coarse-to-fine) greedy.
 #: Batched exact greedy costs ~2.3e-9 s per point-center on 2 idle cores (MVTec bottle at 1%,
@@ -49,7 +50,7 @@ COARSE_MIN_CENTERS = 256
 COARSE_PROBES = 8
 #: Centers accepted per batch of the exact greedy at most (the candidate pool is 4x this).
 BATCH_CENTERS = 64
-METHODS = ("auto", "exact", "approx")
+METHODS = CORESET_METHODS
 
 
 class KCenterGreedy:

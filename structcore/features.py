@@ -16,13 +16,9 @@ from PIL import Image
 
 from structcore.backbones.base import Backbone
 from structcore.feature_space import FeatureSpace
-from structcore.preprocess import DEFAULT_CROP, DEFAULT_RESIZE, Preprocessing, load_image, preprocess_image
+from structcore.preprocess import Preprocessing, load_image, preprocess_image
 from structcore.runtime import tune_allocator
-
-#: Dimension of the projected patch vectors.
-DEFAULT_DIM = 512
-#: Seed of the projection matrix.
-DEFAULT_PROJECTION_SEED = 42
+from structcore.settings import DEFAULT_BATCH_SIZE, DEFAULT_CROP, DEFAULT_DIM, DEFAULT_PROJECTION_SEED, DEFAULT_RESIZE
 
 ImageSource = str | Path | Image.Image | np.ndarray
 
@@ -108,7 +104,7 @@ class FeatureExtractor:
         backbone: Backbone,
         projection: np.ndarray,
         geometry: Preprocessing | None = None,
-        batch_size: int = 8,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         fast: bool = True,
     ):
         in_dim = sum(backbone.info.channels)
@@ -195,7 +191,7 @@ def new_feature_space(
 
 
 def build_extractor(
-    space: FeatureSpace, backbone: Backbone, batch_size: int = 8, fast: bool = True
+    space: FeatureSpace, backbone: Backbone, batch_size: int = DEFAULT_BATCH_SIZE, fast: bool = True
 ) -> FeatureExtractor:
     """A :class:`FeatureExtractor` for ``space``; refuses a backbone whose weights differ."""
     info = backbone.info

@@ -27,12 +27,8 @@ import numpy as np
 import torch
 
 from structcore.runtime import small_op_threads, torch_threads
+from structcore.settings import DEFAULT_INDEX, DEFAULT_K, INDEX_KINDS  # declared once, with the other settings
 
-#: Neighbours averaged per patch score.
-DEFAULT_K = 5
-
-#: Index kinds: exact brute force, or HNSW graph (approximate).
-INDEX_KINDS = ("flat", "hnsw")
 #: Engines of the exact ("flat") search.
 ENGINES = ("auto", "faiss", "bf16", "torch")
 
@@ -251,7 +247,7 @@ class PatchKNN:
     def __init__(
         self,
         k: int = DEFAULT_K,
-        index: str = "flat",
+        index: str = DEFAULT_INDEX,
         hnsw_m: int = 32,
         hnsw_ef_search: int = 128,
         use_gpu: bool | None = None,

@@ -17,20 +17,13 @@ from typing import TypedDict
 import numpy as np
 import torch
 
-from structcore.anomaly_map import DEFAULT_SIGMA, anomaly_maps
+from structcore.anomaly_map import anomaly_maps
 from structcore.coreset import KCenterGreedy
 from structcore.features import FeatureExtractor, ImageSource
-from structcore.knn import DEFAULT_K, PatchKNN
+from structcore.knn import PatchKNN
 from structcore.progress import Progress, ProgressCallback, quiet
 from structcore.routing import (
-    DEFAULT_FAR_QUANTILE,
-    DEFAULT_FAR_SHARE,
-    DEFAULT_PROTOTYPES,
-    DEFAULT_ROUTE_QUANTILE,
-    DEFAULT_UNKNOWN_MARGIN,
-    DEFAULT_UNKNOWN_STATISTIC,
     FAR_QUANTILE_STATISTICS,
-    check_unknown_statistic,
     l2_normalize,
     leave_one_out_patch_distances,
     patch_statistic,
@@ -40,19 +33,34 @@ from structcore.routing import (
     unknown_ratio,
 )
 from structcore.scoring import (
-    DEFAULT_SCORING,
     DEFAULT_TOP_RATIO,
     ImageScores,
     StructCoreCalibrator,
     base_scores,
-    check_scoring,
     structural_descriptor,
 )
+from structcore.settings import (
+    CALIBRATION_MODES,
+    DEFAULT_BANK_DTYPE,
+    DEFAULT_CALIBRATION,
+    DEFAULT_CORESET_METHOD,
+    DEFAULT_CORESET_RATIO,
+    DEFAULT_FAR_QUANTILE,
+    DEFAULT_FAR_SHARE,
+    DEFAULT_HOLDOUT_RATIO,
+    DEFAULT_INDEX,
+    DEFAULT_K,
+    DEFAULT_PROTOTYPES,
+    DEFAULT_PROXY_DIM,
+    DEFAULT_ROUTE_QUANTILE,
+    DEFAULT_SCORING,
+    DEFAULT_SEED,
+    DEFAULT_SIGMA,
+    DEFAULT_UNKNOWN_MARGIN,
+    DEFAULT_UNKNOWN_STATISTIC,
+    FitSettings,
+)
 
-CALIBRATION_MODES = ("loo", "in-sample", "holdout", "mixed")
-#: Default calibration mode (see docs/calibration.md and docs/quality.md for the measurements behind it).
-DEFAULT_CALIBRATION = "mixed"
-DEFAULT_SEED = 42
 #: Images scored per anomaly-map batch during calibration (bounds the memory of the maps).
 _MAP_BATCH = 16
 
@@ -123,22 +131,22 @@ class CategoryModel:
 
     def __init__(
         self,
-        coreset_ratio: float = 0.01,
+        coreset_ratio: float = DEFAULT_CORESET_RATIO,
         k: int = DEFAULT_K,
         calibration: str = DEFAULT_CALIBRATION,
-        holdout_ratio: float = 0.2,
+        holdout_ratio: float = DEFAULT_HOLDOUT_RATIO,
         n_prototypes: int = DEFAULT_PROTOTYPES,
-        proxy_dim: int | None = 128,
+        proxy_dim: int | None = DEFAULT_PROXY_DIM,
         route_quantile: float = DEFAULT_ROUTE_QUANTILE,
         unknown_statistic: str = DEFAULT_UNKNOWN_STATISTIC,
         unknown_margin: float = DEFAULT_UNKNOWN_MARGIN,
         far_quantile: float = DEFAULT_FAR_QUANTILE,
         far_share: float = DEFAULT_FAR_SHARE,
         sigma: float = DEFAULT_SIGMA,
-        bank_dtype: str = "float32",
-        index: str = "flat",
+        bank_dtype: str = DEFAULT_BANK_DTYPE,
+        index: str = DEFAULT_INDEX,
         seed: int = DEFAULT_SEED,
-        coreset_method: str = "auto",
+        coreset_method: str = DEFAULT_CORESET_METHOD,
         scoring: str = DEFAULT_SCORING,
     ):
         self.coreset_ratio = coreset_ratio
@@ -177,17 +185,7 @@ class CategoryModel:
                 ``calibration``) starts.
         """
         started = time.perf_counter()
-        if self.calibration not in CALIBRATION_MODES:
-            msg = f"unknown calibration mode {self.calibration!r}; choose one of {CALIBRATION_MODES}"
-            raise ValueError(msg)
-        check_unknown_statistic(self.unknown_statistic)
-        check_scoring(self.scoring)
-        if not (math.isfinite(self.unknown_margin) and self.unknown_margin >= 1.0):
-            msg = f"unknown_margin must be a finite number >= 1, got {self.unknown_margin}"
-            raise ValueError(msg)
-        if not (0.0 < self.far_quantile < 1.0 and 0.0 < self.far_share < 1.0):
-            msg = f"far_quantile and far_share must lie in (0, 1), got {self.far_quantile}, {self.far_share}"
-            raise ValueError(msg)
+        FitSettings.from_values(self.get_params()).validate()  # structcore.settings: one table, one error
         n_images, n_patches, dim = patch_vectors.shape
         if n_patches != grid[0] * grid[1]:
             msg = f"patch count {n_patches} does not match grid {grid}"

@@ -20,20 +20,15 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from structcore.image_files import ImageReadError
+from structcore.settings import DEFAULT_CROP, DEFAULT_RESIZE
 
 #: Largest image (in pixels) that is decoded; larger headers are refused before decoding
 #: (a decompression bomb would otherwise exhaust memory). 16k x 16k covers real line cameras.
 MAX_IMAGE_PIXELS = 16384 * 16384
 
 
-#: Default geometry of new feature spaces: resize straight to 392, no crop. The paper's MVTec/VisA
-#: protocol (448 -> 392 centre crop) cuts 6% off each border, where defects of tiles, textures
-#: and webs lie (docs/quality.md: Magnetic Tile Defects lose 5 points of image AUROC to it).
-DEFAULT_RESIZE = 392
-DEFAULT_CROP = 392
-#: The paper's (and method.md's) geometry, and that of registries made before the no-crop default.
-PAPER_RESIZE = 448
-PAPER_CROP = 392
+#: Default geometry of new feature spaces (``DEFAULT_RESIZE``, ``DEFAULT_CROP``: 392, no crop) and
+#: the paper's (``PAPER_RESIZE``, ``PAPER_CROP``: 448 -> 392) live in :mod:`structcore.settings`.
 
 
 @dataclass(frozen=True)

@@ -31,31 +31,28 @@ import torch
 
 from structcore.coreset import exact_greedy
 from structcore.runtime import small_op_threads, torch_threads
+from structcore.settings import (  # declared once, with the other settings
+    DEFAULT_PROTOTYPES,
+    DEFAULT_UNKNOWN_STATISTIC,
+    UNKNOWN_STATISTICS,
+)
 
-#: Prototypes per category.
-DEFAULT_PROTOTYPES = 64
-#: Quantile of a category's own train-good route scores above which an input is ``unknown``.
-DEFAULT_ROUTE_QUANTILE = 0.995
 #: Categories scored exactly per image after the centroid shortlist.
 DEFAULT_SHORTLIST = 8
-#: Image statistics of patch-to-prototype distances an ``unknown`` threshold can be put on:
+#: Image statistics of patch-to-prototype distances an ``unknown`` threshold can be put on
+#: (``UNKNOWN_STATISTICS``, declared with the other settings in :mod:`structcore.settings`):
 #: ``quantile-<N>`` (the N% quantile of the patches' distances, over the category's far patch
 #: threshold), ``far-share`` (share of patches beyond the far threshold, over a share threshold),
 #: ``mean`` (the route score), ``median``, ``low-mean-<N>`` (mean of the lowest N% of the
 #: patches' distances); the last three over a margin times their leave-one-out train quantile.
-UNKNOWN_STATISTICS = ("quantile-30", "far-share", "low-mean-50", "low-mean-75", "median", "mean")
-#: Statistic of the ``unknown`` decision (see docs/open-set.md for the measurements behind it).
-DEFAULT_UNKNOWN_STATISTIC = "quantile-30"
+#: ``DEFAULT_UNKNOWN_STATISTIC`` decides ``unknown`` (docs/open-set.md has the measurements);
+#: ``DEFAULT_FAR_QUANTILE`` of the leave-one-out train-good patch distances makes a patch "far";
+#: ``DEFAULT_FAR_SHARE``: ``far-share`` (the rule of versions fitted before ``quantile-30``)
+#: share of far patches above which an image is unlike the category; ``DEFAULT_UNKNOWN_MARGIN``:
+#: other statistics' threshold = this factor x the ``route_quantile`` of the leave-one-out
+#: train-good statistic (train-good statistics spread by a few percent only).
 #: Statistics whose threshold is the category's far patch threshold itself.
 FAR_QUANTILE_STATISTICS = ("quantile-30",)
-#: Quantile of the leave-one-out train-good patch distances that makes a patch "far".
-DEFAULT_FAR_QUANTILE = 0.9
-#: ``far-share`` (the rule of versions fitted before ``quantile-30``): share of far patches
-#: above which an image is unlike the category.
-DEFAULT_FAR_SHARE = 0.5
-#: Other statistics: unknown threshold = this factor x the ``route_quantile`` of the
-#: leave-one-out train-good statistic (train-good statistics spread by a few percent only).
-DEFAULT_UNKNOWN_MARGIN = 1.2
 
 
 def check_unknown_statistic(statistic: str) -> str:

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import median_abs_deviation
 
+from structcore.settings import DEFAULT_SCORING, SCORING_MODES  # calibrations of the distance and lambda
+
 #: Share of the map's pixels averaged by the top-k mean.
 DEFAULT_TOP_RATIO = 0.01
 #: Added to standard deviations before dividing.
@@ -35,10 +37,6 @@ DEFAULT_QUANTILE = 0.995
 #: Names of the descriptor's dimensions, in order.
 DESCRIPTOR_NAMES = ("std", "topk_mean", "tv")
 SCORE_KINDS = ("base", "struct", "hybrid")
-#: Calibrations of the structural distance and lambda (module docstring).
-SCORING_MODES = ("robust", "paper")
-#: Scoring of newly fitted categories.
-DEFAULT_SCORING = "robust"
 #: Stored states without a ``scoring`` key were fitted with the paper's equations.
 LEGACY_SCORING = "paper"
 #: ``robust``: smallest scale of a descriptor dimension, as a share of its train-good median.

@@ -1,0 +1,103 @@
+"""Command-line options of the model's settings, built from :mod:`structcore.settings` (declared once).
+
+Every fitting command (``add-category``, ``add-categories``, ``eval``) takes the fit options
+below with the same names, defaults and help; ``init`` takes the feature-space ones. The
+option name and help text come from the settings table, the default from
+:class:`~structcore.settings.FitSettings` / :class:`~structcore.settings.FeatureSpaceSettings`,
+so a setting is described in one place. Use them as ``coreset_ratio: CoresetRatioOption =
+FIT_DEFAULTS.coreset_ratio`` and build the settings with :func:`fit_settings`, which turns a
+refused value into one line naming the option (exit code 1, as the other input errors).
+
+Standard library, Typer and :mod:`structcore.settings` only: ``registry list`` imports this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.common import InputError
+from structcore.settings import (
+    FEATURE_SPACE_PARAMETERS,
+    FIT_PARAMETERS,
+    FeatureSpaceSettings,
+    FitSettings,
+    InvalidSettingError,
+    Parameter,
+)
+
+#: The defaults of the options (the settings' own).
+FIT_DEFAULTS = FitSettings()
+FEATURE_SPACE_DEFAULTS = FeatureSpaceSettings()
+
+#: The fit settings every fitting command exposes as options, by settings name.
+FIT_OPTIONS = ("coreset_ratio", "calibration", "scoring", "index", "seed", "batch_size")
+
+
+def _option(parameter: Parameter) -> Any:
+    """A Typer option named and described by the settings table."""
+    if parameter.option is None:  # pragma: no cover - a programming error, caught by the tests
+        msg = f"setting {parameter.name!r} has no command-line option"
+        raise ValueError(msg)
+    return typer.Option(parameter.option, help=parameter.help)
+
+
+# ----------------------------------------------------------------------------- fit (per category)
+CoresetRatioOption = Annotated[float, _option(FIT_PARAMETERS["coreset_ratio"])]
+CalibrationOption = Annotated[str, _option(FIT_PARAMETERS["calibration"])]
+ScoringOption = Annotated[str, _option(FIT_PARAMETERS["scoring"])]
+KnnIndexOption = Annotated[str, _option(FIT_PARAMETERS["index"])]
+FitSeedOption = Annotated[int, _option(FIT_PARAMETERS["seed"])]
+BatchSizeOption = Annotated[int, _option(FIT_PARAMETERS["batch_size"])]
+
+# ----------------------------------------------------------------------------- feature space (registry init)
+BackboneOption = Annotated[str, _option(FEATURE_SPACE_PARAMETERS["backbone"])]
+WeightsOption = Annotated[Path | None, _option(FEATURE_SPACE_PARAMETERS["weights"])]
+ResizeOption = Annotated[int, _option(FEATURE_SPACE_PARAMETERS["resize"])]
+CropOption = Annotated[int, _option(FEATURE_SPACE_PARAMETERS["crop"])]
+DimOption = Annotated[int, _option(FEATURE_SPACE_PARAMETERS["dim"])]
+ProjectionSeedOption = Annotated[int, _option(FEATURE_SPACE_PARAMETERS["seed"])]
+
+
+def fit_settings(**values: Any) -> FitSettings:
+    """The validated :class:`FitSettings` of a command's options (the others keep their defaults).
+
+    Raises:
+        InputError: a value outside its allowed values; the message names the option
+            (``--coreset-ratio must be a number in (0, 1], got 2.0``).
+    """
+    try:
+        return FitSettings.from_values(values).validate(as_options=True)
+    except InvalidSettingError as error:
+        raise InputError(str(error)) from None
+
+
+def feature_space_settings(**values: Any) -> FeatureSpaceSettings:
+    """The validated :class:`FeatureSpaceSettings` of ``registry init``'s options (see :func:`fit_settings`)."""
+    try:
+        return FeatureSpaceSettings.from_values(values).validate(as_options=True)
+    except InvalidSettingError as error:
+        raise InputError(str(error)) from None
+
+
+__all__ = [
+    "FEATURE_SPACE_DEFAULTS",
+    "FIT_DEFAULTS",
+    "FIT_OPTIONS",
+    "BackboneOption",
+    "BatchSizeOption",
+    "CalibrationOption",
+    "CoresetRatioOption",
+    "CropOption",
+    "DimOption",
+    "FitSeedOption",
+    "KnnIndexOption",
+    "ProjectionSeedOption",
+    "ResizeOption",
+    "ScoringOption",
+    "WeightsOption",
+    "feature_space_settings",
+    "fit_settings",
+]
