@@ -138,7 +138,7 @@ def test_in_memory_store_router_uses_each_models_unknown_rule() -> None:
     store = InMemoryStore(extractor=None)  # type: ignore[arg-type]
     store.put("a", _fitted())
     store.put("b", _fitted("far-share"))
-    router = store.router()
+    router = store.detector().router
     assert router.unknown_statistics_ == ["quantile-30", "far-share"]
     assert router.unknown_thresholds_ == [store.load("a").unknown_threshold_, 0.5]
     assert np.isfinite(router.far_thresholds_).all()
