@@ -26,7 +26,7 @@ def bench_command(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object with every figure.")] = False,
 ) -> None:
     """Measure extract / kNN / post per image, floors of kNN, coreset and extraction, routing scale, memory."""
-    from evaluation.bench import format_bench, run_bench
+    from benchmarks.bench import format_bench, run_bench
 
     with user_errors():
         result = run_bench(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.bench import anomaly_maps_reference, common_way_coreset, format_bench, run_bench
+from benchmarks.bench import anomaly_maps_reference, common_way_coreset, format_bench, run_bench
 from structcore.anomaly_map import anomaly_maps
 from structcore.features import FeatureExtractor, fuse_layers, project_layers
 from structcore.knn import PatchKNN, bf16_matmul_supported

@@ -22,8 +22,8 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
+from benchmarks.bench import format_bench, target_checks
 from cli.main import app
-from evaluation.bench import format_bench, target_checks
 from evaluation.plots import render_overlay
 from evaluation.synthetic import make_category, write_mvtec_layout
 

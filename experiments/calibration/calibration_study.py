@@ -42,7 +42,7 @@ def mvtec_split(root: Path, geometry):  # type: ignore[no-untyped-def]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "--bottle", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/mvtec_ad/bottle"
+        "--bottle", type=Path, default=Path(__file__).resolve().parents[3] / "shared/data/mvtec_ad/bottle"
     )
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2)

@@ -838,7 +838,7 @@ def _common_way_plain_process(sample: np.ndarray, seed: int) -> float | None:
         "import json, sys, time\n"
         "import numpy as np, torch\n"
         "torch.set_num_threads(int(sys.argv[2]))\n"
-        "from evaluation.bench import common_way_coreset\n"
+        "from benchmarks.bench import common_way_coreset\n"
         "sample = np.fromfile(sys.argv[1], dtype=np.float32).reshape(-1, int(sys.argv[4]))\n"
         "t = time.perf_counter(); common_way_coreset(sample, 0.01, int(sys.argv[3]))\n"
         "print(json.dumps(time.perf_counter() - t))\n"
@@ -1113,7 +1113,7 @@ def _fit_child(spec: dict[str, Any]) -> dict[str, Any]:
 def _run_child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     code = (
         "import json, sys\n"
-        "from evaluation.bench import _fit_child\n"
+        "from benchmarks.bench import _fit_child\n"
         "print(json.dumps(_fit_child(json.loads(sys.argv[1]))))\n"
     )
     completed = subprocess.run(

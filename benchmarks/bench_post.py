@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import torch
 
-from evaluation.bench import anomaly_maps_reference, median_times
+from benchmarks.bench import anomaly_maps_reference, median_times
 from structcore.anomaly_map import anomaly_maps
 from structcore.scoring import StructCoreCalibrator
 
