@@ -28,7 +28,7 @@ from evaluation.plots import render_overlay
 from evaluation.synthetic import make_category, write_mvtec_layout
 
 runner = CliRunner()
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SIZE = 96
 MISSING = "does not exist (create it first, or pass --parents)"
 
