@@ -1,7 +1,11 @@
 """``registry bench``: the paper's Table 4 on this machine, plus each stage against its floor.
 
+Part of a source checkout, not of the installed package: ``registry bench`` runs :func:`main`
+(``python -m benchmarks.bench --help`` from the checkout does the same).
+
 :func:`run_bench` measures, for one backbone, batch size and image set (default: MVTec AD
-bottle next to the repository when present, else seeded synthetic images):
+bottle of the real data, found as the tests find it: ``$STRUCTCORE_DATA/mvtec_ad/bottle``,
+default ``<checkout>/../shared/data``, when present; else seeded synthetic images):
 
 * the table: per coreset ratio (1%, 5%, 10%), ms per image of extract (backbone + projection),
   kNN (patch scores) and post (anomaly maps + StructCore scores), their total, images/s and
@@ -27,6 +31,7 @@ processes share this machine. ``quick=True`` uses a few images and smaller input
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -46,6 +51,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import structcore.coreset as coreset_module
+from evaluation.datasets import load_mvtec
 from evaluation.metrics import image_metrics, pixel_metrics
 from evaluation.synthetic import CATEGORY_KINDS, make_category
 from registry.core import Registry, forget_verified_checksums
@@ -73,8 +79,10 @@ HNSW_M = 32
 HNSW_EF_SEARCH = (64, 128, 256)
 #: Category counts of the routing scale test.
 ROUTE_COUNTS = (2, 20, 200, 1000)
-#: Default image set, relative to the repository (used when present).
-DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "mvtec_ad" / "bottle"
+#: The checkout holding this file (its ``benchmarks/`` is not installed; child processes import it from here).
+CHECKOUT = Path(__file__).resolve().parents[1]
+#: Real data root, as the tests find it (tests/conftest.py): ``$STRUCTCORE_DATA``, else ``<checkout>/../shared/data``.
+DATA_ENV = "STRUCTCORE_DATA"
 #: Banks above this many point-center distances (``n_select x N``) are drawn as seeded random
 #: subsets of the right size in the table (kNN time depends on the bank size, not its content);
 #: the 1% bank is always the real coreset.
@@ -147,23 +155,11 @@ class _Images:
 
 
 def _mvtec(folder: Path, quick: bool, seed: int) -> _Images:
-    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-
-    def images_in(path: Path) -> list[Path]:
-        return sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes) if path.is_dir() else []
-
-    train: list[Any] = list(images_in(folder / "train" / "good"))
-    test: list[Any] = []
-    labels: list[int] = []
-    masks: list[Any] = []
-    test_root = folder / "test"
-    defects = sorted(p.name for p in test_root.iterdir() if p.is_dir()) if test_root.is_dir() else []
-    for defect in sorted(defects, key=lambda name: (name != "good", name)):
-        for image in images_in(test_root / defect):
-            test.append(image)
-            labels.append(0 if defect == "good" else 1)
-            mask = folder / "ground_truth" / defect / f"{image.stem}_mask.png"
-            masks.append(mask if defect != "good" and mask.is_file() else None)
+    data = load_mvtec(folder).categories[folder.name]  # test images: good first, then defects by name
+    train: list[Any] = list(data.train)
+    test: list[Any] = list(data.test)
+    labels: list[int] = [int(label) for label in data.labels]
+    masks: list[Any] = list(data.masks)
     if quick:
         rng = np.random.default_rng(seed)
         train = [train[i] for i in sorted(rng.choice(len(train), min(len(train), 12), replace=False))]
@@ -187,9 +183,19 @@ def _synthetic(quick: bool, seed: int, kind: str = "pill") -> _Images:
     )
 
 
+def default_images() -> Path:
+    """MVTec AD bottle of the real data: ``$STRUCTCORE_DATA/mvtec_ad/bottle``.
+
+    ``$STRUCTCORE_DATA`` defaults to ``<checkout>/../shared/data``, as in ``tests/conftest.py``.
+    """
+    configured = os.environ.get(DATA_ENV)
+    root = Path(configured).expanduser() if configured else CHECKOUT.parent / "shared" / "data"
+    return root / "mvtec_ad" / "bottle"
+
+
 def _load_images(images: str | Path | None, quick: bool, seed: int) -> _Images:
     if images is None:
-        images = DEFAULT_IMAGES if (DEFAULT_IMAGES / "train" / "good").is_dir() else "synthetic"
+        images = default_images() if (default_images() / "train" / "good").is_dir() else "synthetic"
     if str(images) == "synthetic":
         return _synthetic(quick, seed)
     folder = Path(images)
@@ -234,7 +240,8 @@ def run_bench(
 
     Args:
         images: an MVTec-style category folder (``train/good``, ``test/<defect>``,
-            ``ground_truth``), ``"synthetic"``, or ``None`` for MVTec bottle when present.
+            ``ground_truth``), ``"synthetic"``, or ``None`` for :func:`default_images` when present
+            (else synthetic).
         backbone: registered backbone name; ``weights`` its weights file when needed.
         batch_size: images per backbone call.
         ratios: coreset ratios of the table rows (the first is the reference bank everywhere).
@@ -838,6 +845,7 @@ def _common_way_plain_process(sample: np.ndarray, seed: int) -> float | None:
         "import json, sys, time\n"
         "import numpy as np, torch\n"
         "torch.set_num_threads(int(sys.argv[2]))\n"
+        f"sys.path.insert(0, {str(CHECKOUT)!r})\n"
         "from benchmarks.bench import common_way_coreset\n"
         "sample = np.fromfile(sys.argv[1], dtype=np.float32).reshape(-1, int(sys.argv[4]))\n"
         "t = time.perf_counter(); common_way_coreset(sample, 0.01, int(sys.argv[3]))\n"
@@ -1113,6 +1121,7 @@ def _fit_child(spec: dict[str, Any]) -> dict[str, Any]:
 def _run_child(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     code = (
         "import json, sys\n"
+        f"sys.path.insert(0, {str(CHECKOUT)!r})\n"
         "from benchmarks.bench import _fit_child\n"
         "print(json.dumps(_fit_child(json.loads(sys.argv[1]))))\n"
     )
@@ -1402,3 +1411,63 @@ def format_bench(result: dict[str, Any]) -> str:
     if "seconds" in result:
         lines.append(f"bench took {_fmt(result['seconds'])} s")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- command line
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="registry bench",
+        description="Measure extract / kNN / post per image, floors of kNN, coreset and extraction, "
+        "routing scale, memory.",
+    )
+    parser.add_argument(
+        "--images",
+        help=f"MVTec-style category folder, or 'synthetic' [default: ${DATA_ENV}/mvtec_ad/bottle when present].",
+    )
+    parser.add_argument("--backbone", default="efficientnet-lite2", help="Backbone name.")
+    parser.add_argument("--weights", type=Path, help="Weights file for backbones that need one.")
+    parser.add_argument("--batch-size", type=int, default=8, help="Images per backbone call.")
+    parser.add_argument("--ratios", default="0.01,0.05,0.1", help="Comma-separated coreset ratios of the table rows.")
+    parser.add_argument("--sections", help="Comma-separated subset of sections to run.")
+    parser.add_argument("--threads", type=int, help="torch / faiss threads.")
+    parser.add_argument("--quick", action="store_true", help="Few small images: a smoke test.")
+    parser.add_argument("--compile", action="store_true", help="Also measure torch.compile.")
+    parser.add_argument("--json", action="store_true", help="One JSON object with every figure.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``registry bench`` (and ``python -m benchmarks.bench``): figures on stdout, progress on stderr.
+
+    Returns 0, or 1 after one line ``error: ...`` on stderr for bad input (no traceback).
+    """
+    from registry.errors import RegistryError
+    from structcore.backbones import BackboneError
+    from structcore.image_files import ImageReadError
+
+    args = _parser().parse_args(argv)
+    try:
+        result = run_bench(
+            args.images,
+            backbone=args.backbone,
+            weights=args.weights,
+            batch_size=args.batch_size,
+            ratios=[float(r) for r in args.ratios.split(",") if r.strip()],
+            quick=args.quick,
+            threads=args.threads,
+            sections=[s.strip() for s in args.sections.split(",") if s.strip()] if args.sections else None,
+            compile=args.compile,
+            progress=lambda message: print(message, file=sys.stderr, flush=True),
+        )
+    except (RegistryError, BackboneError, ImageReadError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    print(json.dumps(result, indent=2, default=str) if args.json else format_bench(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -225,7 +226,7 @@ def main() -> None:
         m.group(1): float(m.group(2))
         for m in re.finditer(r"^structcore_batch_images_(sum|count) (\S+)$", metrics, re.M)
     }
-    result = {
+    result: dict[str, Any] = {
         "cli": cli,
         "rows": rows,
         "rss_mb_start": rss_start,

@@ -1,5 +1,5 @@
 # Exploratory measurement script of issue 13 (docs/quality.md); reads the cache of embed.py + analyze.py.
-# Run from the repo root with .venv/bin/python. Not linted (scripts/quality is excluded from ruff).
+# Run from the repo root with .venv/bin/python (experiments/README.md lists what each script feeds).
 """Paper vs robust scoring (the shipped StructCoreCalibrator) and robust-mode variants on cached descriptors.
 
 Usage: robust.py CACHE_DIR [CACHE_DIR ...]   (each holds desc_r0.01.npz and labels.npy from analyze.py)
@@ -7,8 +7,9 @@ Usage: robust.py CACHE_DIR [CACHE_DIR ...]   (each holds desc_r0.01.npz and labe
 Every variant is calibrated on train-good descriptors only (loo, or in-sample where said); the test
 labels are used for the printed AUROC / FRR alone.
 """
-import sys
+
 import functools
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +40,11 @@ def evaluate(name, labels, b, D, eb, ed, **kw):
     dims = kw.pop("dims", None)
     c = StructCoreCalibrator(**kw)
     if dims is not None:  # zero the weight of the dropped dimensions via their columns
-        D = D.copy(); ed = ed.copy()
+        D = D.copy()
+        ed = ed.copy()
         for j in set(range(3)) - set(dims):
-            D[:, j] = 0.0; ed[:, j] = 0.0
+            D[:, j] = 0.0
+            ed[:, j] = 0.0
     c.fit_descriptors(b, D)
     if lam_kind is not None:
         st = c.struct_distance(D)
@@ -55,8 +58,10 @@ def evaluate(name, labels, b, D, eb, ed, **kw):
     au = {k: image_metrics(labels, s.by_kind(k))["auroc"] for k in ("base", "struct", "hybrid")}
     frr = {k: float((s.by_kind(k)[~labels] > c.thresholds_[k]).mean()) for k in ("base", "struct", "hybrid")}
     zero = float((train_struct <= 0).mean())
-    print(f"  {name:44s} struct {au['struct']:.4f} hybrid {au['hybrid']:.4f} (+{au['hybrid'] - au['base']:+.4f})"
-          f" lambda {c.lambda_:.4g} FRR hyb {frr['hybrid']:.3f} base {frr['base']:.3f}  train D=0 {zero:.2f}")
+    print(
+        f"  {name:44s} struct {au['struct']:.4f} hybrid {au['hybrid']:.4f} (+{au['hybrid'] - au['base']:+.4f})"
+        f" lambda {c.lambda_:.4g} FRR hyb {frr['hybrid']:.3f} base {frr['base']:.3f}  train D=0 {zero:.2f}"
+    )
     return au, frr, c
 
 
@@ -64,8 +69,10 @@ for cache in sys.argv[1:]:
     d = load_npy(Path(cache) / "desc_r0.01.npz")
     labels = load_npy(Path(cache) / "labels.npy").astype(bool)
     eb, ed = d["eb"], d["ed"]
-    print(f"== {Path(cache).name}: base {image_metrics(labels, eb)['auroc']:.4f}"
-          f" (n train {len(d['tb'])}, test good {(~labels).sum()}, bad {labels.sum()})")
+    print(
+        f"== {Path(cache).name}: base {image_metrics(labels, eb)['auroc']:.4f}"
+        f" (n train {len(d['tb'])}, test good {(~labels).sum()}, bad {labels.sum()})"
+    )
     for cal, (b, D) in {"loo": (d["tb"], d["td"]), "in-sample": (d["ib"], d["idd"])}.items():
         print(f" [{cal}]")
         evaluate("paper", labels, b, D, eb, ed, scoring="paper")
