@@ -1,6 +1,6 @@
 """Table 4 (extract / kNN / post ms per image) of two checkouts, measured alternately (issue 6 "before/after").
 
-``python scripts/bench_before_after.py --before PATH [--after PATH] [--images DIR] [--rounds N]``
+``python benchmarks/bench_before_after.py --before PATH [--after PATH] [--images DIR] [--rounds N]``
 
 Each checkout runs in its own child process (``PYTHONPATH=PATH``) through the API both old and new
 trees share (``create_backbone``, ``build_extractor``, ``embed_images``, ``CategoryModel``,

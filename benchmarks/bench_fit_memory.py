@@ -1,6 +1,6 @@
 """Peak RSS of ``add_category`` over the projected patch matrix, for any checkout (issue 6 "before" figures).
 
-``python scripts/bench_fit_memory.py [--tree PATH] [--images DIR] [--limit N]`` runs the fit in a child
+``python benchmarks/bench_fit_memory.py [--tree PATH] [--images DIR] [--limit N]`` runs the fit in a child
 process with ``PYTHONPATH=PATH`` (default: this checkout), so an older commit's ``structcore`` (e.g. a
 ``git worktree`` of the commit before the performance work) can be measured the same way. The child
 reads ``VmRSS`` after the model is loaded and ``VmHWM`` after ``add_category``.

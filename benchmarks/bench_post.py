@@ -1,6 +1,6 @@
 """Post-processing before/after (issue 6): anomaly maps (direct vs matrix form) and StructCore scoring.
 
-``python scripts/bench_post.py [--batch 8] [--repeats 30]``: interleaved medians, ms per image, for
+``python benchmarks/bench_post.py [--batch 8] [--repeats 30]``: interleaved medians, ms per image, for
 a 49 x 49 patch grid upsampled to 392 px with the sigma-4 blur, then the StructCore descriptor and
 calibrated scores.
 """

@@ -6,8 +6,8 @@ baseline, starts `registry serve` as a child process and, for each client count,
 until the time or the request budget is spent. Reports p50 / p95 / p99 latency, images per second
 (also against the CLI), errors, and the server's RSS after warm-up and at the end.
 
-    .venv/bin/python scripts/load_test_serve.py --clients 1,4,8 --seconds 20
-    .venv/bin/python scripts/load_test_serve.py --screenshot docs/images/serve_page.png   # the README picture
+    .venv/bin/python benchmarks/load_test_serve.py --clients 1,4,8 --seconds 20
+    .venv/bin/python benchmarks/load_test_serve.py --screenshot docs/images/serve_page.png   # the README picture
 """
 
 from __future__ import annotations

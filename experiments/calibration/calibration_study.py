@@ -2,7 +2,7 @@
 
 Prints, per dataset and mode: I-AUROC / I-AP / I-F1max for Base, Struct, Hybrid, P-AUROC, and the
 false-reject rate of test-good images at the 99.5% train-good thresholds; plus ms per image for
-extract / kNN / post. Usage: ``python scripts/calibration_study.py [--bottle DIR] [--json OUT]``.
+extract / kNN / post. Usage: ``python experiments/calibration/calibration_study.py [--bottle DIR] [--json OUT]``.
 """
 
 from __future__ import annotations

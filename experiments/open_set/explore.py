@@ -30,8 +30,8 @@ the route-score margin to the second-best category (AUROC only). Results: docs/o
 
 Usage::
 
-    python scripts/open_set/explore.py --make-data          # once: writes /tmp/14-data
-    python scripts/open_set/explore.py --max-train 80 --paste
+    python experiments/open_set/explore.py --make-data          # once: writes /tmp/14-data
+    python experiments/open_set/explore.py --max-train 80 --paste
 
 The cache key holds the category, split and subset size; delete ``--cache`` to re-embed.
 """

@@ -1,5 +1,5 @@
 # Exploratory measurement script of issue 13 (docs/quality.md); reads/writes the cache /tmp/13-cache.
-# Run from the repo root: .venv/bin/python experiments/quality/calmode.py CATEGORY_ROOT GEOM MODE [RATIO]
+# Run from the repo root: PYTHONPATH=. .venv/bin/python experiments/quality/calmode.py CATEGORY_ROOT GEOM MODE [RATIO]
 """Fit one calibration mode (loo / holdout / in-sample) on re-embedded train images and score the cached test set.
 
 Needs the cache of embed.py (test_emb16.npy, labels.npy) for CATEGORY_ROOT and GEOM. Prints paper and robust

@@ -1,5 +1,5 @@
 # Exploratory measurement script of issue 13 (docs/quality.md); reads the cache of embed.py + analyze.py.
-# Run from the repo root: .venv/bin/python experiments/quality/mixed.py CACHE_DIR [...]
+# Run from the repo root: PYTHONPATH=. .venv/bin/python experiments/quality/mixed.py CACHE_DIR [...]
 """Statistics (mu, sigma, lambda) from in-sample maps, thresholds from loo maps: a 'mixed' calibration."""
 
 import functools

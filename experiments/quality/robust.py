@@ -1,5 +1,5 @@
 # Exploratory measurement script of issue 13 (docs/quality.md); reads the cache of embed.py + analyze.py.
-# Run from the repo root with .venv/bin/python (experiments/README.md lists what each script feeds).
+# Run from the repo root: PYTHONPATH=. .venv/bin/python experiments/quality/robust.py (see experiments/README.md).
 """Paper vs robust scoring (the shipped StructCoreCalibrator) and robust-mode variants on cached descriptors.
 
 Usage: robust.py CACHE_DIR [CACHE_DIR ...]   (each holds desc_r0.01.npz and labels.npy from analyze.py)

@@ -1,5 +1,5 @@
 # Exploratory measurement script of issue 13 (docs/quality.md); reads the cache of embed.py + analyze.py.
-# Run from the repo root: .venv/bin/python experiments/quality/table.py NAME [NAME ...]
+# Run from the repo root: PYTHONPATH=. .venv/bin/python experiments/quality/table.py NAME [NAME ...]
 """The before/after table of docs/quality.md: per category, geometry x scoring x calibration.
 
 NAME is a cache prefix (/tmp/13-cache/NAME-{crop,nocrop}); pixel figures come from analyze.py's output

@@ -1,5 +1,5 @@
 # Exploratory measurement script of issue 13 (docs/quality.md); writes its cache to /tmp/13-cache.
-# Run from the repo root with .venv/bin/python (experiments/README.md lists what each script feeds).
+# Run from the repo root: PYTHONPATH=. .venv/bin/python experiments/quality/variants.py (see experiments/README.md).
 """Scoring variants on cached descriptors (desc_*.npz)."""
 
 import functools
