@@ -15,12 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from registry import Registry, records
-from registry.catalogue import HEAD_REVISION, SCHEMA_REVISIONS
-from registry.db import alembic_config, head_revision
-from registry.records import ARRAY_NAMES
-from structcore import scoring
-from structcore.model import CategoryModel
+from registry import Registry
 from tests.support_registry import random_registry
 
 HEAVY = ("torch", "sklearn", "scipy", "faiss", "ray")
@@ -109,22 +104,3 @@ def test_data_check_imports_no_heavy_library(tmp_path: Path) -> None:
     result = _heavy_modules("data", "check", "--root", str(tmp_path), "--categories", "bottle")
     assert result["code"] == 1  # known answer: a one-image copy of bottle is incomplete
     assert result["heavy"] == []
-
-
-def test_stored_array_names_match_the_model() -> None:
-    assert tuple(CategoryModel.ARRAY_NAMES) == ARRAY_NAMES
-
-
-def test_records_know_the_scoring_of_old_versions() -> None:
-    """The catalogue names the scoring of a version without numpy: its default must be the method's."""
-    assert records.LEGACY_SCORING == scoring.LEGACY_SCORING
-
-
-def test_catalogue_knows_every_schema_revision() -> None:
-    """The catalogue checks the schema without Alembic: its revision list must be Alembic's."""
-    from alembic.script import ScriptDirectory
-
-    script = ScriptDirectory.from_config(alembic_config())
-    revisions = [revision.revision for revision in reversed(list(script.walk_revisions()))]
-    assert tuple(revisions) == SCHEMA_REVISIONS
-    assert head_revision() == HEAD_REVISION

@@ -20,8 +20,8 @@ from registry import (
     SchemaTooNewError,
     UnknownCategoryError,
 )
-from registry.catalogue import HEAD_REVISION
-from registry.db import alembic_config
+from registry.catalogue import HEAD_REVISION, SCHEMA_REVISIONS
+from registry.db import alembic_config, head_revision
 from tests.support_registry import clone, random_registry
 
 
@@ -96,3 +96,13 @@ def test_damaged_row_is_a_clear_error(fitted: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["list", "--root", str(root)])
     assert result.exit_code == 1
     assert "cannot be read" in result.stderr
+
+
+def test_catalogue_knows_every_schema_revision() -> None:
+    """The catalogue checks the schema without Alembic: its revision list must be Alembic's."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config())
+    revisions = [revision.revision for revision in reversed(list(script.walk_revisions()))]
+    assert tuple(revisions) == SCHEMA_REVISIONS
+    assert head_revision() == HEAD_REVISION

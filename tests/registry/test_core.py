@@ -10,10 +10,6 @@ import numpy as np
 import pytest
 import zarr
 from alembic import command
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from registry import (
     DatabaseDamagedError,
@@ -26,11 +22,8 @@ from registry import (
     SchemaOutdatedError,
     UnknownCategoryError,
     UnknownVersionError,
-    validate_name,
 )
 from registry.db import alembic_config, current_revision, head_revision, make_engine
-from registry.models import Base
-from registry.storage import ArrayRecord, array_sha256
 from tests.support_registry import SIZE, clone, db_rows, make_base, scores, small_model, tree_hashes, write_data
 
 Data = dict[str, tuple[list[Path], list[Path]]]
@@ -241,38 +234,6 @@ def test_dangling_current_version_names_the_database(base: Path, tmp_path: Path)
         assert "bad-current-version" in [p.kind for p in registry.verify().problems]
 
 
-def test_verify_finds_and_gc_removes_leftovers(base: Path, tmp_path: Path) -> None:
-    root = clone(base, tmp_path / "reg")
-    with Registry.open(root) as registry:
-        info = registry.version_info("pill")
-        orphan = root / "stores" / "pill" / "0000-orphan.zarr"
-        shutil.copytree(root / info.store_path, orphan)
-        (root / "tmp" / "half-written.zarr").mkdir(parents=True)
-        (root / "stores" / "stray.txt").write_text("?")
-        report = registry.verify()
-        assert sorted(p.kind for p in report.problems) == ["orphan-store", "stray-file", "temp-file"]
-        assert all(p.removable for p in report.problems)
-        assert report.checked_versions == 1
-        removed = registry.gc().removed
-        assert sorted(removed) == ["stores/pill/0000-orphan.zarr", "stores/stray.txt", "tmp/half-written.zarr"]
-        assert registry.verify().ok
-        (root / "tmp" / "again").mkdir()
-        repaired = registry.verify(repair=True)
-        assert repaired.ok and repaired.repaired == ["tmp/again"]
-        assert registry.load_category("pill") is not None
-
-
-# ------------------------------------------------------------------------- schema
-def test_orm_models_match_the_migrations(tmp_path: Path) -> None:
-    database = tmp_path / "registry.sqlite"
-    command.upgrade(alembic_config(database), "head")
-    engine = make_engine(database)
-    with engine.connect() as connection:
-        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
-    engine.dispose()
-    assert differences == []
-
-
 _COLUMNS_0001 = {
     "feature_space": "id, backbone, weights_sha256, weights_path, layers, channels, mean, std, local_pool, resize, "
     "crop, dim, projection_seed, projection_path, projection_sha256, library_version, created_at",
@@ -329,35 +290,3 @@ def test_interrupted_init_is_not_a_registry_and_can_be_redone(tmp_path: Path) ->
         Registry.open(root)
     with Registry.init(root, resize=SIZE, crop=SIZE) as registry:
         assert registry.verify(repair=True).ok
-
-
-# ------------------------------------------------------------------------- properties
-@settings(max_examples=200, deadline=None)
-@given(st.text(min_size=0, max_size=140))
-def test_accepted_names_are_single_safe_path_components(name: str) -> None:
-    try:
-        validate_name(name)
-    except InvalidNameError:
-        return
-    assert "/" not in name and "\\" not in name and name not in {".", ".."} and not name.startswith(".")
-    assert Path(name).name == name and len(name) <= 128
-
-
-@settings(max_examples=50, deadline=None)
-@given(
-    shape=st.tuples(st.integers(0, 5), st.integers(1, 4)),
-    dtype=st.sampled_from(["<f2", ">f4", "<f8", ">i4", "<i8"]),
-    seed=st.integers(0, 2**16),
-)
-def test_checksum_depends_on_content_not_layout(shape: tuple[int, int], dtype: str, seed: int) -> None:
-    values = np.random.default_rng(seed).integers(-100, 100, size=shape).astype(dtype)
-    swapped = values.astype(np.dtype(dtype).newbyteorder("S"))  # same numbers, other byte order
-    fortran = np.asfortranarray(values)
-    digest = array_sha256(values)
-    assert array_sha256(swapped) == digest == array_sha256(fortran)
-    assert ArrayRecord.of(values).dtype == np.dtype(dtype).newbyteorder("<").str
-    if values.size:
-        changed = values.copy()
-        changed.flat[0] += 1
-        assert array_sha256(changed) != digest
-    assert array_sha256(values.reshape(-1)) != digest or values.ndim == 1

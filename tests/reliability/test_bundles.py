@@ -1,6 +1,6 @@
 """Hostile bundles (issue 7): every one refused with its own message, before anything is written.
 
-``tests/test_registry_bundle.py`` covers a flipped byte, truncation, a non-HDF5 file, the format
+``tests/registry/test_bundle.py`` covers a flipped byte, truncation, a non-HDF5 file, the format
 version, a missing manifest, NaN in an array, string and compound dtypes, an unknown member, a
 soft link, a wrong dimension, an unsafe name and a manifest shape. This file adds the rest of
 the issue's list: wrong shapes and dtypes, Inf, non-finite or absurd values in the JSON

@@ -1,4 +1,4 @@
-"""Properties of the StructCore descriptor and calibrator (hypothesis), beyond ``tests/test_scoring.py``.
+"""Properties of the StructCore descriptor and calibrator (hypothesis), beyond ``tests/structcore/test_scoring.py``.
 
 ``test_scoring.py`` has: flip invariance of the descriptor, no NaN for constant maps, the
 top-k mean and the base score monotone in an added spike. Added here: invariance to

@@ -1,14 +1,11 @@
-"""kNN patch scores vs brute force; anomaly maps vs scipy's Gaussian filter."""
+"""kNN patch scores (structcore.knn): every engine against brute force, float16 banks, HNSW recall."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from scipy.ndimage import gaussian_filter
 
-from structcore.anomaly_map import anomaly_maps, gaussian_blur
-from structcore.knn import PatchKNN
+from structcore.knn import PatchKNN, bf16_matmul_supported
 
 
 def test_flat_knn_equals_brute_force(rng: np.random.Generator) -> None:
@@ -34,42 +31,21 @@ def test_hnsw_recall(rng: np.random.Generator) -> None:
     assert recall >= 0.95
 
 
-def test_gaussian_blur_matches_scipy(rng: np.random.Generator) -> None:
-    for shape in [(392, 392), (9, 13)]:
-        data = rng.random((2, *shape)).astype(np.float32)
-        ours = gaussian_blur(torch.from_numpy(data), 4.0).numpy()
-        reference = np.stack([gaussian_filter(d.astype(np.float64), 4.0, mode="reflect", truncate=4.0) for d in data])
-        np.testing.assert_allclose(ours, reference, atol=1e-5)
+@pytest.mark.parametrize("engine", ["bf16", "torch"])
+def test_exact_engines_equal_brute_force(engine: str) -> None:
+    rng = np.random.default_rng(3)
+    # Clustered data with near-duplicates, where the bf16 screen has to fall back now and then.
+    centers = rng.normal(size=(30, 48)).astype(np.float32)
+    bank = centers[rng.integers(30, size=2000)] + 0.05 * rng.normal(size=(2000, 48)).astype(np.float32)
+    queries = centers[rng.integers(30, size=700)] + 0.05 * rng.normal(size=(700, 48)).astype(np.float32)
+    squared = ((queries[:, None, :].astype(np.float64) - bank[None].astype(np.float64)) ** 2).sum(-1)
+    for k in (1, 5, 30):
+        expected = np.sort(squared, axis=1)[:, :k]
+        distances, indices = PatchKNN(k=k, engine=engine, margin=2).fit(bank).search(queries)
+        np.testing.assert_allclose(distances, expected, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.take_along_axis(squared, indices, axis=1), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_anomaly_map_shape_and_constant() -> None:
-    grids = np.full((3, 7, 7), 2.5, dtype=np.float32)
-    maps = anomaly_maps(grids, 56)
-    assert maps.shape == (3, 56, 56)
-    np.testing.assert_allclose(maps, 2.5, rtol=1e-5)
-
-
-def test_anomaly_map_peak_stays_at_defect() -> None:
-    grid = np.zeros((1, 8, 8), dtype=np.float32)
-    grid[0, 2, 5] = 1.0
-    anomaly_map = anomaly_maps(grid, 64)[0]
-    row, col = np.unravel_index(anomaly_map.argmax(), anomaly_map.shape)
-    assert abs(row - 2.5 * 8) <= 2 and abs(col - 5.5 * 8) <= 2
-
-
-def test_contention_check_ignores_own_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    import torch
-
-    import structcore.runtime as runtime
-
-    monkeypatch.setattr(runtime, "available_cpus", lambda: 2)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    # Our own spinning workers are subtracted: nothing else runnable -> not contended.
-    monkeypatch.setattr(runtime, "_own_running_threads", lambda: 3)
-    monkeypatch.setattr(runtime.Path, "read_text", lambda self: "0.5 0.5 0.5 3/100 1")
-    assert not runtime.cores_contended()
-    assert runtime.small_op_threads() == 2
-    # One thread of another process on the two cores we would use -> contended.
-    monkeypatch.setattr(runtime, "_own_running_threads", lambda: 2)
-    assert runtime.cores_contended()
-    assert runtime.small_op_threads() == 1
+def test_bf16_engine_is_picked_when_supported() -> None:
+    knn = PatchKNN().fit(np.random.default_rng(0).normal(size=(100, 8)).astype(np.float32))
+    assert knn.engine_ == ("bf16" if bf16_matmul_supported() else "faiss")

@@ -1,62 +1,14 @@
-"""Real embedded backbone + projection + category model + routing on synthetic categories."""
+"""The category model (structcore.model) with the real embedded backbone on synthetic categories:
+scores, calibration modes, round trip, and routing between fitted models."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from evaluation.synthetic import make_category
-from structcore.backbones import BackboneError, create_backbone
-from structcore.features import FeatureExtractor, fuse_layers, make_projection
 from structcore.model import CategoryModel, embed_images
 from structcore.routing import PrototypeRouter
-
-
-def test_backbone_hooks_equal_truncated_forward(backbone) -> None:  # type: ignore[no-untyped-def]
-    captured: dict[int, torch.Tensor] = {}
-    handles = [
-        backbone.model._blocks[i].register_forward_hook(lambda _m, _i, out, i=i: captured.__setitem__(i, out.clone()))
-        for i in (6, 14)
-    ]
-    images = torch.randn(2, 3, 128, 128)
-    try:
-        with torch.inference_mode():
-            backbone.model.extract_features(images)
-        reference = dict(captured)
-    finally:
-        for handle in handles:
-            handle.remove()
-    maps = backbone.extract(images)
-    assert [tuple(m.shape) for m in maps] == [(2, 48, 16, 16), (2, 120, 8, 8)]
-    torch.testing.assert_close(maps[0], reference[6])
-    torch.testing.assert_close(maps[1], reference[14])
-
-
-def test_backbone_unknown_and_missing_weights(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(BackboneError, match="unknown backbone"):
-        create_backbone("resnet-9000")
-    with pytest.raises(BackboneError, match="not found"):
-        create_backbone("efficientnet-lite2", weights=tmp_path / "nope.pth")
-
-
-def test_projection_is_seeded_and_scaled() -> None:
-    first, second = make_projection(168, 512, 42), make_projection(168, 512, 42)
-    np.testing.assert_array_equal(first, second)
-    assert first.shape == (168, 512) and abs(first.std() - 1 / np.sqrt(512)) < 2e-3
-
-
-def test_fuse_normalises_each_layer() -> None:
-    layers = [torch.randn(1, 4, 8, 8) * 10, torch.randn(1, 6, 4, 4) * 0.1]
-    fused = fuse_layers(layers, local_pool=3)
-    assert fused.shape == (1, 8, 8, 10)
-    torch.testing.assert_close(fused[..., :4].norm(dim=-1), torch.ones(1, 8, 8))
-    torch.testing.assert_close(fused[..., 4:].norm(dim=-1), torch.ones(1, 8, 8))
-
-
-def test_extractor_rejects_wrong_projection(backbone) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ValueError, match="projection"):
-        FeatureExtractor(backbone, np.zeros((10, 512), dtype=np.float32))
 
 
 @pytest.fixture(scope="module")
@@ -167,12 +119,3 @@ def test_router_picks_category_and_flags_unknown(synthetic_features, small_extra
         assert not result.unknown[good].any()
     unseen = router.route(synthetic_features["wood"][1])
     assert unseen.unknown.all()
-
-
-def test_router_rejects_duplicates_and_empty() -> None:
-    router = PrototypeRouter()
-    with pytest.raises(ValueError, match="no categories"):
-        router.scores(np.zeros((1, 4, 8), dtype=np.float32))
-    router.add("a", np.eye(8, dtype=np.float32))
-    with pytest.raises(ValueError, match="already"):
-        router.add("a", np.eye(8, dtype=np.float32))

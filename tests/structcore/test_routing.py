@@ -1,4 +1,4 @@
-"""The ``unknown`` statistic on hand-made arrays: known answers, no backbone.
+"""Routing (structcore.routing) and the ``unknown`` statistic on hand-made arrays: known answers, no backbone.
 
 Shipped rule (docs/open-set.md): an image is unlike a category when its 30% patch-distance
 quantile exceeds the category's far threshold (the 90% quantile of its leave-one-out train patch
@@ -17,6 +17,7 @@ from structcore.routing import (
     DEFAULT_UNKNOWN_STATISTIC,
     PrototypeRouter,
     check_unknown_statistic,
+    l2_normalize,
     patch_statistic,
     route_statistics,
 )
@@ -142,3 +143,36 @@ def test_in_memory_store_router_uses_each_models_unknown_rule() -> None:
     assert router.unknown_statistics_ == ["quantile-30", "far-share"]
     assert router.unknown_thresholds_ == [store.load("a").unknown_threshold_, 0.5]
     assert np.isfinite(router.far_thresholds_).all()
+
+
+def test_router_shortlist_matches_exact_routing() -> None:
+    rng = np.random.default_rng(5)
+    dim = 32
+    centers = l2_normalize(rng.normal(size=(40, dim)).astype(np.float32))
+    exact, shortlisted = PrototypeRouter(shortlist=None), PrototypeRouter(shortlist=4)
+    for index, center in enumerate(centers):
+        prototypes = l2_normalize(center + 0.2 * rng.normal(size=(16, dim)).astype(np.float32))
+        exact.add(f"c{index}", prototypes, threshold=1.0)
+        shortlisted.add(f"c{index}", prototypes, threshold=1.0)
+    truth = rng.integers(40, size=12)
+    images = np.stack([centers[t] + 0.2 * rng.normal(size=(50, dim)) for t in truth]).astype(np.float32)
+    full, short = exact.route(images), shortlisted.route(images)
+    assert full.categories == short.categories == [f"c{t}" for t in truth]
+    assert short.shortlist is not None and short.shortlist.shape == (12, 4)
+    assert np.isinf(short.all_scores).sum(axis=1).tolist() == [36] * 12
+    chosen = np.isfinite(short.all_scores)
+    np.testing.assert_allclose(short.all_scores[chosen], full.all_scores[chosen], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(short.route_scores, full.route_scores, rtol=1e-4, atol=1e-6)
+    # With no more categories than the shortlist, routing is exact (no +inf).
+    small = PrototypeRouter(shortlist=8)
+    small.add("a", centers[:4])
+    assert small.route(images[:2]).shortlist is None
+
+
+def test_router_rejects_duplicates_and_empty() -> None:
+    router = PrototypeRouter()
+    with pytest.raises(ValueError, match="no categories"):
+        router.scores(np.zeros((1, 4, 8), dtype=np.float32))
+    router.add("a", np.eye(8, dtype=np.float32))
+    with pytest.raises(ValueError, match="already"):
+        router.add("a", np.eye(8, dtype=np.float32))
