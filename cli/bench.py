@@ -1,19 +1,47 @@
-"""``registry bench``: a Table-4-style speed / memory breakdown with floor ratios (evaluation.bench)."""
+"""``registry bench``: runs the checkout's benchmark (``benchmarks/bench.py``), which is not installed.
+
+The benchmark is a performance lab (its own targets, real-data defaults, child processes) that
+lives beside the packages in a source checkout. This command finds it (the repository of the
+installed editable package first, else the current folder or one above it) and runs it in a
+child process with the options given here; without a checkout it says how to get one (exit 1).
+"""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from cli.common import console, err_console, print_json, user_errors
+from cli.common import fail
+
+#: What ``registry bench`` says when no checkout holds ``benchmarks/bench.py``.
+NO_CHECKOUT = (
+    "the benchmark is not installed with the package: run `registry bench` inside a source checkout "
+    "of StructCore Registry (git clone; it holds benchmarks/bench.py)"
+)
+
+
+def find_checkout(candidates: Sequence[Path] | None = None) -> Path | None:
+    """The first folder of ``candidates`` that holds ``benchmarks/bench.py``, or ``None``.
+
+    Default candidates: the repository of this (editable) package, the current folder and its parents.
+    """
+    if candidates is None:
+        cwd = Path.cwd().resolve()
+        candidates = [Path(__file__).resolve().parents[1], cwd, *cwd.parents]
+    return next((root for root in candidates if (root / "benchmarks" / "bench.py").is_file()), None)
 
 
 def bench_command(
     images: Annotated[
         str | None,
-        typer.Option(help="MVTec-style category folder, or 'synthetic' [default: ../shared bottle when present]."),
+        typer.Option(
+            help="MVTec-style category folder, or 'synthetic' [default: $STRUCTCORE_DATA bottle when present]."
+        ),
     ] = None,
     backbone: Annotated[str, typer.Option(help="Backbone name.")] = "efficientnet-lite2",
     weights: Annotated[Path | None, typer.Option(help="Weights file for backbones that need one.")] = None,
@@ -26,25 +54,29 @@ def bench_command(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object with every figure.")] = False,
 ) -> None:
     """Measure extract / kNN / post per image, floors of kNN, coreset and extraction, routing scale, memory."""
-    from evaluation.bench import format_bench, run_bench
-
-    with user_errors():
-        result = run_bench(
-            images,
-            backbone=backbone,
-            weights=weights,
-            batch_size=batch_size,
-            ratios=[float(r) for r in ratios.split(",") if r.strip()],
-            quick=quick,
-            threads=threads,
-            sections=[s.strip() for s in sections.split(",") if s.strip()] if sections else None,
-            compile=compile_model,
-            progress=lambda message: err_console.print(f"[dim]{message}[/]", highlight=False),
-        )
-        if as_json:
-            print_json(result)
-        else:
-            console.print(format_bench(result), highlight=False, markup=False)
+    checkout = find_checkout()
+    if checkout is None:
+        raise fail(NO_CHECKOUT)
+    argv = ["--backbone", backbone, "--batch-size", str(batch_size), "--ratios", ratios]
+    if images is not None:
+        argv += ["--images", images if images == "synthetic" else str(Path(images).expanduser().resolve())]
+    if weights is not None:
+        argv += ["--weights", str(weights.expanduser().resolve())]
+    if sections is not None:
+        argv += ["--sections", sections]
+    if threads is not None:
+        argv += ["--threads", str(threads)]
+    argv += [flag for flag, on in (("--quick", quick), ("--compile", compile_model), ("--json", as_json)) if on]
+    code = (
+        f"import sys; sys.path.insert(0, {str(checkout)!r}); "
+        "from benchmarks.bench import main; sys.exit(main(sys.argv[1:]))"
+    )
+    try:
+        completed = subprocess.run([sys.executable, "-c", code, *argv], check=False)
+    except KeyboardInterrupt:
+        raise fail("interrupted", 130) from None
+    if completed.returncode != 0:
+        raise typer.Exit(completed.returncode)
 
 
 def register(app: typer.Typer) -> None:

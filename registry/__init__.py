@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 #: Names served from their modules on first use (PEP 562), so that importing a light part of the
 #: package (``registry.errors``, ``registry.catalogue``) does not load SQLAlchemy, zarr and numpy:
-#: ``registry list`` starts in a fraction of a second (see ``tests/test_cli_start.py``).
+#: ``registry list`` starts in a fraction of a second (see ``tests/cli/test_start.py``).
 _ON_FIRST_USE = {
     "Detector": "registry.detector",
     "GcReport": "registry.checks",

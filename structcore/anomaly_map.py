@@ -5,7 +5,7 @@ Both steps are linear and separable, so per axis they are one matrix: ``A = G @ 
 the Gaussian blur with scipy-``reflect`` borders. A map is then ``A_h @ S @ A_w.T``: two small
 matmuls per image (~8.5 M multiply-adds for a 49x49 grid at 392 px) instead of an upsample, a
 padded copy and two 33-tap convolutions over the full map. The matrices are built once per
-(grid, size, sigma) in float64 and cached. :func:`evaluation.bench.anomaly_maps_reference` keeps the
+(grid, size, sigma) in float64 and cached. :func:`benchmarks.bench.anomaly_maps_reference` keeps the
 direct computation (interpolate + :func:`gaussian_blur`); both agree to float32 rounding.
 """
 

@@ -1,6 +1,5 @@
 """Helpers of the reliability tests (issue 7): small data, registry copies, a fork server for
-SIGKILL trials, byte flips. Holds no tests itself; named ``test_reliability_*`` so that it sits
-with the tests it serves.
+SIGKILL trials, byte flips. Holds no tests itself; it serves the tests in ``tests/reliability/``.
 
 Everything is small: 64 px synthetic images, registries with ``resize = crop = 64`` (an 8x8
 patch grid), coreset ratio 0.1 and 8 prototypes, so a fit takes well under a second.

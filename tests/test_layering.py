@@ -1,5 +1,9 @@
 """The import graph: one way, cli -> server -> evaluation -> registry -> structcore, and no loops.
 
+``benchmarks/`` and ``experiments/`` (in a checkout, not installed) sit above everything: they may
+import any package of ours, and nothing of ours imports them (``registry bench`` runs the
+benchmark in a child process).
+
 Read from the source with :mod:`ast` (nothing is imported). Every ``import`` counts for the
 direction, those inside functions included; the module-level ones (outside ``if TYPE_CHECKING``)
 must form no cycle.
@@ -8,13 +12,26 @@ must form no cycle.
 from __future__ import annotations
 
 import ast
+import fnmatch
+import tomllib
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 #: Package -> layer: a module may import its own layer and the layers below, never above.
-LAYERS = {"structcore": 0, "registry": 1, "migrations": 1, "evaluation": 2, "server": 3, "cli": 4}
+LAYERS = {
+    "structcore": 0,
+    "registry": 1,
+    "migrations": 1,
+    "evaluation": 2,
+    "server": 3,
+    "cli": 4,
+    "benchmarks": 5,
+    "experiments": 5,
+}
+#: Folders of the checkout that are not installed (pyproject's packages.find must not pick them up).
+NOT_INSTALLED = ("benchmarks", "experiments")
 
 
 def _module_name(path: Path) -> str:
@@ -219,3 +236,25 @@ def test_bundle_and_detector_do_not_know_the_registry(graph: dict[str, tuple[set
     """No import at all (type-only included) from the bundle or the Detector back to ``registry.core``."""
     assert "registry.core" not in graph["registry.bundle"][0]
     assert "registry.core" not in graph["registry.detector"][0]
+
+
+def test_benchmarks_and_experiments_are_in_the_graph(graph: dict[str, tuple[set[str], set[str]]]) -> None:
+    """The walk sees the lab: the benchmark imports the packages, and nothing imports the lab."""
+    assert "benchmarks.bench" in graph and "experiments.quality.analyze" in graph
+    assert {"registry.core", "structcore.knn", "evaluation.datasets"} <= graph["benchmarks.bench"][0]
+    importers = sorted(
+        f"{module} imports {target}"
+        for module, (everywhere, _) in graph.items()
+        if module.split(".")[0] not in NOT_INSTALLED
+        for target in everywhere
+        if target.split(".")[0] in NOT_INSTALLED
+    )
+    assert importers == []
+
+
+def test_benchmarks_and_experiments_are_not_installed() -> None:
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    include = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    for folder in NOT_INSTALLED:
+        assert (REPO / folder).is_dir()
+        assert not any(fnmatch.fnmatch(folder, pattern) for pattern in include), (folder, include)

@@ -11,7 +11,7 @@ Two forward paths compute the same maps:
   1x1 convs), and optionally ``torch.compile`` (inductor with weight freezing).
 
 They agree to float32 rounding (max relative difference ~1e-5 on the block-14 map, checked by
-``tests/test_bench.py``); ``docs/performance.md`` gives the speed of each.
+``tests/benchmarks/test_bench.py``); ``docs/performance.md`` gives the speed of each.
 """
 
 from __future__ import annotations

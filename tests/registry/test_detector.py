@@ -9,6 +9,7 @@ import pytest
 
 from registry import Detector, Registry, RegistryError
 from registry.detector import ImageScore, PredictionRecord
+from structcore.preprocess import load_image
 from structcore.progress import Progress
 from tests.support_registry import clone, make_base, small_model, write_data
 
@@ -103,3 +104,75 @@ def test_a_pinned_version_removed_meanwhile_gives_error_records(base: Path, data
         with pytest.raises(RegistryError, match="removed"):
             detector.predict(data["tile"][1], "tile")  # a forced category fails at once
     assert all(r["error"] and "removed" in r["error"] and r["version"] is None for r in records)
+
+
+# ------------------------------------------------------------------ routed and named scoring (was registry.inference)
+SCORES = ("route_score", "unknown_score", "score_base", "score_struct", "score_hybrid")
+
+
+@pytest.fixture(scope="module")
+def two_kinds(tmp_path_factory: pytest.TempPathFactory, data: Data) -> Registry:
+    root = make_base(tmp_path_factory.mktemp("two-kinds") / "registry", data, kinds=("pill", "grid"))
+    with Registry.open(root, read_only=True) as opened:
+        yield opened
+
+
+def _two_kinds(data: Data) -> list[Path]:
+    return [*data["pill"][1], *data["grid"][1]]
+
+
+def test_inference_routed_records_name_category_scores_and_decision(two_kinds: Registry, data: Data) -> None:
+    paths = _two_kinds(data)
+    progress: list[tuple[int, int]] = []
+    records = two_kinds.detector().predict(
+        paths, batch_size=3, progress=lambda event: progress.append((event.done, event.total))
+    )
+    assert [r["path"] for r in records] == [str(p) for p in paths]
+    assert [r["category"] for r in records] == ["pill"] * len(data["pill"][1]) + ["grid"] * len(data["grid"][1])
+    assert progress == [(3, 8), (6, 8), (8, 8)]
+    for record in records:
+        assert set(record) == set(PredictionRecord.__annotations__) and record["error"] is None
+        assert record["threshold"] == two_kinds.version_info(record["category"]).thresholds["hybrid"]
+        assert record["anomalous"] == (record["score_hybrid"] > record["threshold"])
+        assert record["unknown"] == (record["unknown_score"] > 1)
+        assert all(np.isfinite(record[key]) for key in SCORES)
+        assert record["score_hybrid"] >= record["score_base"]  # lambda * D_struct is never negative
+
+
+def test_inference_in_memory_images_score_like_their_files(two_kinds: Registry, data: Data) -> None:
+    paths = data["pill"][1][:2]
+    from_files = two_kinds.detector().predict(paths)
+    in_memory = two_kinds.detector().predict([load_image(p) for p in paths])
+    assert [r["path"] for r in in_memory] == ["<in-memory image 0>", "<in-memory image 1>"]
+    for ours, theirs in zip(in_memory, from_files, strict=True):
+        assert {k: ours[k] for k in SCORES} == {k: theirs[k] for k in SCORES}
+
+
+def test_inference_scores_do_not_depend_on_the_batch(two_kinds: Registry, data: Data) -> None:
+    paths = [*data["pill"][1][:2], *data["grid"][1][:2]]
+    together, alone = (
+        two_kinds.detector().predict(paths, batch_size=8),
+        two_kinds.detector().predict(paths, batch_size=1),
+    )
+    for ours, theirs in zip(together, alone, strict=True):
+        assert ours["category"] == theirs["category"]
+        for key in SCORES:
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-7), key
+
+
+def test_inference_a_named_category_scores_every_image_against_it(two_kinds: Registry, data: Data) -> None:
+    paths = data["pill"][1]
+    forced = two_kinds.detector().predict(paths, category="grid")
+    routed = two_kinds.detector().predict(paths)
+    assert {r["category"] for r in forced} == {"grid"}
+    assert all(r["threshold"] == two_kinds.version_info("grid").thresholds["hybrid"] for r in forced)
+    # pill images lie farther from grid's prototypes than from their own category's
+    assert all(f["route_score"] > r["route_score"] for f, r in zip(forced, routed, strict=True))
+
+
+def test_inference_an_empty_registry_says_how_to_add_a_category(tmp_path: Path, data: Data) -> None:
+    with Registry.init(tmp_path / "empty", resize=128, crop=128) as empty:
+        with pytest.raises(RegistryError, match="has no categories; add one with `registry add-category"):
+            empty.detector().predict(data["pill"][1][:1])
+        with pytest.raises(RegistryError, match="unknown category 'pill'"):
+            empty.predict(data["pill"][1][:1], category="pill")  # Registry.predict pins detector(["pill"])

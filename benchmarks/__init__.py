@@ -1,0 +1,1 @@
+"""Performance benchmarks of a source checkout (not installed): ``registry bench`` runs :mod:`benchmarks.bench`."""

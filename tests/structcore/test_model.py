@@ -1,0 +1,121 @@
+"""The category model (structcore.model) with the real embedded backbone on synthetic categories:
+scores, calibration modes, round trip, and routing between fitted models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from evaluation.synthetic import make_category
+from structcore.model import CategoryModel, embed_images
+from structcore.routing import PrototypeRouter
+
+
+@pytest.fixture(scope="module")
+def synthetic_features(small_extractor):  # type: ignore[no-untyped-def]
+    """Patch vectors of three synthetic categories (train and test) at 128 px."""
+    features = {}
+    for kind, seed in [("carpet", 1), ("pill", 2), ("wood", 3)]:
+        category = make_category(kind, n_train=12, n_test_good=4, n_test_bad=4, seed=seed, size=128)
+        features[kind] = (
+            embed_images(small_extractor, category.train_images),
+            embed_images(small_extractor, category.test_images),
+            np.asarray(category.test_labels, dtype=bool),
+        )
+    return features
+
+
+def test_category_model_scores_defects_higher(synthetic_features, small_extractor) -> None:  # type: ignore[no-untyped-def]
+    train, test, labels = synthetic_features["carpet"]
+    model = CategoryModel(coreset_ratio=0.1).fit(train, small_extractor.grid_shape(), 128)
+    prediction = model.predict(test)
+    assert prediction.maps.shape == (len(test), 128, 128)
+    for kind in ("base", "hybrid"):
+        scores = prediction.scores.by_kind(kind)
+        assert scores[labels].mean() > scores[~labels].mean()
+
+
+@pytest.mark.parametrize("mode", ["loo", "in-sample", "holdout", "mixed"])
+def test_calibration_modes(synthetic_features, small_extractor, mode) -> None:  # type: ignore[no-untyped-def]
+    train, _, _ = synthetic_features["pill"]
+    model = CategoryModel(coreset_ratio=0.1, calibration=mode).fit(train, small_extractor.grid_shape(), 128)
+    expected_count = 2 if mode == "holdout" else len(train)  # 20% of 12 rounds to 2
+    assert model.calibrator_.n_samples_ == expected_count
+    assert set(model.thresholds) == {"base", "struct", "hybrid"}
+    if mode == "holdout":
+        assert len(model.bank_image_ids_) and len(set(model.bank_image_ids_.tolist())) <= len(train) - 2
+
+
+def test_loo_excludes_own_image(synthetic_features, small_extractor) -> None:  # type: ignore[no-untyped-def]
+    train, _, _ = synthetic_features["wood"]
+    grid = small_extractor.grid_shape()
+    loo = CategoryModel(coreset_ratio=0.2, calibration="loo").fit(train, grid, 128)
+    in_sample = CategoryModel(coreset_ratio=0.2, calibration="in-sample").fit(train, grid, 128)
+    np.testing.assert_array_equal(loo.bank_, in_sample.bank_)
+    # In-sample maps see their own bank vectors (distance 0): LOO base scores are never lower.
+    assert np.all(loo.calibration_scores_["base"] >= in_sample.calibration_scores_["base"] - 1e-9)
+    # Brute force for image 0: drop its own bank rows, kNN on the rest.
+    others = loo.bank_[loo.bank_image_ids_ != 0].astype(np.float64)
+    squared = ((train[0][:, None, :].astype(np.float64) - others[None]) ** 2).sum(-1)
+    patch_scores = np.sort(squared, axis=1)[:, :5].mean(axis=1)
+    from structcore.anomaly_map import anomaly_maps
+
+    expected_base = anomaly_maps(patch_scores.reshape(1, *grid), 128).max()
+    assert loo.calibration_scores_["base"][0] == pytest.approx(expected_base, rel=1e-4)
+
+
+def test_mixed_takes_statistics_in_sample_and_thresholds_loo(synthetic_features, small_extractor) -> None:  # type: ignore[no-untyped-def]
+    train, _, _ = synthetic_features["wood"]
+    grid = small_extractor.grid_shape()
+    fits = {
+        mode: CategoryModel(coreset_ratio=0.2, calibration=mode).fit(train, grid, 128)
+        for mode in ("loo", "in-sample", "mixed")
+    }
+    mixed, in_sample, loo = fits["mixed"].calibrator_, fits["in-sample"].calibrator_, fits["loo"].calibrator_
+    np.testing.assert_allclose(mixed.mu_, in_sample.mu_)
+    np.testing.assert_allclose(mixed.sigma_, in_sample.sigma_)
+    assert mixed.lambda_ == pytest.approx(in_sample.lambda_)
+    # thresholds and stored calibration scores: the loo maps, scored with the in-sample statistics
+    np.testing.assert_allclose(fits["mixed"].calibration_scores_["base"], fits["loo"].calibration_scores_["base"])
+    assert mixed.thresholds_["base"] == pytest.approx(loo.thresholds_["base"])
+    hybrid = fits["mixed"].calibration_scores_["hybrid"]
+    assert mixed.thresholds_["hybrid"] == pytest.approx(np.quantile(hybrid, 0.995))
+    restored = CategoryModel.from_parts(fits["mixed"].to_arrays(), fits["mixed"].to_metadata())
+    assert restored.calibration == "mixed" and restored.thresholds == fits["mixed"].thresholds
+
+
+@pytest.mark.parametrize("scoring", ["robust", "paper"])
+def test_scoring_is_stored_with_the_calibrator(synthetic_features, small_extractor, scoring) -> None:  # type: ignore[no-untyped-def]
+    train, test, _ = synthetic_features["carpet"]
+    model = CategoryModel(coreset_ratio=0.1, scoring=scoring).fit(train, small_extractor.grid_shape(), 128)
+    assert model.calibrator_.scoring == scoring
+    metadata = model.to_metadata()
+    assert "scoring" not in metadata["params"]  # type: ignore[operator]
+    assert metadata["calibrator"]["scoring"] == scoring  # type: ignore[index]
+    restored = CategoryModel.from_parts(model.to_arrays(), metadata)
+    assert restored.scoring == scoring and restored.get_params()["scoring"] == scoring
+    np.testing.assert_array_equal(restored.predict(test).scores.hybrid, model.predict(test).scores.hybrid)
+
+
+def test_model_round_trip(synthetic_features, small_extractor) -> None:  # type: ignore[no-untyped-def]
+    train, test, _ = synthetic_features["carpet"]
+    model = CategoryModel(coreset_ratio=0.1).fit(train, small_extractor.grid_shape(), 128)
+    restored = CategoryModel.from_parts(model.to_arrays(), model.to_metadata())
+    np.testing.assert_array_equal(restored.predict(test).scores.hybrid, model.predict(test).scores.hybrid)
+
+
+def test_router_picks_category_and_flags_unknown(synthetic_features, small_extractor) -> None:  # type: ignore[no-untyped-def]
+    router = PrototypeRouter()
+    grid = small_extractor.grid_shape()
+    for kind in ("carpet", "pill"):
+        model = CategoryModel(coreset_ratio=0.1).fit(synthetic_features[kind][0], grid, 128)
+        router.add(kind, model.prototypes_, model.route_threshold_)
+    for kind in ("carpet", "pill"):
+        test = synthetic_features[kind][1]
+        result = router.route(test)
+        assert result.categories == [kind] * len(test)
+        assert result.all_scores.shape == (len(test), 2)
+        good = ~synthetic_features[kind][2]
+        assert not result.unknown[good].any()
+    unseen = router.route(synthetic_features["wood"][1])
+    assert unseen.unknown.all()
