@@ -65,6 +65,7 @@ from structcore.model import CategoryModel, embed_images
 from structcore.preprocess import load_mask, preprocess_mask
 from structcore.routing import PrototypeRouter, l2_normalize, patch_vectors_to_prototypes
 from structcore.runtime import set_num_threads
+from structcore.settings import DEFAULT_BACKBONE
 
 #: Sections of the bench (all run by default; ``large_fit`` only when asked).
 SECTIONS = ("table", "knn", "coreset", "extract", "routing", "loading", "memory")
@@ -223,7 +224,7 @@ def _batches(count: int, size: int) -> Iterator[slice]:
 def run_bench(
     images: str | Path | None = None,
     *,
-    backbone: str = "efficientnet-lite2",
+    backbone: str = DEFAULT_BACKBONE,
     weights: str | Path | None = None,
     batch_size: int = 8,
     ratios: Sequence[float] = DEFAULT_RATIOS,
@@ -1429,7 +1430,7 @@ def _parser() -> argparse.ArgumentParser:
         "--images",
         help=f"MVTec-style category folder, or 'synthetic' [default: ${DATA_ENV}/mvtec_ad/bottle when present].",
     )
-    parser.add_argument("--backbone", default="efficientnet-lite2", help="Backbone name.")
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE, help="Backbone name.")
     parser.add_argument("--weights", type=Path, help="Weights file for backbones that need one.")
     parser.add_argument("--batch-size", type=int, default=8, help="Images per backbone call.")
     parser.add_argument("--ratios", default="0.01,0.05,0.1", help="Comma-separated coreset ratios of the table rows.")

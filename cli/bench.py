@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 
 from cli.common import fail
+from structcore.settings import DEFAULT_BACKBONE
 
 #: What ``registry bench`` says when no checkout holds ``benchmarks/bench.py``.
 NO_CHECKOUT = (
@@ -43,7 +44,7 @@ def bench_command(
             help="MVTec-style category folder, or 'synthetic' [default: $STRUCTCORE_DATA bottle when present]."
         ),
     ] = None,
-    backbone: Annotated[str, typer.Option(help="Backbone name.")] = "efficientnet-lite2",
+    backbone: Annotated[str, typer.Option(help="Backbone name.")] = DEFAULT_BACKBONE,
     weights: Annotated[Path | None, typer.Option(help="Weights file for backbones that need one.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per backbone call.")] = 8,
     ratios: Annotated[str, typer.Option(help="Comma-separated coreset ratios of the table rows.")] = "0.01,0.05,0.1",

@@ -35,7 +35,7 @@ def eval_command(
     ] = None,
     root: Annotated[
         Path | None,
-        typer.Option("--root", help="Registry to fit into / reuse (created if absent) [env: STRUCTCORE_REGISTRY]."),
+        typer.Option("--root", help=r"Registry to fit into / reuse (created if absent) \[env: STRUCTCORE_REGISTRY]."),
     ] = None,
     in_memory: Annotated[
         bool, typer.Option("--in-memory", help="Fit into a throwaway in-memory store instead of a registry.")

@@ -63,7 +63,7 @@ app = typer.Typer(
 
 RootOption = Annotated[
     Path | None,
-    typer.Option("--root", help="Registry folder [env: STRUCTCORE_REGISTRY; default: ./structcore-registry]."),
+    typer.Option("--root", help=r"Registry folder \[env: STRUCTCORE_REGISTRY; default: ./structcore-registry]."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 ParentsOption = Annotated[bool, typer.Option("--parents", help="Create missing parent folders of the output paths.")]

@@ -16,7 +16,7 @@ from cli.common import InputError, err_console, resolve_root, user_errors
 def serve_command(
     root: Annotated[
         Path | None,
-        typer.Option("--root", help="Registry folder [env: STRUCTCORE_REGISTRY; default: ./structcore-registry]."),
+        typer.Option("--root", help=r"Registry folder \[env: STRUCTCORE_REGISTRY; default: ./structcore-registry]."),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on; anything but loopback needs --token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
