@@ -616,10 +616,12 @@ def _register_extensions() -> None:
     from cli.bench import register as register_bench
     from cli.evaluate import register as register_evaluation
     from cli.serve import register as register_serve
+    from cli.threshold import register as register_threshold
 
     register_evaluation(app)
     register_bench(app)
     register_serve(app)
+    register_threshold(app)
     try:
         from cli.distributed import register
     except ImportError:  # pragma: no cover - module not present in this build

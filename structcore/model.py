@@ -46,6 +46,7 @@ from structcore.scoring import (
     check_scoring,
     structural_descriptor,
 )
+from structcore.thresholds import DEFAULT_FRR, DEFAULT_THRESHOLD_RULE, check_frr, check_rule
 
 CALIBRATION_MODES = ("loo", "in-sample", "holdout", "mixed")
 #: Default calibration mode (see docs/calibration.md and docs/quality.md for the measurements behind it).
@@ -102,6 +103,10 @@ class CategoryModel:
             ``"approx"`` (see :mod:`structcore.coreset`); the benchmark forces each in turn.
         scoring: StructCore calibration, ``"robust"`` (default) or ``"paper"`` (see
             :mod:`structcore.scoring`); stored with the calibrator's state.
+        threshold_rule: how the thresholds follow from the train-good scores (one of
+            :data:`structcore.thresholds.THRESHOLD_RULES`; ``"quantile"`` is the 99.5% quantile of
+            versions fitted before rules existed); stored with the calibrator's state.
+        threshold_frr: target false-reject rate of the rule (not used by ``"quantile"``).
 
     Attributes:
         bank_: (M, D) memory bank.
@@ -140,6 +145,8 @@ class CategoryModel:
         seed: int = DEFAULT_SEED,
         coreset_method: str = "auto",
         scoring: str = DEFAULT_SCORING,
+        threshold_rule: str = DEFAULT_THRESHOLD_RULE,
+        threshold_frr: float = DEFAULT_FRR,
     ):
         self.coreset_ratio = coreset_ratio
         self.k = k
@@ -158,6 +165,8 @@ class CategoryModel:
         self.seed = seed
         self.coreset_method = coreset_method
         self.scoring = scoring
+        self.threshold_rule = threshold_rule
+        self.threshold_frr = threshold_frr
 
     # ------------------------------------------------------------------ fit
     def fit(
@@ -181,6 +190,8 @@ class CategoryModel:
             raise ValueError(msg)
         check_unknown_statistic(self.unknown_statistic)
         check_scoring(self.scoring)
+        check_rule(self.threshold_rule)
+        check_frr(self.threshold_frr)
         if not (math.isfinite(self.unknown_margin) and self.unknown_margin >= 1.0):
             msg = f"unknown_margin must be a finite number >= 1, got {self.unknown_margin}"
             raise ValueError(msg)
@@ -233,7 +244,9 @@ class CategoryModel:
         in_sample: list[np.ndarray] | None = [] if self.calibration == "mixed" else None
         calibration_patch_scores = self._calibration_patch_scores(patch_vectors, calibration_images, in_sample)
         base, descriptors = self._map_statistics(calibration_patch_scores)
-        calibrator = StructCoreCalibrator(scoring=self.scoring)
+        calibrator = StructCoreCalibrator(
+            scoring=self.scoring, threshold_rule=self.threshold_rule, frr=self.threshold_frr
+        )
         if in_sample is None:
             self.calibrator_ = calibrator.fit_descriptors(base, descriptors)
         else:  # statistics from the in-sample maps, thresholds from the leave-one-out ones
@@ -401,6 +414,8 @@ class CategoryModel:
             "seed": self.seed,
             "coreset_method": self.coreset_method,
             "scoring": self.scoring,
+            "threshold_rule": self.threshold_rule,
+            "threshold_frr": self.threshold_frr,
         }
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -419,9 +434,10 @@ class CategoryModel:
         return {
             # The coreset algorithm is a fit-time switch (the benchmark's); stored versions keep the
             # settings they always had, so their metadata (and checksums) do not change. The scoring
-            # is stored in the calibrator's state (states without it are the paper's).
+            # is stored in the calibrator's state (states without it are the paper's), and so is the
+            # threshold rule (states without it: the 99.5% quantile).
             "params": {
-                key: value for key, value in self.get_params().items() if key not in {"coreset_method", "scoring"}
+                key: value for key, value in self.get_params().items() if key not in _CALIBRATOR_PARAMS
             },
             "grid": list(self.grid_),
             "map_size": self.map_size_,
@@ -456,6 +472,8 @@ class CategoryModel:
         model.far_threshold_ = float("nan") if far_threshold is None else float(far_threshold)  # type: ignore[arg-type]
         model.calibrator_ = StructCoreCalibrator.from_state(dict(metadata["calibrator"]))  # type: ignore[call-overload]
         model.scoring = model.calibrator_.scoring
+        model.threshold_rule = model.calibrator_.threshold_rule
+        model.threshold_frr = model.calibrator_.frr
         model.coreset_radius_ = float(metadata.get("coreset_radius", float("nan")))  # type: ignore[arg-type]
         model.fit_seconds_ = float(metadata.get("fit_seconds", float("nan")))  # type: ignore[arg-type]
         model._knn = None
@@ -463,8 +481,17 @@ class CategoryModel:
 
     @property
     def thresholds(self) -> dict[str, float]:
-        """Decision thresholds (99.5% train-good quantile) for base / struct / hybrid."""
+        """Decision thresholds (from the train-good scores by the threshold rule) for base / struct / hybrid."""
         return dict(self.calibrator_.thresholds_)
+
+    @property
+    def threshold_record(self) -> dict[str, object]:
+        """How the thresholds were chosen (``calibration["threshold_rule"]`` of the stored version)."""
+        return dict(self.calibrator_.threshold_rule_)
+
+
+#: Settings stored in the calibrator's state rather than in ``params`` (or not stored: a fit-time switch).
+_CALIBRATOR_PARAMS = frozenset({"coreset_method", "scoring", "threshold_rule", "threshold_frr"})
 
 
 def _finite_or_none(value: float) -> float | None:

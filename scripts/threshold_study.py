@@ -1,0 +1,122 @@
+"""Compare threshold rules on stored scores: leave-one-out train-good scores vs test scores.
+
+Reads a registry fitted with ``registry add-category`` and, per category, a ``registry infer
+TEST --category NAME --out NAME.jsonl`` file (test images under ``good/`` and defect folders).
+No refit: every rule works on the stored leave-one-out train-good hybrid scores only; the test
+scores only measure the result. Prints the distributions (quantiles), the train images that set
+the 99.5% quantile, and per rule the threshold, test-good FRR, recall, the best recall any
+threshold reaches at that FRR and the efficiency; ``--plot DIR`` writes one histogram per category.
+
+Usage: ``python scripts/threshold_study.py --root REG --scores DIR [--json OUT] [--plot DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from registry import Registry
+from structcore.thresholds import (
+    THRESHOLD_RULES,
+    choose_threshold,
+    decision_metrics,
+    quantile_threshold,
+    train_outliers,
+)
+
+QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.995, 1.0)
+
+
+def load_test(path: Path) -> tuple[np.ndarray, np.ndarray, float]:
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    good = np.array([r["score_hybrid"] for r in records if Path(r["path"]).parent.name == "good"])
+    bad = np.array([r["score_hybrid"] for r in records if Path(r["path"]).parent.name != "good"])
+    return good, bad, float(records[0]["threshold"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--scores", type=Path, required=True)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument("--frr", type=float, default=0.01)
+    args = parser.parse_args()
+    results: dict[str, object] = {}
+    with Registry.open(args.root, read_only=True) as registry:
+        for name in registry.names():
+            scores_file = args.scores / f"{name}.jsonl"
+            if not scores_file.is_file():
+                continue
+            stored = registry.read_version(name)
+            train = np.asarray(stored.arrays["calibration_hybrid"], dtype=np.float64)
+            paths = [Path(p).name for p in stored.train_images]
+            good, bad, shipped = load_test(scores_file)
+            q995 = quantile_threshold(train)
+            top = np.argsort(train)[::-1][:4]
+            print(f"\n== {name}: {len(train)} train (loo), {len(good)} test good, {len(bad)} defective")
+            print("  quantile     " + " ".join(f"{q:>7g}" for q in QUANTILES))
+            print("  train loo    " + " ".join(f"{np.quantile(train, q):7.3f}" for q in QUANTILES))
+            print("  test good    " + " ".join(f"{np.quantile(good, q):7.3f}" for q in QUANTILES))
+            print("  test defect  " + " ".join(f"{np.quantile(bad, q):7.3f}" for q in QUANTILES))
+            print(
+                f"  99.5% quantile {q995:.3f} (shipped {shipped:.3f}) lies between "
+                + ", ".join(f"{paths[i]} {train[i]:.3f}" for i in top)
+            )
+            outliers = train_outliers(train)
+            print(f"  outlying train images: {', '.join(f'{paths[i]} {train[i]:.3f}' for i in outliers) or 'none'}")
+            rows = {}
+            for rule in THRESHOLD_RULES:
+                choice = choose_threshold(train, rule, args.frr)
+                metrics = decision_metrics(good, bad, choice.value)
+                rows[rule] = {"threshold": choice.value, **metrics}
+                ok = metrics["frr"] <= args.frr + 1e-9 and metrics["efficiency"] >= 0.95
+                print(
+                    f"  {rule:17s} thr {choice.value:7.3f}  FRR {metrics['frr']:6.3f}  recall {metrics['recall']:.3f}"
+                    f"  best {metrics['best_recall']:.3f}  eff {metrics['efficiency']:.3f}  "
+                    f"{'meets' if ok else 'MISSES'} the target"
+                )
+            results[name] = {
+                "n_train": len(train),
+                "n_good": len(good),
+                "n_bad": len(bad),
+                "train_quantiles": {str(q): float(np.quantile(train, q)) for q in QUANTILES},
+                "good_quantiles": {str(q): float(np.quantile(good, q)) for q in QUANTILES},
+                "nominal_frr_of_quantile": 1 - 0.995,
+                "top_train": [{"image": paths[i], "score": float(train[i])} for i in top],
+                "outliers": [{"image": paths[i], "score": float(train[i])} for i in outliers],
+                "rules": rows,
+            }
+            if args.plot is not None:
+                plot(name, train, good, bad, rows, args.plot)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def plot(name: str, train: np.ndarray, good: np.ndarray, bad: np.ndarray, rows: dict, folder: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    figure, axis = plt.subplots(figsize=(7, 3.4))
+    bins = np.linspace(min(train.min(), good.min(), bad.min()), max(train.max(), bad.max()), 60)
+    axis.hist(train, bins=bins, density=True, alpha=0.5, label=f"train good, leave-one-out ({len(train)})")
+    axis.hist(good, bins=bins, density=True, alpha=0.5, label=f"test good ({len(good)})")
+    axis.hist(bad, bins=bins, density=True, histtype="step", color="black", label=f"test defective ({len(bad)})")
+    for rule, colour in (("quantile", "tab:red"), ("robust-conformal", "tab:green")):
+        axis.axvline(rows[rule]["threshold"], color=colour, linestyle="--", label=f"{rule} {rows[rule]['threshold']:.3f}")
+    axis.set_xlabel("hybrid score")
+    axis.set_title(name)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(folder / f"thresholds_{name}.png", dpi=90)
+    plt.close(figure)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,317 @@
+"""Decision thresholds from score arrays: train-good rules, operating points, decision metrics.
+
+Arrays in, numbers out (NumPy only). A category's threshold is chosen from its leave-one-out
+train-good hybrid scores (no test image and no label is ever used); ``registry threshold``
+moves it afterwards to a stated false-reject rate (FRR), a value, or a labelled folder's
+operating point. See ``docs/calibration.md`` ("Thresholds") for the evidence behind the default.
+
+Rules (:data:`THRESHOLD_RULES`):
+
+- ``quantile``: the 99.5% quantile of the train-good scores (linear interpolation): the rule of
+  every version fitted before this module, kept selectable.
+- ``conformal``: the split-conformal quantile at FRR ``alpha``: the ``ceil((n + 1)(1 - alpha))``-th
+  smallest of the ``n`` scores. For a good image exchangeable with the train-good ones,
+  ``P(score > threshold) <= alpha`` (the ``n + 1`` correction); when ``(n + 1)(1 - alpha) > n``
+  no order statistic guarantees it and the largest score is used.
+- ``robust-conformal`` (the default): the ``conformal`` threshold over the train-good images
+  that are not outlying among their own category (:func:`train_outliers`: above the median by
+  more than :data:`OUTLIER_CUTOFF` normal-consistent interquartile ranges). A few unusual train
+  images (near-duplicates missing, odd tiles, a defect hiding in train-good) otherwise set the
+  top order statistics alone; the outliers are stored with the version and listed by
+  ``registry show``.
+- ``tail``: an exponential model of the upper tail (the excesses over the 80% quantile), read at
+  ``alpha``: smooth where the order statistics are sparse, but it inherits outliers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: Threshold rules of :func:`choose_threshold`.
+THRESHOLD_RULES = ("robust-conformal", "conformal", "quantile", "tail")
+#: Rule of newly fitted categories.
+DEFAULT_THRESHOLD_RULE = "robust-conformal"
+#: Target false-reject rate of the default rule.
+DEFAULT_FRR = 0.01
+#: Quantile of the ``quantile`` rule (the threshold of every version fitted before rules existed).
+LEGACY_QUANTILE = 0.995
+#: A train image scoring above ``median + OUTLIER_CUTOFF * IQR / 1.349`` is outlying in its category.
+OUTLIER_CUTOFF = 3.5
+#: ``tail``: share of the scores whose excesses the exponential tail is fitted to.
+TAIL_SHARE = 0.2
+#: Bounds of a target false-reject rate: (0, 0.5].
+MAX_FRR = 0.5
+#: Normal-consistent interquartile range (IQR of a standard normal).
+_NORMAL_IQR = 1.3489795003921634
+#: The stored rule of versions written before rules existed (their thresholds keep their meaning).
+LEGACY_RULE: dict[str, Any] = {"rule": "quantile", "quantile": LEGACY_QUANTILE, "source": "fit"}
+
+
+def check_frr(frr: float) -> float:
+    """``frr`` as a float when it lies in (0, :data:`MAX_FRR`]; raises ``ValueError`` otherwise."""
+    value = float(frr)
+    if not (math.isfinite(value) and 0.0 < value <= MAX_FRR):
+        msg = f"the false-reject rate must lie in (0, {MAX_FRR}], got {frr}"
+        raise ValueError(msg)
+    return value
+
+
+def check_rule(rule: str) -> str:
+    """``rule`` when it is one of :data:`THRESHOLD_RULES`; raises ``ValueError`` otherwise."""
+    if rule not in THRESHOLD_RULES:
+        msg = f"unknown threshold rule {rule!r}; choose one of {', '.join(THRESHOLD_RULES)}"
+        raise ValueError(msg)
+    return rule
+
+
+def _scores(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    scores = np.asarray(values, dtype=np.float64).ravel()
+    if scores.size == 0 or not np.isfinite(scores).all():
+        msg = f"need at least one finite score, got {scores.size} values"
+        raise ValueError(msg)
+    return scores
+
+
+def quantile_threshold(scores: Sequence[float] | np.ndarray, quantile: float = LEGACY_QUANTILE) -> float:
+    """The ``quantile`` of the scores, linearly interpolated (``numpy.quantile``): the legacy rule."""
+    return float(np.quantile(_scores(scores), quantile))
+
+
+def conformal_rank(n: int, frr: float) -> int:
+    """1-based rank ``ceil((n + 1)(1 - frr))`` of the split-conformal threshold, capped at ``n``."""
+    check_frr(frr)
+    # rounded first: (n + 1) * (1 - frr) is often an integer up to floating-point error
+    rank = math.ceil(round((n + 1) * (1.0 - frr), 9))
+    return max(1, min(n, rank))
+
+
+def conformal_threshold(scores: Sequence[float] | np.ndarray, frr: float = DEFAULT_FRR) -> float:
+    """Split-conformal threshold at ``frr``: the :func:`conformal_rank`-th smallest score."""
+    values = np.sort(_scores(scores))
+    return float(values[conformal_rank(len(values), frr) - 1])
+
+
+def robust_scale(scores: np.ndarray) -> float:
+    """Normal-consistent interquartile range (the std for normal data; 0 when the quartiles tie)."""
+    upper, lower = np.percentile(scores, [75.0, 25.0])
+    return float((upper - lower) / _NORMAL_IQR)
+
+
+def train_outliers(scores: Sequence[float] | np.ndarray, cutoff: float = OUTLIER_CUTOFF) -> np.ndarray:
+    """Indices (ascending) of the scores above ``median + cutoff * robust_scale``: outlying train images.
+
+    Only high scores count (a train image scoring lower than usual is typical, not anomalous).
+    Fewer than 8 scores, or a scale of 0 (ties), give no outliers.
+    """
+    values = _scores(scores)
+    if len(values) < 8:
+        return np.zeros(0, dtype=np.int64)
+    scale = robust_scale(values)
+    if not scale > 0:
+        return np.zeros(0, dtype=np.int64)
+    limit = float(np.median(values)) + cutoff * scale
+    return np.flatnonzero(values > limit).astype(np.int64)
+
+
+def tail_threshold(scores: Sequence[float] | np.ndarray, frr: float = DEFAULT_FRR, share: float = TAIL_SHARE) -> float:
+    """Exponential upper-tail model: ``u + mean excess * ln(share / frr)`` with ``u`` the ``1 - share`` quantile.
+
+    At ``frr >= share`` it is the plain ``1 - frr`` quantile.
+    """
+    check_frr(frr)
+    values = _scores(scores)
+    if frr >= share:
+        return float(np.quantile(values, 1.0 - frr))
+    start = float(np.quantile(values, 1.0 - share))
+    excess = values[values > start] - start
+    mean_excess = float(excess.mean()) if excess.size else 0.0
+    return start + mean_excess * math.log(share / frr)
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """A threshold and how it was chosen (stored with the version as ``calibration["threshold_rule"]``)."""
+
+    value: float
+    rule: str
+    frr: float | None = None
+    n_scores: int = 0
+    #: Train images left out as outlying (indices into the train-good scores) and their scores.
+    outliers: tuple[int, ...] = ()
+    outlier_scores: tuple[float, ...] = ()
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-compatible record."""
+        record: dict[str, Any] = {"rule": self.rule, "source": "fit", "n_scores": self.n_scores}
+        if self.frr is not None:
+            record["frr"] = self.frr
+        if self.rule == "quantile":
+            record["quantile"] = LEGACY_QUANTILE
+        if self.rule == "robust-conformal":
+            record["outlier_cutoff"] = OUTLIER_CUTOFF
+            record["outliers"] = [
+                {"index": int(i), "score": float(s)} for i, s in zip(self.outliers, self.outlier_scores, strict=True)
+            ]
+        record.update(self.details)
+        return record
+
+
+def choose_threshold(
+    scores: Sequence[float] | np.ndarray, rule: str = DEFAULT_THRESHOLD_RULE, frr: float = DEFAULT_FRR
+) -> ThresholdChoice:
+    """The threshold of ``rule`` on train-good scores (``frr`` is ignored by ``quantile``)."""
+    check_rule(rule)
+    values = _scores(scores)
+    if rule == "quantile":
+        return ThresholdChoice(quantile_threshold(values), rule, None, len(values))
+    check_frr(frr)
+    if rule == "conformal":
+        return ThresholdChoice(conformal_threshold(values, frr), rule, frr, len(values))
+    if rule == "tail":
+        return ThresholdChoice(tail_threshold(values, frr), rule, frr, len(values))
+    outliers = train_outliers(values)
+    kept = np.delete(values, outliers)
+    return ThresholdChoice(
+        conformal_threshold(kept, frr),
+        rule,
+        frr,
+        len(values),
+        tuple(int(i) for i in outliers),
+        tuple(float(values[i]) for i in outliers),
+    )
+
+
+# ------------------------------------------------------------------------ labelled operating points
+def rates(good: np.ndarray, bad: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(FRR of ``good``, recall of ``bad``) of the decision ``score > threshold``."""
+    good = np.asarray(good, dtype=np.float64)
+    bad = np.asarray(bad, dtype=np.float64)
+    frr = float((good > threshold).mean()) if good.size else float("nan")
+    recall = float((bad > threshold).mean()) if bad.size else float("nan")
+    return frr, recall
+
+
+def threshold_for_frr(good: Sequence[float] | np.ndarray, frr: float) -> float:
+    """The lowest threshold at which at most ``floor(frr * n)`` of the ``n`` good scores lie above it.
+
+    That is the ``(floor(frr * n) + 1)``-th largest good score: the most recall a threshold can
+    reach with an observed FRR of at most ``frr``.
+    """
+    check_frr(frr)
+    values = np.sort(_scores(good))[::-1]
+    allowed = math.floor(round(frr * len(values), 9))
+    return float(values[min(allowed, len(values) - 1)])
+
+
+def best_recall_at(good: np.ndarray, bad: np.ndarray, frr: float) -> float:
+    """Highest recall of ``bad`` over every threshold whose FRR on ``good`` is at most ``frr`` (``frr`` may be 0)."""
+    values = np.sort(np.asarray(good, dtype=np.float64))[::-1]
+    allowed = math.floor(round(frr * len(values), 9))
+    threshold = float(values[min(allowed, len(values) - 1)])
+    return rates(values, bad, threshold)[1]
+
+
+def f1_max_threshold(good: np.ndarray, bad: np.ndarray) -> tuple[float, float]:
+    """(threshold, F1) maximising F1 of ``score > threshold`` with the defects as positives."""
+    good = np.asarray(good, dtype=np.float64)
+    bad = np.asarray(bad, dtype=np.float64)
+    if not bad.size:
+        msg = "F1 needs at least one defective score"
+        raise ValueError(msg)
+    scores = np.concatenate([good, bad])
+    # every distinct score as "just below" the next flagged one: candidates are the scores minus
+    # nothing (score > threshold flags strictly higher ones), plus one below the lowest score
+    candidates = np.unique(np.concatenate([scores, [scores.min() - 1.0]]))
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores = scores[order]
+    positive = np.concatenate([np.zeros(len(good), bool), np.ones(len(bad), bool)])[order]
+    best = (float(candidates[0]), -1.0)
+    for threshold in candidates:
+        flagged = sorted_scores > threshold
+        true_positive = int((flagged & positive).sum())
+        flagged_count = int(flagged.sum())
+        if not flagged_count:
+            continue
+        f1 = 2.0 * true_positive / (flagged_count + len(bad))
+        if f1 > best[1] + 1e-12:
+            best = (float(threshold), f1)
+    return best[0], max(best[1], 0.0)
+
+
+def wilson_interval(successes: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (``(nan, nan)`` for ``total == 0``)."""
+    if total <= 0:
+        return float("nan"), float("nan")
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + confidence / 2.0)
+    p = successes / total
+    denominator = 1.0 + z * z / total
+    centre = (p + z * z / (2.0 * total)) / denominator
+    half = z * math.sqrt(p * (1.0 - p) / total + z * z / (4.0 * total * total)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def decision_metrics(good: np.ndarray, bad: np.ndarray, threshold: float) -> dict[str, float]:
+    """FRR and recall at ``threshold``, recall at 1% and 5% FRR, F1-max and the calibration efficiency.
+
+    ``efficiency`` = recall at ``threshold`` / the best recall any threshold reaches at (at most)
+    the same FRR on these good images.
+    """
+    good = np.asarray(good, dtype=np.float64)
+    bad = np.asarray(bad, dtype=np.float64)
+    nan = float("nan")
+    if not good.size or not bad.size:
+        frr, recall = rates(good, bad, threshold)
+        return {
+            "frr": frr,
+            "recall": recall,
+            "recall_at_frr_1": nan,
+            "recall_at_frr_5": nan,
+            "f1_max": nan,
+            "best_recall": nan,
+            "efficiency": nan,
+        }
+    frr, recall = rates(good, bad, threshold)
+    best = best_recall_at(good, bad, frr)
+    return {
+        "frr": frr,
+        "recall": recall,
+        "recall_at_frr_1": best_recall_at(good, bad, 0.01),
+        "recall_at_frr_5": best_recall_at(good, bad, 0.05),
+        "f1_max": f1_max_threshold(good, bad)[1],
+        "best_recall": best,
+        "efficiency": recall / best if best > 0 else nan,
+    }
+
+
+__all__ = [
+    "DEFAULT_FRR",
+    "DEFAULT_THRESHOLD_RULE",
+    "LEGACY_QUANTILE",
+    "LEGACY_RULE",
+    "MAX_FRR",
+    "OUTLIER_CUTOFF",
+    "THRESHOLD_RULES",
+    "ThresholdChoice",
+    "best_recall_at",
+    "check_frr",
+    "check_rule",
+    "choose_threshold",
+    "conformal_rank",
+    "conformal_threshold",
+    "decision_metrics",
+    "f1_max_threshold",
+    "quantile_threshold",
+    "rates",
+    "tail_threshold",
+    "threshold_for_frr",
+    "train_outliers",
+    "wilson_interval",
+]
