@@ -149,6 +149,16 @@ def add_category(
         bool,
         typer.Option("--skip-bad", help="Fit without train images that cannot be read (each one is listed)."),
     ] = False,
+    threshold_rule: Annotated[
+        str | None,
+        typer.Option(
+            help="Threshold from the train-good scores: robust-tail (default), robust-conformal, conformal, tail, "
+            "or quantile (the 99.5% quantile of versions fitted before; docs/calibration.md)."
+        ),
+    ] = None,
+    threshold_frr: Annotated[
+        float, typer.Option(help="Target false-reject rate of the threshold rule, in (0, 0.5].")
+    ] = 0.01,
     as_json: JsonOption = False,
 ) -> None:
     """Fit a category from good images and append it (other categories are not touched).
@@ -159,8 +169,14 @@ def add_category(
     from structcore.knn import INDEX_KINDS
     from structcore.model import CALIBRATION_MODES, CategoryModel
     from structcore.scoring import SCORING_MODES
+    from structcore.thresholds import DEFAULT_THRESHOLD_RULE, MAX_FRR, THRESHOLD_RULES
 
     with user_errors():
+        threshold_rule = threshold_rule or DEFAULT_THRESHOLD_RULE
+        if threshold_rule not in THRESHOLD_RULES:
+            raise InputError(f"--threshold-rule must be one of {', '.join(THRESHOLD_RULES)}, got {threshold_rule!r}")
+        if not 0 < threshold_frr <= MAX_FRR:
+            raise InputError(f"--threshold-frr must lie in (0, {MAX_FRR}], got {threshold_frr}")
         if calibration not in CALIBRATION_MODES:
             raise InputError(f"--calibration must be one of {', '.join(CALIBRATION_MODES)}, got {calibration!r}")
         if scoring not in SCORING_MODES:
@@ -173,7 +189,13 @@ def add_category(
         images = train_images(train)
         images, skipped = _checked_train_images(images, skip_bad)
         model = CategoryModel(
-            coreset_ratio=coreset_ratio, calibration=calibration, seed=seed, index=knn_index, scoring=scoring
+            coreset_ratio=coreset_ratio,
+            calibration=calibration,
+            seed=seed,
+            index=knn_index,
+            scoring=scoring,
+            threshold_rule=threshold_rule,
+            threshold_frr=threshold_frr,
         )
         started = time.perf_counter()
         with progress_bar() as progress:
@@ -208,10 +230,12 @@ def add_category(
             f"calibration {info.calibration_mode}, scoring {info.scoring}"
         )
         console.print(
-            f"  thresholds (99.5% of train-good): base {thresholds['base']:.4f}, struct {thresholds['struct']:.4f}, "
-            f"hybrid {thresholds['hybrid']:.4f}; lambda {float(info.calibration['lambda']):.4f}; "
-            f"took {elapsed:.1f} s"
+            f"  thresholds ({info.threshold_summary}): base {thresholds['base']:.4f}, struct "
+            f"{thresholds['struct']:.4f}, hybrid {thresholds['hybrid']:.4f}; lambda "
+            f"{float(info.calibration['lambda']):.4f}; took {elapsed:.1f} s",
+            highlight=False,
         )
+        _print_outliers(info.threshold_rule)
 
 
 def _checked_train_images(images: list[Path], skip_bad: bool) -> tuple[list[Path], list[dict[str, str]]]:
@@ -316,6 +340,7 @@ def show(
             Column("scoring", drop=1),
             Column("lambda", "right", drop=3),
             Column("threshold", "right"),
+            Column("threshold rule", drop=2, no_wrap=False),
             Column("base / struct thr.", "right", drop=4),
         ]
         rows = []
@@ -333,6 +358,7 @@ def show(
                     item.scoring,
                     f"{float(item.calibration['lambda']):.4f}",
                     f"{thresholds['hybrid']:.4f}",
+                    item.threshold_summary,
                     f"{thresholds['base']:.3f} / {thresholds['struct']:.3f}",
                 ]
             )
@@ -344,9 +370,28 @@ def show(
                 f"current version {current.version}: thresholds base {thresholds['base']:.4f}, struct "
                 f"{thresholds['struct']:.4f}, hybrid {thresholds['hybrid']:.4f}; lambda "
                 f"{float(current.calibration['lambda']):.4f} ({current.scoring} scoring); "
-                f"created {current.created_at:%Y-%m-%d %H:%M:%S}",
+                f"created {current.created_at:%Y-%m-%d %H:%M:%S}; threshold rule: {current.threshold_summary}",
                 highlight=False,
             )
+            _print_outliers(current.threshold_rule)
+
+
+def _print_outliers(rule: dict[str, object]) -> None:
+    """The train images the threshold rule found outlying among their own category (``registry show``)."""
+    outliers = rule.get("outliers")
+    if not isinstance(outliers, list) or not outliers:
+        return
+    console.print(
+        f"{_count(len(outliers), 'train image')} look anomalous among this category's own train images "
+        "(leave-one-out score far above the median; left out of the threshold, check them for defects):",
+        highlight=False,
+    )
+    for outlier in sorted(outliers, key=lambda o: -float(o.get("score", 0.0)))[:20]:
+        console.print(
+            f"  {float(outlier.get('score', 0.0)):.4f}  {outlier.get('path', outlier.get('index'))}", highlight=False
+        )
+    if len(outliers) > 20:
+        console.print(f"  ... and {len(outliers) - 20} more (`registry show --json`)", highlight=False)
 
 
 @app.command()

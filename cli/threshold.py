@@ -69,7 +69,9 @@ def threshold_command(
     name: Annotated[str, typer.Argument(help="Category name.")],
     frr: Annotated[
         float | None,
-        typer.Option(help="Target false-reject rate in (0, 0.5]: from the stored train-good scores, or on --from-labelled's good images."),
+        typer.Option(
+            help="Target false-reject rate in (0, 0.5]: from the stored train-good scores, or on --from-labelled's good images."
+        ),
     ] = None,
     value: Annotated[float | None, typer.Option(help="Set this hybrid-score threshold.")] = None,
     from_labelled: Annotated[

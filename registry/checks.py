@@ -338,7 +338,9 @@ class RegistryCheck:
                     problems.append(Problem("row-mismatch", message, f"{store_path}/zarr.json", name, version))
             array_store = fields["arrays_path"] or store_path  # a threshold version shares another's arrays
             if array_store != store_path and not (self.root / array_store / "zarr.json").is_file():
-                message = f"category {name!r} version {version}: store {array_store}, whose arrays it shares, is missing"
+                message = (
+                    f"category {name!r} version {version}: store {array_store}, whose arrays it shares, is missing"
+                )
                 problems.append(Problem("missing-store", message, array_store, name, version))
                 continue
             store = self.root / array_store

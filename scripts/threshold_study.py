@@ -109,7 +109,9 @@ def plot(name: str, train: np.ndarray, good: np.ndarray, bad: np.ndarray, rows: 
     axis.hist(good, bins=bins, density=True, alpha=0.5, label=f"test good ({len(good)})")
     axis.hist(bad, bins=bins, density=True, histtype="step", color="black", label=f"test defective ({len(bad)})")
     for rule, colour in (("quantile", "tab:red"), ("robust-conformal", "tab:green")):
-        axis.axvline(rows[rule]["threshold"], color=colour, linestyle="--", label=f"{rule} {rows[rule]['threshold']:.3f}")
+        axis.axvline(
+            rows[rule]["threshold"], color=colour, linestyle="--", label=f"{rule} {rows[rule]['threshold']:.3f}"
+        )
     axis.set_xlabel("hybrid score")
     axis.set_title(name)
     axis.legend(fontsize=7)

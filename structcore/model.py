@@ -436,9 +436,7 @@ class CategoryModel:
             # settings they always had, so their metadata (and checksums) do not change. The scoring
             # is stored in the calibrator's state (states without it are the paper's), and so is the
             # threshold rule (states without it: the 99.5% quantile).
-            "params": {
-                key: value for key, value in self.get_params().items() if key not in _CALIBRATOR_PARAMS
-            },
+            "params": {key: value for key, value in self.get_params().items() if key not in _CALIBRATOR_PARAMS},
             "grid": list(self.grid_),
             "map_size": self.map_size_,
             "n_train_images": self.n_train_images_,

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 #: Threshold rules of :func:`choose_threshold`.
-THRESHOLD_RULES = ("robust-conformal", "conformal", "quantile", "tail")
+THRESHOLD_RULES = ("robust-tail", "robust-conformal", "conformal", "tail", "quantile")
 #: Rule of newly fitted categories.
 DEFAULT_THRESHOLD_RULE = "robust-conformal"
 #: Target false-reject rate of the default rule.
@@ -153,7 +153,7 @@ class ThresholdChoice:
             record["frr"] = self.frr
         if self.rule == "quantile":
             record["quantile"] = LEGACY_QUANTILE
-        if self.rule == "robust-conformal":
+        if self.rule.startswith("robust-"):
             record["outlier_cutoff"] = OUTLIER_CUTOFF
             record["outliers"] = [
                 {"index": int(i), "score": float(s)} for i, s in zip(self.outliers, self.outlier_scores, strict=True)
@@ -177,8 +177,9 @@ def choose_threshold(
         return ThresholdChoice(tail_threshold(values, frr), rule, frr, len(values))
     outliers = train_outliers(values)
     kept = np.delete(values, outliers)
+    value = conformal_threshold(kept, frr) if rule == "robust-conformal" else tail_threshold(kept, frr)
     return ThresholdChoice(
-        conformal_threshold(kept, frr),
+        value,
         rule,
         frr,
         len(values),
@@ -255,7 +256,9 @@ def wilson_interval(successes: int, total: int, confidence: float = 0.95) -> tup
     denominator = 1.0 + z * z / total
     centre = (p + z * z / (2.0 * total)) / denominator
     half = z * math.sqrt(p * (1.0 - p) / total + z * z / (4.0 * total * total)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if successes <= 0 else max(0.0, centre - half)
+    high = 1.0 if successes >= total else min(1.0, centre + half)
+    return low, high
 
 
 def decision_metrics(good: np.ndarray, bad: np.ndarray, threshold: float) -> dict[str, float]:
