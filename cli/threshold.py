@@ -70,7 +70,8 @@ def threshold_command(
     frr: Annotated[
         float | None,
         typer.Option(
-            help="Target false-reject rate in (0, 0.5]: from the stored train-good scores, or on --from-labelled's good images."
+            help="Target false-reject rate in (0, 0.5]: from the stored train-good scores, "
+            "or on --from-labelled's good images."
         ),
     ] = None,
     value: Annotated[float | None, typer.Option(help="Set this hybrid-score threshold.")] = None,

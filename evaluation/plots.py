@@ -151,7 +151,7 @@ def plot_score_distribution(collected: Collected, name: str, path: Path) -> Path
     threshold = float(collected.thresholds[name]["hybrid"])
     figure, axis = plt.subplots(figsize=(6.4, 3.2))
     everything = np.concatenate([scores, train, [threshold]])
-    bins = np.linspace(float(everything.min()), float(everything.max()) + 1e-12, 50)
+    bins = np.linspace(float(everything.min()), float(everything.max()) + 1e-12, 50).tolist()
     axis.hist(
         train, bins=bins, color=_TRAIN_COLOR, alpha=0.5, density=True, label=f"train good, leave-one-out ({len(train)})"
     )
