@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import median_abs_deviation
 
-from structcore.thresholds import LEGACY_RULE, ThresholdChoice, check_rule, choose_threshold
+from structcore.thresholds import LEGACY_RULE, ThresholdChoice, check_rule, choose_threshold, train_outliers
 
 #: Share of the map's pixels averaged by the top-k mean.
 DEFAULT_TOP_RATIO = 0.01
@@ -235,6 +235,9 @@ class StructCoreCalibrator:
             }
             self.thresholds_ = {kind: choice.value for kind, choice in choices.items()}
             self.threshold_rule_ = choices["hybrid"].to_record()  # the decision's (hybrid) rule and outliers
+        if "outliers" not in self.threshold_rule_:  # listed by `registry show` whatever the rule
+            found = train_outliers(hybrid)
+            self.threshold_rule_["outliers"] = [{"index": int(i), "score": float(hybrid[i])} for i in found]
         self.n_samples_ = int(base.shape[0])
 
     def struct_distance(self, descriptors: np.ndarray) -> np.ndarray:

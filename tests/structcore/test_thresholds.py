@@ -83,7 +83,19 @@ def test_tail_rule_recovers_an_exponential_quantile() -> None:
     assert tail_threshold(scores, 0.01) == pytest.approx(math.log(100), rel=0.03)
     assert tail_threshold(scores, 0.001) == pytest.approx(math.log(1000), rel=0.03)  # beyond the largest score
     assert tail_threshold(scores, 0.3) == pytest.approx(np.quantile(scores, 0.7))
-    assert choose_threshold(scores, "robust-tail", 0.01).value == pytest.approx(math.log(100), rel=0.05)
+
+
+def test_robust_tail_fits_the_tail_of_the_bulk_without_the_outliers() -> None:
+    from statistics import NormalDist
+
+    bulk = np.array([NormalDist().inv_cdf((i + 0.5) / 2000) for i in range(2000)])  # N(0, 1) quantiles
+    scores = np.concatenate([bulk, np.full(5, 20.0)])  # five outlying train images
+    robust = choose_threshold(scores, "robust-tail", 0.01)
+    assert robust.outliers == (2000, 2001, 2002, 2003, 2004)
+    assert robust.value == pytest.approx(tail_threshold(bulk, 0.01))
+    # an exponential tail is conservative on a normal one: above the true 2.326, not far
+    assert 2.33 < robust.value < 2.7
+    assert tail_threshold(scores, 0.01) > 3.0  # the plain tail model inherits the outliers
 
 
 @pytest.mark.parametrize("bad", [0.0, -0.1, 0.51, 1.0, float("nan"), float("inf")])
