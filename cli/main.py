@@ -152,7 +152,7 @@ def add_category(
     threshold_rule: Annotated[
         str | None,
         typer.Option(
-            help="Threshold from the train-good scores: robust-tail (default), robust-conformal, conformal, tail, "
+            help="Threshold from the train-good scores: robust-conformal (default), robust-tail, conformal, tail, "
             "or quantile (the 99.5% quantile of versions fitted before; docs/calibration.md)."
         ),
     ] = None,

@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from registry import Registry
 from structcore.thresholds import (
+    DEFAULT_THRESHOLD_RULE,
     THRESHOLD_RULES,
     choose_threshold,
     decision_metrics,
@@ -94,6 +96,33 @@ def main() -> None:
                 plot(name, train, good, bad, rows, args.plot)
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2))
+    print_markdown(results, args.frr)
+
+
+def print_markdown(results: dict[str, Any], frr: float) -> None:
+    """The old rule against the default, one row per category, and how many categories each rule meets."""
+    print(
+        "\n| category | train / test good / defective | threshold old -> new | test-good FRR old / new "
+        "| recall old / new | best recall at the new FRR | efficiency old / new |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, found in results.items():
+        old, new = found["rules"]["quantile"], found["rules"][DEFAULT_THRESHOLD_RULE]
+        print(
+            f"| {name} | {found['n_train']} / {found['n_good']} / {found['n_bad']} "
+            f"| {old['threshold']:.3f} -> {new['threshold']:.3f} | {100 * old['frr']:.1f}% / {100 * new['frr']:.1f}% "
+            f"| {old['recall']:.3f} / {new['recall']:.3f} | {new['best_recall']:.3f} "
+            f"| {old['efficiency']:.3f} / {new['efficiency']:.3f} |"
+        )
+    print("\n| rule | categories meeting FRR <= 1% and efficiency >= 0.95 | mean recall | mean efficiency |")
+    print("|---|---|---|---|")
+    for rule in THRESHOLD_RULES:
+        rows = [found["rules"][rule] for found in results.values()]
+        met = sum(r["frr"] <= frr + 1e-9 and r["efficiency"] >= 0.95 for r in rows)
+        print(
+            f"| {rule} | {met} of {len(rows)} | {np.mean([r['recall'] for r in rows]):.3f} "
+            f"| {np.nanmean([r['efficiency'] for r in rows]):.3f} |"
+        )
 
 
 def plot(name: str, train: np.ndarray, good: np.ndarray, bad: np.ndarray, rows: dict, folder: Path) -> None:
@@ -108,7 +137,7 @@ def plot(name: str, train: np.ndarray, good: np.ndarray, bad: np.ndarray, rows: 
     axis.hist(train, bins=bins, density=True, alpha=0.5, label=f"train good, leave-one-out ({len(train)})")
     axis.hist(good, bins=bins, density=True, alpha=0.5, label=f"test good ({len(good)})")
     axis.hist(bad, bins=bins, density=True, histtype="step", color="black", label=f"test defective ({len(bad)})")
-    for rule, colour in (("quantile", "tab:red"), ("robust-conformal", "tab:green")):
+    for rule, colour in (("quantile", "tab:red"), (DEFAULT_THRESHOLD_RULE, "tab:green")):
         axis.axvline(
             rows[rule]["threshold"], color=colour, linestyle="--", label=f"{rule} {rows[rule]['threshold']:.3f}"
         )

@@ -16,9 +16,12 @@ Rules (:data:`THRESHOLD_RULES`):
 - ``robust-conformal`` (the default): the ``conformal`` threshold over the train-good images
   that are not outlying among their own category (:func:`train_outliers`: above the median by
   more than :data:`OUTLIER_CUTOFF` normal-consistent interquartile ranges). A few unusual train
-  images (near-duplicates missing, odd tiles, a defect hiding in train-good) otherwise set the
-  top order statistics alone; the outliers are stored with the version and listed by
-  ``registry show``.
+  images (over-exposed or marked tiles, a fibre on a bottle rim: defects hiding in train-good)
+  otherwise set the top order statistics alone; the outliers are stored with the version and
+  listed by ``registry show``. Where fewer than ``1 / alpha - 1`` images are kept (no order
+  statistic reaches ``alpha``: 80 images at 1%), the ``tail`` model of the kept scores
+  extrapolates instead of taking the largest one.
+- ``robust-tail``: the ``tail`` model of the kept scores whatever their number.
 - ``tail``: an exponential model of the upper tail (the excesses over the 80% quantile), read at
   ``alpha``: smooth where the order statistics are sparse, but it inherits outliers.
 """
@@ -33,8 +36,8 @@ from typing import Any
 import numpy as np
 
 #: Threshold rules of :func:`choose_threshold`.
-THRESHOLD_RULES = ("robust-tail", "robust-conformal", "conformal", "tail", "quantile")
-#: Rule of newly fitted categories.
+THRESHOLD_RULES = ("robust-conformal", "robust-tail", "conformal", "tail", "quantile")
+#: Rule of newly fitted categories (docs/calibration.md, "Thresholds": the evidence).
 DEFAULT_THRESHOLD_RULE = "robust-conformal"
 #: Target false-reject rate of the default rule.
 DEFAULT_FRR = 0.01
@@ -84,10 +87,18 @@ def quantile_threshold(scores: Sequence[float] | np.ndarray, quantile: float = L
 
 def conformal_rank(n: int, frr: float) -> int:
     """1-based rank ``ceil((n + 1)(1 - frr))`` of the split-conformal threshold, capped at ``n``."""
+    return max(1, min(n, _uncapped_rank(n, frr)))
+
+
+def _uncapped_rank(n: int, frr: float) -> int:
     check_frr(frr)
     # rounded first: (n + 1) * (1 - frr) is often an integer up to floating-point error
-    rank = math.ceil(round((n + 1) * (1.0 - frr), 9))
-    return max(1, min(n, rank))
+    return math.ceil(round((n + 1) * (1.0 - frr), 9))
+
+
+def conformal_reaches(n: int, frr: float) -> bool:
+    """True when an order statistic of ``n`` scores guarantees ``frr`` (``(n + 1)(1 - frr) <= n``)."""
+    return _uncapped_rank(n, frr) <= n
 
 
 def conformal_threshold(scores: Sequence[float] | np.ndarray, frr: float = DEFAULT_FRR) -> float:
@@ -177,7 +188,8 @@ def choose_threshold(
         return ThresholdChoice(tail_threshold(values, frr), rule, frr, len(values))
     outliers = train_outliers(values)
     kept = np.delete(values, outliers)
-    value = conformal_threshold(kept, frr) if rule == "robust-conformal" else tail_threshold(kept, frr)
+    order_statistic = rule == "robust-conformal" and conformal_reaches(len(kept), frr)
+    value = conformal_threshold(kept, frr) if order_statistic else tail_threshold(kept, frr)
     return ThresholdChoice(
         value,
         rule,
@@ -185,6 +197,7 @@ def choose_threshold(
         len(values),
         tuple(int(i) for i in outliers),
         tuple(float(values[i]) for i in outliers),
+        {"method": "order statistic" if order_statistic else "tail model", "n_kept": len(kept)},
     )
 
 
@@ -308,6 +321,7 @@ __all__ = [
     "check_rule",
     "choose_threshold",
     "conformal_rank",
+    "conformal_reaches",
     "conformal_threshold",
     "decision_metrics",
     "f1_max_threshold",

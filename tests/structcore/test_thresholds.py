@@ -17,6 +17,7 @@ from structcore.thresholds import (
     check_frr,
     choose_threshold,
     conformal_rank,
+    conformal_reaches,
     conformal_threshold,
     decision_metrics,
     f1_max_threshold,
@@ -75,6 +76,17 @@ def test_robust_rules_leave_outliers_out_and_record_them() -> None:
     record = robust.to_record()
     assert record["rule"] == "robust-conformal" and record["frr"] == 0.01
     assert record["outliers"] == [{"index": 199, "score": 2000.0}]
+
+
+def test_robust_conformal_extrapolates_where_no_order_statistic_reaches_the_frr() -> None:
+    scores = np.arange(1, 81, dtype=float)  # 80 images: rank ceil(81 * 0.99) = 81 > 80
+    assert not conformal_reaches(80, 0.01) and conformal_reaches(99, 0.01)
+    choice = choose_threshold(scores, "robust-conformal", 0.01)
+    assert choice.details["method"] == "tail model"
+    assert choice.value == pytest.approx(tail_threshold(scores, 0.01)) and choice.value > 80.0
+    assert conformal_threshold(scores, 0.01) == 80.0  # the plain rule takes the largest score
+    bigger = choose_threshold(np.arange(1, 200, dtype=float), "robust-conformal", 0.01)
+    assert bigger.details["method"] == "order statistic" and bigger.value == 198.0
 
 
 def test_tail_rule_recovers_an_exponential_quantile() -> None:
