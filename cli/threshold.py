@@ -80,7 +80,7 @@ def threshold_command(
         typer.Option(help="Folder with good/ and defect subfolders: meet --frr on its good images, or maximise F1."),
     ] = None,
     rule: Annotated[
-        str, typer.Option(help="With --frr alone: robust-conformal (default), conformal or tail.")
+        str, typer.Option(help="With --frr alone: robust-conformal (default), robust-tail, conformal or tail.")
     ] = "robust-conformal",
     version_number: Annotated[
         int | None, typer.Option("--version", help="Derive from this version [default: the current one].")

@@ -5,7 +5,7 @@ TEST --category NAME --out NAME.jsonl`` file (test images under ``good/`` and de
 No refit: every rule works on the stored leave-one-out train-good hybrid scores only; the test
 scores only measure the result. Prints the distributions (quantiles), the train images that set
 the 99.5% quantile, and per rule the threshold, test-good FRR, recall, the best recall any
-threshold reaches at that FRR and the efficiency; ``--plot DIR`` writes one histogram per category.
+threshold reaches at that FRR and the efficiency; ``--plot PNG`` writes the histograms of every category.
 
 Usage: ``python scripts/threshold_study.py --root REG --scores DIR [--json OUT] [--plot DIR]``.
 """
@@ -44,10 +44,11 @@ def main() -> None:
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--scores", type=Path, required=True)
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument("--plot", type=Path, default=None, help="write all categories' histograms to this PNG")
     parser.add_argument("--frr", type=float, default=0.01)
     args = parser.parse_args()
-    results: dict[str, object] = {}
+    results: dict[str, Any] = {}
+    panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, dict]] = []
     with Registry.open(args.root, read_only=True) as registry:
         for name in registry.names():
             scores_file = args.scores / f"{name}.jsonl"
@@ -92,10 +93,11 @@ def main() -> None:
                 "outliers": [{"image": paths[i], "score": float(train[i])} for i in outliers],
                 "rules": rows,
             }
-            if args.plot is not None:
-                plot(name, train, good, bad, rows, args.plot)
+            panels.append((name, train, good, bad, rows))
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2))
+    if args.plot is not None:
+        plot(panels, args.plot)
     print_markdown(results, args.frr)
 
 
@@ -125,27 +127,43 @@ def print_markdown(results: dict[str, Any], frr: float) -> None:
         )
 
 
-def plot(name: str, train: np.ndarray, good: np.ndarray, bad: np.ndarray, rows: dict, folder: Path) -> None:
+def plot(panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, dict]], path: Path) -> None:
+    """One panel per category: train-good (leave-one-out), test good and test defective hybrid
+    scores, with the old (99.5% quantile) and the default threshold."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    folder.mkdir(parents=True, exist_ok=True)
-    figure, axis = plt.subplots(figsize=(7, 3.4))
-    bins = np.linspace(min(train.min(), good.min(), bad.min()), max(train.max(), bad.max()), 60)
-    axis.hist(train, bins=bins, density=True, alpha=0.5, label=f"train good, leave-one-out ({len(train)})")
-    axis.hist(good, bins=bins, density=True, alpha=0.5, label=f"test good ({len(good)})")
-    axis.hist(bad, bins=bins, density=True, histtype="step", color="black", label=f"test defective ({len(bad)})")
-    for rule, colour in (("quantile", "tab:red"), (DEFAULT_THRESHOLD_RULE, "tab:green")):
-        axis.axvline(
-            rows[rule]["threshold"], color=colour, linestyle="--", label=f"{rule} {rows[rule]['threshold']:.3f}"
+    columns = 2
+    rows_n = (len(panels) + columns - 1) // columns
+    figure, axes = plt.subplots(rows_n, columns, figsize=(11, 2.9 * rows_n), squeeze=False)
+    for axis in axes.ravel()[len(panels) :]:
+        axis.set_visible(False)
+    for axis, (name, train, good, bad, rows) in zip(axes.ravel(), panels, strict=False):
+        top = max(float(np.quantile(bad, 0.9)), rows["quantile"]["threshold"] * 1.15, float(good.max()) * 1.1)
+        bins = np.linspace(min(train.min(), good.min()), top, 70).tolist()
+        axis.hist(
+            train, bins=bins, density=True, alpha=0.5, color="0.5", label=f"train good, leave-one-out ({len(train)})"
         )
-    axis.set_xlabel("hybrid score")
-    axis.set_title(name)
-    axis.legend(fontsize=7)
+        axis.hist(good, bins=bins, density=True, alpha=0.55, color="tab:blue", label=f"test good ({len(good)})")
+        axis.hist(
+            bad, bins=bins, density=True, histtype="step", color="tab:orange", label=f"test defective ({len(bad)})"
+        )
+        for rule, colour in (("quantile", "tab:red"), (DEFAULT_THRESHOLD_RULE, "tab:green")):
+            found = rows[rule]
+            axis.axvline(
+                found["threshold"],
+                color=colour,
+                linestyle="--",
+                label=f"{rule} {found['threshold']:.3f}: FRR {100 * found['frr']:.0f}%, recall {found['recall']:.2f}",
+            )
+        axis.set_title(name, fontsize=9)
+        axis.tick_params(labelsize=7)
+        axis.legend(fontsize=6)
     figure.tight_layout()
-    figure.savefig(folder / f"thresholds_{name}.png", dpi=90)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=80)
     plt.close(figure)
 
 
