@@ -189,6 +189,9 @@ def _apply(
             labelled_recall=recall if len(bad) else None,
         )
     train_rejected = int((train > threshold).sum())
+    outliers = {int(o["index"]) for o in parent.threshold_rule.get("outliers", []) if "index" in o}
+    kept = np.delete(train, sorted(i for i in outliers if 0 <= i < len(train)))
+    kept_rejected = int((kept > threshold).sum())
     info = registry.add_threshold_version(name, threshold, record, version=parent.version)
     return {
         "category": name,
@@ -200,6 +203,8 @@ def _apply(
         "train_frr": train_rejected / len(train),
         "train_frr_ci": _interval(train_rejected, len(train)),
         "n_train": len(train),
+        "n_outliers": len(train) - len(kept),
+        "train_frr_without_outliers": kept_rejected / len(kept) if len(kept) else None,
         "labelled": measured or None,
     }
 
@@ -212,11 +217,16 @@ def _print(result: dict[str, Any]) -> None:
         highlight=False,
     )
     low, high = result["train_frr_ci"]
-    console.print(
+    line = (
         f"  train-good (leave-one-out, {result['n_train']} images): {_percent(result['train_frr'])} above it "
-        f"(95% CI {_percent(low)}-{_percent(high)})",
-        highlight=False,
+        f"(95% CI {_percent(low)}-{_percent(high)})"
     )
+    if result["n_outliers"] and result["train_frr_without_outliers"] is not None:
+        line += (
+            f"; {_percent(result['train_frr_without_outliers'])} without the {result['n_outliers']} outlying ones "
+            "(`registry show`)"
+        )
+    console.print(line, highlight=False)
     labelled = result["labelled"]
     if labelled:
         low, high = labelled["frr_ci"]
