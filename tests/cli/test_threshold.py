@@ -226,3 +226,38 @@ def test_the_server_applies_a_new_threshold_within_its_reload_interval(root: Pat
         assert listed["current_version"] == 2 and listed["thresholds"]["hybrid"] == 0.123
         assert listed["threshold_rule"] == "value (registry threshold, from v1)"
         assert "threshold rule" in http.get("/").text
+
+
+def test_versions_fitted_before_rules_keep_their_thresholds_through_the_upgrade(
+    base: Path, data: Data, tmp_path: Path
+) -> None:
+    """A version stored as before revision 0005 (no rule recorded, no arrays_path) keeps its 99.5% quantile."""
+    from alembic import command
+
+    from registry.db import alembic_config
+    from structcore.thresholds import LEGACY_RULE
+    from tests.support_registry import small_model
+
+    root = clone(base, tmp_path / "legacy")
+    with Registry.open(root) as registry:
+        model = small_model()
+        model.threshold_rule = "quantile"
+        fitted = registry.extractor()
+        from structcore.model import embed_images
+
+        model.fit(embed_images(fitted, data["grid"][0]), fitted.grid_shape(), fitted.geometry.crop)
+        model.calibrator_.threshold_rule_ = dict(LEGACY_RULE)  # stored exactly as an old version
+        info = registry.add_fitted("legacy", model, data["grid"][0])
+        assert "threshold_rule" not in info.calibration
+        legacy_threshold = info.thresholds["hybrid"]
+        assert legacy_threshold == pytest.approx(np.quantile(model.calibration_scores_["hybrid"], 0.995))
+        before = registry.predict([data["grid"][1][0]], "legacy")[0]
+    command.downgrade(alembic_config(root / "registry.sqlite"), "0004")
+    with Registry.open(root) as registry:  # upgrades to 0005
+        info = registry.version_info("legacy")
+        assert info.arrays_path is None and info.thresholds["hybrid"] == legacy_threshold
+        assert info.threshold_summary == "quantile 99.5% (fit)"
+        assert registry.predict([data["grid"][1][0]], "legacy")[0] == before
+        assert registry.verify().ok
+    moved = threshold_json(root, "legacy", "--frr", "0.1")
+    assert moved["previous_threshold"] == legacy_threshold and moved["version"] == 2
