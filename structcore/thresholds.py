@@ -212,15 +212,17 @@ def rates(good: np.ndarray, bad: np.ndarray, threshold: float) -> tuple[float, f
 
 
 def threshold_for_frr(good: Sequence[float] | np.ndarray, frr: float) -> float:
-    """The lowest threshold at which at most ``floor(frr * n)`` of the ``n`` good scores lie above it.
+    """A threshold above which exactly ``floor(frr * n)`` of the ``n`` good scores lie (fewer on ties).
 
-    That is the ``(floor(frr * n) + 1)``-th largest good score: the most recall a threshold can
-    reach with an observed FRR of at most ``frr``.
+    Midway between the ``(floor(frr * n) + 1)``-th largest good score (the lowest threshold with
+    that FRR: the most recall) and the next larger one, so that a good part scoring a little above
+    the labelled ones is not rejected at once; the largest score when no good one may lie above.
     """
     check_frr(frr)
     values = np.sort(_scores(good))[::-1]
-    allowed = math.floor(round(frr * len(values), 9))
-    return float(values[min(allowed, len(values) - 1)])
+    allowed = min(math.floor(round(frr * len(values), 9)), len(values) - 1)
+    lowest = float(values[allowed])
+    return (lowest + float(values[allowed - 1])) / 2.0 if allowed > 0 else lowest
 
 
 def best_recall_at(good: np.ndarray, bad: np.ndarray, frr: float) -> float:
@@ -232,7 +234,11 @@ def best_recall_at(good: np.ndarray, bad: np.ndarray, frr: float) -> float:
 
 
 def f1_max_threshold(good: np.ndarray, bad: np.ndarray) -> tuple[float, float]:
-    """(threshold, F1) maximising F1 of ``score > threshold`` with the defects as positives."""
+    """(threshold, F1) maximising F1 of ``score > threshold`` with the defects as positives.
+
+    Of the thresholds with the best F1, the one midway between the highest score it lets pass and
+    the lowest it flags.
+    """
     good = np.asarray(good, dtype=np.float64)
     bad = np.asarray(bad, dtype=np.float64)
     if not bad.size:
@@ -245,8 +251,8 @@ def f1_max_threshold(good: np.ndarray, bad: np.ndarray) -> tuple[float, float]:
     order = np.argsort(-scores, kind="stable")
     sorted_scores = scores[order]
     positive = np.concatenate([np.zeros(len(good), bool), np.ones(len(bad), bool)])[order]
-    best = (float(candidates[0]), -1.0)
-    for threshold in candidates:
+    best = (float(candidates[0]), -1.0, float(candidates[0]))
+    for position, threshold in enumerate(candidates):
         flagged = sorted_scores > threshold
         true_positive = int((flagged & positive).sum())
         flagged_count = int(flagged.sum())
@@ -254,8 +260,9 @@ def f1_max_threshold(good: np.ndarray, bad: np.ndarray) -> tuple[float, float]:
             continue
         f1 = 2.0 * true_positive / (flagged_count + len(bad))
         if f1 > best[1] + 1e-12:
-            best = (float(threshold), f1)
-    return best[0], max(best[1], 0.0)
+            # midway to the lowest flagged score: the same decisions on these images, a margin both ways
+            best = (float(threshold), f1, float(candidates[position + 1]))
+    return (best[0] + best[2]) / 2.0, max(best[1], 0.0)
 
 
 def wilson_interval(successes: int, total: int, confidence: float = 0.95) -> tuple[float, float]:

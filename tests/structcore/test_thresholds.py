@@ -128,15 +128,16 @@ def test_every_rule_is_known_and_the_default_is_one() -> None:
 def test_labelled_operating_points() -> None:
     good = np.arange(100, dtype=float)  # 0..99
     bad = np.array([50.0, 97.5, 98.5, 120.0])
-    assert threshold_for_frr(good, 0.01) == 98.0  # only 99 lies above: 1% FRR
-    assert threshold_for_frr(good, 0.05) == 94.0
+    assert threshold_for_frr(good, 0.01) == 98.5  # only 99 lies above: 1% FRR (midway between 98 and 99)
+    assert threshold_for_frr(good, 0.05) == 94.5
+    assert threshold_for_frr(good[:10], 0.05) == 9.0  # no good score may lie above: the largest
     assert rates(good, bad, 98.0) == (0.01, 0.5)
     assert best_recall_at(good, bad, 0.0) == 0.25  # above 99: only 120
     assert best_recall_at(good, bad, 0.01) == 0.5
     threshold, f1 = f1_max_threshold(np.array([0.0, 1, 2, 3]), np.array([3.5, 4, 5]))
-    assert threshold == 3.0 and f1 == pytest.approx(1.0)  # 3.5, 4, 5 flagged; no good one
+    assert threshold == 3.25 and f1 == pytest.approx(1.0)  # 3.5, 4, 5 flagged; no good one; midway
     threshold, f1 = f1_max_threshold(np.array([0.0, 1, 2, 3]), np.array([2.5, 4, 5]))
-    assert threshold == 2.0 and f1 == pytest.approx(6 / 7)  # 2.5, 3, 4, 5 flagged: 3 of 3, one good
+    assert threshold == 2.25 and f1 == pytest.approx(6 / 7)  # 2.5, 3, 4, 5 flagged: 3 of 3, one good
     metrics = decision_metrics(good, bad, 98.0)
     assert metrics["frr"] == 0.01 and metrics["recall"] == 0.5
     assert metrics["best_recall"] == 0.5 and metrics["efficiency"] == 1.0
