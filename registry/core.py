@@ -634,7 +634,7 @@ class Registry:
         pending = PendingVersion(
             name=name,
             arrays=dict,
-            metadata=metadata,
+            metadata=_name_outliers(metadata, [str(path) for path in train_images]),
             train_images=list(train_images),
             origin=f"threshold:v{info.version}",
             arrays_path=info.array_store,
