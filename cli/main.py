@@ -383,12 +383,14 @@ def _print_outliers(rule: dict[str, object]) -> None:
         return
     console.print(
         f"{_count(len(outliers), 'train image')} look anomalous among this category's own train images "
-        "(leave-one-out score far above the median; left out of the threshold, check them for defects):",
+        "(leave-one-out score far above the median; check them for defects; * = left out of the threshold):",
         highlight=False,
     )
     for outlier in sorted(outliers, key=lambda o: -float(o.get("score", 0.0)))[:20]:
+        mark = "*" if outlier.get("left_out") is True else " "
         console.print(
-            f"  {float(outlier.get('score', 0.0)):.4f}  {outlier.get('path', outlier.get('index'))}", highlight=False
+            f" {mark}{float(outlier.get('score', 0.0)):.4f}  {outlier.get('path', outlier.get('index'))}",
+            highlight=False,
         )
     if len(outliers) > 20:
         console.print(f"  ... and {len(outliers) - 20} more (`registry show --json`)", highlight=False)

@@ -189,7 +189,7 @@ def _apply(
             labelled_recall=recall if len(bad) else None,
         )
     train_rejected = int((train > threshold).sum())
-    outliers = {int(o["index"]) for o in parent.threshold_rule.get("outliers", []) if "index" in o}
+    outliers = {int(o["index"]) for o in parent.threshold_rule.get("outliers", []) if o.get("left_out") is True}
     kept = np.delete(train, sorted(i for i in outliers if 0 <= i < len(train)))
     kept_rejected = int((kept > threshold).sum())
     info = registry.add_threshold_version(name, threshold, record, version=parent.version)
@@ -224,7 +224,7 @@ def _print(result: dict[str, Any]) -> None:
     if result["n_outliers"] and result["train_frr_without_outliers"] is not None:
         line += (
             f"; {_percent(result['train_frr_without_outliers'])} without the {result['n_outliers']} outlying ones "
-            "(`registry show`)"
+            "left out at fit (`registry show`)"
         )
     console.print(line, highlight=False)
     labelled = result["labelled"]

@@ -17,8 +17,10 @@ Rules (:data:`THRESHOLD_RULES`):
   that are not outlying among their own category (:func:`train_outliers`: above the median by
   more than :data:`OUTLIER_CUTOFF` normal-consistent interquartile ranges). A few unusual train
   images (over-exposed or marked tiles, a fibre on a bottle rim: defects hiding in train-good)
-  otherwise set the top order statistics alone; the outliers are stored with the version and
-  listed by ``registry show``. Where fewer than ``1 / alpha - 1`` images are kept (no order
+  otherwise set the top order statistics alone. At most ``OUTLIER_SHARE x alpha x n`` of them
+  (the highest) are left out: where more images than that look outlying, they are the category's
+  own tail rather than a few odd images. The outliers are stored with the version and listed by
+  ``registry show``. Where fewer than ``1 / alpha - 1`` images are kept (no order
   statistic reaches ``alpha``: 80 images at 1%), the ``tail`` model of the kept scores
   extrapolates instead of taking the largest one.
 - ``robust-tail``: the ``tail`` model of the kept scores whatever their number.
@@ -45,6 +47,8 @@ DEFAULT_FRR = 0.01
 LEGACY_QUANTILE = 0.995
 #: A train image scoring above ``median + OUTLIER_CUTOFF * IQR / 1.349`` is outlying in its category.
 OUTLIER_CUTOFF = 3.5
+#: The robust rules leave out at most ``floor(OUTLIER_SHARE * frr * n)`` outlying train images.
+OUTLIER_SHARE = 2.0
 #: ``tail``: share of the scores whose excesses the exponential tail is fitted to.
 TAIL_SHARE = 0.2
 #: Bounds of a target false-reject rate: (0, 0.5].
@@ -155,6 +159,8 @@ class ThresholdChoice:
     #: Train images left out as outlying (indices into the train-good scores) and their scores.
     outliers: tuple[int, ...] = ()
     outlier_scores: tuple[float, ...] = ()
+    #: Of the outliers, those left out of the threshold (at most ``OUTLIER_SHARE * frr * n``).
+    left_out: tuple[int, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_record(self) -> dict[str, Any]:
@@ -166,8 +172,10 @@ class ThresholdChoice:
             record["quantile"] = LEGACY_QUANTILE
         if self.rule.startswith("robust-"):
             record["outlier_cutoff"] = OUTLIER_CUTOFF
+            record["outlier_share"] = OUTLIER_SHARE
             record["outliers"] = [
-                {"index": int(i), "score": float(s)} for i, s in zip(self.outliers, self.outlier_scores, strict=True)
+                {"index": int(i), "score": float(s), "left_out": int(i) in self.left_out}
+                for i, s in zip(self.outliers, self.outlier_scores, strict=True)
             ]
         record.update(self.details)
         return record
@@ -187,7 +195,9 @@ def choose_threshold(
     if rule == "tail":
         return ThresholdChoice(tail_threshold(values, frr), rule, frr, len(values))
     outliers = train_outliers(values)
-    kept = np.delete(values, outliers)
+    most = math.floor(round(OUTLIER_SHARE * frr * len(values), 9))
+    left_out = np.sort(outliers[np.argsort(-values[outliers], kind="stable")[:most]])
+    kept = np.delete(values, left_out)
     order_statistic = rule == "robust-conformal" and conformal_reaches(len(kept), frr)
     value = conformal_threshold(kept, frr) if order_statistic else tail_threshold(kept, frr)
     return ThresholdChoice(
@@ -197,6 +207,7 @@ def choose_threshold(
         len(values),
         tuple(int(i) for i in outliers),
         tuple(float(values[i]) for i in outliers),
+        tuple(int(i) for i in left_out),
         {"method": "order statistic" if order_statistic else "tail model", "n_kept": len(kept)},
     )
 
@@ -321,6 +332,7 @@ __all__ = [
     "LEGACY_RULE",
     "MAX_FRR",
     "OUTLIER_CUTOFF",
+    "OUTLIER_SHARE",
     "THRESHOLD_RULES",
     "ThresholdChoice",
     "best_recall_at",

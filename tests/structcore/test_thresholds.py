@@ -75,7 +75,19 @@ def test_robust_rules_leave_outliers_out_and_record_them() -> None:
     assert robust.outliers == (199,)
     record = robust.to_record()
     assert record["rule"] == "robust-conformal" and record["frr"] == 0.01
-    assert record["outliers"] == [{"index": 199, "score": 2000.0}]
+    assert record["outliers"] == [{"index": 199, "score": 2000.0, "left_out": True}]
+
+
+def test_robust_rules_leave_out_at_most_twice_frr_of_the_images() -> None:
+    """Where many train images look outlying, they are the category's tail: only 2 x frr x n go."""
+    bulk = np.linspace(1.0, 2.0, 190)
+    scores = np.concatenate([bulk, np.linspace(10.0, 19.0, 10)])  # 10 outliers among 200
+    choice = choose_threshold(scores, "robust-conformal", 0.01)
+    assert len(choice.outliers) == 10 and choice.left_out == (196, 197, 198, 199)  # the 4 highest
+    kept = np.delete(scores, [196, 197, 198, 199])
+    assert choice.value == conformal_threshold(kept, 0.01)
+    record = choice.to_record()
+    assert sum(o["left_out"] for o in record["outliers"]) == 4 and record["n_kept"] == 196
 
 
 def test_robust_conformal_extrapolates_where_no_order_statistic_reaches_the_frr() -> None:
