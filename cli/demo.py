@@ -145,6 +145,7 @@ def _summarise(records: list[PredictionRecord], truth: list[str], labels: np.nda
         hybrid = np.array([records[i]["score_hybrid"] for i in rows_of])
         decided = np.array([bool(records[i]["anomalous"]) for i in rows_of])
         category_labels = labels[rows_of]
+        good = category_labels == 0
         rows.append(
             {
                 "category": name,
@@ -153,18 +154,22 @@ def _summarise(records: list[PredictionRecord], truth: list[str], labels: np.nda
                 "auroc_base": image_metrics(category_labels, base)["auroc"],
                 "auroc_hybrid": image_metrics(category_labels, hybrid)["auroc"],
                 "decision_accuracy": float(np.mean(decided == category_labels)),
+                "frr": float(np.mean(decided[good])) if good.any() else float("nan"),
+                "recall": float(np.mean(decided[~good])) if (~good).any() else float("nan"),
             }
         )
     means = {
-        key: float(np.mean([row[key] for row in rows]))
-        for key in ("routing_accuracy", "auroc_base", "auroc_hybrid", "decision_accuracy")
+        key: float(np.nanmean([row[key] for row in rows]))
+        for key in ("routing_accuracy", "auroc_base", "auroc_hybrid", "decision_accuracy", "frr", "recall")
     }
     return {"categories": rows, "mean": means}
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
     table = Table(title="StructCore demo: routed inference, category unknown", header_style="bold")
-    for column in ("category", "test images", "routing acc", "I-AUROC base", "I-AUROC hybrid", "decision acc"):
+    for column in (
+        "category", "test images", "routing acc", "I-AUROC base", "I-AUROC hybrid", "decision acc", "FRR", "recall",
+    ):  # fmt: skip
         table.add_column(column, justify="left" if column == "category" else "right")
     for row in summary["categories"]:
         table.add_row(
@@ -174,6 +179,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
             f"{row['auroc_base']:.3f}",
             f"{row['auroc_hybrid']:.3f}",
             f"{row['decision_accuracy']:.3f}",
+            f"{row['frr']:.3f}",
+            f"{row['recall']:.3f}",
         )
     mean = summary["mean"]
     table.add_row(
@@ -183,6 +190,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"{mean['auroc_base']:.3f}",
         f"{mean['auroc_hybrid']:.3f}",
         f"{mean['decision_accuracy']:.3f}",
+        f"{mean['frr']:.3f}",
+        f"{mean['recall']:.3f}",
     )
     console.print(table)
     console.print(f"done in {summary['seconds']:.0f} s")

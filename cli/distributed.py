@@ -29,6 +29,8 @@ from cli.options import (
     FitSeedOption,
     KnnIndexOption,
     ScoringOption,
+    ThresholdFrrOption,
+    ThresholdRuleOption,
     fit_settings,
 )
 from registry.records import NAME_PATTERN
@@ -124,6 +126,8 @@ def add_categories(
     seed: FitSeedOption = FIT_DEFAULTS.seed,
     batch_size: BatchSizeOption = FIT_DEFAULTS.batch_size,
     knn_index: KnnIndexOption = FIT_DEFAULTS.index,
+    threshold_rule: ThresholdRuleOption = FIT_DEFAULTS.threshold_rule,
+    threshold_frr: ThresholdFrrOption = FIT_DEFAULTS.threshold_frr,
     threads: Annotated[int, typer.Option(help="Torch threads (and CPUs reserved) per Ray task.")] = 1,
     max_retries: Annotated[int, typer.Option(help="Resubmissions of a category whose Ray worker died.")] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")] = False,
@@ -145,6 +149,8 @@ def add_categories(
             scoring=scoring,
             index=knn_index,
             seed=seed,
+            threshold_rule=threshold_rule,
+            threshold_frr=threshold_frr,
             batch_size=batch_size,
         )
         if threads < 1 or max_retries < 0:

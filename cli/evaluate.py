@@ -19,6 +19,8 @@ from cli.options import (
     FitSeedOption,
     KnnIndexOption,
     ScoringOption,
+    ThresholdFrrOption,
+    ThresholdRuleOption,
     fit_settings,
 )
 
@@ -60,6 +62,8 @@ def eval_command(
     scoring: ScoringOption = FIT_DEFAULTS.scoring,
     seed: FitSeedOption = FIT_DEFAULTS.seed,
     knn_index: KnnIndexOption = FIT_DEFAULTS.index,
+    threshold_rule: ThresholdRuleOption = FIT_DEFAULTS.threshold_rule,
+    threshold_frr: ThresholdFrrOption = FIT_DEFAULTS.threshold_frr,
     refit: Annotated[bool, typer.Option(help="Fit again even when the registry holds a category.")] = False,
     max_train: Annotated[int | None, typer.Option(help="Seeded subset of train images (quick runs).")] = None,
     max_test: Annotated[int | None, typer.Option(help="Seeded subset of test images (quick runs).")] = None,
@@ -85,6 +89,8 @@ def eval_command(
             scoring=scoring,
             index=knn_index,
             seed=seed,
+            threshold_rule=threshold_rule,
+            threshold_frr=threshold_frr,
             batch_size=batch_size,
         )
         if out is not None:

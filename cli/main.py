@@ -36,6 +36,8 @@ from cli.options import (
     ProjectionSeedOption,
     ResizeOption,
     ScoringOption,
+    ThresholdFrrOption,
+    ThresholdRuleOption,
     WeightsOption,
     feature_space_settings,
     fit_settings,
@@ -161,6 +163,8 @@ def add_category(
         bool,
         typer.Option("--skip-bad", help="Fit without train images that cannot be read (each one is listed)."),
     ] = False,
+    threshold_rule: ThresholdRuleOption = FIT_DEFAULTS.threshold_rule,
+    threshold_frr: ThresholdFrrOption = FIT_DEFAULTS.threshold_frr,
     as_json: JsonOption = False,
 ) -> None:
     """Fit a category from good images and append it (other categories are not touched).
@@ -178,6 +182,8 @@ def add_category(
             index=knn_index,
             seed=seed,
             batch_size=batch_size,
+            threshold_rule=threshold_rule,
+            threshold_frr=threshold_frr,
         )
         registry = _open(root)
         images = train_images(train)
@@ -215,10 +221,12 @@ def add_category(
             f"calibration {info.calibration_mode}, scoring {info.scoring}"
         )
         console.print(
-            f"  thresholds (99.5% of train-good): base {thresholds['base']:.4f}, struct {thresholds['struct']:.4f}, "
-            f"hybrid {thresholds['hybrid']:.4f}; lambda {float(info.calibration['lambda']):.4f}; "
-            f"took {elapsed:.1f} s"
+            f"  thresholds ({info.threshold_summary}): base {thresholds['base']:.4f}, struct "
+            f"{thresholds['struct']:.4f}, hybrid {thresholds['hybrid']:.4f}; lambda "
+            f"{float(info.calibration['lambda']):.4f}; took {elapsed:.1f} s",
+            highlight=False,
         )
+        _print_outliers(info.threshold_rule)
 
 
 def _checked_train_images(images: list[Path], skip_bad: bool) -> tuple[list[Path], list[dict[str, str]]]:
@@ -323,6 +331,7 @@ def show(
             Column("scoring", drop=1),
             Column("lambda", "right", drop=3),
             Column("threshold", "right"),
+            Column("threshold rule", drop=2, no_wrap=False),
             Column("base / struct thr.", "right", drop=4),
         ]
         rows = []
@@ -340,6 +349,7 @@ def show(
                     item.scoring,
                     f"{float(item.calibration['lambda']):.4f}",
                     f"{thresholds['hybrid']:.4f}",
+                    item.threshold_summary,
                     f"{thresholds['base']:.3f} / {thresholds['struct']:.3f}",
                 ]
             )
@@ -351,9 +361,30 @@ def show(
                 f"current version {current.version}: thresholds base {thresholds['base']:.4f}, struct "
                 f"{thresholds['struct']:.4f}, hybrid {thresholds['hybrid']:.4f}; lambda "
                 f"{float(current.calibration['lambda']):.4f} ({current.scoring} scoring); "
-                f"created {current.created_at:%Y-%m-%d %H:%M:%S}",
+                f"created {current.created_at:%Y-%m-%d %H:%M:%S}; threshold rule: {current.threshold_summary}",
                 highlight=False,
             )
+            _print_outliers(current.threshold_rule)
+
+
+def _print_outliers(rule: dict[str, object]) -> None:
+    """The train images the threshold rule found outlying among their own category (``registry show``)."""
+    outliers = rule.get("outliers")
+    if not isinstance(outliers, list) or not outliers:
+        return
+    console.print(
+        f"{_count(len(outliers), 'train image')} look anomalous among this category's own train images "
+        "(leave-one-out score far above the median; check them for defects; * = left out of the threshold):",
+        highlight=False,
+    )
+    for outlier in sorted(outliers, key=lambda o: -float(o.get("score", 0.0)))[:20]:
+        mark = "*" if outlier.get("left_out") is True else " "
+        console.print(
+            f" {mark}{float(outlier.get('score', 0.0)):.4f}  {outlier.get('path', outlier.get('index'))}",
+            highlight=False,
+        )
+    if len(outliers) > 20:
+        console.print(f"  ... and {len(outliers) - 20} more (`registry show --json`)", highlight=False)
 
 
 @app.command()
@@ -625,10 +656,12 @@ def _register_extensions() -> None:
     from cli.bench import register as register_bench
     from cli.evaluate import register as register_evaluation
     from cli.serve import register as register_serve
+    from cli.threshold import register as register_threshold
 
     register_evaluation(app)
     register_bench(app)
     register_serve(app)
+    register_threshold(app)
     try:
         from cli.distributed import register
     except ImportError:  # pragma: no cover - module not present in this build

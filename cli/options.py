@@ -33,7 +33,16 @@ FIT_DEFAULTS = FitSettings()
 FEATURE_SPACE_DEFAULTS = FeatureSpaceSettings()
 
 #: The fit settings every fitting command exposes as options, by settings name.
-FIT_OPTIONS = ("coreset_ratio", "calibration", "scoring", "index", "seed", "batch_size")
+FIT_OPTIONS = (
+    "coreset_ratio",
+    "calibration",
+    "scoring",
+    "index",
+    "seed",
+    "threshold_rule",
+    "threshold_frr",
+    "batch_size",
+)
 
 
 def _option(parameter: Parameter) -> Any:
@@ -50,6 +59,8 @@ CalibrationOption = Annotated[str, _option(FIT_PARAMETERS["calibration"])]
 ScoringOption = Annotated[str, _option(FIT_PARAMETERS["scoring"])]
 KnnIndexOption = Annotated[str, _option(FIT_PARAMETERS["index"])]
 FitSeedOption = Annotated[int, _option(FIT_PARAMETERS["seed"])]
+ThresholdRuleOption = Annotated[str, _option(FIT_PARAMETERS["threshold_rule"])]
+ThresholdFrrOption = Annotated[float, _option(FIT_PARAMETERS["threshold_frr"])]
 BatchSizeOption = Annotated[int, _option(FIT_PARAMETERS["batch_size"])]
 
 # ----------------------------------------------------------------------------- feature space (registry init)
@@ -97,6 +108,8 @@ __all__ = [
     "ProjectionSeedOption",
     "ResizeOption",
     "ScoringOption",
+    "ThresholdFrrOption",
+    "ThresholdRuleOption",
     "WeightsOption",
     "feature_space_settings",
     "fit_settings",

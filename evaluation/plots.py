@@ -135,10 +135,38 @@ def plot_histograms(collected: Collected, path: Path) -> Path:
             axis.hist(train, bins=bins, color=_TRAIN_COLOR, alpha=0.5, density=True, label="train-good (calib.)")
             axis.hist(values[labels == 0], bins=bins, color=_GOOD_COLOR, alpha=0.6, density=True, label="test good")
             axis.hist(values[labels == 1], bins=bins, color=_BAD_COLOR, alpha=0.6, density=True, label="test anomalous")
-            axis.axvline(collected.thresholds[name][kind], color="k", lw=1, ls="--", label="99.5% threshold")
+            axis.axvline(collected.thresholds[name][kind], color="k", lw=1, ls="--", label="shipped threshold")
             axis.set_title(f"{name}: {kind}", fontsize=9)
             axis.tick_params(labelsize=7)
     axes[0, 0].legend(fontsize=6)
+    return _save(figure, path)
+
+
+def plot_score_distribution(collected: Collected, name: str, path: Path) -> Path:
+    """One category's hybrid-score distribution (train-good leave-one-out, test good, test defective) with
+    its shipped threshold, and the test-good FRR and defect recall at it in the title."""
+    scores = _own(collected, name)[:, KINDS.index("hybrid")]
+    labels = np.asarray(collected.runs[name].data.labels)
+    train = collected.calibration.get(name, {}).get("hybrid", np.empty(0))
+    threshold = float(collected.thresholds[name]["hybrid"])
+    figure, axis = plt.subplots(figsize=(6.4, 3.2))
+    everything = np.concatenate([scores, train, [threshold]])
+    bins = np.linspace(float(everything.min()), float(everything.max()) + 1e-12, 50).tolist()
+    axis.hist(
+        train, bins=bins, color=_TRAIN_COLOR, alpha=0.5, density=True, label=f"train good, leave-one-out ({len(train)})"
+    )
+    good, bad = scores[labels == 0], scores[labels == 1]
+    axis.hist(good, bins=bins, color=_GOOD_COLOR, alpha=0.6, density=True, label=f"test good ({len(good)})")
+    axis.hist(bad, bins=bins, color=_BAD_COLOR, alpha=0.6, density=True, label=f"test defective ({len(bad)})")
+    axis.axvline(threshold, color="k", lw=1.2, ls="--", label=f"threshold {threshold:.3f}")
+    frr = float((good > threshold).mean()) if good.size else float("nan")
+    recall = float((bad > threshold).mean()) if bad.size else float("nan")
+    axis.set_title(
+        f"{name}: hybrid score; FRR {100 * frr:.1f}%, recall {100 * recall:.1f}% at the threshold", fontsize=9
+    )
+    axis.set_xlabel("hybrid score", fontsize=8)
+    axis.tick_params(labelsize=7)
+    axis.legend(fontsize=6)
     return _save(figure, path)
 
 
@@ -271,6 +299,8 @@ def write_plots(
         plot_histograms(collected, out / "histograms.png"),
         plot_roc(collected, out / "roc.png"),
     ]
+    for name in collected.names:
+        written.append(plot_score_distribution(collected, name, out / "distributions" / f"{name}.png"))
     if overlays_per_category > 0:
         for name in collected.names:
             written.append(plot_overlays(collected, name, out / "overlays" / f"{name}.png", overlays_per_category))

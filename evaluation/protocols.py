@@ -486,8 +486,10 @@ def category_metrics(
 
     Returns:
         Flat dict: ``n_test``, ``n_good``, ``n_anomalous``; ``image_{auroc,ap,f1_max}_{kind}``;
-        ``frr_{kind}`` (test-good rejected at the routed model's 99.5% train-good threshold) and
-        ``tpr_{kind}`` (anomalous rejected); ``pixel_{auroc,ap,f1_max}`` and ``aupro``;
+        ``frr_{kind}`` (test-good rejected at the routed model's shipped threshold) and
+        ``tpr_{kind}`` (anomalous rejected: the recall); ``recall_at_frr_1`` / ``recall_at_frr_5``
+        (the best hybrid recall at 1% / 5% FRR), ``best_recall_hybrid`` (the best at the shipped
+        FRR) and ``efficiency_hybrid`` (shipped recall / that best); ``pixel_{auroc,ap,f1_max}`` and ``aupro``;
         ``routing_accuracy`` and ``unknown_rate`` (also split into ``unknown_rate_good`` and
         ``unknown_rate_anomalous``); cross-over counts (``fp_fixed``, ...).
     """
@@ -509,6 +511,7 @@ def category_metrics(
         rejected = anomalous if kind == "hybrid" else scores[:, k] > thresholds[:, k]
         out[f"frr_{kind}"] = _rate(rejected[good])
         out[f"tpr_{kind}"] = _rate(rejected[~good])
+    out.update(_decision_metrics(scores[:, 2], good, out["frr_hybrid"], out["tpr_hybrid"]))
     out.update({"pixel_auroc": _NAN, "pixel_ap": _NAN, "pixel_f1_max": _NAN, "aupro": _NAN})
     if pixel and run.data.has_masks:
         key = (name, *routed)
@@ -535,6 +538,24 @@ def category_metrics(
 def routed_categories(collected: Collected, name: str, view: str) -> list[str]:
     """The category that scored each test image of ``name`` in ``view``."""
     return [str(r["category"]) for r in collected.runs[name].records[view]]
+
+
+def _decision_metrics(hybrid: np.ndarray, good: np.ndarray, frr: float, recall: float) -> dict[str, float]:
+    """What a line runs on, from the hybrid scores: recall at 1% and 5% FRR (the best any threshold
+    reaches there), the best recall at the shipped FRR and the calibration efficiency (shipped
+    recall / that best recall)."""
+    from structcore.thresholds import best_recall_at
+
+    good_scores, bad_scores = hybrid[good], hybrid[~good]
+    if not good_scores.size or not bad_scores.size or not math.isfinite(frr):
+        return dict.fromkeys(("recall_at_frr_1", "recall_at_frr_5", "best_recall_hybrid", "efficiency_hybrid"), _NAN)
+    best = best_recall_at(good_scores, bad_scores, frr)
+    return {
+        "recall_at_frr_1": best_recall_at(good_scores, bad_scores, 0.01),
+        "recall_at_frr_5": best_recall_at(good_scores, bad_scores, 0.05),
+        "best_recall_hybrid": best,
+        "efficiency_hybrid": recall / best if best > 0 else _NAN,
+    }
 
 
 def mean_metrics(per_category: dict[str, dict[str, Any]]) -> dict[str, float]:

@@ -35,6 +35,10 @@ CSV_COLUMNS = (
     "aupro",
     *(f"frr_{k}" for k in ("base", "struct", "hybrid")),
     *(f"tpr_{k}" for k in ("base", "struct", "hybrid")),
+    "recall_at_frr_1",
+    "recall_at_frr_5",
+    "best_recall_hybrid",
+    "efficiency_hybrid",
     "routing_accuracy",
     "unknown_rate",
     "unknown_rate_good",
@@ -138,6 +142,9 @@ def _table(per: Mapping[str, Mapping[str, Any]], mean: Mapping[str, Any], routin
         "P-F1",
         "AUPRO",
         "FRR B / H",
+        "Recall H",
+        "Recall @1% / 5% FRR",
+        "Efficiency",
     ]
     if routing:
         header.append("Routing")
@@ -153,6 +160,9 @@ def _table(per: Mapping[str, Mapping[str, Any]], mean: Mapping[str, Any], routin
             _pct(metrics.get("pixel_f1_max")),
             _pct(metrics.get("aupro")),
             f"{_pct(metrics.get('frr_base'))} / {_pct(metrics.get('frr_hybrid'))}",
+            _pct(metrics.get("tpr_hybrid")),
+            f"{_pct(metrics.get('recall_at_frr_1'))} / {_pct(metrics.get('recall_at_frr_5'))}",
+            _pct(metrics.get("efficiency_hybrid")),
         ]
         if routing:
             cells.append(_pct(metrics.get("routing_accuracy")))
@@ -196,8 +206,11 @@ def markdown_report(results: Mapping[str, Any]) -> str:
     lines.append("")
     lines.append(
         "Image metrics are given for the Base (max of the map), Struct (D_struct) and Hybrid scores; "
-        "pixel metrics once. FRR: share of test-good images rejected at the stored 99.5% train-good "
-        "thresholds. Means are plain means over categories. All values in %."
+        "pixel metrics once. FRR: share of test-good images rejected at each category's shipped "
+        "threshold (chosen from train-good images only; its rule is in `registry show`); Recall H: share "
+        "of defective images flagged there by the hybrid score; Recall @1% / 5% FRR: the best hybrid "
+        "recall any threshold reaches at that test-good FRR; Efficiency: Recall H / the best recall at "
+        "the shipped FRR. Means are plain means over categories. All values in %."
     )
     check = results.get("dataset_check")
     if check and check.get("findings"):

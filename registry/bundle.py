@@ -53,9 +53,11 @@ if TYPE_CHECKING:
 
 FORMAT = "structcore-registry-bundle"
 #: Version 2: categories may hold robust scoring, ``mixed`` calibration and the ``quantile-30``
-#: unknown rule, which a version-1 reader would misread; this library reads both.
-FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS = (1, 2)
+#: unknown rule, which a version-1 reader would misread. Version 3: categories may record the rule
+#: their thresholds were chosen by (``calibrator["threshold_rule"]``: a train-good rule, or a
+#: threshold set by ``registry threshold``; schema revision 0005). This library reads all three.
+FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
 #: Largest array a bundle may declare, in bytes.
 MAX_ARRAY_BYTES = 16 << 30
 #: Largest JSON attribute, in characters.
@@ -656,7 +658,7 @@ def _validate(handle: h5py.File, path: Path) -> ValidatedBundle:
         )
     version = handle.attrs.get("format_version")
     if not isinstance(version, int | np.integer) or int(version) not in READABLE_FORMAT_VERSIONS:
-        readable = " and ".join(str(v) for v in READABLE_FORMAT_VERSIONS)
+        readable = ", ".join(str(v) for v in READABLE_FORMAT_VERSIONS[:-1]) + f" and {READABLE_FORMAT_VERSIONS[-1]}"
         raise _refuse(
             BundleFormatError,
             path,

@@ -34,7 +34,7 @@ from registry.errors import (
 from registry.records import DB_FILE, CategoryInfo, VersionInfo
 
 #: The schema revisions of :mod:`migrations`, oldest first (a test keeps them equal to Alembic's).
-SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004")
+SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005")
 #: The newest schema revision this library writes.
 HEAD_REVISION = SCHEMA_REVISIONS[-1]
 #: How long a read waits for a writer's lock, in seconds (reads in WAL mode rarely wait at all).
@@ -60,6 +60,7 @@ _VERSION_COLUMNS = (
     "unknown_statistic",
     "unknown_threshold",
     "far_threshold",
+    "arrays_path",
 )
 _JSON_COLUMNS = frozenset({"arrays", "calibration"})
 _DATE_COLUMNS = frozenset({"created_at"})

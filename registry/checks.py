@@ -249,7 +249,7 @@ class RegistryCheck:
         """Every version row, decoded one by one (a damaged row is a problem, not an exception)."""
         columns = (
             "uuid", "store_path", "arrays", "metadata", "calibration_mode", "calibration",
-            "train_images", "origin", "unknown_statistic",
+            "train_images", "origin", "unknown_statistic", "arrays_path",
         )  # fmt: skip
         select_text = ", ".join(f"CAST(v.{column} AS BLOB)" for column in columns)
         query = text(
@@ -291,6 +291,7 @@ class RegistryCheck:
                     "fit_seconds": fit_seconds,
                     "origin": texts["origin"] or "fit",
                     "unknown_statistic": texts["unknown_statistic"],
+                    "arrays_path": texts["arrays_path"],
                     "unknown_threshold": unknown_threshold,
                     "far_threshold": far_threshold,
                     **decoded,
@@ -298,6 +299,9 @@ class RegistryCheck:
                 _check_arrays_field(fields["arrays"])
                 if not isinstance(fields["store_path"], str) or not isinstance(version, int):
                     raise TypeError("store path or version is not what the registry writes")
+                shared = fields["arrays_path"]
+                if shared is not None and not re.fullmatch(rf"{STORES_DIR}/[^/]+/[^/]+\.zarr", shared):
+                    raise ValueError(f"arrays path {shared!r} is not a store of the registry")
             except (ValueError, TypeError, KeyError) as error:
                 reason = f"{type(error).__name__}: {error}"
                 message = f"category {name!r} version {version}: its row in {DB_FILE} is damaged ({reason})"
@@ -332,9 +336,17 @@ class RegistryCheck:
                         f"disagree on {', '.join(differences)} (one of the two is damaged)"
                     )
                     problems.append(Problem("row-mismatch", message, f"{store_path}/zarr.json", name, version))
+            array_store = fields["arrays_path"] or store_path  # a threshold version shares another's arrays
+            if array_store != store_path and not (self.root / array_store / "zarr.json").is_file():
+                message = (
+                    f"category {name!r} version {version}: store {array_store}, whose arrays it shares, is missing"
+                )
+                problems.append(Problem("missing-store", message, array_store, name, version))
+                continue
+            store = self.root / array_store
             for array, raw in fields["arrays"].items():
                 record = ArrayRecord.from_json(raw)
-                where = f"{store_path}/{array}"
+                where = f"{array_store}/{array}"
                 try:
                     data = storage.read_array(store, array)
                 except Exception as error:
@@ -361,6 +373,8 @@ class RegistryCheck:
         try:
             with read_session(self.engine) as session:
                 referenced = set(session.scalars(select(CategoryVersionRow.store_path)))
+                # a store whose arrays a threshold version shares is in use while that version exists
+                referenced |= {p for p in session.scalars(select(CategoryVersionRow.arrays_path)) if p}
                 uuids = set(session.scalars(select(CategoryVersionRow.uuid)))
                 projection_path = session.scalars(select(FeatureSpaceRow.projection_path)).one_or_none()
         except RegistryError as error:
@@ -453,6 +467,9 @@ def row_differences(fields: Mapping[str, Any], attributes: Mapping[str, Any]) ->
     for key in ("origin", "train_images", "arrays"):
         if key in attributes and key in fields and not _same(fields[key], attributes[key]):
             found.append(key)
+    # stores written before revision 0005, and every fitted store, hold no arrays_path: NULL
+    if "arrays_path" in fields and not _same(fields["arrays_path"], attributes.get("arrays_path")):
+        found.append("arrays_path")
     return found
 
 

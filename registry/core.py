@@ -13,8 +13,10 @@ Layout of a registry folder (see ``docs/registry.md``)::
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import math
 import threading
 import uuid as uuid_module
 from collections.abc import Iterable, Mapping, Sequence
@@ -448,11 +450,12 @@ class Registry:
             ]
             raise FeatureSpaceMismatchError(f"the model for {name!r}", differences, "fit it with registry.extractor()")
         arrays = model.to_arrays()
+        names = [_source_name(s, i) for i, s in enumerate(train_images)]
         pending = PendingVersion(
             name=name,
             arrays=lambda: arrays,
-            metadata=model.to_metadata(),
-            train_images=[_source_name(s, i) for i, s in enumerate(train_images)],
+            metadata=_name_outliers(model.to_metadata(), names),
+            train_images=names,
             origin="fit",
             description=description,
         )
@@ -480,7 +483,12 @@ class Registry:
                         "origin": item.origin,
                         "train_images": item.train_images,
                     }
-                    records.append(storage.write_store(tmp, item.arrays(), attributes))
+                    if item.arrays_path is None:
+                        records.append(storage.write_store(tmp, item.arrays(), attributes))
+                    else:  # shares another version's arrays: its own store holds attributes only
+                        shared = {k: ArrayRecord.from_json(v) for k, v in (item.shared_arrays or {}).items()}
+                        attributes["arrays_path"] = item.arrays_path
+                        records.append(storage.write_store(tmp, {}, attributes, shared=shared))
                     checkpoint("tmp-written")
                     final = self._root / store_path(item.name, item.uuid)
                     storage.publish(tmp, final)
@@ -547,6 +555,7 @@ class Registry:
                 unknown_statistic=None if unknown_threshold is None else params.get("unknown_statistic"),
                 unknown_threshold=unknown_threshold,
                 far_threshold=finite_or_none(metadata.get("far_threshold")),
+                arrays_path=item.arrays_path,
             )
             session.add(row)
             session.flush()
@@ -555,6 +564,58 @@ class Registry:
         session.flush()
         checkpoint("in-transaction")
         return infos
+
+    def add_threshold_version(
+        self,
+        name: str,
+        hybrid_threshold: float,
+        record: Mapping[str, Any],
+        *,
+        version: int | None = None,
+    ) -> VersionInfo:
+        """A new current version of ``name`` that differs from ``version`` (current by default) only in its threshold.
+
+        No refit and no copy: the new version's store holds only its attributes and it shares the
+        arrays of ``version`` (``arrays_path``); ``record`` says how the threshold was chosen and is
+        stored as ``calibration["threshold_rule"]`` with the parent version. ``set_current`` goes back.
+
+        Raises:
+            UnknownCategoryError, UnknownVersionError: no such category / version.
+            ValueError: ``hybrid_threshold`` is not a finite number.
+            IntegrityError: the parent's row and store disagree.
+        """
+        self._check_writable("set a threshold")
+        value = float(hybrid_threshold)
+        if not math.isfinite(value):
+            msg = f"the threshold must be a finite number, got {hybrid_threshold}"
+            raise ValueError(msg)
+        info, metadata, train_images = self._stored_row(name, version)
+        self._check_row(info, {"metadata": metadata, "train_images": train_images})
+        metadata = copy.deepcopy(metadata)
+        calibrator = metadata["calibrator"]
+        calibrator["thresholds"] = {**dict(calibrator["thresholds"]), "hybrid": value}
+        calibrator["threshold_rule"] = {
+            **dict(record),
+            "source": "registry threshold",
+            "parent_version": info.version,
+            "parent_uuid": info.uuid,
+            "parent_threshold": info.thresholds.get("hybrid"),
+        }
+        pending = PendingVersion(
+            name=name,
+            arrays=dict,
+            metadata=_name_outliers(metadata, [str(path) for path in train_images]),
+            train_images=list(train_images),
+            origin=f"threshold:v{info.version}",
+            arrays_path=info.array_store,
+            shared_arrays=dict(info.arrays),
+        )
+        return self.commit_versions([pending])[0]
+
+    def train_scores(self, name: str, version: int | None = None, kind: str = "hybrid") -> np.ndarray:
+        """The stored leave-one-out train-good scores of one version (``kind``: base, struct or hybrid), verified."""
+        info = self.version_info(name, version)
+        return np.asarray(self._read_checked(info, f"calibration_{kind}"), dtype=np.float64)
 
     def set_current(self, name: str, version: int) -> VersionInfo:
         """Make ``version`` the current version of ``name``."""
@@ -578,6 +639,7 @@ class Registry:
         self._check_writable("remove a category")
 
         def work(session: Session) -> list[VersionInfo]:
+            doomed_stores.clear()  # a retried transaction starts over
             category = self._category_row(session, name)
             versions = list(
                 session.scalars(
@@ -589,6 +651,13 @@ class Registry:
             doomed = versions if version is None else [self._version_row(session, category, version)]
             remaining = [v for v in versions if v not in doomed]
             infos = [VersionInfo.from_row(v, name, v.id == category.current_version_id) for v in doomed]
+            # a store whose arrays a remaining version shares stays (it is removed with the last one)
+            still_used = {v.store_path for v in remaining} | {v.arrays_path for v in remaining if v.arrays_path}
+            doomed_stores.extend(
+                path
+                for path in dict.fromkeys(p for v in doomed for p in (v.store_path, v.arrays_path) if p)
+                if path not in still_used
+            )
             if not remaining:
                 category.current_version_id = None
             elif category.current_version_id in {v.id for v in doomed}:
@@ -601,11 +670,13 @@ class Registry:
                 session.delete(category)
             return infos
 
+        doomed_stores: list[str] = []
         with registry_lock(self._root, exclusive=False):
             removed = run_write(self._engine, work)
             checkpoint("row-deleted")
+            for path in doomed_stores:
+                storage.discard(self._root, self._root / path)
             for info in removed:
-                storage.discard(self._root, self._root / info.store_path)
                 self._prototypes.pop(info.uuid, None)
             category_dir = self._root / STORES_DIR / name
             if category_dir.is_dir() and not any(category_dir.iterdir()):
@@ -670,8 +741,8 @@ class Registry:
 
     def _read_checked(self, info: VersionInfo, array: str) -> np.ndarray:
         """Read one array of a version, checking shape, dtype and (once per process) sha256."""
-        store = self._root / info.store_path
-        file = Path(info.store_path) / array
+        store = self._root / info.array_store
+        file = Path(info.array_store) / array
         record = ArrayRecord.from_json(info.arrays[array])
         try:
             data = storage.read_array(store, array)
@@ -947,6 +1018,17 @@ def _source_name(source: object, index: int) -> str:
     if isinstance(source, str | Path):
         return str(Path(source).resolve())
     return f"<in-memory image {index}>"
+
+
+def _name_outliers(metadata: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """``metadata`` with each outlying train image of its threshold rule named (``registry show`` lists them)."""
+    rule = metadata.get("calibrator", {}).get("threshold_rule")
+    if isinstance(rule, dict) and rule.get("outliers"):
+        for outlier in rule["outliers"]:
+            index = int(outlier["index"])
+            if 0 <= index < len(names):
+                outlier["path"] = names[index]
+    return metadata
 
 
 def _fields_digest(fields: Mapping[str, Any]) -> str:

@@ -124,6 +124,9 @@ class CategoryVersionRow(Base):
     unknown_threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
     #: Patch-distance threshold of the ``far-share`` statistic (revision 0003).
     far_threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: Store holding this version's arrays when it shares them with the version it was derived
+    #: from (``registry threshold``; revision 0005); NULL: the arrays are in ``store_path``.
+    arrays_path: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 __all__ = ["Base", "CategoryRow", "CategoryVersionRow", "FeatureSpaceRow", "utcnow"]

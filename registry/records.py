@@ -40,6 +40,25 @@ ARRAY_NAMES: tuple[str, ...] = (
 )
 
 
+#: The threshold rule of versions whose calibration records none (``structcore.thresholds.LEGACY_RULE``;
+#: a test keeps them equal): the 99.5% quantile of the leave-one-out train-good scores.
+LEGACY_THRESHOLD_RULE: dict[str, Any] = {"rule": "quantile", "quantile": 0.995, "source": "fit"}
+
+
+def describe_threshold_rule(rule: dict[str, Any]) -> str:
+    """``robust-conformal 1% FRR (fit)``, ``quantile 99.5% (fit)``, ``value (registry threshold)``, ..."""
+    name = str(rule.get("rule", "quantile"))
+    source = str(rule.get("source", "fit"))
+    if name == "quantile":
+        detail = f" {float(rule.get('quantile', 0.995)) * 100:g}%"
+    elif isinstance(rule.get("frr"), int | float):
+        detail = f" {float(rule['frr']) * 100:g}% FRR"
+    else:
+        detail = ""
+    where = "fit" if source == "fit" else f"registry threshold, from v{rule.get('parent_version', '?')}"
+    return f"{name}{detail} ({where})"
+
+
 @functools.cache
 def library_version() -> str:
     """Installed version of the ``structcore-registry`` distribution."""
@@ -90,11 +109,29 @@ class VersionInfo:
     unknown_statistic: str | None = None
     unknown_threshold: float | None = None
     far_threshold: float | None = None
+    #: Store whose arrays this version shares (``registry threshold``; revision 0005), else ``None``.
+    arrays_path: str | None = None
 
     @property
     def thresholds(self) -> dict[str, float]:
         """Decision thresholds (base / struct / hybrid)."""
         return {k: float(v) for k, v in dict(self.calibration.get("thresholds", {})).items()}
+
+    @property
+    def array_store(self) -> str:
+        """The store holding this version's arrays (its own, or the one it shares), relative to the root."""
+        return self.arrays_path or self.store_path
+
+    @property
+    def threshold_rule(self) -> dict[str, Any]:
+        """How the thresholds were chosen (versions written before rules: the 99.5% quantile of train-good)."""
+        rule = self.calibration.get("threshold_rule")
+        return dict(rule) if isinstance(rule, dict) else dict(LEGACY_THRESHOLD_RULE)
+
+    @property
+    def threshold_summary(self) -> str:
+        """One short phrase: how the hybrid threshold was chosen (``registry show``, the web page)."""
+        return describe_threshold_rule(self.threshold_rule)
 
     @property
     def scoring(self) -> str:
@@ -138,6 +175,7 @@ class VersionInfo:
             unknown_statistic=row.unknown_statistic,
             unknown_threshold=row.unknown_threshold,
             far_threshold=row.far_threshold,
+            arrays_path=getattr(row, "arrays_path", None),
         )
 
     def row_fields(self) -> dict[str, Any]:
@@ -158,6 +196,7 @@ class VersionInfo:
             "unknown_statistic": self.unknown_statistic,
             "unknown_threshold": self.unknown_threshold,
             "far_threshold": self.far_threshold,
+            "arrays_path": self.arrays_path,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,6 +205,8 @@ class VersionInfo:
         data["created_at"] = self.created_at.isoformat() + "Z"
         data["thresholds"] = self.thresholds
         data["scoring"] = self.scoring
+        data["threshold_rule"] = self.threshold_rule
+        data["threshold_summary"] = self.threshold_summary
         return data
 
 
@@ -218,6 +259,10 @@ class PendingVersion:
     #: Refuse (instead of adding a version) when the name exists at commit time.
     must_be_new: bool = False
     uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    #: A version sharing another's arrays (``registry threshold``): that store, relative to the
+    #: root, and the records of its arrays; ``arrays`` then returns nothing.
+    arrays_path: str | None = None
+    shared_arrays: dict[str, Any] | None = None
 
 
 __all__ = [

@@ -111,11 +111,18 @@ def _chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
     return (rows, *[max(1, v) for v in shape[1:]])
 
 
-def write_store(path: Path, arrays: Mapping[str, np.ndarray], attributes: Mapping[str, Any]) -> dict[str, ArrayRecord]:
+def write_store(
+    path: Path,
+    arrays: Mapping[str, np.ndarray],
+    attributes: Mapping[str, Any],
+    shared: Mapping[str, ArrayRecord] | None = None,
+) -> dict[str, ArrayRecord]:
     """Write ``arrays`` as a new zarr v3 group at ``path`` and flush it to disk.
 
     Calls :func:`checkpoint` ``("store-partial")`` after the first array. Returns each array's
-    record, computed from the in-memory arrays.
+    record, computed from the in-memory arrays. ``shared``: the records of arrays that live in
+    another store (a version sharing them writes no array of its own); they are recorded and
+    returned as if written here.
     """
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
     group.attrs.update(dict(attributes))
@@ -133,6 +140,7 @@ def write_store(path: Path, arrays: Mapping[str, np.ndarray], attributes: Mappin
         records[name] = ArrayRecord.of(data)
         if position == 0:
             checkpoint("store-partial")
+    records.update(dict(shared or {}))
     # an independent copy of what the database row will record (verify compares the two)
     group.attrs["arrays"] = {name: record.to_json() for name, record in records.items()}
     fsync_tree(path)

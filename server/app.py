@@ -215,6 +215,8 @@ def _summary(category: dict[str, Any]) -> dict[str, Any]:
                 "n_prototypes",
                 "route_threshold",
                 "thresholds",
+                "threshold_rule",
+                "threshold_summary",
                 "origin",
             )
         }
@@ -226,6 +228,7 @@ def _summary(category: dict[str, Any]) -> dict[str, Any]:
         "description": category["description"],
         "current_version": category["current_version"],
         "thresholds": current["thresholds"] if current else None,
+        "threshold_rule": current["threshold_summary"] if current else None,
         "bank_size": current["bank_size"] if current else None,
         "versions": versions,
     }

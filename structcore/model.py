@@ -47,6 +47,7 @@ from structcore.settings import (
     DEFAULT_CORESET_RATIO,
     DEFAULT_FAR_QUANTILE,
     DEFAULT_FAR_SHARE,
+    DEFAULT_FRR,
     DEFAULT_HOLDOUT_RATIO,
     DEFAULT_INDEX,
     DEFAULT_K,
@@ -56,6 +57,7 @@ from structcore.settings import (
     DEFAULT_SCORING,
     DEFAULT_SEED,
     DEFAULT_SIGMA,
+    DEFAULT_THRESHOLD_RULE,
     DEFAULT_UNKNOWN_MARGIN,
     DEFAULT_UNKNOWN_STATISTIC,
     FitSettings,
@@ -110,6 +112,10 @@ class CategoryModel:
             ``"approx"`` (see :mod:`structcore.coreset`); the benchmark forces each in turn.
         scoring: StructCore calibration, ``"robust"`` (default) or ``"paper"`` (see
             :mod:`structcore.scoring`); stored with the calibrator's state.
+        threshold_rule: how the thresholds follow from the train-good scores (one of
+            :data:`structcore.thresholds.THRESHOLD_RULES`; ``"quantile"`` is the 99.5% quantile of
+            versions fitted before rules existed); stored with the calibrator's state.
+        threshold_frr: target false-reject rate of the rule (not used by ``"quantile"``).
 
     Attributes:
         bank_: (M, D) memory bank.
@@ -148,6 +154,8 @@ class CategoryModel:
         seed: int = DEFAULT_SEED,
         coreset_method: str = DEFAULT_CORESET_METHOD,
         scoring: str = DEFAULT_SCORING,
+        threshold_rule: str = DEFAULT_THRESHOLD_RULE,
+        threshold_frr: float = DEFAULT_FRR,
     ):
         self.coreset_ratio = coreset_ratio
         self.k = k
@@ -166,6 +174,8 @@ class CategoryModel:
         self.seed = seed
         self.coreset_method = coreset_method
         self.scoring = scoring
+        self.threshold_rule = threshold_rule
+        self.threshold_frr = threshold_frr
 
     # ------------------------------------------------------------------ fit
     def fit(
@@ -235,7 +245,9 @@ class CategoryModel:
         in_sample: list[np.ndarray] | None = [] if self.calibration == "mixed" else None
         calibration_patch_scores = self._calibration_patch_scores(patch_vectors, calibration_images, in_sample)
         base, descriptors = self._map_statistics(calibration_patch_scores)
-        calibrator = StructCoreCalibrator(scoring=self.scoring)
+        calibrator = StructCoreCalibrator(
+            scoring=self.scoring, threshold_rule=self.threshold_rule, frr=self.threshold_frr
+        )
         if in_sample is None:
             self.calibrator_ = calibrator.fit_descriptors(base, descriptors)
         else:  # statistics from the in-sample maps, thresholds from the leave-one-out ones
@@ -403,6 +415,8 @@ class CategoryModel:
             "seed": self.seed,
             "coreset_method": self.coreset_method,
             "scoring": self.scoring,
+            "threshold_rule": self.threshold_rule,
+            "threshold_frr": self.threshold_frr,
         }
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -421,10 +435,9 @@ class CategoryModel:
         return {
             # The coreset algorithm is a fit-time switch (the benchmark's); stored versions keep the
             # settings they always had, so their metadata (and checksums) do not change. The scoring
-            # is stored in the calibrator's state (states without it are the paper's).
-            "params": {
-                key: value for key, value in self.get_params().items() if key not in {"coreset_method", "scoring"}
-            },
+            # is stored in the calibrator's state (states without it are the paper's), and so is the
+            # threshold rule (states without it: the 99.5% quantile).
+            "params": {key: value for key, value in self.get_params().items() if key not in _CALIBRATOR_PARAMS},
             "grid": list(self.grid_),
             "map_size": self.map_size_,
             "n_train_images": self.n_train_images_,
@@ -458,6 +471,8 @@ class CategoryModel:
         model.far_threshold_ = float("nan") if far_threshold is None else float(far_threshold)  # type: ignore[arg-type]
         model.calibrator_ = StructCoreCalibrator.from_state(dict(metadata["calibrator"]))  # type: ignore[call-overload]
         model.scoring = model.calibrator_.scoring
+        model.threshold_rule = model.calibrator_.threshold_rule
+        model.threshold_frr = model.calibrator_.frr
         model.coreset_radius_ = float(metadata.get("coreset_radius", float("nan")))  # type: ignore[arg-type]
         model.fit_seconds_ = float(metadata.get("fit_seconds", float("nan")))  # type: ignore[arg-type]
         model._knn = None
@@ -465,8 +480,17 @@ class CategoryModel:
 
     @property
     def thresholds(self) -> dict[str, float]:
-        """Decision thresholds (99.5% train-good quantile) for base / struct / hybrid."""
+        """Decision thresholds (from the train-good scores by the threshold rule) for base / struct / hybrid."""
         return dict(self.calibrator_.thresholds_)
+
+    @property
+    def threshold_record(self) -> dict[str, object]:
+        """How the thresholds were chosen (``calibration["threshold_rule"]`` of the stored version)."""
+        return dict(self.calibrator_.threshold_rule_)
+
+
+#: Settings stored in the calibrator's state rather than in ``params`` (or not stored: a fit-time switch).
+_CALIBRATOR_PARAMS = frozenset({"coreset_method", "scoring", "threshold_rule", "threshold_frr"})
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -27,6 +27,7 @@ import numpy as np
 from scipy.stats import median_abs_deviation
 
 from structcore.settings import DEFAULT_SCORING, SCORING_MODES  # calibrations of the distance and lambda
+from structcore.thresholds import LEGACY_RULE, ThresholdChoice, check_rule, choose_threshold, train_outliers
 
 #: Share of the map's pixels averaged by the top-k mean.
 DEFAULT_TOP_RATIO = 0.01
@@ -138,12 +139,17 @@ class StructCoreCalibrator:
         eps: added to scales before dividing.
         scoring: ``"robust"`` (default) or ``"paper"`` (module docstring).
         scale_floor: ``robust``: floor of each descriptor scale, as a share of its ``|median|``.
+        threshold_rule: how the thresholds follow from the train-good scores (one of
+            :data:`structcore.thresholds.THRESHOLD_RULES`); ``"quantile"`` (this class's default)
+            is the ``quantile`` of them, the rule of every version fitted before rules existed.
+        frr: target false-reject rate of the ``conformal``, ``robust-conformal`` and ``tail`` rules.
 
     Attributes:
         mu_: (3,) location of phi over train-good maps (mean, or median for ``robust``).
         sigma_: (3,) scale of phi over train-good maps (population std, or floored MAD).
         lambda_: scale of train-good base scores over that of train-good distances (+ eps).
-        thresholds_: quantile of train-good base / struct / hybrid scores.
+        thresholds_: the rule's threshold of train-good base / struct / hybrid scores.
+        threshold_rule_: how they were chosen (JSON-compatible; stored as ``threshold_rule``).
         n_samples_: number of train-good maps used.
     """
 
@@ -154,12 +160,16 @@ class StructCoreCalibrator:
         eps: float = EPS,
         scoring: str = DEFAULT_SCORING,
         scale_floor: float = DEFAULT_SCALE_FLOOR,
+        threshold_rule: str = "quantile",
+        frr: float = 0.01,
     ):
         self.top_ratio = top_ratio
         self.quantile = quantile
         self.eps = eps
         self.scoring = scoring
         self.scale_floor = scale_floor
+        self.threshold_rule = threshold_rule
+        self.frr = frr
 
     def fit(self, maps: np.ndarray) -> StructCoreCalibrator:
         """Fit on train-good anomaly maps (B, H, W)."""
@@ -207,11 +217,24 @@ class StructCoreCalibrator:
 
     def _set_thresholds(self, base: np.ndarray, struct: np.ndarray) -> None:
         hybrid = base + self.lambda_ * struct
-        self.thresholds_ = {
-            "base": float(np.quantile(base, self.quantile)),
-            "struct": float(np.quantile(struct, self.quantile)),
-            "hybrid": float(np.quantile(hybrid, self.quantile)),
-        }
+        check_rule(self.threshold_rule)
+        if self.threshold_rule == "quantile":
+            self.thresholds_ = {
+                "base": float(np.quantile(base, self.quantile)),
+                "struct": float(np.quantile(struct, self.quantile)),
+                "hybrid": float(np.quantile(hybrid, self.quantile)),
+            }
+            self.threshold_rule_ = {**LEGACY_RULE, "quantile": self.quantile, "n_scores": int(base.shape[0])}
+        else:
+            choices: dict[str, ThresholdChoice] = {
+                kind: choose_threshold(scores, self.threshold_rule, self.frr)
+                for kind, scores in (("base", base), ("struct", struct), ("hybrid", hybrid))
+            }
+            self.thresholds_ = {kind: choice.value for kind, choice in choices.items()}
+            self.threshold_rule_ = choices["hybrid"].to_record()  # the decision's (hybrid) rule and outliers
+        if "outliers" not in self.threshold_rule_:  # listed by `registry show` whatever the rule
+            found = train_outliers(hybrid)
+            self.threshold_rule_["outliers"] = [{"index": int(i), "score": float(hybrid[i])} for i in found]
         self.n_samples_ = int(base.shape[0])
 
     def struct_distance(self, descriptors: np.ndarray) -> np.ndarray:
@@ -249,6 +272,9 @@ class StructCoreCalibrator:
         }
         if self.scoring != "paper":
             state["scale_floor"] = self.scale_floor
+        rule = getattr(self, "threshold_rule_", None)
+        if rule is not None and rule != LEGACY_RULE:  # a legacy state keeps its keys (and checksums)
+            state["threshold_rule"] = dict(rule)
         return state
 
     @classmethod
@@ -270,4 +296,10 @@ class StructCoreCalibrator:
         calibrator.lambda_ = float(state["lambda"])  # type: ignore[arg-type]
         calibrator.thresholds_ = {k: float(v) for k, v in dict(state["thresholds"]).items()}  # type: ignore[call-overload]
         calibrator.n_samples_ = int(state["n_samples"])  # type: ignore[call-overload]
+        # absent on states written before threshold rules (schema revision 0005): the 99.5% quantile
+        rule = state.get("threshold_rule")
+        calibrator.threshold_rule_ = dict(rule) if isinstance(rule, dict) else dict(LEGACY_RULE)
+        calibrator.threshold_rule = str(calibrator.threshold_rule_.get("rule", "quantile"))
+        frr = calibrator.threshold_rule_.get("frr")
+        calibrator.frr = float(frr) if isinstance(frr, int | float) else 0.01
         return calibrator

@@ -59,6 +59,13 @@ DEFAULT_HOLDOUT_RATIO = 0.2
 #: StructCore scorings (:mod:`structcore.scoring`): ``robust`` (median/MAD, one-sided) and ``paper``.
 SCORING_MODES = ("robust", "paper")
 DEFAULT_SCORING = "robust"
+#: Rules that choose a category's hybrid threshold from its leave-one-out train-good scores
+#: (:mod:`structcore.thresholds`; docs/calibration.md "Thresholds" has the evidence behind the
+#: default), the default target false-reject rate, and its upper bound.
+THRESHOLD_RULES = ("robust-conformal", "robust-tail", "conformal", "tail", "quantile")
+DEFAULT_THRESHOLD_RULE = "robust-conformal"
+DEFAULT_FRR = 0.01
+MAX_FRR = 0.5
 #: Routing prototypes K per category, and the quantile of train route scores behind ``unknown``.
 DEFAULT_PROTOTYPES = 64
 DEFAULT_ROUTE_QUANTILE = 0.995
@@ -367,6 +374,21 @@ FIT_PARAMETERS: dict[str, Parameter] = _table(
         "StructCore scoring: robust (median/MAD, one-sided) or paper (its exact equations).",
         "--scoring",
     ),
+    Parameter(
+        "threshold_rule",
+        DEFAULT_THRESHOLD_RULE,
+        (Options(THRESHOLD_RULES),),
+        "Threshold from the train-good scores: robust-conformal (default), robust-tail, conformal, tail, "
+        "or quantile (the 99.5% quantile of versions fitted before; docs/calibration.md).",
+        "--threshold-rule",
+    ),
+    Parameter(
+        "threshold_frr",
+        DEFAULT_FRR,
+        (Interval(integer=False, low=0, high=MAX_FRR, closed="right"),),
+        f"Target false-reject rate of the threshold rule, in (0, {MAX_FRR}].",
+        "--threshold-frr",
+    ),
     Parameter("batch_size", DEFAULT_BATCH_SIZE, (_POSITIVE_INT,), "Images per backbone call.", "--batch-size", False),
 )
 
@@ -474,6 +496,8 @@ class FitSettings(_Settings):
     seed: int = DEFAULT_SEED
     coreset_method: str = DEFAULT_CORESET_METHOD
     scoring: str = DEFAULT_SCORING
+    threshold_rule: str = DEFAULT_THRESHOLD_RULE
+    threshold_frr: float = DEFAULT_FRR
     batch_size: int = DEFAULT_BATCH_SIZE
 
     parameters: ClassVar[Mapping[str, Parameter]] = FIT_PARAMETERS
@@ -509,6 +533,7 @@ __all__ = [
     "DEFAULT_DIM",
     "DEFAULT_FAR_QUANTILE",
     "DEFAULT_FAR_SHARE",
+    "DEFAULT_FRR",
     "DEFAULT_HOLDOUT_RATIO",
     "DEFAULT_INDEX",
     "DEFAULT_K",
@@ -520,18 +545,21 @@ __all__ = [
     "DEFAULT_SCORING",
     "DEFAULT_SEED",
     "DEFAULT_SIGMA",
+    "DEFAULT_THRESHOLD_RULE",
     "DEFAULT_UNKNOWN_MARGIN",
     "DEFAULT_UNKNOWN_STATISTIC",
     "FEATURE_SPACE_PARAMETERS",
     "FIT_PARAMETERS",
     "INDEX_KINDS",
     "MAX_DIM",
+    "MAX_FRR",
     "MAX_IMAGE_SIDE",
     "MAX_SEED",
     "MODEL_PARAMETERS",
     "PAPER_CROP",
     "PAPER_RESIZE",
     "SCORING_MODES",
+    "THRESHOLD_RULES",
     "UNKNOWN_STATISTICS",
     "Constraint",
     "FeatureSpaceSettings",

@@ -211,9 +211,9 @@ REFUSALS: dict[str, tuple[Callable[[Path, Path], Path], type[BundleError], str]]
     "truncated": (_truncate, BundleFormatError, "is truncated or damaged"),
     "not hdf5": (lambda b, t: _write(t / "x.h5", b"hello"), BundleFormatError, "is not an HDF5 file"),
     "format version": (
-        lambda b, t: _edit(b, t, "v3", lambda h: h.attrs.__setitem__("format_version", 3)),
+        lambda b, t: _edit(b, t, "v4", lambda h: h.attrs.__setitem__("format_version", 4)),
         BundleFormatError,
-        "has format version 3, this library reads versions 1 and 2",
+        "has format version 4, this library reads versions 1, 2 and 3",
     ),
     "no manifest": (
         lambda b, t: _edit(b, t, "nomanifest", lambda h: h.attrs.__delitem__("manifest")),
