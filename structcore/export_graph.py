@@ -14,7 +14,11 @@ graph (anomalib's exports did, and users met 74-288 GB allocations and changed s
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
+import os
+import uuid
 import warnings
 from pathlib import Path
 
@@ -96,3 +100,36 @@ def convert_to_openvino(onnx_path: str | Path, xml_path: str | Path) -> tuple[Pa
     model = ov.convert_model(str(onnx_path))
     ov.save_model(model, str(xml_path), compress_to_fp16=False)
     return xml_path, xml_path.with_suffix(".bin")
+
+
+#: Folder of the graphs that ``STRUCTCORE_BACKBONE_RUNTIME=onnx|openvino`` runs (default
+#: ``$XDG_CACHE_HOME/structcore/graphs``, else ``~/.cache/structcore/graphs``).
+GRAPH_CACHE_ENV = "STRUCTCORE_GRAPH_CACHE"
+
+
+def graph_cache_dir() -> Path:
+    """Where exported graphs of the registry's own extractor are kept (see :data:`GRAPH_CACHE_ENV`)."""
+    configured = os.environ.get(GRAPH_CACHE_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "structcore" / "graphs"
+
+
+def cached_onnx(extractor: FeatureExtractor) -> Path:
+    """The extractor's graph as an ``.onnx`` file, exported once per (weights, W, size, torch version)."""
+    info = extractor.backbone.info
+    facts = [info.name, info.weights_sha256, list(info.channels), info.local_pool, extractor.geometry.crop]
+    facts += [extractor.fast, torch.__version__, OPSET]
+    key = hashlib.sha256(json.dumps(facts).encode() + extractor.projection.tobytes()).hexdigest()[:20]
+    folder = graph_cache_dir()
+    path = folder / f"{info.name}-{extractor.geometry.crop}-{key}.onnx"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            export_onnx(extractor, tmp)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return path

@@ -77,3 +77,23 @@ def test_unreadable_image_is_one_line_and_exit_1(setup: dict[str, Path], tmp_pat
     assert records[1]["error"] and records[1]["score_hybrid"] is None and records[1]["anomalous"] is None
     assert "Traceback" not in completed.stderr
     assert any(line.startswith("failed: ") and "broken.png" in line for line in completed.stderr.splitlines())
+
+
+@needs_onnxruntime
+def test_registry_export_format_onnx_from_the_command_line(setup: dict[str, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    runner = CliRunner()
+    root = str(setup["registry"])
+    out = tmp_path / "line-pc" / "pill"
+    result = runner.invoke(app, ["export", "pill", "--format", "onnx", "--out", str(out), "--root", root, "--parents"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [category["name"] for category in manifest["categories"]] == ["pill"]
+    again = runner.invoke(app, ["export", "pill", "--format", "onnx", "--out", str(out), "--root", root])
+    assert again.exit_code == 1 and "is not an empty folder" in again.output
+    wrong = runner.invoke(app, ["export", "pill", "--format", "tflite", "--out", str(tmp_path / "x"), "--root", root])
+    assert wrong.exit_code == 1 and "--format must be h5, onnx or openvino" in wrong.output
+    assert not list(out.parent.glob(".*.tmp"))  # no leftover of the temporary folder
