@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from structcore_runtime.maps import one_blas_thread
+
 #: Categories scored exactly per image after the centroid shortlist (``structcore.routing``'s default).
 DEFAULT_SHORTLIST = 8
 
@@ -124,7 +126,13 @@ class Router:
         count = len(self.rules)
         scores = np.full((batch, count), np.inf)
         ratios = np.full((batch, count), np.inf)
-        for image in range(batch):
+        with one_blas_thread():
+            self._score_into(normalized, scores, ratios, only)
+        return scores, ratios
+
+    def _score_into(self, normalized: np.ndarray, scores: np.ndarray, ratios: np.ndarray, only: int | None) -> None:
+        count = len(self.rules)
+        for image in range(len(normalized)):
             if only is not None:
                 chosen = [only]
             elif self.shortlist is None or self.shortlist >= count:
@@ -137,7 +145,6 @@ class Router:
                 rule = self.rules[column]
                 best = nearest_prototype_distances(normalized[image], rule.prototypes).min(axis=1)
                 scores[image, column], ratios[image, column] = self._statistics(rule, best)
-        return scores, ratios
 
     def route(self, patch_vectors: np.ndarray) -> Routed:
         """The nearest category per image, its route score, and the smallest unknown ratio."""
