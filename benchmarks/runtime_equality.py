@@ -60,25 +60,36 @@ def main() -> None:
     )
     parser.add_argument("--workdir", type=Path, default=None, help="keep the registry and exports here")
     parser.add_argument("--categories", default=",".join(CATEGORIES))
-    parser.add_argument("--train-stride", type=int, default=1, help="fit on every N-th train image (time box)")
+    parser.add_argument(
+        "--stride",
+        action="append",
+        default=[],
+        metavar="NAME=TRAIN,TEST",
+        help="time box: fit NAME on every TRAIN-th train image and score every TEST-th test image",
+    )
     parser.add_argument("--bf16", action="store_true", help="also OpenVINO bf16 (its default hint on AMX CPUs)")
     parser.add_argument("--out", type=Path, default=None, help="write the table as JSON")
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="runtime-equality-"))
     names = [name for name in args.categories.split(",") if name]
     started = time.time()
-    result: dict[str, Any] = {"load_average_at_start": list(os.getloadavg()), "train_stride": args.train_stride}
+    strides = dict.fromkeys(names, (1, 1))
+    for item in args.stride:
+        name, _, pair = item.partition("=")
+        train_stride, _, test_stride = pair.partition(",")
+        strides[name] = (int(train_stride), int(test_stride or 1))
+    result: dict[str, Any] = {"load_average_at_start": list(os.getloadavg()), "strides": strides}
     with Registry.init(work / "registry") as registry:
         tests: list[Path] = []
         truth: dict[str, str] = {}
         labels: dict[str, int] = {}
         for name in names:
             folder = args.data / CATEGORIES[name]
-            train = _images(folder / "train" / "good")[:: args.train_stride]
+            train = _images(folder / "train" / "good")[:: strides[name][0]]
             fit_started = time.time()
             registry.add_category(name, train)
             print(f"fitted {name} on {len(train)} images in {time.time() - fit_started:.0f} s", flush=True)
-            for path in _images(folder / "test"):
+            for path in _images(folder / "test")[:: strides[name][1]]:
                 tests.append(path)
                 truth[str(path)] = name
                 labels[str(path)] = int(path.parent.name != "good")
