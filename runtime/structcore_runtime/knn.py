@@ -74,6 +74,10 @@ class BankSearch:
         1 thread, 215 with 2), and on all of them otherwise.
         """
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        faiss.omp_set_num_threads(1 if os.getloadavg()[0] > cpus else cpus)
+        try:
+            busy = os.getloadavg()[0] > cpus
+        except (AttributeError, OSError):  # pragma: no cover - no load average (Windows)
+            busy = False
+        faiss.omp_set_num_threads(1 if busy else cpus)
         distances, _ = search_index(self.index, queries, self.k)
         return distances.mean(axis=1)
