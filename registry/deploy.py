@@ -107,10 +107,17 @@ def export_deployment(
     tmp.mkdir(parents=True)
     try:
         categories = [_category_entry(registry, tmp, name) for name in wanted]
-        export_onnx(extractor, tmp / "model.onnx")
+        try:
+            export_onnx(extractor, tmp / "model.onnx")
+            if export_format == "openvino":
+                convert_to_openvino(tmp / "model.onnx", tmp / "model.xml")
+                (tmp / "model.onnx").unlink()
+        except (RuntimeError, ValueError, TypeError, NotImplementedError) as error:  # torch / openvino refusals
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            backbone = space.backbone
+            problem = f"the {backbone} backbone cannot be exported as a {export_format} graph ({first})"
+            raise RegistryError(problem) from error
         if export_format == "openvino":
-            convert_to_openvino(tmp / "model.onnx", tmp / "model.xml")
-            (tmp / "model.onnx").unlink()
             files = [file_entry(tmp, "model.xml"), file_entry(tmp, "model.bin")]
         else:
             files = [file_entry(tmp, "model.onnx")]
