@@ -73,8 +73,9 @@ def check_file(folder: Path, entry: dict[str, Any]) -> Path:
 def load_array(folder: Path, entry: dict[str, Any]) -> np.ndarray:
     """A listed ``.npy`` array, checked (sha256, shape, dtype)."""
     path = check_file(folder, entry)
-    try:
-        array = np.load(path, allow_pickle=False)
+    try:  # the .npy reader with pickles refused (an object array is an error, never unpickled)
+        with path.open("rb") as handle:
+            array = np.lib.format.read_array(handle, allow_pickle=False)
     except (OSError, ValueError) as error:
         raise ExportError(f"{path}: not a readable .npy array ({error})") from error
     if list(array.shape) != list(entry.get("shape", [])) or str(array.dtype) != entry.get("dtype"):
