@@ -65,7 +65,7 @@ from structcore.model import CategoryModel, embed_images
 from structcore.preprocess import load_mask, preprocess_mask
 from structcore.routing import PrototypeRouter, l2_normalize, patch_vectors_to_prototypes
 from structcore.runtime import set_num_threads
-from structcore.settings import DEFAULT_BACKBONE
+from structcore.settings import DEFAULT_BACKBONE, backbone_runtime
 
 #: Sections of the bench (all run by default; ``large_fit`` only when asked).
 SECTIONS = ("table", "knn", "coreset", "extract", "routing", "loading", "memory")
@@ -482,6 +482,7 @@ def _machine() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "bf16_matmul": bf16_matmul_supported(),
+        "backbone_runtime": backbone_runtime(),
         "load_average_at_start": [round(v, 2) for v in load],
     }
 
@@ -1248,6 +1249,7 @@ def format_bench(result: dict[str, Any]) -> str:
         f"({config.get('n_train')} train, {config.get('n_test')} test){' | quick' if config.get('quick') else ''}",
         f"machine: {machine.get('cpu_count')} CPUs, torch {machine.get('torch')}, bf16 GEMM "
         f"{'yes' if machine.get('bf16_matmul') else 'no'}, "
+        f"backbone runtime {machine.get('backbone_runtime', 'torch')}, "
         f"load average at start {machine.get('load_average_at_start')}",
         "",
     ]

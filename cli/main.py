@@ -579,14 +579,41 @@ def _infer_on_ray(
 @app.command()
 def export(
     names: Annotated[list[str], typer.Argument(help="Categories to export.")],
-    out: Annotated[Path, typer.Option("--out", help="Bundle file to write (.h5); its folder must exist.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="Bundle file to write (.h5), or the folder to create for --format onnx|openvino."),
+    ],
     root: RootOption = None,
     parents: ParentsOption = False,
+    export_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="h5: one checked bundle for `registry import` (default); onnx / openvino: a folder that "
+            "`registry-runtime infer` scores without torch (pip install ./runtime[onnx] or [openvino]).",
+        ),
+    ] = "h5",
 ) -> None:
-    """Write categories (current versions) and the feature space to one checked HDF5 bundle."""
+    """Write categories (current versions) and the feature space to one checked HDF5 bundle or a deployable folder."""
     from cli.paths import check_output_file
 
     with user_errors():
+        if export_format not in ("h5", "onnx", "openvino"):
+            raise InputError(f"--format must be h5, onnx or openvino, got {export_format!r}")
+        if export_format != "h5":
+            from registry.deploy import export_deployment
+
+            if parents:
+                out.parent.mkdir(parents=True, exist_ok=True)
+            elif not out.parent.is_dir():
+                raise InputError(f"--out {out}: its parent folder does not exist (add --parents to create it)")
+            folder = export_deployment(_open(root), names, out, export_format)
+            size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+            console.print(
+                f"exported {', '.join(names)} to {folder}/ ({export_format}, {size / 1e6:.1f} MB); "
+                f"score with: registry-runtime infer {folder} IMAGES... --out results.jsonl"
+            )
+            return
         check_output_file(out, "--out", parents=parents)
         path = _open(root).export(names, out)
         console.print(f"exported {', '.join(names)} to {path} ({path.stat().st_size / 1e6:.1f} MB)")

@@ -8,5 +8,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,dinov2,ray,serve]"
+# The torch-free runtime (maps, scores, kNN, routing; runtime/) first: the project depends on it.
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ./runtime
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,dinov2,ray,serve,deploy]"
 echo "installed: $(.venv/bin/registry --version 2>/dev/null || echo 'registry (see .venv/bin/registry)')"

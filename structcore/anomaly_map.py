@@ -5,8 +5,10 @@ Both steps are linear and separable, so per axis they are one matrix: ``A = G @ 
 the Gaussian blur with scipy-``reflect`` borders. A map is then ``A_h @ S @ A_w.T``: two small
 matmuls per image (~8.5 M multiply-adds for a 49x49 grid at 392 px) instead of an upsample, a
 padded copy and two 33-tap convolutions over the full map. The matrices are built once per
-(grid, size, sigma) in float64 and cached. :func:`benchmarks.bench.anomaly_maps_reference` keeps the
-direct computation (interpolate + :func:`gaussian_blur`); both agree to float32 rounding.
+(grid, size, sigma) in float64 and cached. They and the maps are computed in numpy by
+:mod:`structcore_runtime.maps` (the one implementation, shared with the exported runtime);
+:func:`benchmarks.bench.anomaly_maps_reference` keeps the direct computation (interpolate +
+:func:`gaussian_blur`, torch); both agree to float32 rounding.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import functools
 import numpy as np
 import torch
 import torch.nn.functional as F
+from structcore_runtime import maps as shared_maps
 
 from structcore.settings import DEFAULT_SIGMA  # standard deviation of the blur, in pixels of the crop
 
@@ -59,39 +62,13 @@ def _symmetric_pad(batch: torch.Tensor, radius: int) -> torch.Tensor:
     return batch.index_select(-2, _reflect_indices(int(height), radius))
 
 
-def _bilinear_matrix(in_size: int, out_size: int) -> torch.Tensor:
-    """(out, in) float64 matrix of 1-D linear upsampling with ``align_corners=False`` (PyTorch's rule)."""
-    scale = in_size / out_size
-    source = ((torch.arange(out_size, dtype=torch.float64) + 0.5) * scale - 0.5).clamp_min(0.0)
-    lower = source.floor().long().clamp_max(in_size - 1)
-    upper = (lower + 1).clamp_max(in_size - 1)
-    weight = source - lower
-    matrix = torch.zeros(out_size, in_size, dtype=torch.float64)
-    rows = torch.arange(out_size)
-    matrix.index_put_((rows, lower), 1.0 - weight, accumulate=True)
-    matrix.index_put_((rows, upper), weight, accumulate=True)
-    return matrix
-
-
-def _blur_matrix(size: int, sigma: float) -> torch.Tensor:
-    """(size, size) float64 matrix of the 1-D Gaussian blur with scipy-'reflect' borders."""
-    if sigma <= 0:
-        return torch.eye(size, dtype=torch.float64)
-    kernel = _gaussian_kernel1d64(sigma)
-    radius = kernel.numel() // 2
-    sources = _reflect_indices(size, radius)  # padded position -> source pixel
-    matrix = torch.zeros(size, size, dtype=torch.float64)
-    rows = torch.arange(size).repeat_interleave(kernel.numel())
-    taps = torch.arange(kernel.numel()).repeat(size)
-    columns = sources[rows + taps]
-    matrix.index_put_((rows, columns), kernel[taps], accumulate=True)
-    return matrix
-
-
 @functools.lru_cache(maxsize=32)
 def map_operator(in_size: int, out_size: int, sigma: float) -> torch.Tensor:
-    """(out_size, in_size) float32 matrix: bilinear upsampling followed by the Gaussian blur, one axis."""
-    return (_blur_matrix(out_size, sigma) @ _bilinear_matrix(in_size, out_size)).float()
+    """(out_size, in_size) float32 matrix: bilinear upsampling followed by the Gaussian blur, one axis.
+
+    The matrix of :func:`structcore_runtime.maps.map_operator` (the one implementation), as a tensor.
+    """
+    return torch.from_numpy(np.array(shared_maps.map_operator(in_size, out_size, sigma)))
 
 
 def patch_score_grids(patch_scores: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -103,14 +80,15 @@ def patch_score_grids(patch_scores: np.ndarray | torch.Tensor) -> torch.Tensor:
     return grids
 
 
-@torch.inference_mode()
 def anomaly_maps(
     patch_scores: np.ndarray | torch.Tensor,
     output_size: int,
     sigma: float = DEFAULT_SIGMA,
 ) -> np.ndarray:
-    """Patch-score grids (B, h, w) -> blurred anomaly maps (B, output_size, output_size) float32."""
-    grids = patch_score_grids(patch_scores)
-    rows = map_operator(int(grids.shape[1]), int(output_size), float(sigma))
-    columns = map_operator(int(grids.shape[2]), int(output_size), float(sigma))
-    return torch.matmul(torch.matmul(rows, grids), columns.T).numpy()
+    """Patch-score grids (B, h, w) -> blurred anomaly maps (B, output_size, output_size) float32.
+
+    :func:`structcore_runtime.maps.anomaly_maps`: the exported runtime computes the same maps.
+    """
+    if isinstance(patch_scores, torch.Tensor):
+        patch_scores = patch_scores.detach().cpu().numpy()
+    return shared_maps.anomaly_maps(patch_scores, output_size, sigma)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +19,14 @@ from structcore.backbones.base import Backbone
 from structcore.feature_space import FeatureSpace
 from structcore.preprocess import Preprocessing, load_image, preprocess_image
 from structcore.runtime import tune_allocator
-from structcore.settings import DEFAULT_BATCH_SIZE, DEFAULT_CROP, DEFAULT_DIM, DEFAULT_PROJECTION_SEED, DEFAULT_RESIZE
+from structcore.settings import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CROP,
+    DEFAULT_DIM,
+    DEFAULT_PROJECTION_SEED,
+    DEFAULT_RESIZE,
+    backbone_runtime,
+)
 
 ImageSource = str | Path | Image.Image | np.ndarray
 
@@ -97,6 +105,9 @@ class FeatureExtractor:
         batch_size: images per backbone call.
         fast: use the backbone's ``extract_fast`` path when it has one (same maps to float
             rounding, see ``docs/performance.md``) and project each layer separately (no concat).
+        runtime: what runs :meth:`embed`: ``torch``, or the exported feature graph
+            (:mod:`structcore.export_graph`, cached on disk) on ``onnx`` (ONNX Runtime) or
+            ``openvino`` (f32); ``None`` reads ``$STRUCTCORE_BACKBONE_RUNTIME`` (default ``torch``).
     """
 
     def __init__(
@@ -106,6 +117,7 @@ class FeatureExtractor:
         geometry: Preprocessing | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         fast: bool = True,
+        runtime: str | None = None,
     ):
         in_dim = sum(backbone.info.channels)
         if projection.ndim != 2 or projection.shape[0] != in_dim:
@@ -116,6 +128,8 @@ class FeatureExtractor:
         self.geometry = geometry or Preprocessing()
         self.batch_size = batch_size
         self.fast = fast
+        self.runtime = backbone_runtime(runtime)
+        self._graph: Any = None
         tune_allocator()
         self._projection_t = torch.from_numpy(self.projection)
         self._mean = torch.tensor(backbone.info.mean, dtype=torch.float32).view(1, 3, 1, 1)
@@ -148,9 +162,22 @@ class FeatureExtractor:
         extract = getattr(self.backbone, "extract_fast", None) if self.fast else None
         return list(extract(images) if extract is not None else self.backbone.extract(images))
 
+    def graph_session(self) -> Any:
+        """The exported feature graph of this extractor on its ``runtime`` (built and cached on first use)."""
+        if self._graph is None:
+            from structcore_runtime.graph import GraphSession
+
+            from structcore.export_graph import cached_onnx
+
+            backend = "onnxruntime" if self.runtime == "onnx" else "openvino"
+            self._graph = GraphSession(cached_onnx(self), backend=backend, precision="f32")
+        return self._graph
+
     @torch.inference_mode()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images (B, 3, crop, crop) -> projected patch vectors (B, H*W, D) float32."""
+        if self.runtime != "torch":
+            return torch.from_numpy(self.graph_session().run(images.numpy()))
         layer_maps = self.extract_maps(images)
         if self.fast:
             return project_layers(layer_maps, self._projection_t, self.backbone.info.local_pool)

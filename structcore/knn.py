@@ -14,7 +14,9 @@ Exact search has two engines that return the same neighbours:
 ``engine="torch"`` is a plain float32 GEMM + top-k (the fallback of the ``bf16`` engine).
 ``engine="auto"`` picks ``bf16`` when torch reports bfloat16 matrix support, else ``faiss``;
 GPU faiss is used when present. ``index="hnsw"`` is an approximate HNSW graph (faiss).
-Speeds and the threading choice are in ``docs/performance.md``.
+Speeds and the threading choice are in ``docs/performance.md``. The faiss indexes are built and
+searched by :mod:`structcore_runtime.knn` (shared with the exported runtime, which has no torch
+and so searches with faiss; the ``bf16`` engine gives the same neighbours to float32 rounding).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import faiss
 import numpy as np
 import torch
+from structcore_runtime import knn as shared_knn
 
 from structcore.runtime import small_op_threads, torch_threads
 from structcore.settings import DEFAULT_INDEX, DEFAULT_K, INDEX_KINDS  # declared once, with the other settings
@@ -292,17 +295,8 @@ class PatchKNN:
         if self.engine_ in ("bf16", "torch"):
             self._screened = _ScreenedFlat(vectors, self.margin, self.threads if self.engine_ == "bf16" else None)
             return self
-        dim = vectors.shape[1]
-        index: Any
-        if self.index == "hnsw":
-            index = faiss.IndexHNSWFlat(dim, self.hnsw_m, faiss.METRIC_L2)
-            index.hnsw.efConstruction = max(40, 2 * self.hnsw_m)
-            index.hnsw.efSearch = self.hnsw_ef_search
-        else:
-            index = faiss.IndexFlatL2(dim)
-            if self.use_gpu or (self.use_gpu is None and gpu_available()):  # pragma: no cover - GPU only
-                index = faiss.index_cpu_to_all_gpus(index)
-        index.add(vectors)
+        use_gpu = bool(self.use_gpu or (self.use_gpu is None and gpu_available()))
+        index = shared_knn.build_index(vectors, self.index, self.hnsw_m, self.hnsw_ef_search, use_gpu=use_gpu)
         self.index_ = index
         return self
 
@@ -318,8 +312,7 @@ class PatchKNN:
                 self._screened._exhaustive(q, count, distances_t, indices_t, torch.arange(len(q)))
                 return distances_t.numpy(), indices_t.numpy()
             return self._screened.search(vectors, count)
-        distances, indices = self.index_.search(vectors, count)
-        return np.maximum(distances, 0.0, out=distances), indices
+        return shared_knn.search_index(self.index_, vectors, count)
 
     def score(self, queries: np.ndarray) -> np.ndarray:
         """Patch scores (n,) = mean squared L2 distance to the ``k`` nearest bank vectors."""

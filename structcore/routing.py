@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from structcore_runtime import routing as shared_routing
 
 from structcore.coreset import exact_greedy
 from structcore.runtime import small_op_threads, torch_threads
@@ -64,40 +65,23 @@ def check_unknown_statistic(statistic: str) -> str:
 
 
 def patch_statistic(distances: torch.Tensor, statistic: str, far: torch.Tensor | None = None) -> torch.Tensor:
-    """Image statistic over patches (dim 0) of patch distances (P, S): one value per column.
+    """Image statistic over patches (dim 0) of patch distances (P, S): one float64 value per column.
 
     ``far`` (S,) gives each column's patch threshold for ``far-share`` (``nan``: share 0).
+    Computed by :func:`structcore_runtime.routing.patch_statistic` (the one implementation,
+    shared with the exported runtime).
     """
-    if statistic == "far-share":
-        if far is None:
-            msg = "far-share needs the patch thresholds"
-            raise ValueError(msg)
-        return (distances > far.to(distances.dtype)).double().mean(dim=0)
-    if statistic == "mean":
-        return distances.double().mean(dim=0)
-    if statistic == "median":
-        return distances.double().quantile(0.5, dim=0)
-    if statistic.startswith("quantile-") and statistic in UNKNOWN_STATISTICS:
-        return distances.double().quantile(int(statistic.removeprefix("quantile-")) / 100, dim=0)
-    if statistic.startswith("low-mean-") and statistic in UNKNOWN_STATISTICS:
-        keep = max(1, round(distances.shape[0] * int(statistic.removeprefix("low-mean-")) / 100))
-        lowest = torch.topk(distances, keep, dim=0, largest=False, sorted=False).values
-        return lowest.double().mean(dim=0)
     check_unknown_statistic(statistic)
-    raise AssertionError(statistic)  # pragma: no cover - every listed statistic is handled above
+    found = shared_routing.patch_statistic(
+        distances.detach().cpu().numpy(), statistic, None if far is None else far.detach().cpu().numpy()
+    )
+    return torch.from_numpy(np.asarray(found, dtype=np.float64))
 
 
-def unknown_ratio(statistic: np.ndarray, threshold: np.ndarray | float) -> np.ndarray:
-    """``statistic / threshold`` (``> 1`` = beyond the threshold); 0 where the threshold is infinite."""
-    limit = np.maximum(np.asarray(threshold, dtype=np.float64), 1e-12)
-    return np.where(np.isinf(limit), 0.0, np.asarray(statistic, dtype=np.float64) / limit)
-
-
-def l2_normalize(vectors: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows scaled to unit L2 norm (float32)."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return vectors / np.maximum(norms, eps)
+#: ``unknown_ratio`` (statistic over threshold, 0 where the threshold is infinite) and ``l2_normalize``
+#: are :mod:`structcore_runtime.routing`'s.
+unknown_ratio = shared_routing.unknown_ratio
+l2_normalize = shared_routing.l2_normalize
 
 
 def patch_vectors_to_prototypes(

@@ -25,14 +25,14 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import median_abs_deviation
+from structcore_runtime.scores import DEFAULT_TOP_RATIO, EPS, base_scores, struct_distance, structural_descriptor
 
 from structcore.settings import DEFAULT_SCORING, SCORING_MODES  # calibrations of the distance and lambda
 from structcore.thresholds import LEGACY_RULE, ThresholdChoice, check_rule, choose_threshold, train_outliers
 
-#: Share of the map's pixels averaged by the top-k mean.
-DEFAULT_TOP_RATIO = 0.01
-#: Added to standard deviations before dividing.
-EPS = 1e-6
+#: ``base_scores``, ``structural_descriptor`` and the distance itself are
+#: :mod:`structcore_runtime.scores` (one implementation, shared with the exported runtime);
+#: ``DEFAULT_TOP_RATIO`` (share of the map's pixels averaged by the top-k mean) and ``EPS`` too.
 #: Quantile of train-good scores used as the decision threshold.
 DEFAULT_QUANTILE = 0.995
 #: Names of the descriptor's dimensions, in order.
@@ -89,32 +89,6 @@ def _untied(robust: np.ndarray | float, std: np.ndarray | float) -> np.ndarray:
 def _spread(values: np.ndarray) -> float:
     """:func:`quartile_scale`, or the std where the quartiles tie (few maps, most distances 0)."""
     return float(_untied(quartile_scale(values), float(np.std(values))))
-
-
-def base_scores(maps: np.ndarray) -> np.ndarray:
-    """Max-pooled image scores (B,) of maps (B, H, W)."""
-    return maps.reshape(maps.shape[0], -1).max(axis=1).astype(np.float64)
-
-
-def structural_descriptor(maps: np.ndarray, top_ratio: float = DEFAULT_TOP_RATIO) -> np.ndarray:
-    """phi(S) = [std(s), mean of the top ceil(H*W*r) values, TV(S)] per map; returns (B, 3) float64.
-
-    ``std`` is the population standard deviation (ddof = 0). ``TV(S) = (1/(H*W)) * sum of
-    |S[i+1,j] - S[i,j]| + |S[i,j+1] - S[i,j]|`` over the terms that stay inside the map.
-    """
-    if maps.ndim == 2:
-        maps = maps[None]
-    batch, height, width = maps.shape
-    values = maps.reshape(batch, -1).astype(np.float64)
-    count = max(1, math.ceil(height * width * top_ratio))
-    top_values = np.partition(values, values.shape[1] - count, axis=1)[:, -count:]
-    maps64 = values.reshape(batch, height, width)
-    vertical = np.abs(np.diff(maps64, axis=1)).sum(axis=(1, 2))
-    horizontal = np.abs(np.diff(maps64, axis=2)).sum(axis=(1, 2))
-    return np.stack(
-        [values.std(axis=1), top_values.mean(axis=1), (vertical + horizontal) / (height * width)],
-        axis=1,
-    )
 
 
 @dataclass(frozen=True)
@@ -242,10 +216,7 @@ class StructCoreCalibrator:
 
         ``robust``: only the dimensions with ``phi > mu`` contribute (negative terms are zero).
         """
-        standardized = (np.asarray(descriptors, dtype=np.float64) - self.mu_) / (self.sigma_ + self.eps)
-        if self.scoring != "paper":
-            standardized = np.maximum(standardized, 0.0)
-        return np.sqrt((standardized**2).sum(axis=1))
+        return struct_distance(descriptors, self.mu_, self.sigma_, self.eps, one_sided=self.scoring != "paper")
 
     def score_descriptors(self, base: np.ndarray, descriptors: np.ndarray) -> ImageScores:
         """Scores from precomputed base scores and descriptors."""

@@ -47,6 +47,27 @@ DEFAULT_DIM = 512
 MAX_DIM = 1 << 16
 DEFAULT_PROJECTION_SEED = 42
 
+#: What runs the backbone of the registry's own extractor (``registry infer``, ``serve``, ``eval``,
+#: ``bench``): ``torch`` (the reference, the default), or the exported feature graph on ``onnx``
+#: (ONNX Runtime) or ``openvino`` (f32 precision hint; needs ``pip install -e '.[deploy]'``).
+#: Read from :data:`BACKBONE_RUNTIME_ENV` by :func:`backbone_runtime`; docs/performance.md has
+#: the measurements behind the default.
+BACKBONE_RUNTIMES = ("torch", "onnx", "openvino")
+DEFAULT_BACKBONE_RUNTIME = "torch"
+BACKBONE_RUNTIME_ENV = "STRUCTCORE_BACKBONE_RUNTIME"
+
+
+def backbone_runtime(value: str | None = None) -> str:
+    """``value`` (else ``$STRUCTCORE_BACKBONE_RUNTIME``, else ``torch``), checked against :data:`BACKBONE_RUNTIMES`."""
+    chosen = (value if value is not None else os.environ.get(BACKBONE_RUNTIME_ENV, "")).strip().lower()
+    chosen = chosen or DEFAULT_BACKBONE_RUNTIME
+    if chosen not in BACKBONE_RUNTIMES:
+        source = "backbone runtime" if value is not None else f"${BACKBONE_RUNTIME_ENV}"
+        msg = f"{source} must be one of {', '.join(BACKBONE_RUNTIMES)}, got {chosen!r}"
+        raise ValueError(msg)
+    return chosen
+
+
 #: Share of a category's train patch vectors kept in its memory bank (greedy k-center coreset).
 DEFAULT_CORESET_RATIO = 0.01
 #: Neighbours averaged per patch score.

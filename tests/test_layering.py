@@ -258,3 +258,23 @@ def test_benchmarks_and_experiments_are_not_installed() -> None:
     for folder in NOT_INSTALLED:
         assert (REPO / folder).is_dir()
         assert not any(fnmatch.fnmatch(folder, pattern) for pattern in include), (folder, include)
+
+
+#: The torch-free runtime (``runtime/structcore_runtime``) sits below ``structcore``: it imports
+#: none of our packages, and no torch (a line PC installs it alone).
+RUNTIME_FORBIDDEN = (*LAYERS, "tests", "torch", "scipy", "sklearn")
+
+
+def test_runtime_imports_nothing_of_ours_nor_torch() -> None:
+    found = []
+    for path in sorted((REPO / "runtime" / "structcore_runtime").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )
+            found.extend(f"{path.name} imports {name}" for name in names if name.split(".")[0] in RUNTIME_FORBIDDEN)
+    assert found == []
