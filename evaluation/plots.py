@@ -31,6 +31,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from PIL import Image
 from sklearn.metrics import auc, roc_curve
 
@@ -313,6 +314,7 @@ def render_overlay(
     anomalous: bool,
     vmax: float | None = None,
     dpi: int = 100,
+    boxes: Sequence[tuple[float, float, float, float]] = (),
 ) -> Image.Image:
     """One scored image: the part, its anomaly map laid over it, a colour bar with the threshold.
 
@@ -330,6 +332,8 @@ def render_overlay(
         anomalous: colours the corner text red (True) or green.
         vmax: map value of the top colour [default: twice ``threshold``].
         dpi: resolution of the picture (at 100, a 392 px crop gives a picture about 500 px wide).
+        boxes: defect regions to outline, (x, y, w, h) in the map's pixels, numbered 1, 2, ... in
+            order (:func:`structcore.regions.boxes_on_model_map` moves a record's regions there).
 
     Returns:
         An RGB PIL image.
@@ -356,6 +360,12 @@ def render_overlay(
     heat = axis.imshow(values, cmap=OVERLAY_CMAP, vmin=low, vmax=top, alpha=alpha, interpolation="bilinear")
     if values.max() > threshold > values.min():
         axis.contour(values, levels=[threshold], colors="white", linewidths=0.8)
+    for number, (left, top, box_w, box_h) in enumerate(boxes, start=1):
+        axis.add_patch(Rectangle((left - 0.5, top - 0.5), box_w, box_h, fill=False, edgecolor="#00e5ff", linewidth=1.4))
+        axis.text(
+            left, top + box_h + 1, str(number), fontsize=7, va="top", ha="left", color="black",
+            bbox={"facecolor": "#00e5ff", "alpha": 0.9, "edgecolor": "none", "pad": 1}, clip_on=True,
+        )  # fmt: skip
     axis.set_axis_off()
     colorbar = figure.colorbar(heat, cax=bar_axis)
     if colorbar.solids is not None:
