@@ -360,12 +360,6 @@ def render_overlay(
     heat = axis.imshow(values, cmap=OVERLAY_CMAP, vmin=low, vmax=top, alpha=alpha, interpolation="bilinear")
     if values.max() > threshold > values.min():
         axis.contour(values, levels=[threshold], colors="white", linewidths=0.8)
-    for number, (left, top, box_w, box_h) in enumerate(boxes, start=1):
-        axis.add_patch(Rectangle((left - 0.5, top - 0.5), box_w, box_h, fill=False, edgecolor="#00e5ff", linewidth=1.4))
-        axis.text(
-            left, top + box_h + 1, str(number), fontsize=7, va="top", ha="left", color="black",
-            bbox={"facecolor": "#00e5ff", "alpha": 0.9, "edgecolor": "none", "pad": 1}, clip_on=True,
-        )  # fmt: skip
     axis.set_axis_off()
     colorbar = figure.colorbar(heat, cax=bar_axis)
     if colorbar.solids is not None:
@@ -374,6 +368,14 @@ def render_overlay(
     colorbar.ax.axhline(threshold, color="white", linewidth=1.2)
     colorbar.set_ticks([low, threshold, top], labels=[f"{low:.3g}", f"thr {threshold:.3g}", f"{top:.3g}"])
     colorbar.ax.tick_params(labelsize=7)
+    for number, (box_x, box_y, box_w, box_h) in enumerate(boxes, start=1):
+        axis.add_patch(
+            Rectangle((box_x - 0.5, box_y - 0.5), box_w, box_h, fill=False, edgecolor="#00e5ff", linewidth=1.4)
+        )
+        axis.text(
+            box_x, box_y + box_h + 1, str(number), fontsize=7, va="top", ha="left", color="black",
+            bbox={"facecolor": "#00e5ff", "alpha": 0.9, "edgecolor": "none", "pad": 1}, clip_on=True,
+        )  # fmt: skip
     axis.text(
         6, 6, title, fontsize=8, va="top", ha="left", family="monospace",
         color="#ff5a50" if anomalous else "#50ff78",

@@ -37,7 +37,7 @@ from structcore.image_files import ImageReadError
 from structcore.model import CategoryModel
 from structcore.preprocess import load_image, preprocess_image
 from structcore.progress import Progress, ProgressCallback
-from structcore.regions import Region, find_regions, map_at_original_size
+from structcore.regions import Region, find_regions, map_at_original_size, regions_at_original_size
 from structcore.routing import DEFAULT_SHORTLIST, DEFAULT_UNKNOWN_STATISTIC, PrototypeRouter
 from structcore.settings import DEFAULT_BATCH_SIZE, DEFAULT_MAX_REGIONS
 
@@ -421,16 +421,28 @@ class Detector:
                     error=None,
                     regions=None,
                 )
-                full_map = self._full_map(score.anomaly_map, None if sizes is None else sizes[j])
-                record["regions"] = find_regions(full_map, map_threshold, self._max_regions)
-                records[j] = record
-                if on_full_map is not None:
+                size = None if sizes is None else sizes[j]
+                if on_full_map is None:  # only the window around the defects is resampled
+                    record["regions"] = self._regions(score.anomaly_map, map_threshold, size)
+                else:
+                    full_map = self._full_map(score.anomaly_map, size)
+                    record["regions"] = find_regions(full_map, map_threshold, self._max_regions)
                     on_full_map(j, record, full_map, map_threshold)
+                records[j] = record
                 if on_map is not None:
                     on_map(j, record, score.anomaly_map, map_threshold)
         out = [record for record in records if record is not None]
         assert len(out) == len(names)
         return out
+
+    def _regions(self, anomaly_map: np.ndarray, threshold: float, size: tuple[int, int] | None) -> list[Region]:
+        """The record's regions: at the original ``size`` (width, height), else on the map as it is."""
+        if size is None:
+            return find_regions(anomaly_map, threshold, self._max_regions)
+        geometry = self._extractor.geometry
+        return regions_at_original_size(
+            anomaly_map, threshold, size, geometry.resize, geometry.crop, max_regions=self._max_regions
+        )
 
     def _full_map(self, anomaly_map: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
         """``anomaly_map`` at the original ``size`` (width, height) through the extractor's geometry."""

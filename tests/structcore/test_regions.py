@@ -7,7 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from structcore.regions import boxes_on_model_map, find_regions, map_at_original_size, region_mask
+from structcore.regions import (
+    boxes_on_model_map,
+    find_regions,
+    map_at_original_size,
+    region_mask,
+    regions_at_original_size,
+)
 
 
 def _reference_resize(values: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -116,3 +122,29 @@ def test_bad_shapes_are_refused() -> None:
         map_at_original_size(np.zeros((4, 4)), (0, 5))
     with pytest.raises(ValueError, match="max_regions"):
         find_regions(np.zeros((2, 2)), 0.0, max_regions=-1)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "resize", "crop"),
+    [(2048, 1536, 64, 64), (900, 900, 64, 64), (448, 166, 64, 64), (30, 20, 64, 64), (64, 64, 64, 64),
+     (300, 200, 64, 48), (1, 500, 64, 64)],
+)  # fmt: skip
+def test_windowed_regions_equal_those_of_the_whole_map(width: int, height: int, resize: int, crop: int) -> None:
+    rng = np.random.default_rng(width + height)
+    model_map = rng.random((crop, crop)).astype(np.float32) * 0.5
+    yy, xx = np.ogrid[:crop, :crop]
+    for cy, cx, spread in ((5, 7, 6.0), (crop - 10, crop // 2, 20.0), (crop // 2, crop - 3, 3.0)):
+        model_map += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / spread).astype(np.float32)
+    whole = find_regions(map_at_original_size(model_map, (width, height), resize, crop), 0.8, 50)
+    windowed = regions_at_original_size(model_map, 0.8, (width, height), resize, crop, 50)
+    assert len(windowed) == len(whole)
+    for mine, reference in zip(windowed, whole, strict=True):
+        assert {k: mine[k] for k in "xywh"} == {k: reference[k] for k in "xywh"}  # type: ignore[literal-required]
+        assert mine["area"] == reference["area"]
+        assert mine["peak"] == pytest.approx(reference["peak"], rel=1e-5)
+        assert mine["mean"] == pytest.approx(reference["mean"], rel=1e-5)
+        assert mine["area_share"] == pytest.approx(reference["area_share"])
+
+
+def test_nothing_above_the_threshold_costs_no_resampling() -> None:
+    assert regions_at_original_size(np.zeros((8, 8), dtype=np.float32), 0.5, (100_000, 100_000)) == []
