@@ -473,9 +473,10 @@ def infer(
         batch_size = fit_settings(batch_size=batch_size).batch_size
         max_regions = max_regions_setting(max_regions)
         if ray is not None and (maps is not None or masks is not None):
+            option = "--maps" if maps is not None else "--masks"
             raise InputError(
-                "--maps and --masks are not available with --ray: the Ray workers send back records, "
-                "not anomaly maps; run without --ray to write overlays or masks"
+                f"{option} is not available with --ray: the Ray workers send back records, not anomaly maps; "
+                "run without --ray to write overlays or masks"
             )
         if out is not None:
             check_output_file(out, "--out", parents=parents, suffixes=(".jsonl", ".json", ".csv"))

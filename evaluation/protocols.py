@@ -354,9 +354,12 @@ def collect(
             batch = paths[start : start + len(vectors)]
             memo: dict[tuple[str, str], ImageScore] = {}
             keep_map = _map_keeper(cache, name, start)
-            run.records[SEPARATE] += detector.score_vectors(vectors, batch, name, on_map=keep_map, memo=memo)
+            sizes = [displayed_size(path) for path in batch]  # regions at each image's own size, as infer
+            run.records[SEPARATE] += detector.score_vectors(
+                vectors, batch, name, on_map=keep_map, memo=memo, sizes=sizes
+            )
             for view, scorer in own_views.items():
-                run.records[view] += scorer.score_vectors(vectors, batch, on_map=keep_map, memo=memo)
+                run.records[view] += scorer.score_vectors(vectors, batch, on_map=keep_map, memo=memo, sizes=sizes)
             for other, scorer in left_out.items():
                 routing = scorer.route(vectors)
                 ratios[other].append(routing.unknown_scores)
