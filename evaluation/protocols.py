@@ -354,12 +354,12 @@ def collect(
             batch = paths[start : start + len(vectors)]
             memo: dict[tuple[str, str], ImageScore] = {}
             keep_map = _map_keeper(cache, name, start)
-            sizes = [displayed_size(path) for path in batch]  # regions at each image's own size, as infer
-            run.records[SEPARATE] += detector.score_vectors(
-                vectors, batch, name, on_map=keep_map, memo=memo, sizes=sizes
-            )
+            sizes = [_own_size(path) for path in batch]  # regions at each image's own size, as infer
+            # only when some are known: a Scorer written before sizes existed keeps working on vectors alone
+            own: dict[str, Any] = {"sizes": sizes} if any(size is not None for size in sizes) else {}
+            run.records[SEPARATE] += detector.score_vectors(vectors, batch, name, on_map=keep_map, memo=memo, **own)
             for view, scorer in own_views.items():
-                run.records[view] += scorer.score_vectors(vectors, batch, on_map=keep_map, memo=memo, sizes=sizes)
+                run.records[view] += scorer.score_vectors(vectors, batch, on_map=keep_map, memo=memo, **own)
             for other, scorer in left_out.items():
                 routing = scorer.route(vectors)
                 ratios[other].append(routing.unknown_scores)
@@ -418,6 +418,14 @@ def image_records(collected: Collected) -> Iterator[dict[str, Any]]:
                     "unknown_score": float(score),
                     "unknown": bool(flag),
                 }
+
+
+def _own_size(path: str | Path) -> tuple[int, int] | None:
+    """The image's own (width, height) from its header; ``None`` when unreadable (regions then stay on the map)."""
+    try:
+        return displayed_size(path)
+    except (OSError, ValueError, SyntaxError):
+        return None
 
 
 def _map_keeper(cache: MapCache, name: str, start: int) -> MapCallback:
@@ -573,7 +581,9 @@ def original_size_metrics(
     for i, (label, mask_path) in enumerate(zip(run.data.labels, run.data.masks, strict=True)):
         if label != 0 and not mask_path:
             continue
-        size = displayed_size(run.data.test[i])
+        size = _own_size(run.data.test[i])
+        if size is None:  # the image file is gone: no figure at its own size
+            return {}
         model_map = collected.maps.get((name, routed[i], int(i)))
         maps.append(map_at_original_size(model_map, size, geometry.resize, geometry.crop))
         masks.append(load_mask_at_size(mask_path, size) if mask_path else np.zeros((size[1], size[0]), dtype=bool))

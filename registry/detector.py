@@ -367,7 +367,7 @@ class Detector:
         *,
         on_map: MapCallback | None = None,
         memo: ScoreMemo | None = None,
-        sizes: Sequence[tuple[int, int]] | None = None,
+        sizes: Sequence[tuple[int, int] | None] | None = None,
         on_full_map: FullMapCallback | None = None,
     ) -> list[PredictionRecord]:
         """Route and score embedded images: the part of :meth:`predict` after the backbone.
@@ -380,7 +380,7 @@ class Detector:
             memo: scores by ``(name, category)`` already computed for these same vectors (read
                 and filled): one embedding scored under several routings searches once.
             sizes: each image's original (width, height): its ``regions`` are found on the map
-                brought back to that size; ``None``: on the model's map as it is.
+                brought back to that size; ``None`` (for all or one image): on the model's map as it is.
             on_full_map: ``on_full_map(row, record, full_map, map_threshold)`` per scored image,
                 with the map at the original size.
 
