@@ -529,7 +529,8 @@ def category_metrics(
         out[f"tpr_{kind}"] = _rate(rejected[~good])
     out.update({"pixel_auroc": _NAN, "pixel_ap": _NAN, "pixel_f1_max": _NAN, "aupro": _NAN})
     out.update(dict.fromkeys(ORIGINAL_SIZE_METRICS, _NAN))
-    out["defect_recall"] = recall_by_defect(run.data.defects, anomalous)
+    for defect, recall in recall_by_defect(run.data.defects, anomalous).items():
+        out[f"{DEFECT_RECALL_PREFIX}{defect}"] = recall  # flat numbers: means and comparisons work on them
     if pixel and run.data.has_masks:
         key = (name, *routed)
         cached = None if pixel_cache is None else pixel_cache.get(key)
@@ -553,6 +554,9 @@ def category_metrics(
     return out
 
 
+#: Prefix of the per-defect-type recall figures (``defect_recall:crack``: share of crack images flagged
+#: ``anomalous`` at the shipped threshold).
+DEFECT_RECALL_PREFIX = "defect_recall:"
 #: The figures of :func:`original_size_metrics` (``nan`` where a category has no masks).
 ORIGINAL_SIZE_METRICS = (
     "pixel_auroc_original",

@@ -192,8 +192,11 @@ def original_size_markdown(protocols: Mapping[str, Any]) -> list[str]:
         lines += ["", f"{protocol}:", ""]
         lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         for name, metrics in [*per.items(), ("**mean**", mean)]:
-            recall = metrics.get("defect_recall") or {}
-            per_defect = ", ".join(f"{defect} {_pct(value)}" for defect, value in recall.items())
+            per_defect = ", ".join(
+                f"{key.removeprefix('defect_recall:')} {_pct(value)}"
+                for key, value in metrics.items()
+                if key.startswith("defect_recall:")
+            )
             false_regions = metrics.get("false_regions_per_good")
             cells = [
                 name,
