@@ -33,6 +33,7 @@ from cli.options import (
     DimOption,
     FitSeedOption,
     KnnIndexOption,
+    MaxRegionsOption,
     ProjectionSeedOption,
     ResizeOption,
     ScoringOption,
@@ -41,10 +42,12 @@ from cli.options import (
     WeightsOption,
     feature_space_settings,
     fit_settings,
+    max_regions_setting,
 )
-from cli.output import Column, fitted_table, overlay_names, records_table, save_overlay, write_records
+from cli.output import Column, fitted_table, overlay_names, records_table, save_mask, save_overlay, write_records
 from registry.catalogue import Catalogue
 from registry.errors import SchemaOutdatedError
+from structcore.settings import DEFAULT_MAX_REGIONS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -476,6 +479,14 @@ def infer(
         Path | None,
         typer.Option(help="Write an overlay PNG per image into this folder (created; its parent must exist)."),
     ] = None,
+    masks: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write a binary PNG mask per image (its own size; 255 above the category's map threshold) "
+            "into this folder, named like the overlays (created; its parent must exist)."
+        ),
+    ] = None,
+    max_regions: MaxRegionsOption = DEFAULT_MAX_REGIONS,
     parents: ParentsOption = False,
     batch_size: BatchSizeOption = FIT_DEFAULTS.batch_size,
     ray: Annotated[
@@ -491,29 +502,45 @@ def infer(
 
     with user_errors():
         batch_size = fit_settings(batch_size=batch_size).batch_size
-        if ray is not None and maps is not None:
+        max_regions = max_regions_setting(max_regions)
+        if ray is not None and (maps is not None or masks is not None):
+            option = "--maps" if maps is not None else "--masks"
             raise InputError(
-                "--maps is not available with --ray: the Ray workers send back records, not anomaly maps; "
-                "run without --ray to write overlays"
+                f"{option} is not available with --ray: the Ray workers send back records, not anomaly maps; "
+                "run without --ray to write overlays or masks"
             )
         if out is not None:
             check_output_file(out, "--out", parents=parents, suffixes=(".jsonl", ".json", ".csv"))
         if maps is not None:
             check_output_folder(maps, "--maps", parents=parents)
+        if masks is not None:
+            check_output_folder(masks, "--masks", parents=parents)
         registry = _open(root)
         sources = expand_inputs(paths)
         if not sources:
             raise InputError(f"no images found in {' '.join(paths)}")
         overlay_files = overlay_names(sources, maps) if maps is not None else {}
+        mask_files = overlay_names(sources, masks) if masks is not None else {}
         written: dict[str, str] = {}
+        masked: dict[str, str] = {}
+        sizes: dict[str, tuple[int, int]] = {}
         on_image = None
         if maps is not None:
+            from structcore.regions import boxes_on_model_map
 
             def on_image(
                 record: PredictionRecord, image: np.ndarray, anomaly_map: np.ndarray, map_threshold: float
             ) -> None:
                 target = overlay_files[record["path"]]
-                written[record["path"]] = str(save_overlay(record, image, anomaly_map, map_threshold, target))
+                size, geometry = sizes.get(record["path"]), detector.extractor.geometry
+                regions = record["regions"] or []
+                boxes = boxes_on_model_map(regions, size, geometry.resize, geometry.crop) if size else []
+                written[record["path"]] = str(save_overlay(record, image, anomaly_map, map_threshold, target, boxes))
+
+        def on_full_map(record: PredictionRecord, full_map: np.ndarray, map_threshold: float) -> None:
+            sizes[record["path"]] = (int(full_map.shape[1]), int(full_map.shape[0]))
+            if masks is not None:
+                masked[record["path"]] = str(save_mask(full_map, map_threshold, mask_files[record["path"]]))
 
         started = time.perf_counter()
         with progress_bar(transient=True) as progress:
@@ -524,13 +551,20 @@ def infer(
                 progress.update(task, completed=event.done, rate=f"{event.done / max(elapsed, 1e-9):.1f} img/s")
 
             if ray is None:
-                detector = registry.detector(None if category is None else [category])
+                detector = registry.detector(None if category is None else [category]).with_max_regions(max_regions)
                 predicted = detector.predict(
-                    sources, category, batch_size=batch_size, progress=on_progress, on_image=on_image
+                    sources,
+                    category,
+                    batch_size=batch_size,
+                    progress=on_progress,
+                    on_image=on_image,
+                    on_full_map=on_full_map if (maps is not None or masks is not None) else None,
                 )
             else:
-                predicted = _infer_on_ray(registry.root, sources, category, ray, batch_size, on_progress)
+                predicted = _infer_on_ray(registry.root, sources, category, ray, batch_size, on_progress, max_regions)
         records = [{**record, "overlay": written.get(record["path"])} for record in predicted]
+        if masks is not None:
+            records = [{**record, "mask": masked.get(str(record["path"]))} for record in records]
         if out is not None:
             write_records(records, out)
         failed = [record for record in records if record["error"]]
@@ -545,6 +579,7 @@ def infer(
             f"{_count(len(records), 'image')} in {elapsed:.1f} s: {anomalous} anomalous, {unknown} unknown, "
             f"{len(failed)} failed"
             + (f"; overlays in {maps}" if maps is not None else "")
+            + (f"; masks in {masks}" if masks is not None else "")
             + (f"; results in {out}" if out is not None else ""),
             highlight=False,
             soft_wrap=True,
@@ -568,11 +603,14 @@ def _infer_on_ray(
     address: str,
     batch_size: int,
     progress: Callable[[Progress], None],
+    max_regions: int,
 ) -> list[PredictionRecord]:
     """``registry infer --ray``: the records of :func:`registry.distributed.distributed_infer`, in input order."""
     from registry.distributed import distributed_infer
 
-    return distributed_infer(root, sources, category, address, None, batch_size=batch_size, progress=progress)
+    return distributed_infer(
+        root, sources, category, address, None, batch_size=batch_size, progress=progress, max_regions=max_regions
+    )
 
 
 # ----------------------------------------------------------------------------- export / import

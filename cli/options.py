@@ -22,6 +22,7 @@ from cli.common import InputError
 from structcore.settings import (
     FEATURE_SPACE_PARAMETERS,
     FIT_PARAMETERS,
+    INFER_PARAMETERS,
     FeatureSpaceSettings,
     FitSettings,
     InvalidSettingError,
@@ -71,6 +72,17 @@ CropOption = Annotated[int, _option(FEATURE_SPACE_PARAMETERS["crop"])]
 DimOption = Annotated[int, _option(FEATURE_SPACE_PARAMETERS["dim"])]
 ProjectionSeedOption = Annotated[int, _option(FEATURE_SPACE_PARAMETERS["seed"])]
 
+# ----------------------------------------------------------------------------- scoring (infer, serve)
+MaxRegionsOption = Annotated[int, _option(INFER_PARAMETERS["max_regions"])]
+
+
+def max_regions_setting(value: int) -> int:
+    """``--max-regions`` checked against the settings table (one line naming the option when refused)."""
+    problem = INFER_PARAMETERS["max_regions"].problem(value, as_option=True)
+    if problem is not None:
+        raise InputError(str(problem))
+    return value
+
 
 def fit_settings(**values: Any) -> FitSettings:
     """The validated :class:`FitSettings` of a command's options (the others keep their defaults).
@@ -105,6 +117,7 @@ __all__ = [
     "DimOption",
     "FitSeedOption",
     "KnnIndexOption",
+    "MaxRegionsOption",
     "ProjectionSeedOption",
     "ResizeOption",
     "ScoringOption",
@@ -113,4 +126,5 @@ __all__ = [
     "WeightsOption",
     "feature_space_settings",
     "fit_settings",
+    "max_regions_setting",
 ]

@@ -28,7 +28,10 @@ RECORD_KEYS = (
     "anomalous",
     "error",
     "overlay",
+    "regions",
 )
+#: CSV columns: the record's keys with ``regions`` as its count and its largest region (JSON).
+CSV_KEYS = (*RECORD_KEYS[:-1], "regions_count", "largest_region")
 
 
 #: Space between two table columns.
@@ -208,16 +211,36 @@ def write_records(records: Sequence[Mapping[str, Any]], path: Path) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     with temporary.open("w", newline="") as handle:
         if suffix == ".csv":
-            writer = csv.DictWriter(handle, fieldnames=list(RECORD_KEYS), extrasaction="ignore")
+            writer = csv.DictWriter(handle, fieldnames=list(CSV_KEYS), extrasaction="ignore")
             writer.writeheader()
             for record in records:
-                writer.writerow({key: "" if record.get(key) is None else record.get(key) for key in RECORD_KEYS})
+                writer.writerow(csv_row(record))
         elif suffix == ".json":
             json.dump(list(records), handle, indent=2)
         else:
             for record in records:
                 handle.write(json.dumps(record) + "\n")
     temporary.replace(path)
+
+
+def csv_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """One CSV row: the scalar fields, the number of regions and the largest one as compact JSON."""
+    row = {key: "" if record.get(key) is None else record.get(key) for key in RECORD_KEYS[:-1]}
+    regions = record.get("regions")
+    row["regions_count"] = "" if regions is None else len(regions)
+    row["largest_region"] = json.dumps(regions[0], separators=(",", ":")) if regions else ""
+    return row
+
+
+def save_mask(full_map: Any, map_threshold: float, path: Path) -> Path:
+    """Save the binary mask (0 / 255, the image's own size) of the map's pixels above ``map_threshold`` as PNG."""
+    import numpy as np
+    from PIL import Image
+
+    from structcore.regions import region_mask
+
+    Image.fromarray(region_mask(full_map, map_threshold).astype(np.uint8) * 255, mode="L").save(path)
+    return path
 
 
 def overlay_names(sources: Sequence[str | Path], folder: Path) -> dict[str, Path]:
@@ -248,12 +271,24 @@ def overlay_names(sources: Sequence[str | Path], folder: Path) -> dict[str, Path
     return names
 
 
-def save_overlay(record: Mapping[str, Any], image: Any, anomaly_map: Any, map_threshold: float, path: Path) -> Path:
-    """Render the overlay of one scored image (see ``render_overlay``) and save it as PNG."""
+def save_overlay(
+    record: Mapping[str, Any],
+    image: Any,
+    anomaly_map: Any,
+    map_threshold: float,
+    path: Path,
+    boxes: Sequence[tuple[float, float, float, float]] = (),
+) -> Path:
+    """Render the overlay of one scored image (see ``render_overlay``), its regions outlined, and save it as PNG."""
     from evaluation.plots import overlay_title, render_overlay  # matplotlib: only when overlays are drawn
 
     picture = render_overlay(
-        image, anomaly_map, threshold=map_threshold, title=overlay_title(record), anomalous=bool(record["anomalous"])
+        image,
+        anomaly_map,
+        threshold=map_threshold,
+        title=overlay_title(record),
+        anomalous=bool(record["anomalous"]),
+        boxes=boxes,
     )
     picture.save(path)
     return path

@@ -12,6 +12,7 @@ which is the dominant cost (an MVTec test set at 392x392 holds 15-60 million pix
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,10 @@ __all__ = [
     "forgetting_measure",
     "image_metrics",
     "pixel_metrics",
+    "pixel_metrics_at_sizes",
     "pro_curve",
+    "recall_by_defect",
+    "region_scores",
 ]
 
 _NAN = float("nan")
@@ -405,3 +409,116 @@ def continual_summary(matrix: ArrayLike) -> dict[str, float]:
     finite = last[np.isfinite(last)]
     final_mean = float(finite.mean()) if finite.size else _NAN
     return {"final_mean": final_mean, "fm": forgetting_measure(a)}
+
+
+# --------------------------------------------------------------------------------------------
+# At each image's own size, and regions (issue 25)
+# --------------------------------------------------------------------------------------------
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def _sized_pairs(
+    masks: Sequence[ArrayLike], maps: Sequence[ArrayLike]
+) -> list[tuple[NDArray[np.bool_], NDArray[np.floating[Any]]]]:
+    if len(masks) != len(maps):
+        raise ValueError(f"{len(masks)} masks for {len(maps)} maps")
+    pairs = []
+    for mask, values in zip(masks, maps, strict=True):
+        m, s = _as_maps(mask, values)
+        pairs.append((m[0], s[0]))
+    return pairs
+
+
+def pixel_metrics_at_sizes(
+    masks: Sequence[ArrayLike],
+    maps: Sequence[ArrayLike],
+    pro_fpr_limit: float = 0.3,
+    max_pixels: int | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """:func:`pixel_metrics` over images of different sizes (each mask with its own map).
+
+    Every pixel of every image counts once (a large image weighs more, as at its own size it
+    holds more pixels); regions for AUPRO are each mask's 8-connected components.
+
+    Args:
+        masks: per image an (H_i, W_i) ground-truth mask (bool or 0/1).
+        maps: per image an (H_i, W_i) anomaly map, higher = more anomalous.
+        pro_fpr_limit, max_pixels, seed: as in :func:`pixel_metrics`.
+
+    Returns:
+        ``{"auroc", "ap", "f1_max", "aupro"}`` (``nan`` where undefined).
+    """
+    _check_limit(pro_fpr_limit)
+    pairs = _sized_pairs(masks, maps)
+    if not pairs:
+        return {"auroc": _NAN, "ap": _NAN, "f1_max": _NAN, "aupro": _NAN}
+    labels_parts, offset = [], 0
+    for mask, _ in pairs:
+        labeled, count = ndimage.label(mask, structure=_EIGHT)
+        labels_parts.append(np.where(labeled > 0, labeled + offset, 0).astype(np.int64).ravel())
+        offset += int(count)
+    regions = np.concatenate(labels_parts)
+    flat = np.concatenate([values.astype(np.float32, copy=False).ravel() for _, values in pairs])
+    sizes = np.bincount(regions, minlength=offset + 1).astype(np.float64)
+    inv_size = np.zeros(offset + 1, dtype=np.float64)
+    inv_size[1:] = 1.0 / np.maximum(sizes[1:], 1.0)
+    run_end, region_sorted = _sort_desc_with_payload(flat, regions)
+    aupro_value = _aupro_from_curve(_pro_curve_sorted(run_end, region_sorted, inv_size), pro_fpr_limit)
+    if max_pixels is not None and max_pixels < flat.size:
+        if max_pixels < 1:
+            raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+        del run_end, region_sorted
+        pick = np.sort(np.random.default_rng(seed).choice(flat.size, size=max_pixels, replace=False))
+        run_end, region_sorted = _sort_desc_with_payload(flat[pick], regions[pick])
+    result = _curve_metrics(run_end, region_sorted != 0)
+    result["aupro"] = aupro_value
+    return result
+
+
+def region_scores(
+    masks: Sequence[ArrayLike], maps: Sequence[ArrayLike], thresholds: Sequence[float]
+) -> dict[str, float]:
+    """Region-level detection: ground-truth regions hit by a predicted region, predicted regions on good images.
+
+    A predicted region is an 8-connected area of a map above its image's threshold (the
+    category's map threshold: what ``regions`` in a record holds, uncapped); a ground-truth
+    region is hit when at least one of its pixels lies in a predicted region.
+
+    Returns:
+        ``region_hit_rate`` (hit ground-truth regions / all of them; ``nan`` without any),
+        ``gt_regions``, ``false_regions_per_good`` (predicted regions per image with an empty
+        mask; ``nan`` without such images) and ``good_images``.
+    """
+    pairs = _sized_pairs(masks, maps)
+    if len(thresholds) != len(pairs):
+        raise ValueError(f"{len(thresholds)} thresholds for {len(pairs)} images")
+    gt_regions = hit = good_images = good_regions = 0
+    for (mask, values), threshold in zip(pairs, thresholds, strict=True):
+        predicted = values > threshold
+        if mask.any():
+            labeled, count = ndimage.label(mask, structure=_EIGHT)
+            gt_regions += int(count)
+            hit += int(np.unique(labeled[predicted & (labeled > 0)]).size)
+        else:
+            good_images += 1
+            good_regions += int(ndimage.label(predicted, structure=_EIGHT)[1])
+    return {
+        "region_hit_rate": hit / gt_regions if gt_regions else _NAN,
+        "gt_regions": float(gt_regions),
+        "false_regions_per_good": good_regions / good_images if good_images else _NAN,
+        "good_images": float(good_images),
+    }
+
+
+def recall_by_defect(defects: Sequence[str], flagged: ArrayLike) -> dict[str, float]:
+    """Share of the images of each defect type flagged (``anomalous`` at the shipped threshold).
+
+    ``good`` is left out (its share is the false-rejection rate); defect types in name order.
+    """
+    flags = np.asarray(flagged, dtype=bool).ravel()
+    if len(defects) != flags.size:
+        raise ValueError(f"{len(defects)} defect names for {flags.size} decisions")
+    names = sorted({d for d in defects if d != "good"})
+    kinds = np.asarray(defects, dtype=object)
+    return {name: float(flags[kinds == name].mean()) for name in names}

@@ -31,6 +31,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from PIL import Image
 from sklearn.metrics import auc, roc_curve
 
@@ -343,6 +344,7 @@ def render_overlay(
     anomalous: bool,
     vmax: float | None = None,
     dpi: int = 100,
+    boxes: Sequence[tuple[float, float, float, float]] = (),
 ) -> Image.Image:
     """One scored image: the part, its anomaly map laid over it, a colour bar with the threshold.
 
@@ -360,6 +362,8 @@ def render_overlay(
         anomalous: colours the corner text red (True) or green.
         vmax: map value of the top colour [default: twice ``threshold``].
         dpi: resolution of the picture (at 100, a 392 px crop gives a picture about 500 px wide).
+        boxes: defect regions to outline, (x, y, w, h) in the map's pixels, numbered 1, 2, ... in
+            order (:func:`structcore.regions.boxes_on_model_map` moves a record's regions there).
 
     Returns:
         An RGB PIL image.
@@ -394,6 +398,14 @@ def render_overlay(
     colorbar.ax.axhline(threshold, color="white", linewidth=1.2)
     colorbar.set_ticks([low, threshold, top], labels=[f"{low:.3g}", f"thr {threshold:.3g}", f"{top:.3g}"])
     colorbar.ax.tick_params(labelsize=7)
+    for number, (box_x, box_y, box_w, box_h) in enumerate(boxes, start=1):
+        axis.add_patch(
+            Rectangle((box_x - 0.5, box_y - 0.5), box_w, box_h, fill=False, edgecolor="#00e5ff", linewidth=1.4)
+        )
+        axis.text(
+            box_x, box_y + box_h + 1, str(number), fontsize=7, va="top", ha="left", color="black",
+            bbox={"facecolor": "#00e5ff", "alpha": 0.9, "edgecolor": "none", "pad": 1}, clip_on=True,
+        )  # fmt: skip
     axis.text(
         6, 6, title, fontsize=8, va="top", ha="left", family="monospace",
         color="#ff5a50" if anomalous else "#50ff78",

@@ -40,11 +40,18 @@ from typing import Any
 import numpy as np
 
 from evaluation.datasets import CategoryData, Dataset
-from evaluation.metrics import image_metrics, pixel_metrics
+from evaluation.metrics import (
+    image_metrics,
+    pixel_metrics,
+    pixel_metrics_at_sizes,
+    recall_by_defect,
+    region_scores,
+)
 from evaluation.store import CategoryStore, Scorer
 from registry.detector import ImageScore, MapCallback, PredictionRecord
-from structcore.preprocess import Preprocessing, load_mask
+from structcore.preprocess import Preprocessing, displayed_size, load_mask, load_mask_at_size
 from structcore.progress import Progress, ProgressCallback, quiet
+from structcore.regions import map_at_original_size
 
 __all__ = [
     "KINDS",
@@ -347,9 +354,12 @@ def collect(
             batch = paths[start : start + len(vectors)]
             memo: dict[tuple[str, str], ImageScore] = {}
             keep_map = _map_keeper(cache, name, start)
-            run.records[SEPARATE] += detector.score_vectors(vectors, batch, name, on_map=keep_map, memo=memo)
+            sizes = [_own_size(path) for path in batch]  # regions at each image's own size, as infer
+            # only when some are known: a Scorer written before sizes existed keeps working on vectors alone
+            own: dict[str, Any] = {"sizes": sizes} if any(size is not None for size in sizes) else {}
+            run.records[SEPARATE] += detector.score_vectors(vectors, batch, name, on_map=keep_map, memo=memo, **own)
             for view, scorer in own_views.items():
-                run.records[view] += scorer.score_vectors(vectors, batch, on_map=keep_map, memo=memo)
+                run.records[view] += scorer.score_vectors(vectors, batch, on_map=keep_map, memo=memo, **own)
             for other, scorer in left_out.items():
                 routing = scorer.route(vectors)
                 ratios[other].append(routing.unknown_scores)
@@ -408,6 +418,14 @@ def image_records(collected: Collected) -> Iterator[dict[str, Any]]:
                     "unknown_score": float(score),
                     "unknown": bool(flag),
                 }
+
+
+def _own_size(path: str | Path) -> tuple[int, int] | None:
+    """The image's own (width, height) from its header; ``None`` when unreadable (regions then stay on the map)."""
+    try:
+        return displayed_size(path)
+    except (OSError, ValueError, SyntaxError):
+        return None
 
 
 def _map_keeper(cache: MapCache, name: str, start: int) -> MapCallback:
@@ -513,6 +531,9 @@ def category_metrics(
         out[f"tpr_{kind}"] = _rate(rejected[~good])
     out.update(_decision_metrics(scores[:, 2], good, out["frr_hybrid"], out["tpr_hybrid"]))
     out.update({"pixel_auroc": _NAN, "pixel_ap": _NAN, "pixel_f1_max": _NAN, "aupro": _NAN})
+    out.update(dict.fromkeys(ORIGINAL_SIZE_METRICS, _NAN))
+    for defect, recall in recall_by_defect(run.data.defects, anomalous).items():
+        out[f"{DEFECT_RECALL_PREFIX}{defect}"] = recall  # flat numbers: means and comparisons work on them
     if pixel and run.data.has_masks:
         key = (name, *routed)
         cached = None if pixel_cache is None else pixel_cache.get(key)
@@ -522,6 +543,7 @@ def category_metrics(
             found = pixel_metrics(masks, maps, max_pixels=max_pixels)
             cached = {f"pixel_{m}" if m != "aupro" else m: float(v) for m, v in found.items()}
             del maps, masks
+            cached.update(original_size_metrics(collected, name, routed, max_pixels=max_pixels))
             if pixel_cache is not None:
                 pixel_cache[key] = cached
         out.update(cached)
@@ -532,6 +554,52 @@ def category_metrics(
     out["unknown_rate_good"] = _rate(flags[good]) if routed_view else _NAN
     out["unknown_rate_anomalous"] = _rate(flags[~good]) if routed_view else _NAN
     out.update(crossover_counts(labels, scores[:, 0], scores[:, 2], thresholds[:, 0], thresholds[:, 2]))
+    return out
+
+
+#: Prefix of the per-defect-type recall figures (``defect_recall:crack``: share of crack images flagged
+#: ``anomalous`` at the shipped threshold).
+DEFECT_RECALL_PREFIX = "defect_recall:"
+#: The figures of :func:`original_size_metrics` (``nan`` where a category has no masks).
+ORIGINAL_SIZE_METRICS = (
+    "pixel_auroc_original",
+    "pixel_ap_original",
+    "pixel_f1_max_original",
+    "aupro_original",
+    "region_hit_rate",
+    "false_regions_per_good",
+)
+
+
+def original_size_metrics(
+    collected: Collected, name: str, routed: Sequence[str], max_pixels: int | None = None
+) -> dict[str, float]:
+    """Pixel metrics and region scores of ``name``'s test images at each image's own size.
+
+    Each kept map is brought back to its image's size the way the Detector does for a record's
+    ``regions`` (:func:`structcore.regions.map_at_original_size`); masks are read at that size.
+    Predicted regions use the map threshold of the category that scored the image.
+    """
+    run = collected.runs[name]
+    geometry = collected.geometry
+    masks: list[np.ndarray] = []
+    maps: list[np.ndarray] = []
+    thresholds: list[float] = []
+    for i, (label, mask_path) in enumerate(zip(run.data.labels, run.data.masks, strict=True)):
+        if label != 0 and not mask_path:
+            continue
+        size = _own_size(run.data.test[i])
+        if size is None:  # the image file is gone: no figure at its own size
+            return {}
+        model_map = collected.maps.get((name, routed[i], int(i)))
+        maps.append(map_at_original_size(model_map, size, geometry.resize, geometry.crop))
+        masks.append(load_mask_at_size(mask_path, size) if mask_path else np.zeros((size[1], size[0]), dtype=bool))
+        thresholds.append(collected.thresholds[routed[i]]["base"])
+    found = pixel_metrics_at_sizes(masks, maps, max_pixels=max_pixels)
+    out = {f"pixel_{m}_original" if m != "aupro" else "aupro_original": float(v) for m, v in found.items()}
+    regions = region_scores(masks, maps, thresholds)
+    out["region_hit_rate"] = regions["region_hit_rate"]
+    out["false_regions_per_good"] = regions["false_regions_per_good"]
     return out
 
 

@@ -49,6 +49,15 @@ CSV_COLUMNS = (
     "fn_introduced",
 )
 
+#: Columns of ``per_category.csv`` at each image's own size and for regions (after :data:`CSV_COLUMNS`).
+ORIGINAL_SIZE_COLUMNS = (
+    "pixel_auroc_original",
+    "pixel_ap_original",
+    "pixel_f1_max_original",
+    "aupro_original",
+    "region_hit_rate",
+    "false_regions_per_good",
+)
 
 _MAX_FINDINGS = 12
 
@@ -99,7 +108,7 @@ def _rows(results: Mapping[str, Any]) -> list[dict[str, str]]:
     def add(protocol: str, step: str, per: Mapping[str, Any], mean: Mapping[str, Any]) -> None:
         for category, metrics in [*per.items(), ("mean", mean)]:
             row = {"protocol": protocol, "step": step, "category": category}
-            row.update({column: _csv_value(metrics.get(column)) for column in CSV_COLUMNS})
+            row.update({column: _csv_value(metrics.get(column)) for column in (*CSV_COLUMNS, *ORIGINAL_SIZE_COLUMNS)})
             rows.append(row)
 
     for protocol in ("separate", "muad"):
@@ -114,7 +123,9 @@ def _rows(results: Mapping[str, Any]) -> list[dict[str, str]]:
 def write_csv(path: Path, results: Mapping[str, Any]) -> Path:
     """One row per protocol, (continual) step and category, plus a ``mean`` row per table."""
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["protocol", "step", "category", *CSV_COLUMNS])
+        writer = csv.DictWriter(
+            handle, fieldnames=["protocol", "step", "category", *CSV_COLUMNS, *ORIGINAL_SIZE_COLUMNS]
+        )
         writer.writeheader()
         writer.writerows(_rows(results))
     return path
@@ -167,6 +178,46 @@ def _table(per: Mapping[str, Mapping[str, Any]], mean: Mapping[str, Any], routin
         if routing:
             cells.append(_pct(metrics.get("routing_accuracy")))
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def original_size_markdown(protocols: Mapping[str, Any]) -> list[str]:
+    """The section on figures at each image's own size: pixel metrics, regions, recall per defect type."""
+    lines: list[str] = []
+    for protocol in ("separate", "muad"):
+        part = protocols.get(protocol)
+        if not part:
+            continue
+        per, mean = part["per_category"], part["mean"]
+        if not lines:
+            lines += [
+                "## At each image's own size",
+                "",
+                "Pixel metrics with the maps brought back to each image's original size and the masks read at "
+                "that size (not at the model's square); regions: share of ground-truth regions touched by a "
+                "predicted region (the map above the category's map threshold), predicted regions per good "
+                "image; recall per defect type: share flagged anomalous at the shipped threshold. Values in %.",
+            ]
+        header = ["Category", "P-AUROC", "P-AP", "AUPRO", "GT regions hit", "Regions / good image", "Recall by defect"]
+        lines += ["", f"{protocol}:", ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        for name, metrics in [*per.items(), ("**mean**", mean)]:
+            per_defect = ", ".join(
+                f"{key.removeprefix('defect_recall:')} {_pct(value)}"
+                for key, value in metrics.items()
+                if key.startswith("defect_recall:")
+            )
+            false_regions = metrics.get("false_regions_per_good")
+            cells = [
+                name,
+                _pct(metrics.get("pixel_auroc_original")),
+                _pct(metrics.get("pixel_ap_original")),
+                _pct(metrics.get("aupro_original")),
+                _pct(metrics.get("region_hit_rate")),
+                f"{false_regions:.2f}" if isinstance(false_regions, float) and math.isfinite(false_regions) else "-",
+                per_defect or "-",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
@@ -271,6 +322,9 @@ def markdown_report(results: Mapping[str, Any]) -> str:
             "",
         ]
         lines += _table(part["final"]["per_category"], final, routing=True)
+    original = original_size_markdown(protocols)
+    if original:
+        lines += ["", *original]
     if "open-set" in protocols:
         lines += ["", *open_set_markdown(protocols["open-set"])]
     timings = results.get("timings", {})

@@ -100,8 +100,9 @@ class Scorer(Protocol):
         *,
         on_map: MapCallback | None = None,
         memo: ScoreMemo | None = None,
+        sizes: Sequence[tuple[int, int] | None] | None = None,
     ) -> list[PredictionRecord]:
-        """The records ``registry infer`` gives for these embedded images."""
+        """The records ``registry infer`` gives for these embedded images (``sizes``: their own (width, height))."""
         ...
 
 

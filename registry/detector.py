@@ -37,8 +37,9 @@ from structcore.image_files import ImageReadError
 from structcore.model import CategoryModel
 from structcore.preprocess import load_image, preprocess_image
 from structcore.progress import Progress, ProgressCallback
+from structcore.regions import Region, find_regions, map_at_original_size, regions_at_original_size
 from structcore.routing import DEFAULT_SHORTLIST, DEFAULT_UNKNOWN_STATISTIC, PrototypeRouter
-from structcore.settings import DEFAULT_BATCH_SIZE
+from structcore.settings import DEFAULT_BATCH_SIZE, DEFAULT_MAX_REGIONS
 
 #: Category models kept loaded per Detector (LRU) when they are read from a registry folder.
 DEFAULT_CACHE_SIZE = 8
@@ -63,6 +64,9 @@ class PredictionRecord(TypedDict):
     threshold: float | None
     anomalous: bool | None
     error: str | None
+    #: Connected areas of the map (at the image's original size) above the category's map
+    #: threshold, largest first (:func:`structcore.regions.find_regions`); ``None`` with ``error``.
+    regions: list[Region] | None
 
 
 #: ``on_image(record, image, anomaly_map, map_threshold)``: the preprocessed crop (3, H, W) float in
@@ -73,6 +77,9 @@ ImageCallback = Callable[[PredictionRecord, np.ndarray, np.ndarray, float], None
 #: ``on_map(row, record, anomaly_map, map_threshold)``: as :data:`ImageCallback` without the image,
 #: ``row`` being the image's index in the scored batch.
 MapCallback = Callable[[int, PredictionRecord, np.ndarray, float], None]
+#: ``on_full_map(row, record, full_map, map_threshold)``: the anomaly map at the image's original
+#: size (height, width), the one its ``regions`` come from.
+FullMapCallback = Callable[[int, PredictionRecord, np.ndarray, float], None]
 
 
 def error_record(path: str, message: str) -> PredictionRecord:
@@ -90,6 +97,7 @@ def error_record(path: str, message: str) -> PredictionRecord:
         threshold=None,
         anomalous=None,
         error=message,
+        regions=None,
     )
 
 
@@ -196,6 +204,7 @@ class Detector:
         source: where the categories come from (for messages), e.g. the registry folder.
         cache_size: loaded models kept (LRU); ``None`` keeps every model it loads.
         shortlist: the router's shortlist (see :class:`~structcore.routing.PrototypeRouter`).
+        max_regions: defect regions reported per record (largest first; 0: none).
     """
 
     def __init__(
@@ -206,7 +215,11 @@ class Detector:
         source: str | Path = "<memory>",
         cache_size: int | None = None,
         shortlist: int | None = DEFAULT_SHORTLIST,
+        max_regions: int = DEFAULT_MAX_REGIONS,
     ):
+        if max_regions < 0:
+            raise ValueError(f"max_regions must be >= 0, got {max_regions}")
+        self._max_regions = int(max_regions)
         self._extractor = extractor
         self._pinned = {pinned.name: pinned for pinned in categories}
         if len(self._pinned) != len(categories):
@@ -297,8 +310,24 @@ class Detector:
             source=self._source,
             cache_size=self._cache_size,
             shortlist=self._shortlist,
+            max_regions=self._max_regions,
         )
         return subset
+
+    @property
+    def max_regions(self) -> int:
+        """Defect regions reported per record."""
+        return self._max_regions
+
+    def with_max_regions(self, max_regions: int) -> Detector:
+        """This Detector reporting at most ``max_regions`` regions per record (same versions, models shared)."""
+        if max_regions < 0:
+            raise ValueError(f"max_regions must be >= 0, got {max_regions}")
+        if max_regions == self._max_regions:
+            return self
+        other = self.restricted_to(list(self._pinned))
+        other._max_regions = int(max_regions)
+        return other
 
     def _loader(self, name: str) -> Callable[[], CategoryModel]:
         return lambda: self.model(name)
@@ -338,6 +367,8 @@ class Detector:
         *,
         on_map: MapCallback | None = None,
         memo: ScoreMemo | None = None,
+        sizes: Sequence[tuple[int, int] | None] | None = None,
+        on_full_map: FullMapCallback | None = None,
     ) -> list[PredictionRecord]:
         """Route and score embedded images: the part of :meth:`predict` after the backbone.
 
@@ -348,12 +379,18 @@ class Detector:
             on_map: ``on_map(row, record, anomaly_map, map_threshold)`` per scored image.
             memo: scores by ``(name, category)`` already computed for these same vectors (read
                 and filled): one embedding scored under several routings searches once.
+            sizes: each image's original (width, height): its ``regions`` are found on the map
+                brought back to that size; ``None`` (for all or one image): on the model's map as it is.
+            on_full_map: ``on_full_map(row, record, full_map, map_threshold)`` per scored image,
+                with the map at the original size.
 
         Raises:
             RegistryError: no categories, or the forced category is unknown or cannot be loaded.
         """
         if len(names) != len(patch_vectors):
             raise ValueError(f"{len(names)} names for {len(patch_vectors)} images")
+        if sizes is not None and len(sizes) != len(names):
+            raise ValueError(f"{len(sizes)} sizes for {len(names)} images")
         routing = self.route(patch_vectors, category)
         records: list[PredictionRecord | None] = [None] * len(names)
         for name in dict.fromkeys(routing.categories):
@@ -382,13 +419,37 @@ class Detector:
                     threshold=threshold,
                     anomalous=score.hybrid > threshold,
                     error=None,
+                    regions=None,
                 )
+                size = None if sizes is None else sizes[j]
+                if on_full_map is None:  # only the window around the defects is resampled
+                    record["regions"] = self._regions(score.anomaly_map, map_threshold, size)
+                else:
+                    full_map = self._full_map(score.anomaly_map, size)
+                    record["regions"] = find_regions(full_map, map_threshold, self._max_regions)
+                    on_full_map(j, record, full_map, map_threshold)
                 records[j] = record
                 if on_map is not None:
                     on_map(j, record, score.anomaly_map, map_threshold)
         out = [record for record in records if record is not None]
         assert len(out) == len(names)
         return out
+
+    def _regions(self, anomaly_map: np.ndarray, threshold: float, size: tuple[int, int] | None) -> list[Region]:
+        """The record's regions: at the original ``size`` (width, height), else on the map as it is."""
+        if size is None:
+            return find_regions(anomaly_map, threshold, self._max_regions)
+        geometry = self._extractor.geometry
+        return regions_at_original_size(
+            anomaly_map, threshold, size, geometry.resize, geometry.crop, max_regions=self._max_regions
+        )
+
+    def _full_map(self, anomaly_map: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+        """``anomaly_map`` at the original ``size`` (width, height) through the extractor's geometry."""
+        if size is None:
+            return np.asarray(anomaly_map, dtype=np.float32)
+        geometry = self._extractor.geometry
+        return map_at_original_size(anomaly_map, size, geometry.resize, geometry.crop)
 
     @staticmethod
     def _scores(
@@ -426,6 +487,7 @@ class Detector:
         batch_size: int = DEFAULT_BATCH_SIZE,
         progress: ProgressCallback | None = None,
         on_image: ImageCallback | None = None,
+        on_full_map: Callable[[PredictionRecord, np.ndarray, float], None] | None = None,
     ) -> list[PredictionRecord]:
         """Score images: embed each batch, route it (or force ``category``), score each image.
 
@@ -443,6 +505,8 @@ class Detector:
             batch_size: images per backbone call.
             progress: receives ``Progress("predict", done, total)`` after each batch.
             on_image: ``on_image(record, image, anomaly_map, map_threshold)`` per scored image.
+            on_full_map: ``on_full_map(record, full_map, map_threshold)`` per scored image, with
+                the map at the image's original size (the one its ``regions`` come from).
 
         Returns:
             One :class:`PredictionRecord` per source, in order.
@@ -470,7 +534,14 @@ class Detector:
                 vectors = extractor.embed(extractor.prepare(images)).numpy()
 
                 on_map = None if on_image is None else _crop_callback(on_image, images, extractor)
-                scored = self.score_vectors(vectors, [names[i] for i in positions], category, on_map=on_map)
+                scored = self.score_vectors(
+                    vectors,
+                    [names[i] for i in positions],
+                    category,
+                    on_map=on_map,
+                    sizes=[image_size(image) for image in images],
+                    on_full_map=None if on_full_map is None else _full_map_callback(on_full_map),
+                )
                 for i, record in zip(positions, scored, strict=True):
                     batch_records[i] = record
             for done in batch_records:
@@ -498,6 +569,21 @@ def _crop_callback(
         on_image(record, preprocess_image(images[row], extractor.geometry), anomaly_map, threshold)
 
     return on_map
+
+
+def _full_map_callback(on_full_map: Callable[[PredictionRecord, np.ndarray, float], None]) -> FullMapCallback:
+    def call(row: int, record: PredictionRecord, full_map: np.ndarray, threshold: float) -> None:
+        on_full_map(record, full_map, threshold)
+
+    return call
+
+
+def image_size(image: Image.Image | np.ndarray) -> tuple[int, int]:
+    """(width, height) of a PIL image or an (H, W[, C]) array."""
+    if isinstance(image, Image.Image):
+        return (int(image.width), int(image.height))
+    shape = np.shape(image)
+    return (int(shape[1]), int(shape[0]))
 
 
 def _name(source: object, index: int) -> str:
@@ -556,6 +642,7 @@ def extractor_for(
 __all__ = [
     "DEFAULT_CACHE_SIZE",
     "Detector",
+    "FullMapCallback",
     "ImageCallback",
     "ImageScore",
     "MapCallback",
@@ -565,5 +652,6 @@ __all__ = [
     "ScoreMemo",
     "error_record",
     "extractor_for",
+    "image_size",
     "load_backbone",
 ]

@@ -47,7 +47,7 @@ from registry.errors import RegistryError
 from structcore.model import CategoryModel, fit_category
 from structcore.progress import Progress, ProgressCallback
 from structcore.runtime import set_num_threads
-from structcore.settings import DEFAULT_BATCH_SIZE, FitSettings
+from structcore.settings import DEFAULT_BATCH_SIZE, DEFAULT_MAX_REGIONS, FitSettings
 
 if TYPE_CHECKING:
     from structcore.feature_space import FeatureSpace
@@ -524,6 +524,7 @@ class _ShardScorer:
         root: str,
         batch_size: int,
         threads: int,
+        max_regions: int = DEFAULT_MAX_REGIONS,
     ):
         set_num_threads(threads)
         self._batch_size = batch_size
@@ -534,7 +535,9 @@ class _ShardScorer:
             PinnedCategory.of_stored(name, version, np.array(prototypes), metadata, _fetched(ref, name, self.fetched))
             for name, (version, prototypes, metadata, ref) in shipped.items()
         ]
-        self._detector = Detector(extractor_for(space, weights_path, batch_size), pinned, source=root)
+        self._detector = Detector(
+            extractor_for(space, weights_path, batch_size), pinned, source=root, max_regions=max_regions
+        )
 
     def ready(self) -> str:
         """Where this actor runs (``host:pid``); returns once the backbone is built."""
@@ -569,6 +572,7 @@ def distributed_infer(
     threads: int = 1,
     max_retries: int = 2,
     stats: dict[str, Any] | None = None,
+    max_regions: int = DEFAULT_MAX_REGIONS,
 ) -> list[PredictionRecord]:
     """Score ``sources`` (image paths) on Ray; the records equal :meth:`Registry.predict`'s.
 
@@ -596,6 +600,7 @@ def distributed_infer(
         threads: torch / faiss threads (and CPUs reserved) per actor. Scores are bit-identical
             to :meth:`Registry.predict` run with the same number of torch threads.
         max_retries: resubmissions of a shard after its actor died.
+        max_regions: defect regions reported per record.
         stats: when given, filled with ``workers`` (per live actor: ``worker`` host:pid,
             ``shards``, ``images``, ``fetched`` categories), ``shards``, ``retries``,
             ``seconds`` (in all), ``startup_seconds`` (until every actor had its backbone)
@@ -639,7 +644,7 @@ def distributed_infer(
         del stored
         job = _InferJob(ray, paths, shards, out, progress, max_retries, stats)
         actor_class = ray.remote(_ShardScorer).options(num_cpus=threads, max_restarts=0, scheduling_strategy="SPREAD")
-        init_args = (ray.put(space), weights_path, shipped, root_name, batch_size, threads)
+        init_args = (ray.put(space), weights_path, shipped, root_name, batch_size, threads, max_regions)
         if workers is None:
             cpus = float(ray.cluster_resources().get("CPU", 1))
             workers = max(1, int(cpus // threads))

@@ -24,6 +24,7 @@ def overlay_png_base64(result: Scored) -> str:
         threshold=map_threshold,
         title=overlay_title(record),
         anomalous=bool(record["anomalous"]),
+        boxes=result.boxes,
     )
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")

@@ -33,6 +33,7 @@ from registry import Detector, Registry, RegistryError, UnknownCategoryError, Ve
 from registry.db import DB_FILE
 from server.metrics import ServeMetrics
 from server.settings import ServeSettings
+from structcore.regions import boxes_on_model_map
 
 log = logging.getLogger("structcore.serve")
 
@@ -64,6 +65,8 @@ class Scored:
     crop: np.ndarray | None = None
     anomaly_map: np.ndarray | None = None
     base_threshold: float | None = None
+    #: The record's regions on the crop's map, (x, y, w, h) (drawn on the overlay).
+    boxes: tuple[tuple[float, float, float, float], ...] = ()
 
 
 @dataclass
@@ -303,7 +306,9 @@ class ScoringWorker:
             raise ServeError(404, str(error)) from None
         except RegistryError as error:
             raise ServeError(503, str(error)) from None
-        return self._results(records, names, collected, group)
+        geometry = detector.extractor.geometry
+        sizes = [image.size for image in images]
+        return self._results(records, names, collected, group, sizes, (geometry.resize, geometry.crop))
 
     def _results(
         self,
@@ -311,10 +316,12 @@ class ScoringWorker:
         names: Sequence[str],
         collected: Mapping[int, tuple[object, np.ndarray, np.ndarray, float]],
         group: Sequence[Job],
+        sizes: Sequence[tuple[int, int]],
+        geometry: tuple[int, int],
     ) -> list[Scored]:
         wants = [job.overlay for job in group for _ in job.images]
         results: list[Scored] = []
-        for record, name, want in zip(records, names, wants, strict=True):
+        for record, name, want, size in zip(records, names, wants, sizes, strict=True):
             out = dict(record)
             out["path"] = name
             if record["error"] is None and record["category"] is not None:
@@ -325,7 +332,8 @@ class ScoringWorker:
                     self.metrics.images_unknown.labels(category=record["category"]).inc()
             found = collected.get(id(record))
             if want and found is not None and found[0] is record:
-                results.append(Scored(out, found[1], found[2], found[3]))
+                boxes = boxes_on_model_map(record["regions"] or [], size, *geometry)
+                results.append(Scored(out, found[1], found[2], found[3], tuple(boxes)))
             else:
                 results.append(Scored(out))
         return results

@@ -246,6 +246,28 @@ def load_mask(path: str | Path, geometry: Preprocessing) -> np.ndarray:
         raise ImageReadError(path, f"unreadable mask ({error})") from error
 
 
+def displayed_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file as :func:`load_image` returns it (EXIF rotation applied), from its header."""
+    with Image.open(path) as opened:
+        width, height = opened.size
+        orientation = opened.getexif().get(0x0112, 1)
+    return (height, width) if orientation in {5, 6, 7, 8} else (width, height)
+
+
+def load_mask_at_size(path: str | Path, size: tuple[int, int]) -> np.ndarray:
+    """A ground-truth mask as bool (height, width) at the image's ``size`` (nearest resampling if it differs)."""
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            mask: Image.Image = opened
+            target = (int(size[0]), int(size[1]))
+            if mask.size != target:
+                mask = mask.resize(target, Image.Resampling.NEAREST)
+            return np.asarray(mask.convert("L")) > 0
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageReadError(path, f"unreadable mask ({error})") from error
+
+
 def _as_uint8_rgb(array: np.ndarray) -> np.ndarray:
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)

@@ -121,6 +121,10 @@ DEFAULT_SEED = 42
 MAX_SEED = (1 << 63) - 1
 #: Images per backbone call.
 DEFAULT_BATCH_SIZE = 8
+#: Defect regions reported per image (largest first; ``registry infer --max-regions``).
+DEFAULT_MAX_REGIONS = 10
+#: Largest ``--max-regions``.
+MAX_REGIONS = 10_000
 
 
 # ----------------------------------------------------------------------------- constraints
@@ -417,6 +421,18 @@ FIT_PARAMETERS: dict[str, Parameter] = _table(
     Parameter("batch_size", DEFAULT_BATCH_SIZE, (_POSITIVE_INT,), "Images per backbone call.", "--batch-size", False),
 )
 
+#: ``registry infer`` / ``serve``: how a scored image is described (not stored with a category).
+INFER_PARAMETERS: dict[str, Parameter] = _table(
+    Parameter(
+        "max_regions",
+        DEFAULT_MAX_REGIONS,
+        (Interval(integer=True, low=0, high=MAX_REGIONS),),
+        "Defect regions reported per image, largest first (0: none).",
+        "--max-regions",
+        False,
+    ),
+)
+
 #: The fit settings that :class:`~structcore.model.CategoryModel` takes (all but the run settings).
 MODEL_PARAMETERS = tuple(name for name, parameter in FIT_PARAMETERS.items() if parameter.stored)
 
@@ -562,6 +578,7 @@ __all__ = [
     "DEFAULT_HOLDOUT_RATIO",
     "DEFAULT_INDEX",
     "DEFAULT_K",
+    "DEFAULT_MAX_REGIONS",
     "DEFAULT_PROJECTION_SEED",
     "DEFAULT_PROTOTYPES",
     "DEFAULT_PROXY_DIM",
@@ -576,9 +593,11 @@ __all__ = [
     "FEATURE_SPACE_PARAMETERS",
     "FIT_PARAMETERS",
     "INDEX_KINDS",
+    "INFER_PARAMETERS",
     "MAX_DIM",
     "MAX_FRR",
     "MAX_IMAGE_SIDE",
+    "MAX_REGIONS",
     "MAX_SEED",
     "MODEL_PARAMETERS",
     "OPERATING_POINT_RULES",

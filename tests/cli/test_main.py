@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cli.main import app
-from cli.output import RECORD_KEYS
+from cli.output import CSV_KEYS, RECORD_KEYS
 from evaluation.synthetic import make_category, write_mvtec_layout
 
 runner = CliRunner()
@@ -117,7 +117,7 @@ def test_routed_infer_json(fitted_registry: Path, dataset: Path, tmp_path: Path)
         expected = "carpet" if "/carpet/" in record["path"] else "pill"
         assert record["category"] == expected
         assert record["error"] is None
-    assert out.read_text().splitlines()[0].split(",") == list(RECORD_KEYS)
+    assert out.read_text().splitlines()[0].split(",") == list(CSV_KEYS)
     assert len(list(maps.glob("*.png"))) == 9
 
 
