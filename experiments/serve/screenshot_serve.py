@@ -1,6 +1,6 @@
 """Screenshot of the `registry serve` page after scoring one image (docs/images/serve_regions.png).
 
-    python scripts/screenshot_serve.py REGISTRY IMAGE OUT.png
+    python experiments/serve/screenshot_serve.py REGISTRY IMAGE OUT.png
 
 Starts the server on a free 127.0.0.1 port in this process, opens the page in Debian's chromium
 (playwright), uploads IMAGE, waits for the overlay and the regions list, and saves a full-page

@@ -1,7 +1,7 @@
 """Cost of a record's regions at the image's own size: whole map back to the original size + labelling
 (what ``--masks`` and ``registry eval`` pay) against the windowed path every record uses.
 
-    python scripts/bench_regions.py [--repeats 5]
+    python benchmarks/bench_regions.py [--repeats 5]
 
 For a 392 x 392 model map with a few blobs above the threshold, times
 :func:`structcore.regions.map_at_original_size` and :func:`structcore.regions.find_regions` at
