@@ -36,7 +36,8 @@ from cli.options import (
 from registry.records import NAME_PATTERN
 
 if TYPE_CHECKING:
-    from registry.distributed import FitEvent, FitReport
+    from registry.distributed import FitReport
+    from structcore.progress import Progress
 
 #: Layouts that make a folder one category (then ``add-category`` is the command to use).
 _CATEGORY_LAYOUTS = (Path("train") / "good", Path("Data") / "Images" / "Normal")
@@ -168,22 +169,26 @@ def add_categories(
                 rate="",
             )
 
-            def on_event(event: FitEvent) -> None:
-                failed = f", {event.failed} failed" if event.failed else ""
+            failures: set[str] = set()
+
+            def on_event(event: Progress) -> None:
+                if event.stage == "failed":
+                    failures.add(event.category)
+                failed = f", {len(failures)} failed" if failures else ""
                 progress.update(
                     task,
                     completed=event.done,
                     rate=f"{event.images_per_second:.1f} img/s{failed}",
                 )
-                if event.kind == "started" and ray_address is None:
+                if event.stage == "started" and ray_address is None:
                     progress.update(task, description=f"fitting {event.category} ({event.done + 1}/{event.total})")
-                elif event.kind == "retry":
+                elif event.stage == "retry":
                     progress.console.print(
                         f"[yellow]retrying[/] {event.category} (attempt {event.attempt + 1}): {event.message}",
                         highlight=False,
                         soft_wrap=True,
                     )
-                elif event.kind == "failed":
+                elif event.stage == "failed":
                     progress.console.print(
                         f"[red]failed[/] {event.category}: {event.message}", highlight=False, soft_wrap=True
                     )

@@ -178,37 +178,6 @@ class FitReport:
         }
 
 
-@dataclass(frozen=True)
-class FitEvent:
-    """Progress of :func:`fit_categories`, passed to ``on_event``.
-
-    ``kind`` is ``started`` (a task was submitted, or an in-process fit began), ``retry`` (its
-    worker died; ``message`` says how), ``ok`` (stored as ``version``) or ``failed``
-    (``message``). The counters cover the whole job: ``done`` categories finished (stored or
-    failed), ``failed`` of them failed, ``images_done`` train images of the finished ones.
-    """
-
-    kind: str
-    category: str
-    attempt: int
-    done: int
-    failed: int
-    total: int
-    images_done: int
-    images_total: int
-    elapsed_seconds: float
-    version: int | None = None
-    message: str | None = None
-
-    @property
-    def images_per_second(self) -> float:
-        """Train images of finished categories per second of the job so far."""
-        return self.images_done / max(self.elapsed_seconds, 1e-9)
-
-
-FitCallback = Callable[[FitEvent], None]
-
-
 def _fit_model(
     extractor: FeatureExtractor,
     sources: Sequence[Path],
@@ -280,7 +249,7 @@ def _check_params(model_params: Mapping[str, Any], batch_size: int) -> dict[str,
 class _FitJob:
     """Bookkeeping and events of one :func:`fit_categories` call."""
 
-    def __init__(self, categories: Mapping[str, Sequence[Path]], on_event: FitCallback | None, mode: str):
+    def __init__(self, categories: Mapping[str, Sequence[Path]], on_event: ProgressCallback | None, mode: str):
         self.categories = {name: [Path(p) for p in paths] for name, paths in categories.items()}
         self.results = {
             name: CategoryResult(name=name, ok=False, attempts=0, n_images=len(paths))
@@ -297,18 +266,17 @@ class _FitJob:
             return
         finished = [r for r in self.results.values() if r.ok or r.error is not None]
         self.on_event(
-            FitEvent(
-                kind=kind,
+            Progress(
+                stage=kind,
                 category=name,
                 attempt=self.results[name].attempts,
                 done=len(finished),
-                failed=sum(not r.ok for r in finished),
                 total=len(self.results),
                 images_done=sum(r.n_images for r in finished),
                 images_total=self.images_total,
                 elapsed_seconds=time.perf_counter() - self.started,
                 version=version,
-                message=message,
+                message=message or "",
             )
         )
 
@@ -352,7 +320,7 @@ def fit_categories(
     model_params: dict[str, Any],
     ray_address: str | None,
     max_retries: int = 2,
-    on_event: FitCallback | None = None,
+    on_event: ProgressCallback | None = None,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     threads: int = 1,
@@ -374,7 +342,8 @@ def fit_categories(
             see :data:`structcore.settings.FIT_PARAMETERS`); the others keep their defaults.
         ray_address: ``None`` (in-process), ``"local"``, ``"auto"`` or a cluster address.
         max_retries: resubmissions of a category after its worker died.
-        on_event: receives a :class:`FitEvent` per submission, retry, success and failure.
+        on_event: receives a :class:`~structcore.progress.Progress` per submission (``started``),
+            retry, success (``ok``) and failure (``failed``).
         batch_size: images per backbone call.
         threads: torch / faiss threads (and CPUs reserved) per Ray task. Banks are
             bit-identical to an in-process fit that uses the same number of torch threads.
@@ -406,7 +375,7 @@ def _fit_in_process(
     registry: Registry,
     categories: Mapping[str, Sequence[Path]],
     params: dict[str, Any],
-    on_event: FitCallback | None,
+    on_event: ProgressCallback | None,
     batch_size: int,
 ) -> FitReport:
     job = _FitJob(categories, on_event, "in-process")
@@ -431,7 +400,7 @@ def _fit_on_ray(
     params: dict[str, Any],
     address: str,
     max_retries: int,
-    on_event: FitCallback | None,
+    on_event: ProgressCallback | None,
     batch_size: int,
     threads: int,
 ) -> FitReport:
@@ -789,7 +758,6 @@ __all__ = [
     "FAULTS_ENV",
     "INSTALL_HINT",
     "CategoryResult",
-    "FitEvent",
     "FitReport",
     "distributed_infer",
     "fit_categories",

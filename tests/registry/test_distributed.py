@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from evaluation.synthetic import make_category, write_mvtec_layout
 from registry import Registry
 from registry.errors import RegistryError
+from structcore.progress import Progress
 
 ray = pytest.importorskip("ray")
 
@@ -32,7 +33,6 @@ from cli.distributed import discover_categories, register  # noqa: E402
 from registry.distributed import (  # noqa: E402
     FAULTS_ENV,
     INSTALL_HINT,
-    FitEvent,
     distributed_infer,
     fit_categories,
     import_ray,
@@ -160,13 +160,14 @@ def test_parallel_fit_is_bit_identical_to_sequential(
     ray_local: None, sequential: Path, template: Path, categories: dict[str, list[Path]], dataset: Path, tmp_path: Path
 ) -> None:
     root = fresh(template, tmp_path)
-    events: list[FitEvent] = []
+    events: list[Progress] = []
     report = fit_categories(root, categories, PARAMS, "auto", on_event=events.append)
     assert report.ok, report.to_dict()
     assert [r.version for r in report.categories] == [1, 1, 1]
     assert [r.attempts for r in report.categories] == [1, 1, 1]
-    assert {e.kind for e in events} == {"started", "ok"}
-    assert events[-1].done == 3 and events[-1].images_done == 24 and events[-1].failed == 0
+    assert {e.stage for e in events} == {"started", "ok"}
+    assert events[-1].done == 3 and events[-1].images_done == 24 and events[-1].images_total == 24
+    assert all(e.category in categories for e in events) and not [e for e in events if e.stage == "failed"]
     assert_same_categories(sequential, root, list(categories))
     images = eval_images(dataset)
     with one_thread(), Registry.open(sequential) as a, Registry.open(root) as b:
@@ -191,7 +192,7 @@ def test_dead_workers_lose_only_their_category(
     (faults / "pill.crash").write_text("1")
     (faults / "screw.crash").write_text("5")
     root = fresh(template, tmp_path)
-    events: list[FitEvent] = []
+    events: list[Progress] = []
     jobs = {**categories, "broken": sorted(broken.glob("*.png"))}
     try:
         report = fit_categories(root, jobs, PARAMS, "auto", max_retries=1, on_event=events.append)
@@ -204,8 +205,8 @@ def test_dead_workers_lose_only_their_category(
     assert "worker lost after 2 attempts" in str(report["screw"].error)
     assert not report["broken"].ok and report["broken"].attempts == 1  # an error of the fit is not retried
     assert "001.png" in str(report["broken"].error)
-    assert [e.category for e in events if e.kind == "retry"] == ["pill", "screw"]
-    assert events[-1].done == 4 and events[-1].failed == 2
+    assert [e.category for e in events if e.stage == "retry"] == ["pill", "screw"]
+    assert events[-1].done == 4 and len({e.category for e in events if e.stage == "failed"}) == 2
     with Registry.open(root) as registry:
         assert registry.names() == ["carpet", "pill"]
         verified = registry.verify()
