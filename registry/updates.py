@@ -12,6 +12,7 @@ an interrupted update leaves the previous version current and intact.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ class UpdateResult:
     duplicates: list[str] = field(default_factory=list)
     reason: str | None = None
     threshold_note: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible summary."""
@@ -55,6 +57,7 @@ class UpdateResult:
             "duplicates": self.duplicates,
             "refit_reason": self.reason,
             "threshold_note": self.threshold_note,
+            "seconds": self.seconds,
         }
 
 
@@ -121,6 +124,9 @@ def update_category(
     from structcore.model import embed_images, fit_category
     from structcore.progress import Progress, quiet
 
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+
     if source not in SOURCES:
         msg = f"unknown image source {source!r}; choose one of {', '.join(SOURCES)}"
         raise ValueError(msg)
@@ -161,10 +167,14 @@ def update_category(
         old_patches = registry._read_checked(parent, TRAIN_PATCHES)
         _set_rule(model, rule, frr)
         report(Progress("embed", 0, len(new_sources), name))
+        mark = time.perf_counter()
+        seconds["read"] = mark - started
         new_patches = embed_images(extractor, new_sources, report, category=name)
+        seconds["embed"] = time.perf_counter() - mark
         checkpoint("update-embedded")
         report(Progress("fit", category=name))
         fitted = model.updated(old_patches, new_patches, progress=lambda event: report(_named(event, name)))
+        seconds.update(fitted.update_seconds_ or {})
         fitted.train_patches_ = np.concatenate([old_patches, new_patches.astype(np.float16)])
         mode = "update"
     else:
@@ -214,9 +224,13 @@ def update_category(
         train_images=names,
         origin=f"{source}:v{parent.version}",
     )
+    mark = time.perf_counter()
     info = registry.commit_versions([pending])[0]
+    seconds["write"] = time.perf_counter() - mark
+    seconds["total"] = time.perf_counter() - started
     report(Progress("done", category=name))
-    return UpdateResult(info, parent, mode, [str(r["name"]) for r in new_records], duplicates, reason, note)
+    added = [str(r["name"]) for r in new_records]
+    return UpdateResult(info, parent, mode, added, duplicates, reason, note, seconds)
 
 
 def _named(event: Any, name: str) -> Any:

@@ -136,6 +136,7 @@ class CategoryModel:
     _knn: PatchKNN | None = None
     #: The train images' patch vectors (n, P, D) float16, kept by ``fit_category(keep_patches=True)``.
     train_patches_: np.ndarray | None = None
+    update_seconds_: dict[str, float] | None = None
 
     def __init__(
         self,
@@ -289,11 +290,14 @@ class CategoryModel:
         new_ids = (n_old + picked // n_patches).astype(self.bank_image_ids_.dtype)
         model.bank_image_ids_ = np.concatenate([self.bank_image_ids_, new_ids])
         model.coreset_radius_ = max(float(self.coreset_radius_), float(selector.radius_))
+        coreset_seconds = time.perf_counter() - started
         patch_vectors = np.empty((n_old + n_new, n_patches, dim), dtype=np.float32)
         patch_vectors[:n_old] = old_patches
         patch_vectors[n_old:] = new_patches
         model._fit_after_bank(patch_vectors, np.arange(n_old + n_new), report)
         model.fit_seconds_ = time.perf_counter() - started
+        #: where :meth:`updated` spent its time (benchmarks/update_cost.py)
+        model.update_seconds_ = {"coreset": coreset_seconds, "recompute": model.fit_seconds_ - coreset_seconds}
         return model
 
     def _fit_after_bank(
