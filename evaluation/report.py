@@ -280,8 +280,7 @@ def markdown_report(results: Mapping[str, Any]) -> str:
             f"Total {timings.get('total_s', float('nan')):.1f} s; fit {timings.get('fit_s', 0.0):.1f} s; "
             f"test pass {timings.get('test_s', 0.0):.1f} s "
             f"({timings.get('ms_per_test_image', float('nan')):.1f} ms per test image: embed "
-            f"{timings.get('embed_ms_per_image', float('nan')):.1f}, route "
-            f"{timings.get('route_ms_per_image', float('nan')):.1f}, score "
+            f"{timings.get('embed_ms_per_image', float('nan')):.1f}, route + score "
             f"{timings.get('score_ms_per_image', float('nan')):.1f}); metrics {timings.get('metrics_s', 0.0):.1f} s."
         )
     plots = results.get("plots") or []

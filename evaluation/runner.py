@@ -324,7 +324,7 @@ def run_evaluation(
         n_test = sum(len(collected.runs[n].data.test) for n in names)
         per_stage = {
             stage: sum(collected.runs[n].timings.get(stage, 0.0) for n in names)
-            for stage in ("embed", "route", "score")
+            for stage in ("embed", "score")  # score: routing and scoring in every view (Detector.score_vectors)
         }
         results: dict[str, Any] = {
             "created_at": datetime.now(UTC).isoformat(),
