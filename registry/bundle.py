@@ -46,7 +46,14 @@ from registry.models import utcnow
 from registry.records import ARRAY_NAMES, NAME_PATTERN, PendingVersion, StoredVersion, library_version
 from registry.storage import ALLOWED_DTYPES, array_sha256, canonical, dtype_name
 from structcore.feature_space import FeatureSpace
-from structcore.settings import BANK_DTYPES, FIT_PARAMETERS, MAX_IMAGE_SIDE, FeatureSpaceSettings, check_parameters
+from structcore.settings import (
+    BANK_DTYPES,
+    FIT_PARAMETERS,
+    MAX_IMAGE_SIDE,
+    OPERATING_POINT_RULES,
+    FeatureSpaceSettings,
+    check_parameters,
+)
 
 if TYPE_CHECKING:
     from structcore.model import CategoryModel
@@ -452,9 +459,12 @@ def _check_settings(
     """
     bank = arrays["bank"]
     # every setting against the table the library fits with (structcore.settings) ...
+    params = model.get_params()
+    if params["threshold_rule"] in OPERATING_POINT_RULES:  # a `registry threshold` version: no fit rule to check
+        del params["threshold_rule"]
     problems = [
         f"{problem.parameter} {problem.value!r} ({problem.allowed})"
-        for problem in check_parameters(FIT_PARAMETERS, model.get_params())
+        for problem in check_parameters(FIT_PARAMETERS, params)
     ]
     # ... and what the table cannot know: the bank and the feature space
     if _is_int(model.k, 1) and model.k > bank.shape[0]:

@@ -64,6 +64,10 @@ DEFAULT_SCORING = "robust"
 #: default), the default target false-reject rate, and its upper bound.
 THRESHOLD_RULES = ("robust-conformal", "robust-tail", "conformal", "tail", "quantile")
 DEFAULT_THRESHOLD_RULE = "robust-conformal"
+#: How ``registry threshold`` records an operating point it set without a train-good rule (a
+#: threshold version's stored rule; never a fit setting): a value, or a labelled folder's
+#: threshold at an FRR or at the F1 maximum.
+OPERATING_POINT_RULES = ("value", "labelled-frr", "labelled-f1")
 DEFAULT_FRR = 0.01
 MAX_FRR = 0.5
 #: Routing prototypes K per category, and the quantile of train route scores behind ``unknown``.
@@ -556,6 +560,7 @@ __all__ = [
     "MAX_IMAGE_SIDE",
     "MAX_SEED",
     "MODEL_PARAMETERS",
+    "OPERATING_POINT_RULES",
     "PAPER_CROP",
     "PAPER_RESIZE",
     "SCORING_MODES",

@@ -50,6 +50,9 @@ BAD_FIT = [
     ("seed", MAX_SEED + 1, f"an integer in [0, {MAX_SEED}]"),
     ("coreset_method", "fast", "one of auto, exact, approx"),
     ("scoring", "fancy", "one of robust, paper"),
+    ("threshold_rule", "value", "one of robust-conformal, robust-tail, conformal, tail, quantile"),
+    ("threshold_frr", 0.0, "a number in (0, 0.5]"),
+    ("threshold_frr", 0.6, "a number in (0, 0.5]"),
     ("batch_size", 0, "an integer >= 1"),
 ]
 

@@ -7,7 +7,7 @@ scores only measure the result. Prints the distributions (quantiles), the train 
 the 99.5% quantile, and per rule the threshold, test-good FRR, recall, the best recall any
 threshold reaches at that FRR and the efficiency; ``--plot PNG`` writes the histograms of every category.
 
-Usage: ``python scripts/threshold_study.py --root REG --scores DIR [--json OUT] [--plot DIR]``.
+Usage: ``python experiments/thresholds/threshold_study.py --root REG --scores DIR [--json OUT] [--plot DIR]``.
 """
 
 from __future__ import annotations
