@@ -722,6 +722,9 @@ class Registry:
                 .where(CategoryVersionRow.category_id == category.id)
                 .order_by(CategoryVersionRow.version)
             ).all()
+            if not known:  # a category row is removed with its last version: none left means damage
+                problem = f"has a row for category {category.name!r} but no row for any of its versions"
+                raise DatabaseDamagedError(self._root / DB_FILE, problem, category.name)
             raise UnknownVersionError(category.name, version, known)
         return row
 

@@ -38,7 +38,8 @@ def listing(folder: Path) -> list[Path]:
 def embedded(registry: Registry, paths: list[Path], cache: Path, tag: str) -> np.ndarray:
     file = cache / f"{tag}.npy"
     if file.exists():
-        return np.load(file)
+        with file.open("rb") as handle:
+            return np.lib.format.read_array(handle, allow_pickle=False)
     started = time.perf_counter()
     vectors = embed_images(registry.extractor(), paths).astype(np.float16)
     print(f"embedded {len(paths)} {tag} images in {time.perf_counter() - started:.1f} s", flush=True)
