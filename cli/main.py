@@ -314,9 +314,22 @@ def list_categories(root: RootOption = None, as_json: JsonOption = False) -> Non
 
 @app.command()
 def show(
-    name: Annotated[str, typer.Argument(help="Category name.")], root: RootOption = None, as_json: JsonOption = False
+    name: Annotated[str, typer.Argument(help="Category name.")],
+    root: RootOption = None,
+    as_json: JsonOption = False,
+    images: Annotated[
+        bool, typer.Option("--images", help="List the train images of a version: name, content hash, source.")
+    ] = False,
+    version: Annotated[
+        int | None, typer.Option("--version", help="With --images: this version (default current).")
+    ] = None,
 ) -> None:
-    """Versions, sizes, calibration and thresholds of one category."""
+    """Versions, sizes, calibration and thresholds of one category (--images: its train images)."""
+    if images:
+        from cli.update import images_command
+
+        images_command(name, root, as_json, version)
+        return
     with user_errors():
         category = _catalogue(root).show(name)
         if as_json:
@@ -722,11 +735,13 @@ def _register_extensions() -> None:
     from cli.evaluate import register as register_evaluation
     from cli.serve import register as register_serve
     from cli.threshold import register as register_threshold
+    from cli.update import register as register_update
 
     register_evaluation(app)
     register_bench(app)
     register_serve(app)
     register_threshold(app)
+    register_update(app)
     try:
         from cli.distributed import register
     except ImportError:  # pragma: no cover - module not present in this build

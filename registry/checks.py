@@ -23,7 +23,7 @@ from registry.catalogue import Catalogue
 from registry.db import ROW_DECODE_ERRORS, read_session
 from registry.errors import NotARegistryError, RegistryError
 from registry.models import CategoryVersionRow, FeatureSpaceRow
-from registry.records import ARRAY_NAMES, DB_FILE, finite_or_none
+from registry.records import ARRAY_NAMES, DB_FILE, OPTIONAL_ARRAY_NAMES, finite_or_none
 from registry.storage import STORES_DIR, TMP_DIR, ArrayRecord, array_sha256, registry_lock
 
 
@@ -501,7 +501,7 @@ def _decode_name(raw: object) -> str:
 
 def _check_arrays_field(arrays: object) -> None:
     """Raise ``ValueError`` unless ``arrays`` is the ``arrays`` column the registry writes."""
-    if not isinstance(arrays, dict) or set(arrays) != set(ARRAY_NAMES):
+    if not isinstance(arrays, dict) or not set(ARRAY_NAMES) <= set(arrays) <= {*ARRAY_NAMES, *OPTIONAL_ARRAY_NAMES}:
         msg = f"arrays lists {sorted(arrays) if isinstance(arrays, dict) else type(arrays).__name__}"
         raise ValueError(msg)
     for name, record in arrays.items():

@@ -69,6 +69,8 @@ from registry.models import CategoryRow, CategoryVersionRow, FeatureSpaceRow, ut
 from registry.records import (
     ARRAY_NAMES,
     NAME_PATTERN,
+    TRAIN_IMAGE_INFO,
+    TRAIN_PATCHES,
     CategoryInfo,
     PendingVersion,
     StoredVersion,
@@ -415,7 +417,7 @@ class Registry:
         from structcore.progress import Progress, quiet
 
         report = progress or quiet
-        fitted = fit_category(self.extractor(batch_size), sources, model, report, category=name)
+        fitted = fit_category(self.extractor(batch_size), sources, model, report, category=name, keep_patches=True)
         report(Progress("write", category=name))
         info = self.add_fitted(name, fitted, train_images=sources, description=description)
         report(Progress("done", category=name))
@@ -450,11 +452,20 @@ class Registry:
             ]
             raise FeatureSpaceMismatchError(f"the model for {name!r}", differences, "fit it with registry.extractor()")
         arrays = model.to_arrays()
+        patches = getattr(model, "train_patches_", None)
+        if patches is not None and len(patches) == model.n_train_images_:
+            arrays[TRAIN_PATCHES] = np.asarray(patches, dtype=np.float16)  # for `registry update`
         names = [_source_name(s, i) for i, s in enumerate(train_images)]
+        metadata = model.to_metadata()
+        if names:
+            metadata[TRAIN_IMAGE_INFO] = [
+                {"name": image_name, "sha256": image_sha256(source), "source": "fit"}
+                for image_name, source in zip(names, train_images, strict=True)
+            ]
         pending = PendingVersion(
             name=name,
             arrays=lambda: arrays,
-            metadata=_name_outliers(model.to_metadata(), names),
+            metadata=_name_outliers(metadata, names),
             train_images=names,
             origin="fit",
             description=description,
@@ -711,6 +722,9 @@ class Registry:
                 .where(CategoryVersionRow.category_id == category.id)
                 .order_by(CategoryVersionRow.version)
             ).all()
+            if not known:  # a category row is removed with its last version: none left means damage
+                problem = f"has a row for category {category.name!r} but no row for any of its versions"
+                raise DatabaseDamagedError(self._root / DB_FILE, problem, category.name)
             raise UnknownVersionError(category.name, version, known)
         return row
 
@@ -1014,6 +1028,18 @@ class Registry:
 
 
 # ---------------------------------------------------------------------------- helpers
+def image_sha256(source: object) -> str:
+    """sha256 of an image's content: a file's bytes, or an in-memory image's pixel bytes."""
+    digest = hashlib.sha256()
+    if isinstance(source, str | Path):
+        with Path(source).open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    else:
+        digest.update(np.ascontiguousarray(np.asarray(source)).tobytes())
+    return digest.hexdigest()
+
+
 def _source_name(source: object, index: int) -> str:
     if isinstance(source, str | Path):
         return str(Path(source).resolve())

@@ -40,6 +40,16 @@ ARRAY_NAMES: tuple[str, ...] = (
 )
 
 
+#: The optional array of a version: its train images' projected patch vectors (n, P, D) as
+#: float16, what ``registry update`` continues from (versions fitted before it, imported ones and
+#: in-memory fits lack it: an update then refits). Bundles do not carry it.
+TRAIN_PATCHES = "train_patches"
+OPTIONAL_ARRAY_NAMES: tuple[str, ...] = (TRAIN_PATCHES,)
+#: Key of the model metadata listing the train images: ``[{"name", "sha256", "source"}]`` in the
+#: order of ``bank_image_ids`` (source: ``fit``, ``update`` or ``feedback``).
+TRAIN_IMAGE_INFO = "train_image_info"
+
+
 #: The threshold rule of versions whose calibration records none (``structcore.thresholds.LEGACY_RULE``;
 #: a test keeps them equal): the 99.5% quantile of the leave-one-out train-good scores.
 LEGACY_THRESHOLD_RULE: dict[str, Any] = {"rule": "quantile", "quantile": 0.995, "source": "fit"}
@@ -55,7 +65,12 @@ def describe_threshold_rule(rule: dict[str, Any]) -> str:
         detail = f" {float(rule['frr']) * 100:g}% FRR"
     else:
         detail = ""
-    where = "fit" if source == "fit" else f"registry threshold, from v{rule.get('parent_version', '?')}"
+    if source == "fit":
+        where = "fit"
+    elif source == "update":
+        where = f"carried over by update from v{rule.get('parent_version', '?')}"
+    else:
+        where = f"registry threshold, from v{rule.get('parent_version', '?')}"
     return f"{name}{detail} ({where})"
 
 
@@ -269,6 +284,9 @@ __all__ = [
     "ARRAY_NAMES",
     "DB_FILE",
     "NAME_PATTERN",
+    "OPTIONAL_ARRAY_NAMES",
+    "TRAIN_IMAGE_INFO",
+    "TRAIN_PATCHES",
     "CategoryInfo",
     "PendingVersion",
     "StoredVersion",

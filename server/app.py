@@ -29,6 +29,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from registry.errors import RegistryError
+from server.feedback import FeedbackWorker, save_upload
 from server.metrics import ServeMetrics
 from server.render import overlay_png_base64
 from server.scoring import Scored, ScoringWorker, ServeError
@@ -52,7 +54,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 def _route_label(path: str) -> str:
     """The route template of ``path`` (keeps the metric labels few)."""
     if path.startswith("/v1/categories/"):
-        return "/v1/categories/{name}"
+        return "/v1/categories/{name}/good" if path.endswith("/good") else "/v1/categories/{name}"
     if path in {"/", "/healthz", "/readyz", "/metrics", "/v1/infer", "/v1/categories"}:
         return path
     return "other"
@@ -104,20 +106,25 @@ class _Guard(BaseHTTPMiddleware):
         return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token.encode())
 
 
-def create_app(settings: ServeSettings, worker: ScoringWorker | None = None) -> Starlette:
-    """The app serving the registry at ``settings.root`` (the worker starts with the app's lifespan)."""
+def create_app(
+    settings: ServeSettings, worker: ScoringWorker | None = None, feedback: FeedbackWorker | None = None
+) -> Starlette:
+    """The app serving the registry at ``settings.root`` (the workers start with the app's lifespan)."""
     settings = settings.check()
     metrics = worker.metrics if worker is not None else ServeMetrics()
     scoring = worker or ScoringWorker(settings, metrics)
+    updates = feedback or FeedbackWorker(settings.root)
     page = files("server").joinpath("static/index.html").read_text(encoding="utf-8")
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await run_in_threadpool(scoring.start)
+        updates.start()
         log.info("serving %s", settings.root)
         try:
             yield
         finally:
+            await run_in_threadpool(updates.stop)
             await run_in_threadpool(scoring.stop)
 
     async def index(_request: Request) -> Response:
@@ -146,22 +153,44 @@ def create_app(settings: ServeSettings, worker: ScoringWorker | None = None) -> 
             raise ServeError(404, f"unknown category {name!r}; see GET /v1/categories")
         return JSONResponse(found)
 
-    async def infer(request: Request) -> Response:
-        category_name = request.query_params.get("category") or None
-        overlay = request.query_params.get("overlay", "").lower() in {"1", "true", "yes"}
+    async def read_uploads(request: Request) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
         body = await _read_body(request, settings.max_upload_bytes)
         content_type = request.headers.get("content-type", "")
+        fields: dict[str, str] = {}
         if content_type.startswith("multipart/form-data"):
             uploads, fields = await _parse_multipart(request, body, settings.max_images_per_request)
-            category_name = fields.get("category") or category_name
-            if fields.get("overlay", "").lower() in {"1", "true", "yes"}:
-                overlay = True
         elif content_type.startswith(RAW_IMAGE_TYPES):
             uploads = [("image-0", body)]
         else:
             raise ServeError(415, "send images as multipart/form-data (field 'image') or one raw image/* body")
         if not uploads:
             raise ServeError(400, "no image in the request; upload one or more files (multipart field 'image')")
+        return uploads, fields
+
+    async def good(request: Request) -> Response:
+        name = request.path_params["name"]
+        if not any(c["name"] == name for c in scoring.catalogue.categories):
+            raise ServeError(404, f"unknown category {name!r}; see GET /v1/categories")
+        wait = request.query_params.get("wait", "").lower() in {"1", "true", "yes"}
+        uploads, _fields = await read_uploads(request)
+        await run_in_threadpool(_decode_all, uploads, settings.max_pixels)  # refuse bad images before queuing
+        paths = await run_in_threadpool(_save_all, settings.root, name, uploads)
+        job = updates.submit(name, paths)
+        if not wait:
+            return JSONResponse({"category": name, "queued": len(paths), "pending": updates.pending}, status_code=202)
+        try:
+            summary = await asyncio.wrap_future(job.future)
+        except RegistryError as error:
+            raise ServeError(409, str(error)) from None
+        return JSONResponse(summary)
+
+    async def infer(request: Request) -> Response:
+        category_name = request.query_params.get("category") or None
+        overlay = request.query_params.get("overlay", "").lower() in {"1", "true", "yes"}
+        uploads, fields = await read_uploads(request)
+        category_name = fields.get("category") or category_name
+        if fields.get("overlay", "").lower() in {"1", "true", "yes"}:
+            overlay = True
         names = [name for name, _ in uploads]
         images = await run_in_threadpool(_decode_all, uploads, settings.max_pixels)
         job = scoring.submit(names, images, category_name, overlay)
@@ -191,6 +220,7 @@ def create_app(settings: ServeSettings, worker: ScoringWorker | None = None) -> 
         Route("/metrics", metrics_endpoint),
         Route("/v1/categories", categories),
         Route("/v1/categories/{name}", category),
+        Route("/v1/categories/{name}/good", good, methods=["POST"]),
         Route("/v1/infer", infer, methods=["POST"]),
     ]
     return Starlette(
@@ -285,6 +315,22 @@ def _decode_all(uploads: list[tuple[str, bytes]], max_pixels: int) -> list[Image
         except ImageReadError as error:
             raise ServeError(_status_of(error), str(error)) from None
     return images
+
+
+#: Image formats kept with their usual suffix (anything else PIL reads is kept as ``.img``).
+_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
+
+
+def _save_all(root: Any, category: str, uploads: list[tuple[str, bytes]]) -> list[Any]:
+    """Keep every upload under the registry's ``feedback/<category>/`` (named by content hash)."""
+    import io
+
+    paths = []
+    for _name, data in uploads:
+        with Image.open(io.BytesIO(data)) as image:
+            suffix = _SUFFIXES.get(str(image.format), ".img")
+        paths.append(save_upload(root, category, data, suffix))
+    return paths
 
 
 def _with_overlays(results: list[Scored]) -> list[dict[str, Any]]:

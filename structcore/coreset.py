@@ -138,6 +138,39 @@ class KCenterGreedy:
         self.method_ = method
         return self
 
+    def extend(self, existing: np.ndarray, points: np.ndarray, n_select: int) -> KCenterGreedy:
+        """Continue a coreset: pick ``n_select`` of ``points`` (N, D) by farthest-point greedy,
+        starting from the centers ``existing`` (M, D) (``registry update``).
+
+        Every new point starts at its squared proxy distance to the nearest existing center, so
+        the first pick is the new point farthest from the current bank, and so on: the result is
+        what the textbook greedy over ``existing + points`` would add after ``existing`` had it
+        reached them (exactly so when ``existing`` was itself a greedy traversal), without the
+        existing centers' own points. ``indices_`` index ``points``; ``radius_`` is the covering
+        radius of ``points`` by ``existing`` plus the picks.
+        """
+        if points.ndim != 2 or existing.ndim != 2 or points.shape[1] != existing.shape[1]:
+            msg = f"expected (N, D) and (M, D) arrays of one D, got {points.shape} and {existing.shape}"
+            raise ValueError(msg)
+        n_points = int(points.shape[0])
+        target = max(0, min(int(n_select), n_points))
+        with torch.inference_mode():
+            proxy = self._proxy(points)
+            norms = squared_norms(proxy)
+            min_distances = torch.full((n_points,), float("inf"), dtype=torch.float32)
+            if len(existing) and n_points:
+                centers = self._proxy(existing)
+                _update_from(proxy, norms, min_distances, centers, squared_norms(centers))
+            selected = np.empty(target, dtype=np.int64)
+            if target:
+                selected, radius = _farthest_points(proxy, norms, selected, 0, min_distances, BATCH_CENTERS)
+            else:
+                radius = _max_or_zero(min_distances)
+        self.indices_ = selected
+        self.radius_ = math.sqrt(max(radius, 0.0))
+        self.method_ = "extend"
+        return self
+
 
 def squared_norms(rows: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
     """``(rows * rows).sum(dim=1)`` without a temporary as large as ``rows``."""
@@ -254,6 +287,22 @@ def _update(
         else:
             distances = torch.mm(proxy[rows], center_rows.T).mul_(scale[rows].unsqueeze(1) * -2.0)
             distances.add_(center_norms)
+        distances.add_(norms[rows].unsqueeze(1))
+        torch.minimum(min_distances[rows], distances.amin(dim=1), out=min_distances[rows])
+
+
+def _update_from(
+    proxy: torch.Tensor,
+    norms: torch.Tensor,
+    min_distances: torch.Tensor,
+    centers: torch.Tensor,
+    center_norms: torch.Tensor,
+) -> None:
+    """``min_distances = min(min_distances, squared distances to the rows of centers)`` (not rows of ``proxy``)."""
+    block = _block_rows(int(centers.shape[0]))
+    for first in range(0, int(proxy.shape[0]), block):
+        rows = slice(first, first + block)
+        distances = torch.addmm(center_norms.unsqueeze(0), proxy[rows], centers.T, alpha=-2.0)
         distances.add_(norms[rows].unsqueeze(1))
         torch.minimum(min_distances[rows], distances.amin(dim=1), out=min_distances[rows])
 

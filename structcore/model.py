@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -134,6 +134,9 @@ class CategoryModel:
     """
 
     _knn: PatchKNN | None = None
+    #: The train images' patch vectors (n, P, D) float16, kept by ``fit_category(keep_patches=True)``.
+    train_patches_: np.ndarray | None = None
+    update_seconds_: dict[str, float] | None = None
 
     def __init__(
         self,
@@ -231,7 +234,79 @@ class CategoryModel:
         self.bank_ = flat[rows].astype(self.bank_dtype)
         self.bank_image_ids_ = image_of_row[rows]
         self.coreset_radius_ = selector.radius_
+        self._fit_after_bank(patch_vectors, calibration_images, report)
+        self.fit_seconds_ = time.perf_counter() - started
+        return self
 
+    def updated(
+        self,
+        old_patches: np.ndarray,
+        new_patches: np.ndarray,
+        progress: ProgressCallback | None = None,
+    ) -> CategoryModel:
+        """A new fitted model for this model's train images plus new ones (``registry update``).
+
+        ``old_patches`` (n_old, P, D) are the stored patch vectors of this model's train images
+        (in the order of ``bank_image_ids_``), ``new_patches`` (n_new, P, D) those of the new
+        images. The bank is *continued*: its vectors stay and greedy k-center picks among the new
+        patches (distances to the current bank included, :meth:`KCenterGreedy.extend`) until it
+        holds ``coreset_ratio`` of all patches. The routing prototypes, the unknown thresholds, the
+        StructCore statistics and the leave-one-out thresholds are then recomputed for old and new
+        images exactly as :meth:`fit` computes them. This model is not modified.
+
+        Raises:
+            ValueError: holdout calibration (its split changes with the image count: refit), or
+                patch arrays that do not match this model.
+        """
+        started = time.perf_counter()
+        if self.calibration == "holdout":
+            msg = "a holdout-calibrated version cannot be updated incrementally; refit it"
+            raise ValueError(msg)
+        n_old, n_new = int(old_patches.shape[0]), int(new_patches.shape[0])
+        if n_old != self.n_train_images_:
+            msg = f"the stored patches hold {n_old} images, the version {self.n_train_images_}"
+            raise ValueError(msg)
+        n_patches, dim = self.grid_[0] * self.grid_[1], int(self.bank_.shape[1])
+        for label, array in (("stored", old_patches), ("new", new_patches)):
+            if array.ndim != 3 or array.shape[1:] != (n_patches, dim):
+                msg = f"the {label} patch vectors have shape {array.shape}, expected (n, {n_patches}, {dim})"
+                raise ValueError(msg)
+        notify = progress or quiet
+
+        def report(stage: str) -> None:
+            notify(Progress(stage))
+
+        model = CategoryModel(**self.get_params())  # type: ignore[arg-type]
+        model.grid_, model.map_size_ = self.grid_, self.map_size_
+        model.n_train_images_ = n_old + n_new
+        report("coreset")
+        total = (n_old + n_new) * n_patches
+        target = math.ceil(total * self.coreset_ratio)
+        wanted = max(0, min(target - len(self.bank_), n_new * n_patches))
+        flat_new = np.ascontiguousarray(new_patches.reshape(n_new * n_patches, dim), dtype=np.float32)
+        selector = KCenterGreedy(proxy_dim=self.proxy_dim, seed=self.seed)
+        picked = selector.extend(np.asarray(self.bank_, dtype=np.float32), flat_new, wanted).indices_
+        model.bank_ = np.concatenate([self.bank_, flat_new[picked].astype(self.bank_dtype)])
+        new_ids = (n_old + picked // n_patches).astype(self.bank_image_ids_.dtype)
+        model.bank_image_ids_ = np.concatenate([self.bank_image_ids_, new_ids])
+        model.coreset_radius_ = max(float(self.coreset_radius_), float(selector.radius_))
+        coreset_seconds = time.perf_counter() - started
+        patch_vectors = np.empty((n_old + n_new, n_patches, dim), dtype=np.float32)
+        patch_vectors[:n_old] = old_patches
+        patch_vectors[n_old:] = new_patches
+        model._fit_after_bank(patch_vectors, np.arange(n_old + n_new), report)
+        model.fit_seconds_ = time.perf_counter() - started
+        #: where :meth:`updated` spent its time (benchmarks/update_cost.py)
+        model.update_seconds_ = {"coreset": coreset_seconds, "recompute": model.fit_seconds_ - coreset_seconds}
+        return model
+
+    def _fit_after_bank(
+        self, patch_vectors: np.ndarray, calibration_images: np.ndarray, report: Callable[[str], None]
+    ) -> None:
+        """Prototypes, unknown thresholds and calibration, once ``bank_`` is set (:meth:`fit`, :meth:`updated`)."""
+        n_images, n_patches, dim = patch_vectors.shape
+        flat = patch_vectors.reshape(n_images * n_patches, dim)
+        image_of_row = np.repeat(np.arange(n_images, dtype=np.int32), n_patches)
         report("prototypes")
         self.prototypes_, prototype_rows = patch_vectors_to_prototypes(flat, self.n_prototypes, seed=self.seed)
         own_distances = leave_one_out_patch_distances(patch_vectors, self.prototypes_, image_of_row[prototype_rows])
@@ -256,8 +331,6 @@ class CategoryModel:
             self.calibrator_.fit_thresholds(base, descriptors)
         scores = self.calibrator_.score_descriptors(base, descriptors)
         self.calibration_scores_ = {"base": scores.base, "struct": scores.struct, "hybrid": scores.hybrid}
-        self.fit_seconds_ = time.perf_counter() - started
-        return self
 
     def _calibrate_unknown(self, own_distances: np.ndarray) -> None:
         """Unknown thresholds from the leave-one-out train patch distances (n_images, P)."""
@@ -526,8 +599,12 @@ def fit_category(
     progress: ProgressCallback | None = None,
     *,
     category: str = "",
+    keep_patches: bool = False,
 ) -> CategoryModel:
     """Embed train-good images and fit a new :class:`CategoryModel` on them: the one fit pipeline.
+
+    ``keep_patches``: also keep the train images' patch vectors as float16 in ``train_patches_``
+    (n_images, P, D), what :meth:`CategoryModel.updated` needs later (``registry update``).
 
     ``registry add-category``, the Ray tasks of ``add-categories`` and ``registry eval`` all fit
     through here. ``model`` gives the settings and is not modified (a clone is fitted).
@@ -544,6 +621,8 @@ def fit_category(
         notify(dataclasses.replace(event, category=category))
 
     fitted.fit(patch_vectors, extractor.grid_shape(), extractor.geometry.crop, progress=stage)
+    if keep_patches:
+        fitted.train_patches_ = patch_vectors.astype(np.float16)
     return fitted
 
 

@@ -139,6 +139,10 @@ CHILD = textwrap.dedent(
         registry.remove(args["remove"])
     for name in args.get("add", []):
         registry.add_category(name, args["images"], small_model(), lambda event: die(event.stage))
+    for name in args.get("update", []):
+        from registry.updates import update_category
+
+        update_category(registry, name, args["images"], progress=lambda event: die(event.stage))
     registry.close()
     """
 )

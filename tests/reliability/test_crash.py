@@ -284,6 +284,61 @@ def test_sigkill_during_add_leaves_old_or_new_state(
                 assert scores(registry.predict(tests, "pill")) == scores(original.predict(tests, "pill"))
 
 
+#: Checkpoints of ``registry update``: inside the computation, then the write's own.
+UPDATE_STAGES = (
+    "update-embedded",
+    "coreset",
+    "update-fitted",
+    "store-partial",
+    "tmp-written",
+    "renamed",
+    "in-transaction",
+    "committed",
+)
+
+
+@pytest.fixture(scope="module")
+def killed_updates(
+    base: Path, data: Data, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[Path, int, str]]:
+    """Kill ``registry update`` of pill (adding pill's test images) at each of its checkpoints."""
+    folder = tmp_path_factory.mktemp("killed-updates")
+    images = [str(p) for p in data["pill"][1]]
+    children = {}
+    for stage in UPDATE_STAGES:
+        root = clone(base, folder / stage)
+        children[stage] = (
+            root,
+            start_child({"root": str(root), "kill_at": stage, "update": ["pill"], "images": images}),
+        )
+    return {stage: (root, *_finish(child)) for stage, (root, child) in children.items()}
+
+
+@pytest.mark.parametrize("stage", UPDATE_STAGES)
+def test_sigkill_during_update_leaves_the_previous_version_current_and_intact(
+    stage: str, killed_updates: dict[str, tuple[Path, int, str]], base: Path, data: Data
+) -> None:
+    root, code, err = killed_updates[stage]
+    assert code == -signal.SIGKILL, err
+    with Registry.open(root) as registry:
+        report = registry.verify()
+        assert all(problem.removable for problem in report.problems), report.problems
+        assert (not report.ok) == (stage in LEAVES_LEFTOVERS), report.problems
+        registry.gc()
+        assert registry.verify().ok
+        assert list((root / "tmp").iterdir()) == []
+        # version 1 is intact, byte for byte, and current unless the update committed
+        first = registry.version_info("pill", 1).store_path
+        assert tree_hashes(root / first) == tree_hashes(base / first)
+        assert registry.current_version("pill") == (2 if stage == "committed" else 1)
+        if stage != "committed":
+            assert db_rows(root, "pill") == db_rows(base, "pill")
+            from registry.updates import update_category
+
+            result = update_category(registry, "pill", data["pill"][1])  # and it still updates
+            assert result.mode == "update" and registry.verify().ok
+
+
 def test_sigkill_between_row_delete_and_store_removal(killed: dict[str, tuple[Path, int, str]]) -> None:
     root, code, err = killed["row-deleted"]
     assert code == -signal.SIGKILL, err

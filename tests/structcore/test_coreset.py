@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from structcore.coreset import KCenterGreedy, covering_radius
 
@@ -134,3 +135,41 @@ def test_routing_prototypes_are_greedy_over_normalised_rows() -> None:
     unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
     assert picked.tolist() == reference_kcenter(unit, 40, int(picked[0]))
     np.testing.assert_allclose(prototypes, unit[picked], atol=1e-6)
+
+
+def _textbook_extend(existing: np.ndarray, points: np.ndarray, n_select: int) -> list[int]:
+    """One pick at a time: the point farthest from the existing centers and the picks so far."""
+    distances = ((points[:, None, :] - existing[None, :, :]) ** 2).sum(axis=2).min(axis=1)
+    picks: list[int] = []
+    for _ in range(n_select):
+        best = int(np.argmax(distances))
+        picks.append(best)
+        distances = np.minimum(distances, ((points - points[best]) ** 2).sum(axis=1))
+        distances[picks] = -np.inf
+    return picks
+
+
+def test_extend_continues_the_greedy_from_existing_centers() -> None:
+    rng = np.random.default_rng(3)
+    old = rng.normal(size=(400, 16)).astype(np.float32)
+    centers = old[KCenterGreedy(n_select=20, proxy_dim=None, seed=0).fit(old).indices_]
+    new = np.concatenate([rng.normal(size=(300, 16)), rng.normal(8.0, 1.0, size=(100, 16))]).astype(np.float32)
+    extended = KCenterGreedy(proxy_dim=None, seed=0).extend(centers, new, 150)
+    assert extended.method_ == "extend" and len(extended.indices_) == 150
+    assert extended.indices_.tolist() == _textbook_extend(centers, new, 150)
+    # the new condition (shifted cluster) gets centers first, and the bank now covers the new points
+    assert (extended.indices_[:3] >= 300).all()
+    before = covering_radius(new, centers)
+    after = covering_radius(new, np.concatenate([centers, new[extended.indices_]]))
+    assert after < 0.7 * before
+    assert extended.radius_ == pytest.approx(after, rel=1e-3)
+
+
+def test_extend_edges() -> None:
+    rng = np.random.default_rng(4)
+    centers = rng.normal(size=(5, 8)).astype(np.float32)
+    new = rng.normal(size=(30, 8)).astype(np.float32)
+    assert len(KCenterGreedy(proxy_dim=None).extend(centers, new, 0).indices_) == 0
+    assert sorted(KCenterGreedy(proxy_dim=None).extend(centers, new, 99).indices_.tolist()) == list(range(30))
+    with pytest.raises(ValueError, match="one D"):
+        KCenterGreedy().extend(centers, new[:, :4], 3)

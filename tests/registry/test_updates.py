@@ -1,0 +1,71 @@
+"""registry.updates at the API level: image records of older versions, sources, the model it writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evaluation.synthetic import make_category, write_mvtec_layout
+from registry import Registry
+from registry.errors import RegistryError
+from registry.records import TRAIN_IMAGE_INFO, TRAIN_PATCHES
+from registry.updates import image_records, train_image_list, update_category
+from structcore.model import CategoryModel
+from tests.support_registry import SIZE, make_base, write_data
+
+
+def test_image_records_of_versions_without_hashes() -> None:
+    assert image_records({}, ["a.png", "b.png"]) == [
+        {"name": "a.png", "sha256": None, "source": "fit"},
+        {"name": "b.png", "sha256": None, "source": "fit"},
+    ]
+    stored = [{"name": "a.png", "sha256": "0" * 64, "source": "update"}]
+    assert image_records({TRAIN_IMAGE_INFO: stored}, ["a.png"]) == stored
+
+
+def test_update_category_through_the_api(tmp_path: Path) -> None:
+    data = write_data(tmp_path / "images")
+    root = make_base(tmp_path / "registry", data, ("pill",))
+    new = sorted(
+        (
+            write_mvtec_layout(make_category("pill", 3, 0, 0, 42, size=SIZE), tmp_path / "new", "pill")
+            / "train"
+            / "good"
+        ).glob("*.png")
+    )
+    stages: list[str] = []
+    with Registry.open(root) as registry:
+        with pytest.raises(ValueError, match="source"):
+            update_category(registry, "pill", new, source="elsewhere")
+        result = update_category(
+            registry, "pill", [*new, new[0]], source="feedback", progress=lambda e: stages.append(e.stage)
+        )
+        assert result.mode == "update" and len(result.added) == 3 and result.duplicates == [str(new[0].resolve())]
+        assert {"embed", "coreset", "prototypes", "calibration", "write", "done"} <= set(stages)
+        info, records = train_image_list(registry, "pill")
+        assert info.version == 2 and info.origin == "feedback:v1"
+        assert [r["source"] for r in records] == ["fit"] * 6 + ["feedback"] * 3
+        assert registry.version_info("pill").arrays[TRAIN_PATCHES]["shape"] == [9, 256, 512]
+        with pytest.raises(RegistryError, match="nothing to add"):
+            update_category(registry, "pill", new)
+        assert registry.verify().ok
+
+
+def test_updated_model_keeps_the_bank_and_recomputes_the_rest() -> None:
+    rng = np.random.default_rng(0)
+    grid = (4, 4)
+    old = rng.normal(size=(6, 16, 32)).astype(np.float32)
+    new = rng.normal(0.5, 1.0, size=(3, 16, 32)).astype(np.float32)
+    model = CategoryModel(coreset_ratio=0.25, n_prototypes=4, proxy_dim=None).fit(old, grid, 16)
+    updated = model.updated(old.astype(np.float16), new)
+    assert np.array_equal(updated.bank_[: len(model.bank_)], model.bank_)
+    assert len(updated.bank_) == int(np.ceil(9 * 16 * 0.25))
+    assert updated.n_train_images_ == 9 and updated.calibration_scores_["hybrid"].shape == (9,)
+    assert len(model.bank_) == int(np.ceil(6 * 16 * 0.25))  # the parent is not modified
+    with pytest.raises(ValueError, match="stored patches"):
+        model.updated(old[:5], new)
+    holdout = CategoryModel(coreset_ratio=0.25, n_prototypes=4, calibration="holdout").fit(old, grid, 16)
+    with pytest.raises(ValueError, match="holdout"):
+        holdout.updated(old, new)
