@@ -384,6 +384,7 @@ class Registry:
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
         description: str | None = None,
+        keep_patches: bool = False,
     ) -> VersionInfo:
         """Embed ``train_images``, fit a category and store it as a new version of ``name``.
 
@@ -400,6 +401,10 @@ class Registry:
                 ``prototypes``, ``calibration``, ``write`` and ``done``.
             batch_size: images per backbone call.
             description: free text stored with the category.
+            keep_patches: also store the train images' projected patch vectors (float16, about
+                2.3 MB per image at 392 px), so that :mod:`registry.updates` grows the category
+                without embedding them again; without them the first update refits from the
+                image files (and keeps the patches from then on).
 
         Raises:
             structcore.preprocess.ImageReadError: a train image cannot be read.
@@ -417,7 +422,9 @@ class Registry:
         from structcore.progress import Progress, quiet
 
         report = progress or quiet
-        fitted = fit_category(self.extractor(batch_size), sources, model, report, category=name, keep_patches=True)
+        fitted = fit_category(
+            self.extractor(batch_size), sources, model, report, category=name, keep_patches=keep_patches
+        )
         report(Progress("write", category=name))
         info = self.add_fitted(name, fitted, train_images=sources, description=description)
         report(Progress("done", category=name))

@@ -43,11 +43,21 @@ def write_data(root: Path) -> dict[str, tuple[list[Path], list[Path]]]:
     return data
 
 
-def make_base(root: Path, data: dict[str, tuple[list[Path], list[Path]]], kinds: tuple[str, ...] = ("pill",)) -> Path:
-    """A registry at ``root`` (128 px feature space) with the given categories fitted."""
+def make_base(
+    root: Path,
+    data: dict[str, tuple[list[Path], list[Path]]],
+    kinds: tuple[str, ...] = ("pill",),
+    *,
+    keep_patches: bool = False,
+) -> Path:
+    """A registry at ``root`` (128 px feature space) with the given categories fitted.
+
+    ``keep_patches``: store the train patches as ``add-category --keep-patches`` does (what an
+    incremental ``registry update`` reads).
+    """
     registry = Registry.init(root, resize=SIZE, crop=SIZE)
     for kind in kinds:
-        registry.add_category(kind, data[kind][0], small_model())
+        registry.add_category(kind, data[kind][0], small_model(), keep_patches=keep_patches)
     registry.close()
     return root
 

@@ -52,11 +52,11 @@ def write_data(root: Path, kinds: tuple[str, ...] = KINDS) -> Data:
     return data
 
 
-def make_registry(root: Path, data: Data, kinds: tuple[str, ...]) -> Path:
+def make_registry(root: Path, data: Data, kinds: tuple[str, ...], *, keep_patches: bool = False) -> Path:
     """A registry at ``root`` (64 px feature space) with ``kinds`` fitted, closed."""
     with Registry.init(root, resize=SIZE, crop=SIZE) as registry:
         for kind in kinds:
-            registry.add_category(kind, data[kind][0], small_model())
+            registry.add_category(kind, data[kind][0], small_model(), keep_patches=keep_patches)
     return root
 
 

@@ -42,7 +42,7 @@ def new_good(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory, data: Data) -> Path:
-    return make_base(tmp_path_factory.mktemp("base") / "registry", data, ("pill",))
+    return make_base(tmp_path_factory.mktemp("base") / "registry", data, ("pill",), keep_patches=True)
 
 
 @pytest.fixture

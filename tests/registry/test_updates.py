@@ -27,7 +27,7 @@ def test_image_records_of_versions_without_hashes() -> None:
 
 def test_update_category_through_the_api(tmp_path: Path) -> None:
     data = write_data(tmp_path / "images")
-    root = make_base(tmp_path / "registry", data, ("pill",))
+    root = make_base(tmp_path / "registry", data, ("pill",), keep_patches=True)
     new = sorted(
         (
             write_mvtec_layout(make_category("pill", 3, 0, 0, 42, size=SIZE), tmp_path / "new", "pill")

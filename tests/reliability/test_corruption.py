@@ -40,7 +40,7 @@ SQLITE_ANY_FLIPS = 30
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     folder = tmp_path_factory.mktemp("corruption")
     data: Data = write_data(folder / "images", ("pill", "grid"))
-    base = make_registry(folder / "base", data, ("pill", "grid"))
+    base = make_registry(folder / "base", data, ("pill", "grid"), keep_patches=True)  # train_patches too
     tests = [data["pill"][1][0], data["pill"][1][-1], data["grid"][1][0], data["grid"][1][-1]]
     with Registry.open(base, read_only=True) as registry:
         vectors = embed(registry, tests)

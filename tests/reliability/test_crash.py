@@ -232,7 +232,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory, data: Data) -> Path:
-    return make_base(tmp_path_factory.mktemp("base") / "registry", data)
+    return make_base(tmp_path_factory.mktemp("base") / "registry", data, keep_patches=True)
 
 
 def _finish(child: subprocess.Popen[bytes]) -> tuple[int, str]:

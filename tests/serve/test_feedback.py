@@ -28,7 +28,7 @@ def new_good(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = write_data(tmp_path_factory.mktemp("images"))
-    return make_base(tmp_path_factory.mktemp("base") / "registry", data, ("pill",))
+    return make_base(tmp_path_factory.mktemp("base") / "registry", data, ("pill",), keep_patches=True)
 
 
 def test_good_images_become_a_feedback_version(root: Path, new_good: list[Path]) -> None:
