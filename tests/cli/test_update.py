@@ -199,3 +199,19 @@ def test_a_version_without_stored_patches_is_refitted_with_a_message(
         registry.add_fitted("pill", model)
     failed = invoke("update", "pill", "--add-good", str(new_good), "--root", str(root2))
     assert failed.exit_code == 1 and "add-category" in failed.output
+
+
+def test_add_category_stores_train_patches_only_when_asked(tmp_path: Path, data: Data, new_good: Path) -> None:
+    root = tmp_path / "registry"
+    assert invoke("init", "--root", str(root), "--resize", str(SIZE), "--crop", str(SIZE)).exit_code == 0
+    train = str(data["pill"][0][0].parent)
+    plain = invoke("add-category", "pill", "--train", train, "--root", str(root), "--coreset-ratio", "0.1")
+    kept = invoke(
+        "add-category", "grid", "--train", train, "--root", str(root), "--coreset-ratio", "0.1", "--keep-patches"
+    )
+    assert plain.exit_code == 0 and kept.exit_code == 0, plain.output + kept.output
+    with Registry.open(root) as registry:
+        assert TRAIN_PATCHES not in registry.version_info("pill").arrays  # the default: no 2.3 MB per image
+        assert TRAIN_PATCHES in registry.version_info("grid").arrays
+    updated = invoke("update", "grid", "--add-good", str(new_good), "--root", str(root))
+    assert updated.exit_code == 0 and "refitted" not in updated.output, updated.output

@@ -35,8 +35,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory, data: Data) -> Path:
-    """A registry with ``pill`` and ``grid``."""
-    return make_base(tmp_path_factory.mktemp("source") / "registry", data, ("pill", "grid"))
+    """A registry with ``pill`` and ``grid``, fitted with their train patches (``--keep-patches``)."""
+    return make_base(tmp_path_factory.mktemp("source") / "registry", data, ("pill", "grid"), keep_patches=True)
 
 
 @pytest.fixture(scope="module")
