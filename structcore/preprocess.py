@@ -19,6 +19,9 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# 8-bit RGB from any PIL mode: one implementation, shared with the exported runtime
+from structcore_runtime.images import to_rgb
+
 from structcore.image_files import ImageReadError
 from structcore.settings import DEFAULT_CROP, DEFAULT_RESIZE
 
@@ -48,32 +51,6 @@ class Preprocessing:
         """(left, top, right, bottom) of the centre crop inside the resized image."""
         offset = (self.resize - self.crop) // 2
         return (offset, offset, offset + self.crop, offset + self.crop)
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode (L, LA, P, RGBA, CMYK, I;16, I, F, 1, ...) to 8-bit RGB.
-
-    16-bit and 32-bit integer images are scaled to 8 bits by their bit depth (not clipped);
-    float images are assumed to hold values in [0, 1].
-    """
-    if image.mode == "RGB":
-        return image
-    if image.mode in {"I;16", "I;16B", "I;16L", "I;16N", "I"}:
-        values = np.clip(np.asarray(image).astype(np.int64), 0, None)
-        if image.mode.startswith("I;16"):
-            bits = 16
-        else:
-            peak = int(values.max()) if values.size else 0
-            bits = 8 if peak < 256 else 16 if peak < 65536 else 32
-        scaled = (values >> (bits - 8)).astype(np.uint8)
-        return Image.fromarray(scaled, mode="L").convert("RGB")
-    if image.mode == "F":
-        values = np.asarray(image, dtype=np.float32)
-        scaled = np.clip(np.round(values * 255.0), 0, 255).astype(np.uint8)
-        return Image.fromarray(scaled, mode="L").convert("RGB")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    return image.convert("RGB")
 
 
 #: Serialises the short window in which PIL's own header check uses :data:`MAX_IMAGE_PIXELS`.
