@@ -7,7 +7,9 @@ kinds apart; normal images vary a little (position, a few degrees of rotation, p
 illumination, colour, sensor noise) so anomaly detection is not trivial. Defects come with exact
 pixel masks: ``scratch`` (thin random curve), ``spot`` (stain of another colour), ``missing``
 (a cut-out showing the background or backing) and ``crack`` (dark jagged branching line); a
-defect covers 0.2-5% of the image.
+defect covers 0.2-5% of the image by default. Images are square unless a ``height`` is given;
+``HIGH_RESOLUTION_SHAPE`` (2048 x 1536) with ``SMALL_DEFECT_FRACTION`` (0.05-0.5% of the area)
+is the high-resolution set of small defects (``experiments/geometry/make_high_resolution.py``).
 
 Everything is a deterministic function of the seed (``np.random.default_rng``, never the global
 RNG). A defective image with seed ``s`` is the good image with seed ``s`` plus the defect.
@@ -36,8 +38,10 @@ from scipy import ndimage
 __all__ = [
     "CATEGORY_KINDS",
     "DEFECT_TYPES",
+    "HIGH_RESOLUTION_SHAPE",
     "MAX_DEFECT_FRACTION",
     "MIN_DEFECT_FRACTION",
+    "SMALL_DEFECT_FRACTION",
     "SyntheticCategory",
     "make_category",
     "make_image",
@@ -56,6 +60,12 @@ MIN_DEFECT_FRACTION = 0.002
 
 MAX_DEFECT_FRACTION = 0.05
 """Largest share of the image a defect mask covers."""
+
+HIGH_RESOLUTION_SHAPE: tuple[int, int] = (1536, 2048)
+"""(height, width) of the high-resolution set: a 3-megapixel line camera's frame."""
+
+SMALL_DEFECT_FRACTION: tuple[float, float] = (0.0005, 0.005)
+"""Defect area range (share of the image) of the high-resolution set: 0.05-0.5%."""
 
 _MIN_VISIBILITY = 0.06  # mean absolute RGB change inside a defect mask
 _MAX_ATTEMPTS = 40
@@ -111,8 +121,13 @@ class SyntheticCategory:
 
     @property
     def size(self) -> int:
-        """Side length of the (square) images in pixels."""
-        return int(self.train_images.shape[1])
+        """Width of the images in pixels (their side length when square)."""
+        return int(self.train_images.shape[2])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) of the images in pixels."""
+        return int(self.train_images.shape[1]), int(self.train_images.shape[2])
 
 
 # --------------------------------------------------------------------------------------------
@@ -433,10 +448,10 @@ def _pick_pixel(rng: np.random.Generator, region: NDArray[np.bool_]) -> tuple[fl
     return float(i // region.shape[1]), float(i % region.shape[1])
 
 
-def _start_region(scene: _Scene, size: int, margin: float) -> NDArray[np.bool_]:
+def _start_region(scene: _Scene, margin: float) -> NDArray[np.bool_]:
     """Where a defect may be centred: on the product, away from the image border."""
-    m = max(1, int(margin * size))
-    inner = np.zeros((size, size), dtype=bool)
+    m = max(1, int(margin * min(scene.obj.shape)))
+    inner = np.zeros(scene.obj.shape, dtype=bool)
     inner[m:-m, m:-m] = True
     region = scene.obj & inner
     return region if region.any() else scene.obj
@@ -485,18 +500,19 @@ def _jagged(
     return np.concatenate(dense)
 
 
-def _stroke(points: NDArray[np.float64], half_width: float, size: int) -> FloatImage:
-    """Anti-aliased coverage (H, W) of a polyline of dense points with a given half width."""
-    alpha = np.zeros((size, size), dtype=np.float32)
+def _stroke(points: NDArray[np.float64], half_width: float, shape: tuple[int, int]) -> FloatImage:
+    """Anti-aliased coverage ``shape`` (H, W) of a polyline of dense points with a given half width."""
+    height, width = shape
+    alpha = np.zeros(shape, dtype=np.float32)
     iy = np.round(points[:, 0]).astype(np.int64)
     ix = np.round(points[:, 1]).astype(np.int64)
-    ok = (iy >= 0) & (iy < size) & (ix >= 0) & (ix < size)
+    ok = (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
     if not ok.any():
         return alpha
     iy, ix = iy[ok], ix[ok]
     pad = math.ceil(half_width) + 2
-    y0, y1 = max(0, int(iy.min()) - pad), min(size, int(iy.max()) + pad + 1)
-    x0, x1 = max(0, int(ix.min()) - pad), min(size, int(ix.max()) + pad + 1)
+    y0, y1 = max(0, int(iy.min()) - pad), min(height, int(iy.max()) + pad + 1)
+    x0, x1 = max(0, int(ix.min()) - pad), min(width, int(ix.max()) + pad + 1)
     line = np.zeros((y1 - y0, x1 - x0), dtype=bool)
     line[iy - y0, ix - x0] = True
     dist = ndimage.distance_transform_edt(~line).astype(np.float32)
@@ -505,13 +521,13 @@ def _stroke(points: NDArray[np.float64], half_width: float, size: int) -> FloatI
 
 
 def _blob(
-    rng: np.random.Generator, center: tuple[float, float], radius: float, size: int, roughness: float
+    rng: np.random.Generator, center: tuple[float, float], radius: float, shape: tuple[int, int], roughness: float
 ) -> FloatImage:
-    """Anti-aliased coverage (H, W) of an irregular blob (radius perturbed by low harmonics)."""
-    alpha = np.zeros((size, size), dtype=np.float32)
+    """Anti-aliased coverage ``shape`` (H, W) of an irregular blob (radius perturbed by low harmonics)."""
+    alpha = np.zeros(shape, dtype=np.float32)
     reach = radius * (1 + 3 * roughness) + 2
-    y0, y1 = max(0, int(center[0] - reach)), min(size, int(center[0] + reach) + 1)
-    x0, x1 = max(0, int(center[1] - reach)), min(size, int(center[1] + reach) + 1)
+    y0, y1 = max(0, int(center[0] - reach)), min(shape[0], int(center[0] + reach) + 1)
+    x0, x1 = max(0, int(center[1] - reach)), min(shape[1], int(center[1] + reach) + 1)
     yy = np.arange(y0, y1, dtype=np.float32)[:, None] - center[0]
     xx = np.arange(x0, x1, dtype=np.float32)[None, :] - center[1]
     d = np.sqrt(yy**2 + xx**2)
@@ -528,57 +544,58 @@ def _luminance(image: FloatImage) -> FloatImage:
     return (0.299 * image[..., 0] + 0.587 * image[..., 1] + 0.114 * image[..., 2]).astype(np.float32)
 
 
-def _defect_scratch(rng: np.random.Generator, scene: _Scene, size: int) -> tuple[FloatImage, FloatImage, float]:
-    cy, cx = _pick_pixel(rng, _start_region(scene, size, 0.12))
+def _defect_scratch(rng: np.random.Generator, scene: _Scene, scale: float) -> tuple[FloatImage, FloatImage, float]:
+    cy, cx = _pick_pixel(rng, _start_region(scene, 0.12))
     angle = scene.axis + float(rng.normal(0, 0.15)) if scene.axis is not None else _u(rng, 0, 2 * np.pi)
-    scale = size / 256.0
-    pts = _walk(rng, (cy, cx), angle, _u(rng, 0.3, 0.6) * size, 0.015, _u(rng, -0.004, 0.004))
-    alpha = _stroke(pts, _u(rng, 0.9, 1.6) * scale, size) * scene.obj
+    unit = scale / 256.0
+    pts = _walk(rng, (cy, cx), angle, _u(rng, 0.3, 0.6) * scale, 0.015, _u(rng, -0.004, 0.004))
+    alpha = _stroke(pts, _u(rng, 0.9, 1.6) * unit, scene.obj.shape) * scene.obj
     lum = float(_luminance(scene.image)[scene.obj].mean())
     color = (0.95, 0.95, 0.93) if lum < 0.5 else (0.15, 0.13, 0.12)
     return _rgb(color), alpha, 0.85
 
 
-def _defect_crack(rng: np.random.Generator, scene: _Scene, size: int) -> tuple[FloatImage, FloatImage, float]:
-    cy, cx = _pick_pixel(rng, _start_region(scene, size, 0.12))
+def _defect_crack(rng: np.random.Generator, scene: _Scene, scale: float) -> tuple[FloatImage, FloatImage, float]:
+    cy, cx = _pick_pixel(rng, _start_region(scene, 0.12))
     angle = scene.axis + float(rng.normal(0, 0.3)) if scene.axis is not None else _u(rng, 0, 2 * np.pi)
-    scale = size / 256.0
-    length = _u(rng, 0.3, 0.5) * size
-    main = _jagged(rng, (cy, cx), angle, length / 2, 6 * scale)
-    main = np.concatenate([_jagged(rng, (cy, cx), angle + np.pi, length / 2, 6 * scale)[::-1], main])
-    half_w = _u(rng, 0.8, 1.2) * scale
-    alpha = _stroke(main, half_w, size)
+    unit = scale / 256.0
+    length = _u(rng, 0.3, 0.5) * scale
+    main = _jagged(rng, (cy, cx), angle, length / 2, 6 * unit)
+    main = np.concatenate([_jagged(rng, (cy, cx), angle + np.pi, length / 2, 6 * unit)[::-1], main])
+    half_w = _u(rng, 0.8, 1.2) * unit
+    alpha = _stroke(main, half_w, scene.obj.shape)
     for _ in range(int(rng.integers(1, 3))):
         root = main[int(rng.integers(main.shape[0]))]
         side = rng.choice([-1.0, 1.0]) * _u(rng, 0.5, 1.0)
-        branch = _jagged(rng, (float(root[0]), float(root[1])), angle + side, length * _u(rng, 0.15, 0.3), 5 * scale)
-        alpha = np.maximum(alpha, _stroke(branch, 0.7 * half_w, size))
+        branch = _jagged(rng, (float(root[0]), float(root[1])), angle + side, length * _u(rng, 0.15, 0.3), 5 * unit)
+        alpha = np.maximum(alpha, _stroke(branch, 0.7 * half_w, scene.obj.shape))
     return _rgb((0.05, 0.04, 0.04)), alpha * scene.obj, 0.92
 
 
-def _defect_spot(rng: np.random.Generator, scene: _Scene, size: int) -> tuple[FloatImage, FloatImage, float]:
-    center = _pick_pixel(rng, _start_region(scene, size, 0.1))
-    alpha = _blob(rng, center, _u(rng, 0.035, 0.085) * size, size, 0.25) * scene.obj
+def _defect_spot(rng: np.random.Generator, scene: _Scene, scale: float) -> tuple[FloatImage, FloatImage, float]:
+    center = _pick_pixel(rng, _start_region(scene, 0.1))
+    alpha = _blob(rng, center, _u(rng, 0.035, 0.085) * scale, scene.obj.shape, 0.25) * scene.obj
     color = np.asarray(scene.stains[int(rng.integers(len(scene.stains)))], dtype=np.float32)
     lum = _luminance(scene.image)
     stain = ((0.8 + 0.4 * lum)[..., None] * color).astype(np.float32)
     return stain, alpha, _u(rng, 0.8, 0.95)
 
 
-def _defect_missing(rng: np.random.Generator, scene: _Scene, size: int) -> tuple[FloatImage, FloatImage, float]:
-    radius = _u(rng, 0.055, 0.1) * size
-    region = _start_region(scene, size, 0.1)
+def _defect_missing(rng: np.random.Generator, scene: _Scene, scale: float) -> tuple[FloatImage, FloatImage, float]:
+    radius = _u(rng, 0.055, 0.1) * scale
+    region = _start_region(scene, 0.1)
     if scene.is_object:  # a chunk broken off the product's border
         depth = ndimage.distance_transform_edt(scene.obj)
         band = region & (depth > 0) & (depth < 0.6 * radius)
         region = band if band.any() else region
     center = _pick_pixel(rng, region)
-    alpha = _blob(rng, center, radius, size, 0.35) * scene.obj
+    alpha = _blob(rng, center, radius, scene.obj.shape, 0.35) * scene.obj
     return scene.backing(rng), alpha, 1.0
 
 
-# A defect draws (overlay: (H, W, 3) or (3,) colour, coverage alpha (H, W), opacity).
-_DefectFn = Callable[[np.random.Generator, _Scene, int], tuple[FloatImage, FloatImage, float]]
+# A defect draws (overlay: (H, W, 3) or (3,) colour, coverage alpha (H, W), opacity); its lengths are
+# multiples of ``scale`` pixels (the image side for the default defect sizes).
+_DefectFn = Callable[[np.random.Generator, _Scene, float], tuple[FloatImage, FloatImage, float]]
 
 _DEFECTS: dict[str, _DefectFn] = {
     "scratch": _defect_scratch,
@@ -590,13 +607,13 @@ assert set(_DEFECTS) == set(DEFECT_TYPES)
 
 
 def _apply_defect(
-    rng: np.random.Generator, scene: _Scene, defect: str, size: int
+    rng: np.random.Generator, scene: _Scene, defect: str, scale: float, fraction: tuple[float, float]
 ) -> tuple[FloatImage, NDArray[np.bool_]]:
-    """Draw defects until one has an area in range and is clearly visible (deterministic)."""
+    """Draw defects until one covers ``fraction`` (low, high) of the image and is clearly visible (deterministic)."""
     best: tuple[float, FloatImage, NDArray[np.bool_]] | None = None
-    lo, hi = MIN_DEFECT_FRACTION, MAX_DEFECT_FRACTION
+    lo, hi = fraction
     for _ in range(_MAX_ATTEMPTS):
-        overlay, alpha, opacity = _DEFECTS[defect](rng, scene, size)
+        overlay, alpha, opacity = _DEFECTS[defect](rng, scene, scale)
         mask = alpha >= 0.5
         frac = float(mask.mean())
         if frac == 0.0:
@@ -626,27 +643,77 @@ def _check_kind(kind: str) -> None:
         raise ValueError(f"unknown kind {kind!r}; choose from {', '.join(CATEGORY_KINDS)}")
 
 
+def _cropped(scene: _Scene, height: int, width: int) -> _Scene:
+    """The centred ``height`` x ``width`` window of a square scene (the scene itself when it fits exactly)."""
+    side = scene.obj.shape[0]
+    if (height, width) == (side, side):
+        return scene
+    top, left = (side - height) // 2, (side - width) // 2
+    window = (slice(top, top + height), slice(left, left + width))
+    draw_backing = scene.backing
+    return _Scene(
+        image=np.ascontiguousarray(scene.image[window]),
+        obj=np.ascontiguousarray(scene.obj[window]),
+        backing=lambda rng: np.ascontiguousarray(draw_backing(rng)[window]),
+        stains=scene.stains,
+        axis=scene.axis,
+        is_object=scene.is_object,
+    )
+
+
+def _defect_scale(height: int, width: int, fraction: tuple[float, float]) -> float:
+    """Length unit of the defect shapes so that their areas centre on ``fraction`` of the image.
+
+    Defect areas grow with the square of the unit; drawn with the unit equal to the side of a
+    square image they cover about :data:`MIN_DEFECT_FRACTION`-:data:`MAX_DEFECT_FRACTION`
+    (geometric centre 1%). For the default range this is the side of a square image exactly.
+    """
+    default_centre = MIN_DEFECT_FRACTION * MAX_DEFECT_FRACTION
+    wanted_centre = fraction[0] * fraction[1]
+    if wanted_centre == default_centre:
+        return math.sqrt(height * width)
+    return math.sqrt(height * width) * (wanted_centre / default_centre) ** 0.25
+
+
+def _check_fraction(fraction: tuple[float, float]) -> None:
+    low, high = fraction
+    if not 0.0 < low <= high < 1.0:
+        raise ValueError(f"defect_fraction must be (low, high) with 0 < low <= high < 1, got {fraction}")
+
+
 def make_image(
-    kind: str, seed: int, size: int = 256, defect: str | None = None
+    kind: str,
+    seed: int,
+    size: int = 256,
+    defect: str | None = None,
+    *,
+    height: int | None = None,
+    defect_fraction: tuple[float, float] = (MIN_DEFECT_FRACTION, MAX_DEFECT_FRACTION),
 ) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
     """One synthetic image of a product kind, good or with one defect.
 
-    The good image depends only on ``(kind, seed, size)``; a defective image is that good image
-    with the defect drawn into it before illumination and noise, so pixels away from the defect
-    are identical.
+    The good image depends only on ``(kind, seed, size, height)``; a defective image is that good
+    image with the defect drawn into it before illumination and noise, so pixels away from the
+    defect are identical. A non-square image is the centred window of the square scene drawn at
+    its longer side (``HIGH_RESOLUTION_SHAPE`` with ``SMALL_DEFECT_FRACTION`` makes the
+    high-resolution set of small defects).
 
     Args:
         kind: one of :data:`CATEGORY_KINDS`.
         seed: non-negative integer seed.
-        size: side length in pixels (at least 32).
+        size: width in pixels (at least 32); also the height unless ``height`` is given.
         defect: ``None`` (or ``"good"``) for a good image, or one of :data:`DEFECT_TYPES`.
+        height: height in pixels (at least 32); ``None``: square.
+        defect_fraction: (low, high) share of the image the defect mask covers; the shapes are
+            scaled to it and drawn until one falls in range (the closest of 40 tries otherwise).
 
     Returns:
-        ``(image, mask)``: (size, size, 3) uint8 RGB and (size, size) bool defect mask (all False
-        for a good image).
+        ``(image, mask)``: (height, size, 3) uint8 RGB and (height, size) bool defect mask (all
+        False for a good image).
 
     Raises:
-        ValueError: on an unknown kind or defect, a negative seed or a too small size.
+        ValueError: on an unknown kind or defect, a negative seed, a too small size or a
+            defect fraction outside (0, 1).
     """
     _check_kind(kind)
     if defect == "good":
@@ -655,25 +722,31 @@ def make_image(
         raise ValueError(f"unknown defect {defect!r}; choose from {', '.join(DEFECT_TYPES)}")
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
-    if size < 32:
-        raise ValueError(f"size must be at least 32, got {size}")
+    width = size
+    height = size if height is None else height
+    if min(width, height) < 32:
+        raise ValueError(f"size must be at least 32, got {width} x {height}")
+    _check_fraction(defect_fraction)
+    side = max(width, height)
     kind_id = CATEGORY_KINDS.index(kind)
     rng = np.random.default_rng([seed, kind_id, 0])
-    scene = _RENDERERS[kind](rng, size)
+    scene = _cropped(_RENDERERS[kind](rng, side), height, width)
     # illumination and sensor noise are drawn before the defect, so they do not depend on it
     gain = _u(rng, 0.9, 1.1)
     tint = rng.uniform(0.97, 1.03, 3).astype(np.float32)
     gx, gy = (float(g) for g in rng.uniform(-0.06, 0.06, 2))
-    noise = rng.random((size, size, 3), dtype=np.float32)  # uniform sensor noise, std 0.012
+    noise = rng.random((height, width, 3), dtype=np.float32)  # uniform sensor noise, std 0.012
     noise -= 0.5
     noise *= np.float32(0.012 * math.sqrt(12.0))
     image = scene.image
-    mask = np.zeros((size, size), dtype=bool)
+    mask = np.zeros((height, width), dtype=bool)
     if defect is not None:
         defect_rng = np.random.default_rng([seed, kind_id, 1, DEFECT_TYPES.index(defect)])
-        image, mask = _apply_defect(defect_rng, scene, defect, size)
-    x, y = _coords(size)
-    light = (gain * (1.0 + gx * x + gy * y)).astype(np.float32)
+        scale = _defect_scale(height, width, defect_fraction)
+        image, mask = _apply_defect(defect_rng, scene, defect, scale, defect_fraction)
+    x, y = _coords(side)
+    top, left = (side - height) // 2, (side - width) // 2
+    light = (gain * (1.0 + gx * x[:, left : left + width] + gy * y[top : top + height])).astype(np.float32)
     out = image * light[..., None]
     out *= tint
     out += noise
@@ -684,7 +757,15 @@ def make_image(
 
 
 def make_category(
-    kind: str, n_train: int, n_test_good: int, n_test_bad: int, seed: int, size: int = 256
+    kind: str,
+    n_train: int,
+    n_test_good: int,
+    n_test_bad: int,
+    seed: int,
+    size: int = 256,
+    *,
+    height: int | None = None,
+    defect_fraction: tuple[float, float] = (MIN_DEFECT_FRACTION, MAX_DEFECT_FRACTION),
 ) -> SyntheticCategory:
     """A synthetic category: good train images and a test set of good and defective images.
 
@@ -697,7 +778,9 @@ def make_category(
         n_test_good: number of good test images.
         n_test_bad: number of defective test images.
         seed: non-negative seed of the whole category.
-        size: image side length in pixels.
+        size: image width in pixels (and height unless ``height`` is given).
+        height: image height in pixels; ``None``: square.
+        defect_fraction: (low, high) share of the image a defect covers (see :func:`make_image`).
 
     Returns:
         The :class:`SyntheticCategory`; test images are the good ones first, then the defective.
@@ -713,14 +796,22 @@ def make_category(
     seeds = [int(s) for s in image_seeds[:total]]
     offset = int(np.random.default_rng([seed, 99]).integers(len(DEFECT_TYPES)))
     defects = ["good"] * n_test_good + [DEFECT_TYPES[(offset + i) % len(DEFECT_TYPES)] for i in range(n_test_bad)]
-    train = np.zeros((n_train, size, size, 3), dtype=np.uint8)
+    rows = size if height is None else height
+    train = np.zeros((n_train, rows, size, 3), dtype=np.uint8)
     for i in range(n_train):
-        train[i] = make_image(kind, seeds[i], size)[0]
+        train[i] = make_image(kind, seeds[i], size, height=height)[0]
     n_test = n_test_good + n_test_bad
-    test = np.zeros((n_test, size, size, 3), dtype=np.uint8)
-    masks = np.zeros((n_test, size, size), dtype=bool)
+    test = np.zeros((n_test, rows, size, 3), dtype=np.uint8)
+    masks = np.zeros((n_test, rows, size), dtype=bool)
     for j, name in enumerate(defects):
-        test[j], masks[j] = make_image(kind, seeds[n_train + j], size, None if name == "good" else name)
+        test[j], masks[j] = make_image(
+            kind,
+            seeds[n_train + j],
+            size,
+            None if name == "good" else name,
+            height=height,
+            defect_fraction=defect_fraction,
+        )
     labels = np.array([0 if d == "good" else 1 for d in defects], dtype=np.int64)
     return SyntheticCategory(
         kind=kind,
@@ -787,6 +878,9 @@ def write_dataset(
     n_test_bad: int = 8,
     seed: int = 0,
     size: int = 256,
+    *,
+    height: int | None = None,
+    defect_fraction: tuple[float, float] = (MIN_DEFECT_FRACTION, MAX_DEFECT_FRACTION),
 ) -> dict[str, Path]:
     """Write several synthetic categories under one root in the MVTec AD layout.
 
@@ -797,12 +891,20 @@ def write_dataset(
         n_test_good: good test images per category.
         n_test_bad: defective test images per category.
         seed: seed of the dataset; each kind gets its own streams.
-        size: image side length.
+        size: image width (and height unless ``height`` is given).
+        height: image height; ``None``: square.
+        defect_fraction: (low, high) share of the image a defect covers.
 
     Returns:
         Category name -> category folder.
     """
     return {
-        kind: write_mvtec_layout(make_category(kind, n_train, n_test_good, n_test_bad, seed, size), root, kind)
+        kind: write_mvtec_layout(
+            make_category(
+                kind, n_train, n_test_good, n_test_bad, seed, size, height=height, defect_fraction=defect_fraction
+            ),
+            root,
+            kind,
+        )
         for kind in kinds
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from pathlib import Path
 
@@ -13,8 +14,10 @@ from scipy import ndimage
 from evaluation.synthetic import (
     CATEGORY_KINDS,
     DEFECT_TYPES,
+    HIGH_RESOLUTION_SHAPE,
     MAX_DEFECT_FRACTION,
     MIN_DEFECT_FRACTION,
+    SMALL_DEFECT_FRACTION,
     make_category,
     make_image,
     write_mvtec_layout,
@@ -36,6 +39,41 @@ def test_make_image_is_deterministic(kind: str) -> None:
         assert a_mask.tobytes() == b_mask.tobytes()
     other, _ = make_image(kind, 8, size=96)
     assert other.tobytes() != make_image(kind, 7, size=96)[0].tobytes()
+
+
+@pytest.mark.parametrize(
+    ("kind", "defect", "digest"),
+    [
+        ("carpet", None, "9226cbe0f0e875cf"),
+        ("screw", "scratch", "0ad7cd34f35bb5df"),
+        ("pill", "missing", "4817556cd648cb69"),
+        ("tile", "crack", "041274d4d6d6c0a4"),
+    ],
+)
+def test_square_images_are_pinned(kind: str, defect: str | None, digest: str) -> None:
+    """Square images with default defect sizes stay byte-identical (stored results and tests rely on them)."""
+    image, mask = make_image(kind, 11, size=64, defect=defect)
+    assert hashlib.sha256(image.tobytes() + mask.tobytes()).hexdigest()[:16] == digest
+
+
+def test_high_resolution_set_constants() -> None:
+    assert HIGH_RESOLUTION_SHAPE == (1536, 2048)
+    assert SMALL_DEFECT_FRACTION == (0.0005, 0.005)
+
+
+@pytest.mark.parametrize(("kind", "defect"), list(itertools.product(CATEGORY_KINDS, DEFECT_TYPES)))
+def test_non_square_images_with_small_defects(kind: str, defect: str) -> None:
+    """A 4:3 frame (the high-resolution set's aspect at a quarter of its side) with 0.05-0.5% defects."""
+    good, good_mask = make_image(kind, 1, size=512, height=384, defect_fraction=SMALL_DEFECT_FRACTION)
+    image, mask = make_image(kind, 1, size=512, defect=defect, height=384, defect_fraction=SMALL_DEFECT_FRACTION)
+    assert good.shape == image.shape == (384, 512, 3)
+    assert mask.shape == (384, 512)
+    assert not good_mask.any()
+    assert SMALL_DEFECT_FRACTION[0] <= mask.mean() <= SMALL_DEFECT_FRACTION[1]
+    changed = np.abs(image.astype(np.int16) - good.astype(np.int16)).max(axis=2)
+    near = ndimage.binary_dilation(mask, structure=np.ones((3, 3)), iterations=1)
+    assert changed[~near].max() == 0
+    assert changed[mask].mean() > 10
 
 
 def test_make_image_does_not_touch_global_rng() -> None:
@@ -170,3 +208,23 @@ def test_invalid_arguments() -> None:
         make_image("pill", 0, size=8)
     with pytest.raises(ValueError):
         make_category("pill", -1, 1, 1, seed=0)
+    with pytest.raises(ValueError):
+        make_image("pill", 0, size=64, height=16)
+    for fraction in ((0.0, 0.01), (0.02, 0.01), (0.1, 1.0)):
+        with pytest.raises(ValueError, match="defect_fraction"):
+            make_image("pill", 0, size=64, defect="spot", defect_fraction=fraction)
+
+
+def test_non_square_category_written_in_mvtec_layout(tmp_path: Path) -> None:
+    category = make_category("tile", 2, 1, 2, seed=4, size=160, height=96, defect_fraction=SMALL_DEFECT_FRACTION)
+    assert category.shape == (96, 160)
+    assert category.size == 160
+    assert category.train_images.shape == (2, 96, 160, 3)
+    assert category.test_masks.shape == (3, 96, 160)
+    base = write_mvtec_layout(category, tmp_path, "tile_hr")
+    with Image.open(base / "train" / "good" / "000.png") as written:
+        assert written.size == (160, 96)
+    masks = sorted((base / "ground_truth").rglob("*_mask.png"))
+    assert len(masks) == 2
+    with Image.open(masks[0]) as mask:
+        assert mask.size == (160, 96)
