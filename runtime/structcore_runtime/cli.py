@@ -17,6 +17,7 @@ from structcore_runtime.detector import load
 from structcore_runtime.export_format import ExportError
 from structcore_runtime.graph import BACKENDS, PRECISIONS
 from structcore_runtime.images import expand_inputs
+from structcore_runtime.knn import SEARCH_ENGINES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     infer.add_argument("--backend", choices=BACKENDS, default="auto", help="graph runtime (default: auto)")
     infer.add_argument(
         "--precision", choices=PRECISIONS, default="f32", help="f32 (default, equal to the registry) or bf16 (OpenVINO)"
+    )
+    infer.add_argument(
+        "--knn",
+        choices=SEARCH_ENGINES,
+        default="auto",
+        help="exact kNN search: screened (OpenVINO bf16 screen + float32 re-ranking), faiss, or auto (default)",
     )
     infer.add_argument("--batch-size", type=int, default=8, help="images per graph call (default 8)")
     infer.add_argument("--threads", type=int, default=None, help="graph runtime threads (default: all cores)")
@@ -53,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"--out {args.out}: expected a .jsonl file in an existing folder")
     started = time.perf_counter()
     try:
-        detector = load(args.export_dir, backend=args.backend, precision=args.precision, threads=args.threads)
+        detector = load(
+            args.export_dir, backend=args.backend, precision=args.precision, threads=args.threads, knn=args.knn
+        )
         sources = expand_inputs(args.images)
         if not sources:
             return _fail(f"no images found in {' '.join(args.images)}")

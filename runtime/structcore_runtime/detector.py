@@ -19,7 +19,7 @@ import numpy as np
 from structcore_runtime.export_format import ExportError, check_file, load_array, read_manifest
 from structcore_runtime.graph import GraphSession
 from structcore_runtime.images import ImageError, load_image, preprocess
-from structcore_runtime.knn import BankSearch
+from structcore_runtime.knn import SEARCH_ENGINES, BankSearch
 from structcore_runtime.maps import anomaly_maps
 from structcore_runtime.routing import DEFAULT_SHORTLIST, Router, RouteRule
 from structcore_runtime.scores import base_scores, hybrid_scores, struct_distance, structural_descriptor
@@ -79,7 +79,7 @@ class ExportedCategory:
         return maps, base, struct, hybrid_scores(base, struct, self.lambda_)
 
 
-def _category(folder: Path, entry: dict[str, Any]) -> tuple[ExportedCategory, RouteRule]:
+def _category(folder: Path, entry: dict[str, Any], knn: str) -> tuple[ExportedCategory, RouteRule]:
     name = str(entry["name"])
     arrays = entry["arrays"]
     bank = load_array(folder, arrays["bank"])
@@ -88,7 +88,12 @@ def _category(folder: Path, entry: dict[str, Any]) -> tuple[ExportedCategory, Ro
     calibrator = entry["calibrator"]
     index = str(params.get("index", "flat"))
     search = BankSearch(
-        bank, int(params["k"]), index, int(params.get("hnsw_m", 32)), int(params.get("hnsw_ef_search", 128))
+        bank,
+        int(params["k"]),
+        index,
+        int(params.get("hnsw_m", 32)),
+        int(params.get("hnsw_ef_search", 128)),
+        engine=knn if index == "flat" else "faiss",  # HNSW categories are searched by faiss as exported
     )
     category = ExportedCategory(
         name=name,
@@ -129,7 +134,10 @@ class ExportedDetector:
         precision: str = "f32",
         threads: int | None = None,
         shortlist: int | None = DEFAULT_SHORTLIST,
+        knn: str = "auto",
     ):
+        if knn not in SEARCH_ENGINES:
+            raise ExportError(f"unknown kNN engine {knn!r}; choose one of {', '.join(SEARCH_ENGINES)}")
         folder = Path(folder)
         manifest = read_manifest(folder)
         self.folder = folder
@@ -144,7 +152,7 @@ class ExportedDetector:
             self.grid = (int(graph["grid"][0]), int(graph["grid"][1]))
             input_size = [int(v) for v in graph["input_size"]]
             files = [check_file(folder, item) for item in graph["files"]]
-            built = [_category(folder, item) for item in manifest["categories"]]
+            built = [_category(folder, item, knn) for item in manifest["categories"]]
         except (KeyError, TypeError, ValueError, IndexError) as error:
             raise ExportError(
                 f"{folder / 'manifest.json'}: incomplete or malformed ({type(error).__name__}: {error})"
@@ -254,9 +262,14 @@ def load(
     precision: str = "f32",
     threads: int | None = None,
     shortlist: int | None = DEFAULT_SHORTLIST,
+    knn: str = "auto",
 ) -> ExportedDetector:
-    """Open an exported folder (checked; :class:`ExportError` with one line when it cannot be used)."""
-    return ExportedDetector(folder, backend=backend, precision=precision, threads=threads, shortlist=shortlist)
+    """Open an exported folder (checked; :class:`ExportError` with one line when it cannot be used).
+
+    ``knn``: ``auto`` (the screened exact search where OpenVINO runs bfloat16, else faiss),
+    ``screened`` or ``faiss``; both give the neighbours of an exact float32 search.
+    """
+    return ExportedDetector(folder, backend=backend, precision=precision, threads=threads, shortlist=shortlist, knn=knn)
 
 
 def finite_or_none(value: float) -> float | None:
