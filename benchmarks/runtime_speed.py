@@ -67,6 +67,7 @@ def main() -> None:
     images = sorted((args.data / "test").rglob("*.png"))[:: max(1, 83 // args.images)][: args.images]
     result: dict[str, Any] = {"load_average_at_start": list(os.getloadavg()), "torch_threads": torch.get_num_threads()}
     registry = Registry.open(args.work / "registry")
+    os.environ["STRUCTCORE_BACKBONE_RUNTIME"] = "torch"  # the reference (the default, auto, may be OpenVINO)
     detectors = {"torch": registry.detector(["bottle"])}
     extractor = detectors["torch"].extractor
     for runtime in ("onnx", "openvino"):
