@@ -19,6 +19,9 @@ from typing import TypedDict
 import numpy as np
 from PIL import Image
 
+#: Defect regions reported per record, largest first (the registry's settings table holds the same).
+DEFAULT_MAX_REGIONS = 10
+
 
 def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Horizontal runs of True in raster order: (row, start, stop) with ``stop`` exclusive."""
@@ -313,6 +316,7 @@ def boxes_on_model_map(
 
 
 __all__ = [
+    "DEFAULT_MAX_REGIONS",
     "Region",
     "boxes_on_model_map",
     "find_regions",

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy import ndimage
-from structcore_runtime.regions import label_8connected, label_boxes
+from structcore_runtime.regions import DEFAULT_MAX_REGIONS, label_8connected, label_boxes
+
+from structcore import settings
 
 EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -57,3 +59,7 @@ def test_labels_equal_scipy(mask: np.ndarray) -> None:
 def test_a_mask_must_be_two_dimensional() -> None:
     with pytest.raises(ValueError, match=r"a mask must be \(H, W\)"):
         label_8connected(np.zeros(5, dtype=bool))
+
+
+def test_default_max_regions_is_the_settings_tables() -> None:
+    assert DEFAULT_MAX_REGIONS == settings.DEFAULT_MAX_REGIONS
