@@ -308,7 +308,7 @@ class ScreenedSearch:
             values, columns = screen(aug)
             best = distances[start : start + rows]
             chosen = indices[start : start + rows]
-            faiss.knn_L2sqr_by_idx(
+            faiss.knn_L2sqr_by_idx(  # type: ignore[attr-defined]
                 faiss.swig_ptr(q),
                 faiss.swig_ptr(bank.vectors),
                 faiss.swig_ptr(columns),
