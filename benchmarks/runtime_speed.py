@@ -7,7 +7,8 @@ Needs a registry holding bottle (1% bank) and its exports, e.g. the work folder 
   ONNX Runtime f32, OpenVINO f32 and OpenVINO bf16;
 * end to end (files in, records out, 1% bank, routed): ``Detector.predict`` with the torch backbone
   and with ``STRUCTCORE_BACKBONE_RUNTIME=onnx|openvino`` (the main path's option), and
-  ``structcore_runtime`` (ONNX Runtime f32, OpenVINO f32, OpenVINO bf16);
+  ``structcore_runtime`` (ONNX Runtime f32, OpenVINO f32, OpenVINO bf16; its default kNN, the
+  screened search with an OpenVINO bf16 screen, and for OpenVINO f32 also faiss);
 * cold start to the first image scored: a new ``registry infer`` and ``registry-runtime infer`` process.
 
     .venv/bin/python benchmarks/runtime_speed.py --work W --repeats 5
@@ -66,17 +67,21 @@ def main() -> None:
     images = sorted((args.data / "test").rglob("*.png"))[:: max(1, 83 // args.images)][: args.images]
     result: dict[str, Any] = {"load_average_at_start": list(os.getloadavg()), "torch_threads": torch.get_num_threads()}
     registry = Registry.open(args.work / "registry")
+    os.environ["STRUCTCORE_BACKBONE_RUNTIME"] = "torch"  # the reference (the default, auto, may be OpenVINO)
     detectors = {"torch": registry.detector(["bottle"])}
     extractor = detectors["torch"].extractor
     for runtime in ("onnx", "openvino"):
         os.environ["STRUCTCORE_BACKBONE_RUNTIME"] = runtime
         detectors[f"main path, {runtime} backbone"] = registry.detector(["bottle"])
     os.environ.pop("STRUCTCORE_BACKBONE_RUNTIME")
+    openvino = args.work / "export-openvino"
     runtimes = {
         "runtime onnxruntime f32": load(args.work / "export-onnx", backend="onnxruntime"),
-        "runtime openvino f32": load(args.work / "export-openvino", backend="openvino", precision="f32"),
-        "runtime openvino bf16": load(args.work / "export-openvino", backend="openvino", precision="bf16"),
+        "runtime openvino f32, faiss kNN": load(openvino, backend="openvino", precision="f32", knn="faiss"),
+        "runtime openvino f32": load(openvino, backend="openvino", precision="f32"),
+        "runtime openvino bf16": load(openvino, backend="openvino", precision="bf16"),
     }
+    result["runtime_knn_engine"] = runtimes["runtime openvino f32"].categories["bottle"].search.engine
     batch = extractor.prepare(images[:8])
     graph = args.work / "export-onnx" / "model.onnx"
     extract: dict[str, Callable[[], object]] = {

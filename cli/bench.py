@@ -16,7 +16,8 @@ from typing import Annotated
 
 import typer
 
-from cli.common import fail
+from cli.common import fail, user_errors
+from cli.options import BackboneRuntimeOption, use_backbone_runtime
 from structcore.settings import DEFAULT_BACKBONE
 
 #: What ``registry bench`` says when no checkout holds ``benchmarks/bench.py``.
@@ -53,8 +54,11 @@ def bench_command(
     quick: Annotated[bool, typer.Option("--quick", help="Few small images: a smoke test.")] = False,
     compile_model: Annotated[bool, typer.Option("--compile", help="Also measure torch.compile.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object with every figure.")] = False,
+    backbone_runtime: BackboneRuntimeOption = None,
 ) -> None:
     """Measure extract / kNN / post per image, floors of kNN, coreset and extraction, routing scale, memory."""
+    with user_errors():
+        use_backbone_runtime(backbone_runtime)  # the child process inherits it; its output records it
     checkout = find_checkout()
     if checkout is None:
         raise fail(NO_CHECKOUT)

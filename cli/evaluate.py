@@ -13,6 +13,7 @@ from rich.progress import TaskID
 from cli.common import InputError, console, err_console, print_json, progress_bar, resolve_root, user_errors
 from cli.options import (
     FIT_DEFAULTS,
+    BackboneRuntimeOption,
     BatchSizeOption,
     CalibrationOption,
     CoresetRatioOption,
@@ -22,6 +23,7 @@ from cli.options import (
     ThresholdFrrOption,
     ThresholdRuleOption,
     fit_settings,
+    use_backbone_runtime,
 )
 
 if TYPE_CHECKING:
@@ -70,6 +72,7 @@ def eval_command(
     batch_size: BatchSizeOption = FIT_DEFAULTS.batch_size,
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Skip the plots.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print results.json to stdout.")] = False,
+    backbone_runtime: BackboneRuntimeOption = None,
 ) -> None:
     """Evaluate under the separate / MUAD / continual / open-set protocols with the paper's metrics.
 
@@ -83,6 +86,7 @@ def eval_command(
     from structcore.model import CategoryModel
 
     with user_errors():
+        use_backbone_runtime(backbone_runtime)
         settings = fit_settings(
             coreset_ratio=coreset_ratio,
             calibration=calibration,

@@ -26,6 +26,7 @@ from cli.options import (
     FEATURE_SPACE_DEFAULTS,
     FIT_DEFAULTS,
     BackboneOption,
+    BackboneRuntimeOption,
     BatchSizeOption,
     CalibrationOption,
     CoresetRatioOption,
@@ -43,6 +44,7 @@ from cli.options import (
     feature_space_settings,
     fit_settings,
     max_regions_setting,
+    use_backbone_runtime,
 )
 from cli.output import Column, fitted_table, overlay_names, records_table, save_mask, save_overlay, write_records
 from registry.catalogue import Catalogue
@@ -511,6 +513,7 @@ def infer(
     max_regions: MaxRegionsOption = DEFAULT_MAX_REGIONS,
     parents: ParentsOption = False,
     batch_size: BatchSizeOption = FIT_DEFAULTS.batch_size,
+    backbone_runtime: BackboneRuntimeOption = None,
     ray: Annotated[
         str | None,
         typer.Option("--ray", help="Run on Ray: a cluster address, 'auto' or 'local' (needs the ray extra)."),
@@ -525,6 +528,7 @@ def infer(
     with user_errors():
         batch_size = fit_settings(batch_size=batch_size).batch_size
         max_regions = max_regions_setting(max_regions)
+        use_backbone_runtime(backbone_runtime)
         if ray is not None and (maps is not None or masks is not None):
             option = "--maps" if maps is not None else "--masks"
             raise InputError(

@@ -13,6 +13,7 @@ Standard library, Typer and :mod:`structcore.settings` only: ``registry list`` i
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,6 +21,7 @@ import typer
 
 from cli.common import InputError
 from structcore.settings import (
+    BACKBONE_RUNTIME_ENV,
     FEATURE_SPACE_PARAMETERS,
     FIT_PARAMETERS,
     INFER_PARAMETERS,
@@ -27,6 +29,7 @@ from structcore.settings import (
     FitSettings,
     InvalidSettingError,
     Parameter,
+    backbone_runtime,
 )
 
 #: The defaults of the options (the settings' own).
@@ -74,6 +77,25 @@ ProjectionSeedOption = Annotated[int, _option(FEATURE_SPACE_PARAMETERS["seed"])]
 
 # ----------------------------------------------------------------------------- scoring (infer, serve)
 MaxRegionsOption = Annotated[int, _option(INFER_PARAMETERS["max_regions"])]
+#: ``None`` (not given) keeps ``$STRUCTCORE_BACKBONE_RUNTIME``, else ``auto``.
+BackboneRuntimeOption = Annotated[str | None, _option(INFER_PARAMETERS["backbone_runtime"])]
+
+
+def use_backbone_runtime(value: str | None) -> str:
+    """Apply ``--backbone-runtime`` to this command and the processes it starts; the runtime that runs.
+
+    The extractor reads :data:`~structcore.settings.BACKBONE_RUNTIME_ENV`, so setting it here reaches
+    every extractor of the command: the server's workers, ``bench``'s child process, Ray's local workers.
+    """
+    if value is not None:
+        problem = INFER_PARAMETERS["backbone_runtime"].problem(value, as_option=True)
+        if problem is not None:
+            raise InputError(str(problem))
+        os.environ[BACKBONE_RUNTIME_ENV] = value
+    try:
+        return backbone_runtime()
+    except ValueError as error:
+        raise InputError(str(error)) from None
 
 
 def max_regions_setting(value: int) -> int:
@@ -110,6 +132,7 @@ __all__ = [
     "FIT_DEFAULTS",
     "FIT_OPTIONS",
     "BackboneOption",
+    "BackboneRuntimeOption",
     "BatchSizeOption",
     "CalibrationOption",
     "CoresetRatioOption",
@@ -127,4 +150,5 @@ __all__ = [
     "feature_space_settings",
     "fit_settings",
     "max_regions_setting",
+    "use_backbone_runtime",
 ]

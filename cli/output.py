@@ -12,24 +12,10 @@ from typing import Any
 
 from rich.console import Console, JustifyMethod
 from rich.text import Text
+from structcore_runtime.records import RECORD_FIELDS
 
-#: The keys of one machine-readable inference record, in order.
-RECORD_KEYS = (
-    "path",
-    "category",
-    "version",
-    "route_score",
-    "unknown",
-    "unknown_score",
-    "score_base",
-    "score_struct",
-    "score_hybrid",
-    "threshold",
-    "anomalous",
-    "error",
-    "overlay",
-    "regions",
-)
+#: The keys of one machine-readable inference record, in order (the runtime's records have the same).
+RECORD_KEYS = RECORD_FIELDS
 #: CSV columns: the record's keys with ``regions`` as its count and its largest region (JSON).
 CSV_KEYS = (*RECORD_KEYS[:-1], "regions_count", "largest_region")
 

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from cli.common import InputError, err_console, resolve_root, user_errors
+from cli.options import BackboneRuntimeOption, use_backbone_runtime
 
 
 def serve_command(
@@ -30,12 +31,14 @@ def serve_command(
     max_images: Annotated[int, typer.Option(help="Images one request may carry.")] = 16,
     max_pixels: Annotated[int, typer.Option(help="Largest image (width x height); larger ones get 413.")] = 40_000_000,
     poll_seconds: Annotated[float, typer.Option(help="How often registry changes are looked for (s).")] = 1.0,
+    backbone_runtime: BackboneRuntimeOption = None,
 ) -> None:
     """Serve the registry over HTTP: POST /v1/infer, GET /v1/categories, /metrics, a web page at /.
 
     Loads the registry once; categories added, refitted or removed meanwhile are served within seconds.
     """
     with user_errors():
+        use_backbone_runtime(backbone_runtime)
         try:
             import starlette  # noqa: F401
             import uvicorn  # noqa: F401

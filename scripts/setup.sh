@@ -8,7 +8,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-# The torch-free runtime (maps, scores, kNN, routing; runtime/) first: the project depends on it.
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ./runtime
+# runtime/'s structcore_runtime (the torch-free maps, scores, kNN, routing, regions) is installed
+# as part of the project (pyproject's packages.find); `pip install ./runtime` is the line-PC install.
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[dev,dinov2,ray,serve,deploy]"
 echo "installed: $(.venv/bin/registry --version 2>/dev/null || echo 'registry (see .venv/bin/registry)')"

@@ -21,7 +21,6 @@ and so searches with faiss; the ``bf16`` engine gives the same neighbours to flo
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import faiss
@@ -35,12 +34,8 @@ from structcore.settings import DEFAULT_INDEX, DEFAULT_K, INDEX_KINDS  # declare
 #: Engines of the exact ("flat") search.
 ENGINES = ("auto", "faiss", "bf16", "torch")
 
-#: Bank column groups of the screened candidate selection.
-_GROUPS = 32
-#: Unit roundoff of bfloat16 (8 significand bits, round to nearest).
-_BF16_U = 2.0**-8
-#: Unit roundoff of float32.
-_F32_U = 2.0**-24
+#: Bank column groups of the screened candidate selection (the layout of ScreenedBank's columns).
+_GROUPS = shared_knn.SCREEN_GROUPS
 #: Elements per block of the screened search (scores and gathered candidates stay in cache).
 _BLOCK_ELEMENTS = 1 << 22
 #: Elements per block of the exhaustive float32 search.
@@ -66,28 +61,15 @@ def bf16_matmul_supported() -> bool:
 
 
 class _ScreenedFlat:
-    """Exact kNN: bfloat16 screening GEMM + float32 re-scoring + a per-query error proof.
+    """Exact kNN: bfloat16 screening GEMM in torch + float32 re-scoring + a per-query error proof.
 
-    The screening GEMM multiplies augmented bfloat16 vectors, ``[q, 1, 1, h_q, l_q]`` by
-    ``[-2b, h_b, l_b, 1, 1]``, where ``h + l`` is a two-part bfloat16 split of ``||b||^2`` and of
-    ``||q||^2 + o_q``, so each output approximates ``d(q, b) + o_q`` (squared distance plus a per-query
-    offset that keeps every output positive: positive bfloat16 values order like their int16 bit
-    patterns, on which selection is fast). With ``q~``, ``b~`` the bfloat16 roundings and
-    ``r_q = q - q~``, ``r_b = b - b~`` (exact in float32):
-
-        q.b = q~.b~ + q~.r_b + r_q.b,   so  |q.b - q~.b~| <= |q~| max|r_b| + |r_q| max|b|.
-
-    Products of bfloat16 values are exact in float32; accumulation adds at most gamma_n * sum|terms|,
-    the norm splits at most 2^-16 of the norms, and the bfloat16 output rounding at most
-    ``c |output|`` with ``c = 2^-8 / (1 - 2^-8)``. With ``E(q)`` the sum of the first three bounds,
-    every bank vector satisfies ``d >= s (1 - c) - o_q - E(q)`` for its output ``s``. Outside the
-    ``K`` candidates every output is at least the largest candidate output ``s_K``, so when
-    ``s_K (1 - c) - o_q - E(q)`` exceeds the k-th smallest exact distance among the candidates, the
-    k nearest neighbours are among them; otherwise the query is searched again exhaustively.
-
-    Candidates: the bank columns are split into 32 interleaved groups (column ``j*G + g`` belongs to
-    group ``g``); the ``K`` groups with the smallest minimum contain the ``K`` smallest outputs, so
-    the top-``K`` selection runs over ``32 K`` values instead of the whole bank.
+    The screening matrix and the proof are :class:`structcore_runtime.knn.ScreenedBank`'s (one
+    implementation, shared with the exported runtime, whose screen is an OpenVINO graph; its
+    docstring derives the bound). Here the GEMM outputs stay bfloat16 and, being positive, order
+    like their int16 bit patterns, on which selection is fast. Candidates: the bank columns are
+    split into 32 interleaved groups (column ``j*G + g`` belongs to group ``g``); the ``K`` groups
+    with the smallest minimum contain the ``K`` smallest outputs, so the top-``K`` selection runs
+    over ``32 K`` values instead of the whole bank.
     """
 
     def __init__(self, bank: np.ndarray, margin: int | None = None, threads: int | None = None):
@@ -97,36 +79,16 @@ class _ScreenedFlat:
         # Grows when many proofs fail (dense banks): re-scoring a few more candidates is cheaper
         # than exhaustive fallbacks. It never changes the results, only the work.
         self._extra_margin = 0
-        vectors = torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32))
-        self.bank = vectors
-        self.size, self.dim = int(vectors.shape[0]), int(vectors.shape[1])
-        norms64 = (vectors.double() ** 2).sum(dim=1)
-        self.norms = norms64.float()
-        rounded = vectors.bfloat16()
-        residual = vectors - rounded.float()
-        grow = 1 + 1e-6
-        self.max_norm = float(norms64.max().sqrt()) * grow
-        self.max_rounded_norm = float(rounded.double().pow(2).sum(dim=1).max().sqrt()) * grow
-        self.max_residual = float(residual.double().pow(2).sum(dim=1).max().sqrt()) * grow
-        self.max_squared_norm = float(norms64.max()) * grow
-        self.groups = max(1, math.ceil(self.size / _GROUPS))
-        self.padded_size = self.groups * _GROUPS
-        self.padded_dim = math.ceil((self.dim + 4) / 32) * 32
-        high, low = _split_bf16(norms64)
-        columns = torch.zeros(self.padded_dim, self.padded_size, dtype=torch.bfloat16)
-        columns[: self.dim, : self.size] = (rounded * -2).T  # exact: scaling by a power of two
-        columns[self.dim, : self.size] = high
-        columns[self.dim + 1, : self.size] = low
-        columns[self.dim + 2 : self.dim + 4] = 1.0
-        # Padding columns score far above any real bank vector.
-        columns[self.dim, self.size :] = float(2**100)
-        self.columns = columns.contiguous()
-        terms = self.padded_dim + 1
-        self.gamma = terms * _F32_U / (1 - terms * _F32_U)
+        self.shared = shared_knn.ScreenedBank(bank, margin)
+        self.bank = torch.from_numpy(self.shared.vectors)
+        self.norms = torch.from_numpy(self.shared.norms)
+        self.size, self.dim = self.shared.size, self.shared.dim
+        self.groups, self.padded_dim = self.shared.groups, self.shared.padded_dim
+        self.padded_size = self.shared.padded_size
+        self.columns = torch.from_numpy(self.shared.columns).bfloat16().contiguous()  # exact: bf16 values
 
     def candidates_for(self, k: int) -> int:
-        margin = max(8, (k + 1) // 2) if self.margin is None else self.margin
-        return min(self.size, k + margin + self._extra_margin)
+        return self.shared.candidates_for(k, self._extra_margin)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         with torch_threads(self.threads or small_op_threads()):
@@ -142,7 +104,7 @@ class _ScreenedFlat:
         self.last_fallbacks = 0
         if n == 0:
             return distances.numpy(), indices.numpy()
-        if candidates >= self.size or candidates > self.groups:  # small bank: exhaustive float32
+        if not self.shared.screens(candidates):  # small bank: exhaustive float32
             self._exhaustive(q_all, k, distances, indices, torch.arange(n))
             return distances.numpy(), indices.numpy()
         block = max(32, min(n, _BLOCK_ELEMENTS // self.padded_size, _BLOCK_ELEMENTS // (candidates * self.dim)))
@@ -150,25 +112,15 @@ class _ScreenedFlat:
         augmented[:, self.dim : self.dim + 2] = 1.0
         offsets = (torch.arange(_GROUPS) * self.groups).view(1, 1, _GROUPS)
         failed: list[torch.Tensor] = []
-        c = _BF16_U / (1 - _BF16_U)
         for start in range(0, n, block):
             q = q_all[start : start + block]
             rows = int(q.shape[0])
             aug = augmented[:rows]
             aug[:, : self.dim] = q
-            q_norms = torch.linalg.vector_norm(q, dim=1)
-            q_squared = q_norms.square()
             q_residual = torch.linalg.vector_norm(q - aug[:, : self.dim].float(), dim=1)
-            q_rounded = q_norms + q_residual
-            error = (q_rounded * (2.0 * self.max_residual) + q_residual * (2.0 * self.max_norm)).add_(
-                q_rounded * (2.0 * self.gamma * self.max_rounded_norm)
-            )
-            error += (self.gamma + 2.0**-16) * (self.max_squared_norm + q_squared)
-            offset = 2.0 * error + 1e-6
-            error += (self.gamma + 2.0**-16) * offset
-            high, low = _split_bf16(q_squared.double() + offset.double())
-            aug[:, self.dim + 2] = high
-            aug[:, self.dim + 3] = low
+            q_squared, offset, error, high, low = self.shared.query_bounds(q.numpy(), q_residual.numpy())
+            aug[:, self.dim + 2] = torch.from_numpy(high)  # exact: bfloat16 values
+            aug[:, self.dim + 3] = torch.from_numpy(low)
             scores = torch.mm(aug, self.columns).view(torch.int16)  # d + offset > 0, as int16 bits
             group_min = scores.view(rows, _GROUPS, self.groups).amin(dim=1)
             _, best_groups = torch.topk(group_min, candidates, dim=1, largest=False, sorted=False)
@@ -181,13 +133,11 @@ class _ScreenedFlat:
             best, order = torch.topk(exact, k, dim=1, largest=False, sorted=True)
             distances[start : start + rows] = best
             indices[start : start + rows] = cand.gather(1, order)
-            # Proof that nothing outside the candidates is closer than the k-th (see the class doc).
-            worst_included = values.max(dim=1).values.view(torch.bfloat16).float()
-            lower = worst_included * (1.0 - c) - offset - error
-            lower -= 4.0 * _F32_U * (worst_included + q_squared + self.max_squared_norm) + 1e-7
-            proven = lower > best[:, k - 1] * (1.0 + 4.0 * _F32_U)
-            if not bool(proven.all()):
-                failed.append(torch.nonzero(~proven).squeeze(1) + start)
+            # Proof that nothing outside the candidates is closer than the k-th (ScreenedBank.proven).
+            worst_included = values.max(dim=1).values.view(torch.bfloat16).float().numpy()
+            proven = self.shared.proven(worst_included, q_squared, offset, error, best[:, k - 1].numpy())
+            if not proven.all():
+                failed.append(torch.from_numpy(np.flatnonzero(~proven)) + start)
         if failed:
             rows_failed = torch.cat(failed)
             self.last_fallbacks = len(rows_failed)
@@ -213,13 +163,6 @@ class _ScreenedFlat:
             best, resort = torch.sort(best, dim=1)
             distances[part] = best
             indices[part] = order.gather(1, resort)
-
-
-def _split_bf16(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``values`` (float64) as ``high + low`` bfloat16 parts (``|values - high - low| <= 2^-16 |values|``)."""
-    high = values.to(torch.bfloat16)
-    low = (values - high.double()).to(torch.bfloat16)
-    return high, low
 
 
 class PatchKNN:

@@ -20,6 +20,7 @@ Standard library only: the command line imports this module to build its options
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import numbers
 import os
@@ -48,24 +49,36 @@ MAX_DIM = 1 << 16
 DEFAULT_PROJECTION_SEED = 42
 
 #: What runs the backbone of the registry's own extractor (``registry infer``, ``serve``, ``eval``,
-#: ``bench``): ``torch`` (the reference, the default), or the exported feature graph on ``onnx``
-#: (ONNX Runtime) or ``openvino`` (f32 precision hint; needs ``pip install -e '.[deploy]'``).
-#: Read from :data:`BACKBONE_RUNTIME_ENV` by :func:`backbone_runtime`; docs/performance.md has
-#: the measurements behind the default.
-BACKBONE_RUNTIMES = ("torch", "onnx", "openvino")
-DEFAULT_BACKBONE_RUNTIME = "torch"
+#: ``bench``): ``torch`` (the reference), or the exported feature graph on ``onnx`` (ONNX Runtime)
+#: or ``openvino`` (f32 precision hint; both need ``pip install -e '.[deploy]'``); ``auto`` (the
+#: default) picks OpenVINO where installed, else ONNX Runtime, else torch: measured faster with
+#: scores equal within 1e-4 relative and no decision changed (docs/performance.md). The
+#: ``--backbone-runtime`` option sets it per command; :data:`BACKBONE_RUNTIME_ENV` overrides the
+#: default (the test suite pins ``torch`` with it).
+BACKBONE_RUNTIMES = ("auto", "torch", "onnx", "openvino")
+DEFAULT_BACKBONE_RUNTIME = "auto"
 BACKBONE_RUNTIME_ENV = "STRUCTCORE_BACKBONE_RUNTIME"
+#: ``auto``'s order of preference: (backbone runtime, the module it needs).
+_AUTO_BACKBONE_RUNTIMES = (("openvino", "openvino"), ("onnx", "onnxruntime"))
 
 
 def backbone_runtime(value: str | None = None) -> str:
-    """``value`` (else ``$STRUCTCORE_BACKBONE_RUNTIME``, else ``torch``), checked against :data:`BACKBONE_RUNTIMES`."""
+    """The backbone runtime that runs: ``value``, else ``$STRUCTCORE_BACKBONE_RUNTIME``, else ``auto``.
+
+    ``auto`` resolves to the first installed of OpenVINO, ONNX Runtime, and torch.
+    """
     chosen = (value if value is not None else os.environ.get(BACKBONE_RUNTIME_ENV, "")).strip().lower()
     chosen = chosen or DEFAULT_BACKBONE_RUNTIME
     if chosen not in BACKBONE_RUNTIMES:
-        source = "backbone runtime" if value is not None else f"${BACKBONE_RUNTIME_ENV}"
+        source = "--backbone-runtime" if value is not None else f"${BACKBONE_RUNTIME_ENV}"
         msg = f"{source} must be one of {', '.join(BACKBONE_RUNTIMES)}, got {chosen!r}"
         raise ValueError(msg)
-    return chosen
+    if chosen != "auto":
+        return chosen
+    for runtime, module in _AUTO_BACKBONE_RUNTIMES:
+        if importlib.util.find_spec(module) is not None:
+            return runtime
+    return "torch"
 
 
 #: Share of a category's train patch vectors kept in its memory bank (greedy k-center coreset).
@@ -421,8 +434,18 @@ FIT_PARAMETERS: dict[str, Parameter] = _table(
     Parameter("batch_size", DEFAULT_BATCH_SIZE, (_POSITIVE_INT,), "Images per backbone call.", "--batch-size", False),
 )
 
-#: ``registry infer`` / ``serve``: how a scored image is described (not stored with a category).
+#: ``registry infer`` / ``serve`` (``eval`` and ``bench`` take ``backbone_runtime`` too): how images are
+#: scored and described (not stored with a category).
 INFER_PARAMETERS: dict[str, Parameter] = _table(
+    Parameter(
+        "backbone_runtime",
+        DEFAULT_BACKBONE_RUNTIME,
+        (Options(BACKBONE_RUNTIMES),),
+        "What runs the backbone: auto (OpenVINO, else ONNX Runtime, else torch; same scores within 1e-4 "
+        f"relative), torch, onnx or openvino. ${BACKBONE_RUNTIME_ENV} sets the default.",
+        "--backbone-runtime",
+        False,
+    ),
     Parameter(
         "max_regions",
         DEFAULT_MAX_REGIONS,

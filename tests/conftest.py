@@ -21,6 +21,10 @@ from structcore.backbones import Backbone, create_backbone
 from structcore.features import FeatureExtractor, FeatureSpace, build_extractor, new_feature_space
 
 torch.set_num_threads(2)
+# The suite runs the torch backbone (the reference) unless a test asks for another: ``auto``
+# would pick OpenVINO where installed, whose maps differ from torch's by float rounding and whose
+# graph export would cost seconds per new backbone. Child processes (CLI tests) inherit it.
+os.environ.setdefault("STRUCTCORE_BACKBONE_RUNTIME", "torch")
 
 DATA_ENV = "STRUCTCORE_DATA"
 REQUIRE_DATA_ENV = "STRUCTCORE_REQUIRE_DATA"

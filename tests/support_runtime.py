@@ -41,3 +41,15 @@ def exported(tmp: Path, formats: tuple[str, ...] = ("onnx",)) -> dict[str, Path]
 def synthetic_test_images(images: Path) -> list[Path]:
     """Every test image of the synthetic categories (good and defective), sorted."""
     return sorted(path for kind in KINDS for path in (images / kind / "test").rglob("*.png"))
+
+
+def assert_same_regions(found: object, expected: object) -> None:
+    """Same regions (boxes and areas exactly; peak, mean and share within RTOL: the maps differ by float rounding)."""
+    assert isinstance(found, list) and isinstance(expected, list)
+    assert len(found) == len(expected), (found, expected)
+    for mine, theirs in zip(found, expected, strict=True):
+        assert {key: mine[key] for key in ("x", "y", "w", "h", "area")} == {
+            key: theirs[key] for key in ("x", "y", "w", "h", "area")
+        }
+        for key in ("area_share", "peak", "mean"):
+            assert mine[key] == pytest.approx(theirs[key], rel=RTOL), key

@@ -17,6 +17,8 @@ from structcore_runtime.detector import load
 from structcore_runtime.export_format import ExportError
 from structcore_runtime.graph import BACKENDS, PRECISIONS
 from structcore_runtime.images import expand_inputs
+from structcore_runtime.knn import SEARCH_ENGINES
+from structcore_runtime.regions import DEFAULT_MAX_REGIONS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +34,18 @@ def _parser() -> argparse.ArgumentParser:
     infer.add_argument(
         "--precision", choices=PRECISIONS, default="f32", help="f32 (default, equal to the registry) or bf16 (OpenVINO)"
     )
+    infer.add_argument(
+        "--knn",
+        choices=SEARCH_ENGINES,
+        default="auto",
+        help="exact kNN search: screened (OpenVINO bf16 screen + float32 re-ranking), faiss, or auto (default)",
+    )
+    infer.add_argument(
+        "--max-regions",
+        type=int,
+        default=DEFAULT_MAX_REGIONS,
+        help=f"defect regions reported per image, largest first (0: none; default {DEFAULT_MAX_REGIONS})",
+    )
     infer.add_argument("--batch-size", type=int, default=8, help="images per graph call (default 8)")
     infer.add_argument("--threads", type=int, default=None, help="graph runtime threads (default: all cores)")
     infer.add_argument("--json", action="store_true", help="print the records as JSON lines on stdout")
@@ -46,14 +60,21 @@ def _fail(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``registry-runtime``."""
     args = _parser().parse_args(argv)
-    if args.batch_size < 1:
-        print("error: --batch-size must be >= 1", file=sys.stderr)
+    if args.batch_size < 1 or args.max_regions < 0:
+        print("error: --batch-size must be >= 1 and --max-regions >= 0", file=sys.stderr)
         return 2
     if args.out is not None and (args.out.suffix != ".jsonl" or not args.out.parent.is_dir() or args.out.is_dir()):
         return _fail(f"--out {args.out}: expected a .jsonl file in an existing folder")
     started = time.perf_counter()
     try:
-        detector = load(args.export_dir, backend=args.backend, precision=args.precision, threads=args.threads)
+        detector = load(
+            args.export_dir,
+            backend=args.backend,
+            precision=args.precision,
+            threads=args.threads,
+            knn=args.knn,
+            max_regions=args.max_regions,
+        )
         sources = expand_inputs(args.images)
         if not sources:
             return _fail(f"no images found in {' '.join(args.images)}")

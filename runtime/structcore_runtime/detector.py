@@ -19,34 +19,12 @@ import numpy as np
 from structcore_runtime.export_format import ExportError, check_file, load_array, read_manifest
 from structcore_runtime.graph import GraphSession
 from structcore_runtime.images import ImageError, load_image, preprocess
-from structcore_runtime.knn import BankSearch
+from structcore_runtime.knn import SEARCH_ENGINES, BankSearch
 from structcore_runtime.maps import anomaly_maps
+from structcore_runtime.records import error_record
+from structcore_runtime.regions import DEFAULT_MAX_REGIONS, find_regions, regions_at_original_size
 from structcore_runtime.routing import DEFAULT_SHORTLIST, Router, RouteRule
 from structcore_runtime.scores import base_scores, hybrid_scores, struct_distance, structural_descriptor
-
-#: The fields of a record, in ``registry infer``'s order.
-RECORD_FIELDS = (
-    "path",
-    "category",
-    "version",
-    "route_score",
-    "unknown",
-    "unknown_score",
-    "score_base",
-    "score_struct",
-    "score_hybrid",
-    "threshold",
-    "anomalous",
-    "error",
-    "overlay",
-)
-
-
-def error_record(path: str, message: str) -> dict[str, Any]:
-    """The record of an image that could not be scored."""
-    record: dict[str, Any] = dict.fromkeys(RECORD_FIELDS)
-    record.update(path=path, error=message)
-    return record
 
 
 @dataclass
@@ -79,7 +57,7 @@ class ExportedCategory:
         return maps, base, struct, hybrid_scores(base, struct, self.lambda_)
 
 
-def _category(folder: Path, entry: dict[str, Any]) -> tuple[ExportedCategory, RouteRule]:
+def _category(folder: Path, entry: dict[str, Any], knn: str) -> tuple[ExportedCategory, RouteRule]:
     name = str(entry["name"])
     arrays = entry["arrays"]
     bank = load_array(folder, arrays["bank"])
@@ -88,7 +66,12 @@ def _category(folder: Path, entry: dict[str, Any]) -> tuple[ExportedCategory, Ro
     calibrator = entry["calibrator"]
     index = str(params.get("index", "flat"))
     search = BankSearch(
-        bank, int(params["k"]), index, int(params.get("hnsw_m", 32)), int(params.get("hnsw_ef_search", 128))
+        bank,
+        int(params["k"]),
+        index,
+        int(params.get("hnsw_m", 32)),
+        int(params.get("hnsw_ef_search", 128)),
+        engine=knn if index == "flat" else "faiss",  # HNSW categories are searched by faiss as exported
     )
     category = ExportedCategory(
         name=name,
@@ -129,7 +112,14 @@ class ExportedDetector:
         precision: str = "f32",
         threads: int | None = None,
         shortlist: int | None = DEFAULT_SHORTLIST,
+        knn: str = "auto",
+        max_regions: int = DEFAULT_MAX_REGIONS,
     ):
+        if max_regions < 0:
+            raise ExportError(f"max_regions must be >= 0, got {max_regions}")
+        self.max_regions = int(max_regions)
+        if knn not in SEARCH_ENGINES:
+            raise ExportError(f"unknown kNN engine {knn!r}; choose one of {', '.join(SEARCH_ENGINES)}")
         folder = Path(folder)
         manifest = read_manifest(folder)
         self.folder = folder
@@ -144,7 +134,7 @@ class ExportedDetector:
             self.grid = (int(graph["grid"][0]), int(graph["grid"][1]))
             input_size = [int(v) for v in graph["input_size"]]
             files = [check_file(folder, item) for item in graph["files"]]
-            built = [_category(folder, item) for item in manifest["categories"]]
+            built = [_category(folder, item, knn) for item in manifest["categories"]]
         except (KeyError, TypeError, ValueError, IndexError) as error:
             raise ExportError(
                 f"{folder / 'manifest.json'}: incomplete or malformed ({type(error).__name__}: {error})"
@@ -178,16 +168,25 @@ class ExportedDetector:
         return vectors
 
     def score_vectors(
-        self, vectors: np.ndarray, names: Sequence[str], category: str | None = None
+        self,
+        vectors: np.ndarray,
+        names: Sequence[str],
+        category: str | None = None,
+        sizes: Sequence[tuple[int, int]] | None = None,
     ) -> list[dict[str, Any]]:
-        """Route (or force ``category``) and score embedded images: one record per row."""
+        """Route (or force ``category``) and score embedded images: one record per row.
+
+        ``sizes``: the images' original (width, height), where their regions are reported (else
+        on the model's map), as ``registry infer`` does.
+        """
         routed = self.router.route(vectors) if category is None else self.router.forced(vectors, category)
         records: list[dict[str, Any]] = [{} for _ in names]
         for name in dict.fromkeys(routed.categories):
             rows = [j for j, chosen in enumerate(routed.categories) if chosen == name]
             model = self.categories[name]
-            _, base, struct, hybrid = model.score(vectors[rows])
+            maps, base, struct, hybrid = model.score(vectors[rows])
             threshold = model.thresholds["hybrid"]
+            map_threshold = model.thresholds["base"]
             for k, j in enumerate(rows):
                 records[j] = {
                     "path": names[j],
@@ -203,8 +202,17 @@ class ExportedDetector:
                     "anomalous": bool(hybrid[k] > threshold),
                     "error": None,
                     "overlay": None,
+                    "regions": self._regions(maps[k], map_threshold, None if sizes is None else sizes[j]),
                 }
         return records
+
+    def _regions(self, anomaly_map: np.ndarray, threshold: float, size: tuple[int, int] | None) -> list[Any]:
+        """The record's regions: at the original ``size`` (width, height), else on the map as it is."""
+        if size is None:
+            return list(find_regions(anomaly_map, threshold, self.max_regions))
+        return list(
+            regions_at_original_size(anomaly_map, threshold, size, self.resize, self.crop, max_regions=self.max_regions)
+        )
 
     def predict(
         self,
@@ -221,10 +229,12 @@ class ExportedDetector:
         for start in range(0, len(sources), batch_size):
             batch = sources[start : start + batch_size]
             out: list[dict[str, Any] | None] = [None] * len(batch)
-            arrays, positions = [], []
+            arrays, positions, sizes = [], [], []
             for i, source in enumerate(batch):
                 try:
-                    arrays.append(preprocess(load_image(source), self.resize, self.crop))
+                    image = load_image(source)
+                    arrays.append(preprocess(image, self.resize, self.crop))
+                    sizes.append(image.size)
                     positions.append(i)
                 except ImageError as error:
                     out[i] = error_record(str(source), str(error))
@@ -234,7 +244,7 @@ class ExportedDetector:
                     vectors = self.embed(np.stack(arrays))
                     if not np.isfinite(vectors).all():
                         raise ExportError("the graph returned non-finite values")
-                    scored = self.score_vectors(vectors, names, category)
+                    scored = self.score_vectors(vectors, names, category, sizes)
                 except ExportError as error:
                     scored = [
                         error_record(name, f"{name}: the graph cannot take this image ({error})") for name in names
@@ -254,9 +264,15 @@ def load(
     precision: str = "f32",
     threads: int | None = None,
     shortlist: int | None = DEFAULT_SHORTLIST,
+    knn: str = "auto",
+    max_regions: int = DEFAULT_MAX_REGIONS,
 ) -> ExportedDetector:
-    """Open an exported folder (checked; :class:`ExportError` with one line when it cannot be used)."""
-    return ExportedDetector(folder, backend=backend, precision=precision, threads=threads, shortlist=shortlist)
+    """Open an exported folder (checked; :class:`ExportError` with one line when it cannot be used).
+
+    ``knn``: ``auto`` (the screened exact search where OpenVINO runs bfloat16, else faiss),
+    ``screened`` or ``faiss``; both give the neighbours of an exact float32 search.
+    """
+    return ExportedDetector(folder, backend=backend, precision=precision, threads=threads, shortlist=shortlist, knn=knn)
 
 
 def finite_or_none(value: float) -> float | None:

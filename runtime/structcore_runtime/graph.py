@@ -35,13 +35,17 @@ def pick_backend(backend: str, graph: Path) -> str:
         wanted = [backend]
     if graph.suffix == ".xml" and backend == "onnxruntime":
         raise ExportError(
-            f"{graph}: an OpenVINO graph runs on OpenVINO only (pip install 'structcore-runtime[openvino]')"
+            f"{graph}: an OpenVINO graph runs on OpenVINO only (pip install openvino, or './runtime[openvino]')"
         )
     for name in wanted:
         if name in installed:
             return name
     extra = "openvino" if "openvino" in wanted else "onnx"
-    raise ExportError(f"{' or '.join(wanted)} is not installed: pip install 'structcore-runtime[{extra}]'")
+    package = "openvino" if extra == "openvino" else "onnxruntime"
+    raise ExportError(
+        f"{' or '.join(wanted)} is not installed: pip install {package} (or the runtime with its extra, "
+        f"'./runtime[{extra}]')"
+    )
 
 
 class GraphSession:

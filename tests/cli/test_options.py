@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +10,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from cli.common import InputError
 from cli.main import app
-from cli.options import FIT_OPTIONS
+from cli.options import FIT_OPTIONS, use_backbone_runtime
 from structcore.settings import FEATURE_SPACE_PARAMETERS, FIT_PARAMETERS
 
 runner = CliRunner()
@@ -70,3 +72,12 @@ def test_bad_settings_are_one_line_and_exit_1(args: list[str], message: str, tmp
     assert result.exit_code == 1, result.output
     assert result.output.strip().splitlines() == [f"error: {message}"]
     assert not root.exists()  # refused before anything was opened or written
+
+
+def test_backbone_runtime_option_sets_the_variable_for_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STRUCTCORE_BACKBONE_RUNTIME", "torch")
+    assert use_backbone_runtime(None) == "torch"  # not given: the variable stays
+    assert use_backbone_runtime("onnx") == "onnx"
+    assert os.environ["STRUCTCORE_BACKBONE_RUNTIME"] == "onnx"
+    with pytest.raises(InputError, match=r"--backbone-runtime must be one of auto, torch, onnx, openvino"):
+        use_backbone_runtime("tensorrt")

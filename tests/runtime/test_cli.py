@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from cli.output import RECORD_KEYS
 from registry import Registry
-from tests.support_runtime import exported, needs_onnxruntime, synthetic_test_images
+from tests.support_runtime import assert_same_regions, exported, needs_onnxruntime, synthetic_test_images
 
 NO_TORCH = """
 import json, sys
@@ -55,9 +56,10 @@ def test_infer_writes_the_records_of_registry_infer(setup: dict[str, Path], tmp_
     assert len(records) == len(list(folder.rglob("*.png")))
     for record in records:
         theirs = by_path[record["path"]]
-        # every field of `registry infer` but `regions` (the runtime does not label regions yet:
-        # structcore.regions needs scipy, which the runtime does not install)
-        assert set(record) == {*theirs, "overlay"} - {"regions"}
+        # every field of `registry infer`, in its order (the JSONL adds `overlay`, null here)
+        assert list(record) == list(RECORD_KEYS)
+        assert set(record) == {*theirs, "overlay"}
+        assert_same_regions(record["regions"], theirs["regions"])
         assert (record["category"], record["version"], record["anomalous"]) == (
             theirs["category"],
             theirs["version"],

@@ -8,10 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from structcore_runtime import load
-from structcore_runtime.detector import RECORD_FIELDS
+from structcore_runtime.records import RECORD_FIELDS
 
 from registry import Registry
-from tests.support_runtime import RTOL, exported, needs_onnxruntime, needs_openvino, synthetic_test_images
+from tests.support_runtime import (
+    RTOL,
+    assert_same_regions,
+    exported,
+    needs_onnxruntime,
+    needs_openvino,
+    synthetic_test_images,
+)
 
 SCORES = ("route_score", "unknown_score", "score_base", "score_struct", "score_hybrid", "threshold")
 SAME = ("path", "category", "version", "unknown", "anomalous", "error")
@@ -47,6 +54,7 @@ def assert_equal_records(found: list[dict[str, object]], expected: list[dict[str
             a, b = float(mine[field]), float(theirs[field])  # type: ignore[arg-type]
             assert a == pytest.approx(b, rel=RTOL, abs=1e-9), (field, mine["path"], a, b)
             worst = max(worst, abs(a - b) / max(abs(b), 1e-12))
+        assert_same_regions(mine["regions"], theirs["regions"])
     return worst
 
 
@@ -56,6 +64,7 @@ def test_onnx_export_scores_like_registry_infer(setup: dict[str, Path], referenc
     assert detector.versions == {"grid": 1, "pill": 1}
     records = detector.predict(synthetic_test_images(setup["images"]))
     assert_equal_records(records, reference)
+    assert any(record["regions"] for record in records)
     assert any(record["anomalous"] for record in records) and not all(record["anomalous"] for record in records)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +15,25 @@ from tests.support_runtime import needs_onnxruntime, needs_openvino
 
 
 def test_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("STRUCTCORE_BACKBONE_RUNTIME", raising=False)
-    assert backbone_runtime() == "torch"
     monkeypatch.setenv("STRUCTCORE_BACKBONE_RUNTIME", "OpenVINO")
     assert backbone_runtime() == "openvino"
+    assert backbone_runtime("torch") == "torch"  # the option wins over the variable
     monkeypatch.setenv("STRUCTCORE_BACKBONE_RUNTIME", "tensorrt")
-    with pytest.raises(ValueError, match=r"STRUCTCORE_BACKBONE_RUNTIME must be one of torch, onnx, openvino"):
+    with pytest.raises(ValueError, match=r"STRUCTCORE_BACKBONE_RUNTIME must be one of auto, torch, onnx, openvino"):
         backbone_runtime()
+    with pytest.raises(ValueError, match=r"--backbone-runtime must be one of"):
+        backbone_runtime("tensorrt")
+
+
+def test_auto_picks_openvino_then_onnxruntime_then_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STRUCTCORE_BACKBONE_RUNTIME", raising=False)
+    installed = {"openvino", "onnxruntime"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name in installed else None)
+    assert backbone_runtime() == backbone_runtime("auto") == "openvino"
+    installed.discard("openvino")
+    assert backbone_runtime() == "onnx"
+    installed.clear()
+    assert backbone_runtime() == "torch"
 
 
 RUNTIMES = [pytest.param("onnx", marks=needs_onnxruntime), pytest.param("openvino", marks=needs_openvino)]
