@@ -136,6 +136,11 @@ class CategoryModel:
     _knn: PatchKNN | None = None
     #: The train images' patch vectors (n, P, D) float16, kept by ``fit_category(keep_patches=True)``.
     train_patches_: np.ndarray | None = None
+    #: The calibration images' squared distances (n, P, k) to their ``k`` nearest bank vectors, by
+    #: kind: ``in_sample`` (plain search) and, in ``loo`` / ``mixed`` calibration, ``loo`` (past the
+    #: image's own bank vectors). Set by :meth:`fit` and :meth:`updated`; what makes an update's
+    #: kNN part incremental (:meth:`updated`), stored beside ``train_patches_``.
+    train_distances_: dict[str, np.ndarray] | None = None
     update_seconds_: dict[str, float] | None = None
 
     def __init__(
@@ -243,6 +248,7 @@ class CategoryModel:
         old_patches: np.ndarray,
         new_patches: np.ndarray,
         progress: ProgressCallback | None = None,
+        old_distances: dict[str, np.ndarray] | None = None,
     ) -> CategoryModel:
         """A new fitted model for this model's train images plus new ones (``registry update``).
 
@@ -253,6 +259,11 @@ class CategoryModel:
         holds ``coreset_ratio`` of all patches. The routing prototypes, the unknown thresholds, the
         StructCore statistics and the leave-one-out thresholds are then recomputed for old and new
         images exactly as :meth:`fit` computes them. This model is not modified.
+
+        ``old_distances`` (this model's ``train_distances_``, as stored): the old images' k-nearest
+        bank distances; with them only the old patches against the *new* bank vectors are searched
+        (:meth:`_updated_distances`, exact), without them every image is searched against the whole
+        bank. The result is the same either way (up to float32 rounding).
 
         Raises:
             ValueError: holdout calibration (its split changes with the image count: refit), or
@@ -290,20 +301,73 @@ class CategoryModel:
         new_ids = (n_old + picked // n_patches).astype(self.bank_image_ids_.dtype)
         model.bank_image_ids_ = np.concatenate([self.bank_image_ids_, new_ids])
         model.coreset_radius_ = max(float(self.coreset_radius_), float(selector.radius_))
-        coreset_seconds = time.perf_counter() - started
+        seconds = {"coreset": time.perf_counter() - started}
         patch_vectors = np.empty((n_old + n_new, n_patches, dim), dtype=np.float32)
         patch_vectors[:n_old] = old_patches
         patch_vectors[n_old:] = new_patches
-        model._fit_after_bank(patch_vectors, np.arange(n_old + n_new), report)
+        distances = None
+        if old_distances is not None:
+            report("calibration-distances")
+            mark = time.perf_counter()
+            distances = model._updated_distances(patch_vectors, n_old, len(self.bank_), old_distances)
+            seconds["distances"] = time.perf_counter() - mark
+        model._fit_after_bank(patch_vectors, np.arange(n_old + n_new), report, distances, seconds)
         model.fit_seconds_ = time.perf_counter() - started
         #: where :meth:`updated` spent its time (benchmarks/update_cost.py)
-        model.update_seconds_ = {"coreset": coreset_seconds, "recompute": model.fit_seconds_ - coreset_seconds}
+        model.update_seconds_ = seconds
         return model
 
+    def _updated_distances(
+        self, patch_vectors: np.ndarray, n_old: int, n_old_bank: int, old_distances: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """The k-nearest distances of all train images to this (continued) bank, from the old images' stored ones.
+
+        The bank's first ``n_old_bank`` vectors are the parent's, unchanged, and every vector after
+        them came from a new image. So for an old image the new k nearest (in-sample, or past its own
+        bank vectors: leave-one-out) are the k smallest of its stored k and its distances to the new
+        vectors: only the old patches x new vectors search is run, and the merge is exact. The new
+        images get the full search (:meth:`_calibration_distances`).
+        """
+        kinds = self.distance_kinds()
+        missing = [kind for kind in kinds if kind not in old_distances]
+        n_patches = patch_vectors.shape[1]
+        expected = (n_old, n_patches, self.k)
+        wrong = [kind for kind in kinds if kind in old_distances and old_distances[kind].shape != expected]
+        if missing or wrong:
+            msg = f"stored train distances {sorted(old_distances)} do not fit: need {list(kinds)} of shape {expected}"
+            raise ValueError(msg)
+        merged: dict[str, np.ndarray] = {}
+        fresh = np.asarray(self.bank_[n_old_bank:], dtype=np.float32)
+        if len(fresh):
+            flat_old = patch_vectors[:n_old].reshape(n_old * n_patches, -1)
+            near, _ = PatchKNN(k=min(self.k, len(fresh)), index=self.index).fit(fresh).search(flat_old)
+            near = near.reshape(n_old, n_patches, -1)
+        for kind in kinds:
+            stored = np.asarray(old_distances[kind], dtype=np.float32)
+            if len(fresh):
+                stored = np.sort(np.concatenate([stored, near], axis=2), axis=2)[:, :, : self.k]
+            merged[kind] = stored
+        new_images = np.arange(n_old, patch_vectors.shape[0])
+        for kind, found in self._calibration_distances(patch_vectors, new_images).items():
+            merged[kind] = np.concatenate([merged[kind], found])
+        return merged
+
     def _fit_after_bank(
-        self, patch_vectors: np.ndarray, calibration_images: np.ndarray, report: Callable[[str], None]
+        self,
+        patch_vectors: np.ndarray,
+        calibration_images: np.ndarray,
+        report: Callable[[str], None],
+        distances: dict[str, np.ndarray] | None = None,
+        seconds: dict[str, float] | None = None,
     ) -> None:
-        """Prototypes, unknown thresholds and calibration, once ``bank_`` is set (:meth:`fit`, :meth:`updated`)."""
+        """Prototypes, unknown thresholds and calibration, once ``bank_`` is set (:meth:`fit`, :meth:`updated`).
+
+        ``distances``: the calibration images' k-nearest bank distances when already known
+        (:meth:`_updated_distances`); otherwise they are searched here. ``seconds`` gets the time
+        of each part.
+        """
+        timings = {} if seconds is None else seconds
+        mark = time.perf_counter()
         n_images, n_patches, dim = patch_vectors.shape
         flat = patch_vectors.reshape(n_images * n_patches, dim)
         image_of_row = np.repeat(np.arange(n_images, dtype=np.int32), n_patches)
@@ -314,23 +378,32 @@ class CategoryModel:
         self.route_threshold_ = float(np.quantile(own_routes, self.route_quantile))
         self._calibrate_unknown(own_distances)
         del own_distances
+        timings["prototypes"] = time.perf_counter() - mark
 
         report("calibration")
         self._knn = None
-        in_sample: list[np.ndarray] | None = [] if self.calibration == "mixed" else None
-        calibration_patch_scores = self._calibration_patch_scores(patch_vectors, calibration_images, in_sample)
-        base, descriptors = self._map_statistics(calibration_patch_scores)
+        if distances is None:
+            mark = time.perf_counter()
+            distances = self._calibration_distances(patch_vectors, calibration_images)
+            timings["distances"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        self.train_distances_ = distances if self.calibration != "holdout" else None
         calibrator = StructCoreCalibrator(
             scoring=self.scoring, threshold_rule=self.threshold_rule, frr=self.threshold_frr
         )
-        if in_sample is None:
+        if self.calibration in {"in-sample", "holdout"}:
+            base, descriptors = self._map_statistics(distances["in_sample"].mean(axis=2))
             self.calibrator_ = calibrator.fit_descriptors(base, descriptors)
-        else:  # statistics from the in-sample maps, thresholds from the leave-one-out ones
-            del calibration_patch_scores
-            self.calibrator_ = calibrator.fit_descriptors(*self._map_statistics(np.stack(in_sample)))
+        elif self.calibration == "loo":
+            base, descriptors = self._map_statistics(distances["loo"].mean(axis=2))
+            self.calibrator_ = calibrator.fit_descriptors(base, descriptors)
+        else:  # mixed: statistics from the in-sample maps, thresholds from the leave-one-out ones
+            self.calibrator_ = calibrator.fit_descriptors(*self._map_statistics(distances["in_sample"].mean(axis=2)))
+            base, descriptors = self._map_statistics(distances["loo"].mean(axis=2))
             self.calibrator_.fit_thresholds(base, descriptors)
         scores = self.calibrator_.score_descriptors(base, descriptors)
         self.calibration_scores_ = {"base": scores.base, "struct": scores.struct, "hybrid": scores.hybrid}
+        timings["maps"] = time.perf_counter() - mark
 
     def _calibrate_unknown(self, own_distances: np.ndarray) -> None:
         """Unknown thresholds from the leave-one-out train patch distances (n_images, P)."""
@@ -356,50 +429,60 @@ class CategoryModel:
         order = np.random.default_rng(self.seed).permutation(n_images)
         return np.sort(order[held:]), np.sort(order[:held])
 
-    def _calibration_patch_scores(
-        self, patch_vectors: np.ndarray, images: np.ndarray, in_sample: list[np.ndarray] | None = None
-    ) -> np.ndarray:
-        """Patch scores (n, P) of the calibration images; ``in_sample`` (loo modes) also gets their in-sample ones."""
+    def distance_kinds(self) -> tuple[str, ...]:
+        """The k-nearest distance lists the calibration mode needs (``in_sample``, ``loo``)."""
+        return ("in_sample", "loo") if self.calibration in {"loo", "mixed"} else ("in_sample",)
+
+    def _calibration_distances(self, patch_vectors: np.ndarray, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Squared distances (n, P, k) of the ``images``' patches to their k nearest bank vectors.
+
+        ``in_sample``: a plain search; ``loo`` (loo and mixed calibration): past the image's own
+        bank vectors (leave-one-image-out), see :meth:`_leave_one_out_distances`.
+        """
         knn = self.knn()
-        if self.calibration not in {"loo", "mixed"}:
-            return np.stack([knn.score(patch_vectors[i]) for i in images])
-        # Leave-one-image-out: search past the image's own bank vectors and drop them.
+        n_patches = patch_vectors.shape[1]
+        if "loo" not in self.distance_kinds():
+            found = [knn.search(patch_vectors[i])[0] for i in images]
+            in_sample = np.stack(found) if found else np.empty((0, n_patches, self.k), dtype=np.float32)
+            return {"in_sample": np.asarray(in_sample, dtype=np.float32)}
         own_counts = np.bincount(self.bank_image_ids_, minlength=patch_vectors.shape[0])
         if knn.size_ - own_counts.max() < self.k:
             msg = "bank too small for leave-one-out calibration; raise the coreset ratio or add images"
             raise ValueError(msg)
-        scores = []
+        in_sample_rows, loo_rows = [], []
         for image in images:
-            scores.append(
-                self._leave_one_out_scores(knn, patch_vectors[image], int(image), int(own_counts[image]), in_sample)
-            )
-        return np.stack(scores)
+            plain, loo = self._leave_one_out_distances(knn, patch_vectors[image], int(image), int(own_counts[image]))
+            in_sample_rows.append(plain)
+            loo_rows.append(loo)
+        if not loo_rows:
+            empty = np.empty((0, n_patches, self.k), dtype=np.float32)
+            return {"in_sample": empty, "loo": empty.copy()}
+        return {
+            "in_sample": np.stack(in_sample_rows).astype(np.float32, copy=False),
+            "loo": np.stack(loo_rows).astype(np.float32, copy=False),
+        }
 
-    def _leave_one_out_scores(
-        self,
-        knn: PatchKNN,
-        queries: np.ndarray,
-        image: int,
-        own_count: int,
-        in_sample: list[np.ndarray] | None = None,
-    ) -> np.ndarray:
-        """Mean distance of each query to its ``k`` nearest bank vectors taken from other images.
+    def _leave_one_out_distances(
+        self, knn: PatchKNN, queries: np.ndarray, image: int, own_count: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(in-sample, leave-one-out) squared distances (P, k) of each query to its ``k`` nearest bank vectors.
 
-        A plain k-search first: a query none of whose ``k`` neighbours came from ``image`` already
-        has its answer (about 89% of bottle's patches). Only the others are searched again past
-        the image's ``own_count`` bank vectors, which costs ~3x a plain search per query.
+        Leave-one-out: nearest among bank vectors taken from other images. A plain k-search first:
+        a query none of whose ``k`` neighbours came from ``image`` already has its answer (about
+        89% of bottle's patches). Only the others are searched again past the image's
+        ``own_count`` bank vectors, which costs ~3x a plain search per query.
         """
-        distances, neighbours = knn.search(queries, self.k)
-        if in_sample is not None:  # the plain search is the in-sample score
-            in_sample.append(np.asarray(distances.mean(axis=1)))
+        plain, neighbours = knn.search(queries, self.k)
+        plain = np.asarray(plain)
+        distances = plain
         hit = (self.bank_image_ids_[neighbours] == image).any(axis=1)
         if own_count and hit.any():
             deeper, deeper_neighbours = knn.search(queries[hit], self.k + own_count)
             deeper = np.where(self.bank_image_ids_[deeper_neighbours] == image, np.inf, deeper)
             deeper.sort(axis=1)
-            distances = np.array(distances, copy=True)
+            distances = np.array(plain, copy=True)
             distances[hit] = deeper[:, : self.k]
-        return np.asarray(distances.mean(axis=1))
+        return plain, distances
 
     def _map_statistics(self, patch_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         base, descriptors = [], []
