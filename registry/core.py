@@ -1041,7 +1041,7 @@ def train_distance_arrays(model: CategoryModel) -> dict[str, np.ndarray]:
     """The model's train k-nearest distances as stored arrays (``TRAIN_DISTANCES``); empty when it has none."""
     found = getattr(model, "train_distances_", None) or {}
     return {
-        TRAIN_DISTANCES[kind]: np.asarray(values, dtype=np.float32)
+        TRAIN_DISTANCES[kind]: np.asarray(values, dtype=np.int32 if values.dtype.kind in "iu" else np.float32)
         for kind, values in found.items()
         if kind in TRAIN_DISTANCES and len(values) == model.n_train_images_
     }

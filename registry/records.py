@@ -46,9 +46,14 @@ ARRAY_NAMES: tuple[str, ...] = (
 TRAIN_PATCHES = "train_patches"
 #: Optional arrays stored beside ``train_patches``: each train image's squared distances (n, P, k)
 #: float32 to its k nearest bank vectors, by kind (``structcore.model.CategoryModel.train_distances_``):
-#: ``in_sample`` and, for loo / mixed calibration, ``loo``. With them an update searches only the old
-#: patches against the new bank vectors (docs/registry.md "Keeping a category up to date").
-TRAIN_DISTANCES: dict[str, str] = {"in_sample": "train_distances_in_sample", "loo": "train_distances_loo"}
+#: ``in_sample`` and, for loo / mixed calibration, ``loo``; and ``nearest``, each train patch's nearest
+#: bank vector (n, P) int32. With them an update searches only the old patches that a new bank vector
+#: can reach, against the new bank vectors (docs/registry.md "Keeping a category up to date").
+TRAIN_DISTANCES: dict[str, str] = {
+    "in_sample": "train_distances_in_sample",
+    "loo": "train_distances_loo",
+    "nearest": "train_nearest_bank",
+}
 OPTIONAL_ARRAY_NAMES: tuple[str, ...] = (TRAIN_PATCHES, *TRAIN_DISTANCES.values())
 #: Key of the model metadata listing the train images: ``[{"name", "sha256", "source"}]`` in the
 #: order of ``bank_image_ids`` (source: ``fit``, ``update`` or ``feedback``).

@@ -250,6 +250,7 @@ def _stored_distances(registry: Registry, info: VersionInfo, model: CategoryMode
     kinds = model.distance_kinds()
     if not all(TRAIN_DISTANCES[kind] in info.arrays for kind in kinds):
         return None
+    kinds = tuple(kind for kind in TRAIN_DISTANCES if kind in kinds or TRAIN_DISTANCES[kind] in info.arrays)
     return {kind: registry._read_checked(info, TRAIN_DISTANCES[kind]) for kind in kinds}
 
 

@@ -65,6 +65,24 @@ from structcore.settings import (
 
 #: Images scored per anomaly-map batch during calibration (bounds the memory of the maps).
 _MAP_BATCH = 16
+#: Old train patches searched per block against the new bank vectors in an update.
+_MERGE_BLOCK = 1 << 16
+#: Key of ``train_distances_`` holding each train patch's nearest bank vector (n, P) int32.
+NEAREST = "nearest"
+#: Relative margin of :func:`_needs_search` (float32 distances are good to ~1e-6 relative).
+_BOUND_MARGIN = 1e-3
+
+
+def _needs_search(to_fresh: np.ndarray, nearest: np.ndarray, farthest: np.ndarray) -> np.ndarray:
+    """Whether a new bank vector can be among an old patch's k nearest (see ``_updated_distances``).
+
+    Squared distances in.
+    ``to_fresh``: from the patch's nearest old bank vector to its nearest new one; ``nearest``: from
+    the patch to that old bank vector; ``farthest``: the patch's k-th stored distance. False only
+    when ``sqrt(to_fresh) - sqrt(nearest)`` exceeds ``sqrt(farthest)`` by the margin.
+    """
+    bound = np.sqrt(np.maximum(to_fresh, 0.0)) * (1.0 - _BOUND_MARGIN) - np.sqrt(np.maximum(nearest, 0.0))
+    return bound <= np.sqrt(np.maximum(farthest, 0.0)) * (1.0 + _BOUND_MARGIN) + 1e-6
 
 
 class UnknownRule(TypedDict):
@@ -142,6 +160,8 @@ class CategoryModel:
     #: kNN part incremental (:meth:`updated`), stored beside ``train_patches_``.
     train_distances_: dict[str, np.ndarray] | None = None
     update_seconds_: dict[str, float] | None = None
+    #: Share of the old train patches an update searched against the new bank vectors (the rest were ruled out).
+    update_searched_share_: float | None = None
 
     def __init__(
         self,
@@ -325,8 +345,14 @@ class CategoryModel:
         The bank's first ``n_old_bank`` vectors are the parent's, unchanged, and every vector after
         them came from a new image. So for an old image the new k nearest (in-sample, or past its own
         bank vectors: leave-one-out) are the k smallest of its stored k and its distances to the new
-        vectors: only the old patches x new vectors search is run, and the merge is exact. The new
-        images get the full search (:meth:`_calibration_distances`).
+        vectors: only old patches x new vectors are searched, and the merge is exact. The new images
+        get the full search (:meth:`_calibration_distances`).
+
+        Most old patches need no search at all: with ``b`` a patch's nearest old bank vector
+        (stored as ``nearest``) at distance ``d1``, every new vector ``c`` is at least
+        ``|c - b| - sqrt(d1)`` away (triangle inequality), so when ``b``'s nearest new vector is
+        farther than ``sqrt(d1) + sqrt(dk)`` (``dk``: the patch's largest stored distance) none
+        can enter its k nearest (:func:`_needs_search`, with a margin for float32 rounding).
         """
         kinds = self.distance_kinds()
         missing = [kind for kind in kinds if kind not in old_distances]
@@ -336,21 +362,42 @@ class CategoryModel:
         if missing or wrong:
             msg = f"stored train distances {sorted(old_distances)} do not fit: need {list(kinds)} of shape {expected}"
             raise ValueError(msg)
-        merged: dict[str, np.ndarray] = {}
+        rows_old = n_old * n_patches
+        merged = {kind: np.array(old_distances[kind], np.float32).reshape(rows_old, self.k) for kind in kinds}
+        stored_nearest = old_distances.get(NEAREST)
+        has_nearest = stored_nearest is not None and stored_nearest.shape == (n_old, n_patches)
+        # without the stored nearest vectors every old patch is searched, and none are kept
+        nearest = np.array(stored_nearest, np.int32).ravel() if has_nearest else np.zeros(rows_old, np.int32)
         fresh = np.asarray(self.bank_[n_old_bank:], dtype=np.float32)
-        if len(fresh):
+        self.update_searched_share_ = 0.0
+        if len(fresh) and n_old:
+            fresh_knn = PatchKNN(k=min(self.k, len(fresh)), index=self.index).fit(fresh)
+            farthest = merged["loo" if "loo" in merged else "in_sample"][:, -1]
+            if has_nearest:
+                to_fresh, _ = fresh_knn.search(np.asarray(self.bank_[:n_old_bank], dtype=np.float32), 1)
+                rows = np.flatnonzero(_needs_search(to_fresh[nearest, 0], merged["in_sample"][:, 0], farthest))
+            else:
+                rows = np.arange(rows_old)
+            self.update_searched_share_ = len(rows) / rows_old
             flat_old = patch_vectors[:n_old].reshape(n_old * n_patches, -1)
-            near, _ = PatchKNN(k=min(self.k, len(fresh)), index=self.index).fit(fresh).search(flat_old)
-            near = near.reshape(n_old, n_patches, -1)
-        for kind in kinds:
-            stored = np.asarray(old_distances[kind], dtype=np.float32)
-            if len(fresh):
-                stored = np.sort(np.concatenate([stored, near], axis=2), axis=2)[:, :, : self.k]
-            merged[kind] = stored
+            for start in range(0, len(rows), _MERGE_BLOCK):
+                block = rows[start : start + _MERGE_BLOCK]
+                near, near_index = fresh_knn.search(flat_old[block])
+                for kind in kinds:
+                    both = np.concatenate([merged[kind][block], near], axis=1)
+                    merged[kind][block] = np.sort(both, axis=1)[:, : self.k]
+                closer = near[:, 0] < old_distances["in_sample"].reshape(-1, self.k)[block, 0]
+                nearest[block[closer]] = n_old_bank + near_index[closer, 0]
+        result: dict[str, np.ndarray] = {
+            kind: values.reshape(n_old, n_patches, self.k) for kind, values in merged.items()
+        }
+        if has_nearest:
+            result[NEAREST] = nearest.reshape(n_old, n_patches)
         new_images = np.arange(n_old, patch_vectors.shape[0])
         for kind, found in self._calibration_distances(patch_vectors, new_images).items():
-            merged[kind] = np.concatenate([merged[kind], found])
-        return merged
+            if kind in result:
+                result[kind] = np.concatenate([result[kind], found])
+        return result
 
     def _fit_after_bank(
         self,
@@ -373,12 +420,14 @@ class CategoryModel:
         image_of_row = np.repeat(np.arange(n_images, dtype=np.int32), n_patches)
         report("prototypes")
         self.prototypes_, prototype_rows = patch_vectors_to_prototypes(flat, self.n_prototypes, seed=self.seed)
+        timings["prototypes"] = time.perf_counter() - mark
+        mark = time.perf_counter()
         own_distances = leave_one_out_patch_distances(patch_vectors, self.prototypes_, image_of_row[prototype_rows])
         own_routes = own_distances.astype(np.float64).mean(axis=1)
         self.route_threshold_ = float(np.quantile(own_routes, self.route_quantile))
         self._calibrate_unknown(own_distances)
         del own_distances
-        timings["prototypes"] = time.perf_counter() - mark
+        timings["prototype_distances"] = time.perf_counter() - mark
 
         report("calibration")
         self._knn = None
@@ -442,30 +491,41 @@ class CategoryModel:
         knn = self.knn()
         n_patches = patch_vectors.shape[1]
         if "loo" not in self.distance_kinds():
-            found = [knn.search(patch_vectors[i])[0] for i in images]
-            in_sample = np.stack(found) if found else np.empty((0, n_patches, self.k), dtype=np.float32)
-            return {"in_sample": np.asarray(in_sample, dtype=np.float32)}
+            found = [knn.search(patch_vectors[i]) for i in images]
+            if not found:
+                empty = np.empty((0, n_patches, self.k), np.float32)
+                return {"in_sample": empty, NEAREST: np.empty((0, n_patches), np.int32)}
+            return {
+                "in_sample": np.stack([distances for distances, _ in found]).astype(np.float32, copy=False),
+                NEAREST: np.stack([neighbours[:, 0] for _, neighbours in found]).astype(np.int32),
+            }
         own_counts = np.bincount(self.bank_image_ids_, minlength=patch_vectors.shape[0])
         if knn.size_ - own_counts.max() < self.k:
             msg = "bank too small for leave-one-out calibration; raise the coreset ratio or add images"
             raise ValueError(msg)
-        in_sample_rows, loo_rows = [], []
+        in_sample_rows, loo_rows, nearest_rows = [], [], []
         for image in images:
-            plain, loo = self._leave_one_out_distances(knn, patch_vectors[image], int(image), int(own_counts[image]))
+            plain, loo, nearest = self._leave_one_out_distances(
+                knn, patch_vectors[image], int(image), int(own_counts[image])
+            )
             in_sample_rows.append(plain)
             loo_rows.append(loo)
+            nearest_rows.append(nearest)
         if not loo_rows:
             empty = np.empty((0, n_patches, self.k), dtype=np.float32)
-            return {"in_sample": empty, "loo": empty.copy()}
+            return {"in_sample": empty, "loo": empty.copy(), NEAREST: np.empty((0, n_patches), np.int32)}
         return {
             "in_sample": np.stack(in_sample_rows).astype(np.float32, copy=False),
             "loo": np.stack(loo_rows).astype(np.float32, copy=False),
+            NEAREST: np.stack(nearest_rows).astype(np.int32),
         }
 
     def _leave_one_out_distances(
         self, knn: PatchKNN, queries: np.ndarray, image: int, own_count: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(in-sample, leave-one-out) squared distances (P, k) of each query to its ``k`` nearest bank vectors.
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Squared distances (P, k) of each query to its ``k`` nearest bank vectors, in-sample and leave-one-out.
+
+        Also returns each query's nearest bank vector (P,).
 
         Leave-one-out: nearest among bank vectors taken from other images. A plain k-search first:
         a query none of whose ``k`` neighbours came from ``image`` already has its answer (about
@@ -482,7 +542,7 @@ class CategoryModel:
             deeper.sort(axis=1)
             distances = np.array(plain, copy=True)
             distances[hit] = deeper[:, : self.k]
-        return plain, distances
+        return plain, distances, np.asarray(neighbours[:, 0])
 
     def _map_statistics(self, patch_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         base, descriptors = [], []
