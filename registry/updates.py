@@ -4,10 +4,11 @@ Without re-embedding the old images: the version's stored patch vectors (``train
 float16) and k-nearest bank distances (``TRAIN_DISTANCES``) are read back, only the new images are
 embedded, the bank is continued (:meth:`structcore.model.CategoryModel.updated`), the old images'
 distance lists are merged with their distances to the new bank vectors (exact), and everything
-else is recomputed for old and new images. Versions without stored patch vectors (fitted before updates existed, imported from
-a bundle, fitted from in-memory images) are refitted on their listed train images plus the new
-ones, when those files are still there. Writing goes through :meth:`Registry.commit_versions`, so
-an interrupted update leaves the previous version current and intact.
+else is recomputed for old and new images. Versions without stored patch vectors (fitted before
+updates existed, imported from a bundle, fitted from in-memory images) are refitted on their
+listed train images plus the new ones, when those files are still there. Writing goes through
+:meth:`Registry.commit_versions`, so an interrupted update leaves the previous version current and
+intact.
 """
 
 from __future__ import annotations
