@@ -55,6 +55,18 @@ def eval_command(
     order: Annotated[
         str | None, typer.Option(help="Continual order: alphabetical, 10-5, 14-1, ... or a comma-separated list.")
     ] = None,
+    continual: Annotated[
+        str,
+        typer.Option(
+            "--continual",
+            help="Variant of --protocol continual: categories (added step by step) or update (each category "
+            "fitted on its first part of train images and grown by `registry update`, scored after each step "
+            "beside a full refit on the same images).",
+        ),
+    ] = "categories",
+    update_steps: Annotated[
+        int, typer.Option("--update-steps", min=1, help="Steps of --continual update (4: 25% of train images each).")
+    ] = 4,
     dataset: Annotated[str, typer.Option(help="Manifest to check the copy against: auto, mvtec_ad, visa, none.")] = (
         "auto"
     ),
@@ -83,6 +95,7 @@ def eval_command(
     from evaluation.protocols import PROTOCOLS
     from evaluation.report import jsonable
     from evaluation.runner import run_evaluation
+    from evaluation.updates import CONTINUAL_VARIANTS
     from structcore.model import CategoryModel
 
     with user_errors():
@@ -99,6 +112,8 @@ def eval_command(
         )
         if out is not None:
             check_output_folder(out, "--out", parents=parents)
+        if continual not in CONTINUAL_VARIANTS:
+            raise InputError(f"--continual must be one of {', '.join(CONTINUAL_VARIANTS)}, got {continual}")
         protocols = protocol or ["separate", "muad"]
         unknown = [p for p in protocols if p not in PROTOCOLS]
         if unknown:
@@ -138,6 +153,8 @@ def eval_command(
                 max_test=max_test,
                 plots=not no_plots,
                 progress=on_progress,
+                continual=continual,
+                update_steps=update_steps,
             )
         if as_json:
             print_json(jsonable(result.results))

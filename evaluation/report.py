@@ -322,6 +322,8 @@ def markdown_report(results: Mapping[str, Any]) -> str:
             "",
         ]
         lines += _table(part["final"]["per_category"], final, routing=True)
+    if "continual-update" in protocols:
+        lines += ["", *update_markdown(protocols["continual-update"])]
     original = original_size_markdown(protocols)
     if original:
         lines += ["", *original]
@@ -342,6 +344,37 @@ def markdown_report(results: Mapping[str, Any]) -> str:
         lines += ["", "## Plots", ""]
         lines += [f"- `{p}`" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def update_markdown(part: Mapping[str, Any]) -> list[str]:
+    """The ``continual --continual update`` section: per category and step, update against refit."""
+    lines = [
+        "## Continual (update variant)",
+        "",
+        f"Each category fitted on the first 1/{part['steps']} of its train images (sorted by name), then grown by "
+        "`registry update` one part at a time; after each step the test set is scored"
+        + (", beside a full refit on the same images." if part.get("refit") else "."),
+        "",
+        "| category | step | train images | I-AUROC update | I-AUROC refit | FRR update % | FRR refit % | "
+        "update s | refit s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, category in part["per_category"].items():
+        for row in category["steps"]:
+            refit = row.get("refit") or {}
+            lines.append(
+                f"| {name} | {row['step']} ({row['mode']}) | {row['n_train']} | "
+                f"{_pct(row['update'].get('image_auroc_hybrid'))} | {_pct(refit.get('image_auroc_hybrid'))} | "
+                f"{_pct(row['update'].get('frr'))} | {_pct(refit.get('frr'))} | {row['seconds']:.1f} | "
+                + (f"{refit['seconds']:.1f} |" if "seconds" in refit else " |")
+            )
+    worst = part.get("max_abs_delta", {})
+    lines += [
+        "",
+        f"Largest gap update vs refit over all steps: I-AUROC {_pct(worst.get('image_auroc_hybrid'))} points, "
+        f"FRR {_pct(worst.get('frr'))} points.",
+    ]
+    return lines
 
 
 def write_markdown(path: Path, results: Mapping[str, Any]) -> Path:

@@ -34,6 +34,7 @@ from evaluation.protocols import (
 )
 from evaluation.report import jsonable, markdown_report, write_csv, write_json, write_markdown, write_records
 from evaluation.store import CategoryStore, InMemoryStore, open_registry_store
+from evaluation.updates import CONTINUAL_VARIANTS, DEFAULT_UPDATE_STEPS, evaluate_updates
 from registry.detector import load_backbone
 from structcore.features import build_extractor, new_feature_space
 from structcore.model import CategoryModel
@@ -209,6 +210,9 @@ def run_evaluation(
     map_memory_bytes: int = 1 << 30,
     check: bool = True,
     progress: ProgressCallback | None = None,
+    continual: str = "categories",
+    update_steps: int = DEFAULT_UPDATE_STEPS,
+    update_refit: bool = True,
 ) -> EvaluationResult:
     """Evaluate StructCore on a dataset under one or more protocols and write the results.
 
@@ -242,6 +246,13 @@ def run_evaluation(
         map_memory_bytes: anomaly maps kept in memory before spilling to a temporary file.
         check: compare the copy with the dataset's manifest (counts, downscaling).
         progress: called with a :class:`Progress` for each fitted batch, test batch, metric step.
+        continual: the ``continual`` protocol's variant (:data:`evaluation.updates.CONTINUAL_VARIANTS`):
+            ``"categories"`` added step by step, or ``"update"``: each category fitted on its first
+            ``update_steps``-th of train images and grown by updates, scored after each step
+            (:func:`evaluation.updates.evaluate_updates`, results under ``"continual-update"``).
+            The update variant alone also reports ``separate`` (the full fit on all images).
+        update_steps: steps of the update variant.
+        update_refit: score a full refit on the same images beside each update.
 
     Returns:
         An :class:`EvaluationResult` (the figures and the files written).
@@ -261,6 +272,12 @@ def run_evaluation(
     if unknown or not wanted:
         msg = f"unknown protocols: {', '.join(unknown) or 'none given'}; choose from {', '.join(PROTOCOLS)}"
         raise ValueError(msg)
+    if continual not in CONTINUAL_VARIANTS:
+        msg = f"unknown continual variant {continual!r}; choose from {', '.join(CONTINUAL_VARIANTS)}"
+        raise ValueError(msg)
+    update_variant = "continual" in wanted and continual == "update"
+    if update_variant:
+        wanted = [p for p in wanted if p != "continual"] or ["separate"]
     loaded = data if isinstance(data, Dataset) else load_dataset(data, layout, categories)
     if isinstance(data, Dataset):
         loaded = loaded.select(categories)
@@ -320,6 +337,10 @@ def run_evaluation(
             results_by_protocol["continual"] = evaluate_continual(collected, report, pixel, max_pixels, pixel_cache)
         if "open-set" in wanted:
             results_by_protocol["open-set"] = evaluate_open_set(collected)
+        if update_variant:
+            results_by_protocol["continual-update"] = evaluate_updates(
+                loaded, names, store.extractor(), model, update_steps, refit=update_refit, progress=report
+            )
         metrics_seconds = time.perf_counter() - metrics_started
         n_test = sum(len(collected.runs[n].data.test) for n in names)
         per_stage = {
@@ -334,6 +355,8 @@ def run_evaluation(
                 "dataset": manifest,
                 "categories": names,
                 "protocols": wanted,
+                "continual": continual,
+                "update_steps": update_steps if update_variant else None,
                 "order": steps,
                 "refit": refit,
                 "max_train": max_train,

@@ -122,6 +122,10 @@ class CategoryStore(Protocol):
         """A Detector over ``names`` (their current versions, routing among them)."""
         ...
 
+    def extractor(self) -> Any:
+        """The feature extractor of the store's feature space (the ``update`` variant embeds with it)."""
+        ...
+
     def describe(self) -> dict[str, Any]:
         """JSON-compatible description (kind, feature space, settings) for the results file."""
         ...
@@ -180,6 +184,10 @@ class InMemoryStore:
         pinned = [PinnedCategory.of_model(name, self._versions[name], self.load(name)) for name in chosen]
         return Detector(self._extractor, pinned)
 
+    def extractor(self) -> FeatureExtractor:
+        """The feature extractor of the store's feature space."""
+        return self._extractor
+
     def describe(self) -> dict[str, Any]:
         """Kind, geometry and grid of the store."""
         geometry = self._extractor.geometry
@@ -225,6 +233,10 @@ class RegistryStore:
     def detector(self, names: Sequence[str] | None = None) -> Detector:
         """The registry's :meth:`~registry.Registry.detector` over ``names`` (all categories by default)."""
         return self.registry.detector(names, batch_size=self.batch_size)
+
+    def extractor(self) -> FeatureExtractor:
+        """The registry's feature extractor."""
+        return self.registry.extractor(self.batch_size)
 
     def describe(self) -> dict[str, Any]:
         """Root and feature space of the registry."""

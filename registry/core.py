@@ -69,6 +69,7 @@ from registry.models import CategoryRow, CategoryVersionRow, FeatureSpaceRow, ut
 from registry.records import (
     ARRAY_NAMES,
     NAME_PATTERN,
+    TRAIN_DISTANCES,
     TRAIN_IMAGE_INFO,
     TRAIN_PATCHES,
     CategoryInfo,
@@ -462,6 +463,7 @@ class Registry:
         patches = getattr(model, "train_patches_", None)
         if patches is not None and len(patches) == model.n_train_images_:
             arrays[TRAIN_PATCHES] = np.asarray(patches, dtype=np.float16)  # for `registry update`
+            arrays.update(train_distance_arrays(model))
         names = [_source_name(s, i) for i, s in enumerate(train_images)]
         metadata = model.to_metadata()
         if names:
@@ -1035,6 +1037,16 @@ class Registry:
 
 
 # ---------------------------------------------------------------------------- helpers
+def train_distance_arrays(model: CategoryModel) -> dict[str, np.ndarray]:
+    """The model's train k-nearest distances as stored arrays (``TRAIN_DISTANCES``); empty when it has none."""
+    found = getattr(model, "train_distances_", None) or {}
+    return {
+        TRAIN_DISTANCES[kind]: np.asarray(values, dtype=np.int32 if values.dtype.kind in "iu" else np.float32)
+        for kind, values in found.items()
+        if kind in TRAIN_DISTANCES and len(values) == model.n_train_images_
+    }
+
+
 def image_sha256(source: object) -> str:
     """sha256 of an image's content: a file's bytes, or an in-memory image's pixel bytes."""
     digest = hashlib.sha256()

@@ -44,7 +44,17 @@ ARRAY_NAMES: tuple[str, ...] = (
 #: float16, what ``registry update`` continues from (versions fitted before it, imported ones and
 #: in-memory fits lack it: an update then refits). Bundles do not carry it.
 TRAIN_PATCHES = "train_patches"
-OPTIONAL_ARRAY_NAMES: tuple[str, ...] = (TRAIN_PATCHES,)
+#: Optional arrays stored beside ``train_patches``: each train image's squared distances (n, P, k)
+#: float32 to its k nearest bank vectors, by kind (``structcore.model.CategoryModel.train_distances_``):
+#: ``in_sample`` and, for loo / mixed calibration, ``loo``; and ``nearest``, each train patch's nearest
+#: bank vector (n, P) int32. With them an update searches only the old patches that a new bank vector
+#: can reach, against the new bank vectors (docs/registry.md "Keeping a category up to date").
+TRAIN_DISTANCES: dict[str, str] = {
+    "in_sample": "train_distances_in_sample",
+    "loo": "train_distances_loo",
+    "nearest": "train_nearest_bank",
+}
+OPTIONAL_ARRAY_NAMES: tuple[str, ...] = (TRAIN_PATCHES, *TRAIN_DISTANCES.values())
 #: Key of the model metadata listing the train images: ``[{"name", "sha256", "source"}]`` in the
 #: order of ``bank_image_ids`` (source: ``fit``, ``update`` or ``feedback``).
 TRAIN_IMAGE_INFO = "train_image_info"
@@ -285,6 +295,7 @@ __all__ = [
     "DB_FILE",
     "NAME_PATTERN",
     "OPTIONAL_ARRAY_NAMES",
+    "TRAIN_DISTANCES",
     "TRAIN_IMAGE_INFO",
     "TRAIN_PATCHES",
     "CategoryInfo",

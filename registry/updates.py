@@ -1,12 +1,14 @@
 """``registry update``: a new version of a category from its current one plus new good images.
 
 Without re-embedding the old images: the version's stored patch vectors (``train_patches``,
-float16) are read back, only the new images are embedded, the bank is continued
-(:meth:`structcore.model.CategoryModel.updated`) and everything else is recomputed for old and
-new images. Versions without stored patch vectors (fitted before updates existed, imported from
-a bundle, fitted from in-memory images) are refitted on their listed train images plus the new
-ones, when those files are still there. Writing goes through :meth:`Registry.commit_versions`, so
-an interrupted update leaves the previous version current and intact.
+float16) and k-nearest bank distances (``TRAIN_DISTANCES``) are read back, only the new images are
+embedded, the bank is continued (:meth:`structcore.model.CategoryModel.updated`), the old images'
+distance lists are merged with their distances to the new bank vectors (exact), and everything
+else is recomputed for old and new images. Versions without stored patch vectors (fitted before
+updates existed, imported from a bundle, fitted from in-memory images) are refitted on their
+listed train images plus the new ones, when those files are still there. Writing goes through
+:meth:`Registry.commit_versions`, so an interrupted update leaves the previous version current and
+intact.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from registry.core import Registry, _name_outliers, _source_name, image_sha256
+from registry.core import Registry, _name_outliers, _source_name, image_sha256, train_distance_arrays
 from registry.errors import RegistryError
-from registry.records import TRAIN_IMAGE_INFO, TRAIN_PATCHES, PendingVersion, VersionInfo
+from registry.records import TRAIN_DISTANCES, TRAIN_IMAGE_INFO, TRAIN_PATCHES, PendingVersion, VersionInfo
 from registry.storage import checkpoint
 
 if TYPE_CHECKING:
@@ -165,6 +167,12 @@ def update_category(
     if reason is None:
         model = registry._build_model(parent, metadata, train_images)  # verified arrays
         old_patches = registry._read_checked(parent, TRAIN_PATCHES)
+        old_distances = _stored_distances(registry, parent, model)
+        if old_distances is None:
+            say(
+                f"version {parent.version} of {name!r} stores no train distances (made before they were kept): "
+                "they are searched once over the whole bank; the new version keeps them"
+            )
         _set_rule(model, rule, frr)
         report(Progress("embed", 0, len(new_sources), name))
         mark = time.perf_counter()
@@ -173,7 +181,9 @@ def update_category(
         seconds["embed"] = time.perf_counter() - mark
         checkpoint("update-embedded")
         report(Progress("fit", category=name))
-        fitted = model.updated(old_patches, new_patches, progress=lambda event: report(_named(event, name)))
+        fitted = model.updated(
+            old_patches, new_patches, progress=lambda event: report(_named(event, name)), old_distances=old_distances
+        )
         seconds.update(fitted.update_seconds_ or {})
         fitted.train_patches_ = np.concatenate([old_patches, new_patches.astype(np.float16)])
         mode = "update"
@@ -214,7 +224,11 @@ def update_category(
         "source": source,
     }
     assert fitted.train_patches_ is not None
-    arrays = {**fitted.to_arrays(), TRAIN_PATCHES: np.asarray(fitted.train_patches_, dtype=np.float16)}
+    arrays = {
+        **fitted.to_arrays(),
+        TRAIN_PATCHES: np.asarray(fitted.train_patches_, dtype=np.float16),
+        **train_distance_arrays(fitted),
+    }
     checkpoint("update-fitted")
     report(Progress("write", category=name))
     pending = PendingVersion(
@@ -231,6 +245,15 @@ def update_category(
     report(Progress("done", category=name))
     added = [str(r["name"]) for r in new_records]
     return UpdateResult(info, parent, mode, added, duplicates, reason, note, seconds)
+
+
+def _stored_distances(registry: Registry, info: VersionInfo, model: CategoryModel) -> dict[str, np.ndarray] | None:
+    """The version's stored train k-nearest distances (checked), or ``None`` when it lacks any its calibration needs."""
+    kinds = model.distance_kinds()
+    if not all(TRAIN_DISTANCES[kind] in info.arrays for kind in kinds):
+        return None
+    kinds = tuple(kind for kind in TRAIN_DISTANCES if kind in kinds or TRAIN_DISTANCES[kind] in info.arrays)
+    return {kind: registry._read_checked(info, TRAIN_DISTANCES[kind]) for kind in kinds}
 
 
 def _named(event: Any, name: str) -> Any:

@@ -65,6 +65,24 @@ from structcore.settings import (
 
 #: Images scored per anomaly-map batch during calibration (bounds the memory of the maps).
 _MAP_BATCH = 16
+#: Old train patches searched per block against the new bank vectors in an update.
+_MERGE_BLOCK = 1 << 16
+#: Key of ``train_distances_`` holding each train patch's nearest bank vector (n, P) int32.
+NEAREST = "nearest"
+#: Relative margin of :func:`_needs_search` (float32 distances are good to ~1e-6 relative).
+_BOUND_MARGIN = 1e-3
+
+
+def _needs_search(to_fresh: np.ndarray, nearest: np.ndarray, farthest: np.ndarray) -> np.ndarray:
+    """Whether a new bank vector can be among an old patch's k nearest (see ``_updated_distances``).
+
+    Squared distances in.
+    ``to_fresh``: from the patch's nearest old bank vector to its nearest new one; ``nearest``: from
+    the patch to that old bank vector; ``farthest``: the patch's k-th stored distance. False only
+    when ``sqrt(to_fresh) - sqrt(nearest)`` exceeds ``sqrt(farthest)`` by the margin.
+    """
+    bound = np.sqrt(np.maximum(to_fresh, 0.0)) * (1.0 - _BOUND_MARGIN) - np.sqrt(np.maximum(nearest, 0.0))
+    return bound <= np.sqrt(np.maximum(farthest, 0.0)) * (1.0 + _BOUND_MARGIN) + 1e-6
 
 
 class UnknownRule(TypedDict):
@@ -136,7 +154,14 @@ class CategoryModel:
     _knn: PatchKNN | None = None
     #: The train images' patch vectors (n, P, D) float16, kept by ``fit_category(keep_patches=True)``.
     train_patches_: np.ndarray | None = None
+    #: The calibration images' squared distances (n, P, k) to their ``k`` nearest bank vectors, by
+    #: kind: ``in_sample`` (plain search) and, in ``loo`` / ``mixed`` calibration, ``loo`` (past the
+    #: image's own bank vectors). Set by :meth:`fit` and :meth:`updated`; what makes an update's
+    #: kNN part incremental (:meth:`updated`), stored beside ``train_patches_``.
+    train_distances_: dict[str, np.ndarray] | None = None
     update_seconds_: dict[str, float] | None = None
+    #: Share of the old train patches an update searched against the new bank vectors (the rest were ruled out).
+    update_searched_share_: float | None = None
 
     def __init__(
         self,
@@ -243,6 +268,7 @@ class CategoryModel:
         old_patches: np.ndarray,
         new_patches: np.ndarray,
         progress: ProgressCallback | None = None,
+        old_distances: dict[str, np.ndarray] | None = None,
     ) -> CategoryModel:
         """A new fitted model for this model's train images plus new ones (``registry update``).
 
@@ -253,6 +279,11 @@ class CategoryModel:
         holds ``coreset_ratio`` of all patches. The routing prototypes, the unknown thresholds, the
         StructCore statistics and the leave-one-out thresholds are then recomputed for old and new
         images exactly as :meth:`fit` computes them. This model is not modified.
+
+        ``old_distances`` (this model's ``train_distances_``, as stored): the old images' k-nearest
+        bank distances; with them only the old patches against the *new* bank vectors are searched
+        (:meth:`_updated_distances`, exact), without them every image is searched against the whole
+        bank. The result is the same either way (up to float32 rounding).
 
         Raises:
             ValueError: holdout calibration (its split changes with the image count: refit), or
@@ -290,47 +321,138 @@ class CategoryModel:
         new_ids = (n_old + picked // n_patches).astype(self.bank_image_ids_.dtype)
         model.bank_image_ids_ = np.concatenate([self.bank_image_ids_, new_ids])
         model.coreset_radius_ = max(float(self.coreset_radius_), float(selector.radius_))
-        coreset_seconds = time.perf_counter() - started
+        seconds = {"coreset": time.perf_counter() - started}
         patch_vectors = np.empty((n_old + n_new, n_patches, dim), dtype=np.float32)
         patch_vectors[:n_old] = old_patches
         patch_vectors[n_old:] = new_patches
-        model._fit_after_bank(patch_vectors, np.arange(n_old + n_new), report)
+        distances = None
+        if old_distances is not None:
+            report("calibration-distances")
+            mark = time.perf_counter()
+            distances = model._updated_distances(patch_vectors, n_old, len(self.bank_), old_distances)
+            seconds["distances"] = time.perf_counter() - mark
+        model._fit_after_bank(patch_vectors, np.arange(n_old + n_new), report, distances, seconds)
         model.fit_seconds_ = time.perf_counter() - started
         #: where :meth:`updated` spent its time (benchmarks/update_cost.py)
-        model.update_seconds_ = {"coreset": coreset_seconds, "recompute": model.fit_seconds_ - coreset_seconds}
+        model.update_seconds_ = seconds
         return model
 
+    def _updated_distances(
+        self, patch_vectors: np.ndarray, n_old: int, n_old_bank: int, old_distances: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """The k-nearest distances of all train images to this (continued) bank, from the old images' stored ones.
+
+        The bank's first ``n_old_bank`` vectors are the parent's, unchanged, and every vector after
+        them came from a new image. So for an old image the new k nearest (in-sample, or past its own
+        bank vectors: leave-one-out) are the k smallest of its stored k and its distances to the new
+        vectors: only old patches x new vectors are searched, and the merge is exact. The new images
+        get the full search (:meth:`_calibration_distances`).
+
+        Most old patches need no search at all: with ``b`` a patch's nearest old bank vector
+        (stored as ``nearest``) at distance ``d1``, every new vector ``c`` is at least
+        ``|c - b| - sqrt(d1)`` away (triangle inequality), so when ``b``'s nearest new vector is
+        farther than ``sqrt(d1) + sqrt(dk)`` (``dk``: the patch's largest stored distance) none
+        can enter its k nearest (:func:`_needs_search`, with a margin for float32 rounding).
+        """
+        kinds = self.distance_kinds()
+        missing = [kind for kind in kinds if kind not in old_distances]
+        n_patches = patch_vectors.shape[1]
+        expected = (n_old, n_patches, self.k)
+        wrong = [kind for kind in kinds if kind in old_distances and old_distances[kind].shape != expected]
+        if missing or wrong:
+            msg = f"stored train distances {sorted(old_distances)} do not fit: need {list(kinds)} of shape {expected}"
+            raise ValueError(msg)
+        rows_old = n_old * n_patches
+        merged = {kind: np.array(old_distances[kind], np.float32).reshape(rows_old, self.k) for kind in kinds}
+        stored_nearest = old_distances.get(NEAREST)
+        has_nearest = stored_nearest is not None and stored_nearest.shape == (n_old, n_patches)
+        # without the stored nearest vectors every old patch is searched, and none are kept
+        nearest = np.array(stored_nearest, np.int32).ravel() if has_nearest else np.zeros(rows_old, np.int32)
+        fresh = np.asarray(self.bank_[n_old_bank:], dtype=np.float32)
+        self.update_searched_share_ = 0.0
+        if len(fresh) and n_old:
+            fresh_knn = PatchKNN(k=min(self.k, len(fresh)), index=self.index).fit(fresh)
+            farthest = merged["loo" if "loo" in merged else "in_sample"][:, -1]
+            if has_nearest:
+                to_fresh, _ = fresh_knn.search(np.asarray(self.bank_[:n_old_bank], dtype=np.float32), 1)
+                rows = np.flatnonzero(_needs_search(to_fresh[nearest, 0], merged["in_sample"][:, 0], farthest))
+            else:
+                rows = np.arange(rows_old)
+            self.update_searched_share_ = len(rows) / rows_old
+            flat_old = patch_vectors[:n_old].reshape(n_old * n_patches, -1)
+            for start in range(0, len(rows), _MERGE_BLOCK):
+                block = rows[start : start + _MERGE_BLOCK]
+                near, near_index = fresh_knn.search(flat_old[block])
+                for kind in kinds:
+                    both = np.concatenate([merged[kind][block], near], axis=1)
+                    merged[kind][block] = np.sort(both, axis=1)[:, : self.k]
+                closer = near[:, 0] < old_distances["in_sample"].reshape(-1, self.k)[block, 0]
+                nearest[block[closer]] = n_old_bank + near_index[closer, 0]
+        result: dict[str, np.ndarray] = {
+            kind: values.reshape(n_old, n_patches, self.k) for kind, values in merged.items()
+        }
+        if has_nearest:
+            result[NEAREST] = nearest.reshape(n_old, n_patches)
+        new_images = np.arange(n_old, patch_vectors.shape[0])
+        for kind, found in self._calibration_distances(patch_vectors, new_images).items():
+            if kind in result:
+                result[kind] = np.concatenate([result[kind], found])
+        return result
+
     def _fit_after_bank(
-        self, patch_vectors: np.ndarray, calibration_images: np.ndarray, report: Callable[[str], None]
+        self,
+        patch_vectors: np.ndarray,
+        calibration_images: np.ndarray,
+        report: Callable[[str], None],
+        distances: dict[str, np.ndarray] | None = None,
+        seconds: dict[str, float] | None = None,
     ) -> None:
-        """Prototypes, unknown thresholds and calibration, once ``bank_`` is set (:meth:`fit`, :meth:`updated`)."""
+        """Prototypes, unknown thresholds and calibration, once ``bank_`` is set (:meth:`fit`, :meth:`updated`).
+
+        ``distances``: the calibration images' k-nearest bank distances when already known
+        (:meth:`_updated_distances`); otherwise they are searched here. ``seconds`` gets the time
+        of each part.
+        """
+        timings = {} if seconds is None else seconds
+        mark = time.perf_counter()
         n_images, n_patches, dim = patch_vectors.shape
         flat = patch_vectors.reshape(n_images * n_patches, dim)
         image_of_row = np.repeat(np.arange(n_images, dtype=np.int32), n_patches)
         report("prototypes")
         self.prototypes_, prototype_rows = patch_vectors_to_prototypes(flat, self.n_prototypes, seed=self.seed)
+        timings["prototypes"] = time.perf_counter() - mark
+        mark = time.perf_counter()
         own_distances = leave_one_out_patch_distances(patch_vectors, self.prototypes_, image_of_row[prototype_rows])
         own_routes = own_distances.astype(np.float64).mean(axis=1)
         self.route_threshold_ = float(np.quantile(own_routes, self.route_quantile))
         self._calibrate_unknown(own_distances)
         del own_distances
+        timings["prototype_distances"] = time.perf_counter() - mark
 
         report("calibration")
         self._knn = None
-        in_sample: list[np.ndarray] | None = [] if self.calibration == "mixed" else None
-        calibration_patch_scores = self._calibration_patch_scores(patch_vectors, calibration_images, in_sample)
-        base, descriptors = self._map_statistics(calibration_patch_scores)
+        if distances is None:
+            mark = time.perf_counter()
+            distances = self._calibration_distances(patch_vectors, calibration_images)
+            timings["distances"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        self.train_distances_ = distances if self.calibration != "holdout" else None
         calibrator = StructCoreCalibrator(
             scoring=self.scoring, threshold_rule=self.threshold_rule, frr=self.threshold_frr
         )
-        if in_sample is None:
+        if self.calibration in {"in-sample", "holdout"}:
+            base, descriptors = self._map_statistics(distances["in_sample"].mean(axis=2))
             self.calibrator_ = calibrator.fit_descriptors(base, descriptors)
-        else:  # statistics from the in-sample maps, thresholds from the leave-one-out ones
-            del calibration_patch_scores
-            self.calibrator_ = calibrator.fit_descriptors(*self._map_statistics(np.stack(in_sample)))
+        elif self.calibration == "loo":
+            base, descriptors = self._map_statistics(distances["loo"].mean(axis=2))
+            self.calibrator_ = calibrator.fit_descriptors(base, descriptors)
+        else:  # mixed: statistics from the in-sample maps, thresholds from the leave-one-out ones
+            self.calibrator_ = calibrator.fit_descriptors(*self._map_statistics(distances["in_sample"].mean(axis=2)))
+            base, descriptors = self._map_statistics(distances["loo"].mean(axis=2))
             self.calibrator_.fit_thresholds(base, descriptors)
         scores = self.calibrator_.score_descriptors(base, descriptors)
         self.calibration_scores_ = {"base": scores.base, "struct": scores.struct, "hybrid": scores.hybrid}
+        timings["maps"] = time.perf_counter() - mark
 
     def _calibrate_unknown(self, own_distances: np.ndarray) -> None:
         """Unknown thresholds from the leave-one-out train patch distances (n_images, P)."""
@@ -356,50 +478,71 @@ class CategoryModel:
         order = np.random.default_rng(self.seed).permutation(n_images)
         return np.sort(order[held:]), np.sort(order[:held])
 
-    def _calibration_patch_scores(
-        self, patch_vectors: np.ndarray, images: np.ndarray, in_sample: list[np.ndarray] | None = None
-    ) -> np.ndarray:
-        """Patch scores (n, P) of the calibration images; ``in_sample`` (loo modes) also gets their in-sample ones."""
+    def distance_kinds(self) -> tuple[str, ...]:
+        """The k-nearest distance lists the calibration mode needs (``in_sample``, ``loo``)."""
+        return ("in_sample", "loo") if self.calibration in {"loo", "mixed"} else ("in_sample",)
+
+    def _calibration_distances(self, patch_vectors: np.ndarray, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Squared distances (n, P, k) of the ``images``' patches to their k nearest bank vectors.
+
+        ``in_sample``: a plain search; ``loo`` (loo and mixed calibration): past the image's own
+        bank vectors (leave-one-image-out), see :meth:`_leave_one_out_distances`.
+        """
         knn = self.knn()
-        if self.calibration not in {"loo", "mixed"}:
-            return np.stack([knn.score(patch_vectors[i]) for i in images])
-        # Leave-one-image-out: search past the image's own bank vectors and drop them.
+        n_patches = patch_vectors.shape[1]
+        if "loo" not in self.distance_kinds():
+            found = [knn.search(patch_vectors[i]) for i in images]
+            if not found:
+                empty = np.empty((0, n_patches, self.k), np.float32)
+                return {"in_sample": empty, NEAREST: np.empty((0, n_patches), np.int32)}
+            return {
+                "in_sample": np.stack([distances for distances, _ in found]).astype(np.float32, copy=False),
+                NEAREST: np.stack([neighbours[:, 0] for _, neighbours in found]).astype(np.int32),
+            }
         own_counts = np.bincount(self.bank_image_ids_, minlength=patch_vectors.shape[0])
         if knn.size_ - own_counts.max() < self.k:
             msg = "bank too small for leave-one-out calibration; raise the coreset ratio or add images"
             raise ValueError(msg)
-        scores = []
+        in_sample_rows, loo_rows, nearest_rows = [], [], []
         for image in images:
-            scores.append(
-                self._leave_one_out_scores(knn, patch_vectors[image], int(image), int(own_counts[image]), in_sample)
+            plain, loo, nearest = self._leave_one_out_distances(
+                knn, patch_vectors[image], int(image), int(own_counts[image])
             )
-        return np.stack(scores)
+            in_sample_rows.append(plain)
+            loo_rows.append(loo)
+            nearest_rows.append(nearest)
+        if not loo_rows:
+            empty = np.empty((0, n_patches, self.k), dtype=np.float32)
+            return {"in_sample": empty, "loo": empty.copy(), NEAREST: np.empty((0, n_patches), np.int32)}
+        return {
+            "in_sample": np.stack(in_sample_rows).astype(np.float32, copy=False),
+            "loo": np.stack(loo_rows).astype(np.float32, copy=False),
+            NEAREST: np.stack(nearest_rows).astype(np.int32),
+        }
 
-    def _leave_one_out_scores(
-        self,
-        knn: PatchKNN,
-        queries: np.ndarray,
-        image: int,
-        own_count: int,
-        in_sample: list[np.ndarray] | None = None,
-    ) -> np.ndarray:
-        """Mean distance of each query to its ``k`` nearest bank vectors taken from other images.
+    def _leave_one_out_distances(
+        self, knn: PatchKNN, queries: np.ndarray, image: int, own_count: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Squared distances (P, k) of each query to its ``k`` nearest bank vectors, in-sample and leave-one-out.
 
-        A plain k-search first: a query none of whose ``k`` neighbours came from ``image`` already
-        has its answer (about 89% of bottle's patches). Only the others are searched again past
-        the image's ``own_count`` bank vectors, which costs ~3x a plain search per query.
+        Also returns each query's nearest bank vector (P,).
+
+        Leave-one-out: nearest among bank vectors taken from other images. A plain k-search first:
+        a query none of whose ``k`` neighbours came from ``image`` already has its answer (about
+        89% of bottle's patches). Only the others are searched again past the image's
+        ``own_count`` bank vectors, which costs ~3x a plain search per query.
         """
-        distances, neighbours = knn.search(queries, self.k)
-        if in_sample is not None:  # the plain search is the in-sample score
-            in_sample.append(np.asarray(distances.mean(axis=1)))
+        plain, neighbours = knn.search(queries, self.k)
+        plain = np.asarray(plain)
+        distances = plain
         hit = (self.bank_image_ids_[neighbours] == image).any(axis=1)
         if own_count and hit.any():
             deeper, deeper_neighbours = knn.search(queries[hit], self.k + own_count)
             deeper = np.where(self.bank_image_ids_[deeper_neighbours] == image, np.inf, deeper)
             deeper.sort(axis=1)
-            distances = np.array(distances, copy=True)
+            distances = np.array(plain, copy=True)
             distances[hit] = deeper[:, : self.k]
-        return np.asarray(distances.mean(axis=1))
+        return plain, distances, np.asarray(neighbours[:, 0])
 
     def _map_statistics(self, patch_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         base, descriptors = [], []

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,8 @@ def main() -> None:
     parser.add_argument("--registry", type=Path, required=True, help="A registry (its feature space embeds).")
     parser.add_argument("--cache", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--max-train", type=int, default=0)
+    parser.add_argument("--max-train", type=int, default=0, help="The first N train images (sorted by name).")
+    parser.add_argument("--seeded-train", type=int, default=0, help="A seeded subset of N train images, sorted.")
     parser.add_argument("--test-good", type=int, default=0)
     parser.add_argument("--test-bad", type=int, default=0)
     parser.add_argument("--fit", type=int, default=100)
@@ -111,15 +113,26 @@ def main() -> None:
         good, bad = test_sets(registry, args.root, args.cache, args.test_good, args.test_bad)
         result["test"] = {"good": len(good), "bad": len(bad)}
         if args.mode == "quality":
+            tag = f"train_{len(train)}"
             if args.max_train:
                 train = train[: args.max_train]
-            vectors = embedded(registry, train, args.cache, f"train_{len(train)}")
+                tag = f"train_{len(train)}"
+            elif args.seeded_train and args.seeded_train < len(train):
+                keep = np.random.default_rng(0).choice(len(train), args.seeded_train, replace=False)
+                train = [train[i] for i in sorted(keep)]
+                tag = f"train_seeded_{len(train)}"
+            result["train"] = {"n": len(train), "subset": tag}
+            vectors = embedded(registry, train, args.cache, tag)
             bounds = [round(len(train) * q / 4) for q in range(1, 5)]
             model = CategoryModel().fit(vectors[: bounds[0]].astype(np.float32), grid, crop)
             rows = [{"step": "25%", "n": bounds[0], "update": evaluate(model, good, bad), "refit": None}]
             for q, n in enumerate(bounds[1:], start=2):
                 started = time.perf_counter()
-                model = model.updated(vectors[: rows[-1]["n"]], vectors[rows[-1]["n"] : n].astype(np.float32))
+                model = model.updated(
+                    vectors[: rows[-1]["n"]],
+                    vectors[rows[-1]["n"] : n].astype(np.float32),
+                    old_distances=model.train_distances_,  # what registry update reads from the version
+                )
                 update_s = time.perf_counter() - started
                 started = time.perf_counter()
                 refit = CategoryModel().fit(vectors[:n].astype(np.float32), grid, crop)
@@ -130,7 +143,9 @@ def main() -> None:
                     "update": evaluate(model, good, bad),
                     "refit": evaluate(refit, good, bad),
                     "update_fit_s": update_s,
+                    "update_parts_s": model.update_seconds_,
                     "refit_fit_s": refit_s,
+                    "load": os.getloadavg(),
                     "bank": [len(model.bank_), len(refit.bank_)],
                 }
                 rows.append(row)
@@ -150,7 +165,7 @@ def main() -> None:
             model = CategoryModel().fit(fit_v.astype(np.float32), grid, crop)
             before = {"new_condition_frr": frr(model, held_v), **evaluate(model, good, bad)}
             started = time.perf_counter()
-            updated = model.updated(fit_v, add_v.astype(np.float32))
+            updated = model.updated(fit_v, add_v.astype(np.float32), old_distances=model.train_distances_)
             update_s = time.perf_counter() - started
             after = {"new_condition_frr": frr(updated, held_v), **evaluate(updated, good, bad)}
             result.update(

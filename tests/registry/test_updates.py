@@ -10,10 +10,10 @@ import pytest
 from evaluation.synthetic import make_category, write_mvtec_layout
 from registry import Registry
 from registry.errors import RegistryError
-from registry.records import TRAIN_IMAGE_INFO, TRAIN_PATCHES
+from registry.records import TRAIN_DISTANCES, TRAIN_IMAGE_INFO, TRAIN_PATCHES
 from registry.updates import image_records, train_image_list, update_category
-from structcore.model import CategoryModel
-from tests.support_registry import SIZE, make_base, write_data
+from structcore.model import CategoryModel, fit_category
+from tests.support_registry import SIZE, make_base, small_model, write_data
 
 
 def test_image_records_of_versions_without_hashes() -> None:
@@ -48,6 +48,11 @@ def test_update_category_through_the_api(tmp_path: Path) -> None:
         assert info.version == 2 and info.origin == "feedback:v1"
         assert [r["source"] for r in records] == ["fit"] * 6 + ["feedback"] * 3
         assert registry.version_info("pill").arrays[TRAIN_PATCHES]["shape"] == [9, 256, 512]
+        for kind, array in TRAIN_DISTANCES.items():  # mixed calibration: both lists (k = 5) and the nearest
+            tail = [5] if kind != "nearest" else []
+            assert registry.version_info("pill", 1).arrays[array]["shape"] == [6, 256, *tail], kind
+            assert registry.version_info("pill").arrays[array]["shape"] == [9, 256, *tail], kind
+        assert result.seconds["distances"] > 0
         with pytest.raises(RegistryError, match="nothing to add"):
             update_category(registry, "pill", new)
         assert registry.verify().ok
@@ -69,3 +74,27 @@ def test_updated_model_keeps_the_bank_and_recomputes_the_rest() -> None:
     holdout = CategoryModel(coreset_ratio=0.25, n_prototypes=4, calibration="holdout").fit(old, grid, 16)
     with pytest.raises(ValueError, match="holdout"):
         holdout.updated(old, new)
+
+
+def test_a_version_without_stored_distances_updates_and_keeps_them(tmp_path: Path) -> None:
+    data = write_data(tmp_path / "images")
+    train = data["pill"][0]
+    notes: list[str] = []
+    with Registry.init(tmp_path / "registry", resize=SIZE, crop=SIZE) as registry:
+        model = fit_category(registry.extractor(), train[:4], small_model(), keep_patches=True)
+        model.train_distances_ = None  # as stored by the first `--keep-patches` versions
+        registry.add_fitted("pill", model, train_images=train[:4])
+        assert not set(TRAIN_DISTANCES.values()) & set(registry.version_info("pill").arrays)
+        result = update_category(registry, "pill", train[4:], notice=notes.append)
+        assert result.mode == "update" and any("stores no train distances" in note for note in notes)
+        assert set(TRAIN_DISTANCES.values()) <= set(registry.version_info("pill").arrays)
+        notes.clear()
+        extra = sorted(
+            (
+                write_mvtec_layout(make_category("pill", 2, 0, 0, 7, size=SIZE), tmp_path / "new", "pill")
+                / "train"
+                / "good"
+            ).glob("*.png")
+        )
+        assert update_category(registry, "pill", extra, notice=notes.append).mode == "update" and not notes
+        assert registry.verify().ok

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,10 +33,13 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_good_images_become_a_feedback_version(root: Path, new_good: list[Path]) -> None:
-    with Served(settings_for(root, token=TOKEN)) as served:
+    settings = settings_for(root, token=TOKEN)
+    with Served(settings) as served:
         with served.client() as anonymous:  # token rules as for /v1/infer
             assert anonymous.post("/v1/categories/pill/good", files=files_of(new_good[0])).status_code == 401
         with served.client(TOKEN) as client:
+            before = served_record(client, new_good[0])
+            assert before["version"] == 1
             assert client.post("/v1/categories/nosuch/good", files=files_of(new_good[0])).status_code == 404
             bad = client.post(
                 "/v1/categories/pill/good", content=b"\x89PNG\r\n\x1a\nbroken", headers={"Content-Type": "image/png"}
@@ -48,18 +52,31 @@ def test_good_images_become_a_feedback_version(root: Path, new_good: list[Path])
             summary = answer.json()
             assert summary["mode"] == "update" and summary["n_train_images"] in {9, 10}
             # the first request went into this update or the one before it; after both, all 4 are in
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                versions = client.get("/v1/categories/pill").json()
-                if versions.get("current_version") == summary["version"]:
-                    break
-                time.sleep(0.2)
+            assert summary["version"] in {2, 3}
+            # the scoring worker swaps to the new version within its poll interval (it also polls
+            # before each batch); allow one interval for a poll already under way
+            committed = time.monotonic()
+            after = served_record(client, new_good[0])
+            while after["version"] != summary["version"] and time.monotonic() < committed + 2 * settings.poll_seconds:
+                time.sleep(settings.poll_seconds / 4)
+                after = served_record(client, new_good[0])
+            assert after["version"] == summary["version"], after
+            assert after["threshold"] != before["threshold"]  # the update recalibrated the threshold
             # the same images again: nothing new, one line of JSON
             again = client.post("/v1/categories/pill/good?wait=1", files=files_of(new_good[1]))
             assert again.status_code == 409 and "nothing to add" in again.json()["error"]
     with Registry.open(root) as registry:
         info = registry.version_info("pill")
+        assert info.version == after["version"] and info.thresholds["hybrid"] == pytest.approx(after["threshold"])
         assert info.n_train_images == 10 and info.origin.startswith("feedback:")
         assert registry.verify().ok
     kept = sorted((root / FEEDBACK_DIR / "pill").iterdir())
     assert len(kept) == 4 and all(p.suffix == ".png" for p in kept)
+
+
+def served_record(client: httpx.Client, image: Path) -> dict[str, Any]:
+    """The ``/v1/infer`` record of one image scored as ``pill``."""
+    response = client.post("/v1/infer", params={"category": "pill"}, files=files_of(image))
+    assert response.status_code == 200, response.text
+    (record,) = response.json()["records"]
+    return dict(record)

@@ -120,3 +120,45 @@ def test_router_picks_category_and_flags_unknown(synthetic_features, small_extra
         assert not result.unknown[good].any()
     unseen = router.route(synthetic_features["wood"][1])
     assert unseen.unknown.all()
+
+
+@pytest.mark.parametrize("mode", ["mixed", "loo", "in-sample"])
+def test_incremental_update_equals_the_full_search_on_the_same_bank(synthetic_features, small_extractor, mode) -> None:  # type: ignore[no-untyped-def]
+    """An update from the stored k-nearest distances (old patches x new bank vectors only, merged)
+    gives the distances, statistics and thresholds of searching every image against the whole bank."""
+    train = synthetic_features["pill"][0].astype(np.float16).astype(np.float32)  # as stored: float16
+    old, new = train[:8], train[8:]
+    grid, crop = small_extractor.grid_shape(), small_extractor.geometry.crop
+    model = CategoryModel(coreset_ratio=0.1, calibration=mode, n_prototypes=8).fit(old, grid, crop)
+    assert model.train_distances_ is not None
+    assert set(model.train_distances_) == {*model.distance_kinds(), "nearest"}
+    assert model.train_distances_["in_sample"].shape == (8, grid[0] * grid[1], model.k)
+    incremental = model.updated(old, new, old_distances=model.train_distances_)
+    full = model.updated(old, new)
+    assert np.array_equal(incremental.bank_, full.bank_) and len(full.bank_) > len(model.bank_)
+    assert incremental.train_distances_ is not None and full.train_distances_ is not None
+    for kind in model.distance_kinds():
+        assert incremental.train_distances_[kind].shape == (12, grid[0] * grid[1], model.k)
+        np.testing.assert_allclose(
+            incremental.train_distances_[kind], full.train_distances_[kind], rtol=1e-5, atol=1e-6
+        )
+    for fitted in (model, incremental, full):  # the stored nearest bank vector is at the first in-sample distance
+        assert fitted.train_distances_ is not None
+        nearest = fitted.train_distances_["nearest"]
+        n_images = len(nearest)
+        gaps = ((train[:n_images] - fitted.bank_[nearest].astype(np.float32)) ** 2).sum(axis=2)
+        np.testing.assert_allclose(gaps, fitted.train_distances_["in_sample"][:, :, 0], rtol=1e-3, atol=1e-3)
+    assert incremental.update_searched_share_ is not None and 0.0 < incremental.update_searched_share_ <= 1.0
+    if mode != "in-sample":  # some old patches changed their neighbours: the merge did something
+        assert not np.allclose(incremental.train_distances_["loo"][:8], model.train_distances_["loo"])
+    for kind in ("base", "struct", "hybrid"):
+        np.testing.assert_allclose(incremental.calibration_scores_[kind], full.calibration_scores_[kind], rtol=1e-5)
+        assert incremental.thresholds[kind] == pytest.approx(full.thresholds[kind], rel=1e-5)
+    for key in ("mu", "sigma"):
+        np.testing.assert_allclose(
+            incremental.calibrator_.get_state()[key], full.calibrator_.get_state()[key], rtol=1e-5
+        )
+    assert incremental.calibrator_.lambda_ == pytest.approx(full.calibrator_.lambda_, rel=1e-5)
+    assert incremental.update_seconds_ is not None and "distances" in incremental.update_seconds_
+    with pytest.raises(ValueError, match="stored train distances"):
+        model.updated(old, new, old_distances={})
