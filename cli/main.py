@@ -32,6 +32,7 @@ from cli.options import (
     CropOption,
     DimOption,
     FitSeedOption,
+    GeometryOption,
     KnnIndexOption,
     MaxRegionsOption,
     ProjectionSeedOption,
@@ -126,6 +127,7 @@ def init(
     weights: WeightsOption = None,
     resize: ResizeOption = FEATURE_SPACE_DEFAULTS.resize,
     crop: CropOption = FEATURE_SPACE_DEFAULTS.crop,
+    geometry: GeometryOption = FEATURE_SPACE_DEFAULTS.input_geometry,
     dim: DimOption = FEATURE_SPACE_DEFAULTS.dim,
     seed: ProjectionSeedOption = FEATURE_SPACE_DEFAULTS.seed,
     as_json: JsonOption = False,
@@ -135,7 +137,7 @@ def init(
 
     with user_errors():
         settings = feature_space_settings(
-            backbone=backbone, weights=weights, resize=resize, crop=crop, dim=dim, seed=seed
+            backbone=backbone, weights=weights, resize=resize, crop=crop, input_geometry=geometry, dim=dim, seed=seed
         )
         registry = Registry.init(resolve_root(root), **settings.to_dict())
         info = registry.feature_space_info()
@@ -145,7 +147,7 @@ def init(
         console.print(f"initialised registry at [bold]{registry.root}[/]")
         console.print(
             f"  backbone {info['backbone']} (weights sha256 {str(info['weights_sha256'])[:12]}), "
-            f"layers {info['layers']}, {info['resize']}->{info['crop']} px, D={info['dim']}"
+            f"layers {info['layers']}, {info['resize']}->{info['crop']} px ({info['input_geometry']}), D={info['dim']}"
         )
 
 
