@@ -558,7 +558,8 @@ def infer(
                 target = overlay_files[record["path"]]
                 size, geometry = sizes.get(record["path"]), detector.extractor.geometry
                 regions = record["regions"] or []
-                boxes = boxes_on_model_map(regions, size, geometry.resize, geometry.crop) if size else []
+                shape = (int(anomaly_map.shape[0]), int(anomaly_map.shape[1])) if geometry.fits else None
+                boxes = boxes_on_model_map(regions, size, geometry.resize, geometry.crop, shape) if size else []
                 written[record["path"]] = str(save_overlay(record, image, anomaly_map, map_threshold, target, boxes))
 
         def on_full_map(record: PredictionRecord, full_map: np.ndarray, map_threshold: float) -> None:
