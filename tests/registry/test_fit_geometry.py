@@ -111,3 +111,13 @@ def test_a_fit_version_is_not_updated_incrementally(fit_root: Path) -> None:
     empty = np.zeros((model.n_train_images_, model.grid_[0] * model.grid_[1], model.bank_.shape[1]), np.float32)
     with pytest.raises(ValueError, match="fit-geometry registry cannot be updated incrementally"):
         model.updated(empty, empty[:1])
+
+
+def test_a_fit_bundle_carries_its_geometry(fit_root: Path, wide: tuple[list[Path], list[Path]], tmp_path: Path) -> None:
+    with Registry.open(fit_root, read_only=True) as registry:
+        bundle = registry.export(None, tmp_path / "fit.h5")
+        expected = [r["score_hybrid"] for r in registry.predict(wide[1], "pill")]
+    with Registry.init(tmp_path / "empty", resize=SIZE, crop=SIZE) as target:  # squash, no categories: adopts
+        target.import_(bundle)
+        assert target.feature_space.input_geometry == "fit"
+        assert [r["score_hybrid"] for r in target.predict(wide[1], "pill")] == expected
