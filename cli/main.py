@@ -33,6 +33,7 @@ from cli.options import (
     CropOption,
     DimOption,
     FitSeedOption,
+    GeometryOption,
     KnnIndexOption,
     MaxRegionsOption,
     ProjectionSeedOption,
@@ -128,6 +129,7 @@ def init(
     weights: WeightsOption = None,
     resize: ResizeOption = FEATURE_SPACE_DEFAULTS.resize,
     crop: CropOption = FEATURE_SPACE_DEFAULTS.crop,
+    geometry: GeometryOption = FEATURE_SPACE_DEFAULTS.input_geometry,
     dim: DimOption = FEATURE_SPACE_DEFAULTS.dim,
     seed: ProjectionSeedOption = FEATURE_SPACE_DEFAULTS.seed,
     as_json: JsonOption = False,
@@ -137,7 +139,7 @@ def init(
 
     with user_errors():
         settings = feature_space_settings(
-            backbone=backbone, weights=weights, resize=resize, crop=crop, dim=dim, seed=seed
+            backbone=backbone, weights=weights, resize=resize, crop=crop, input_geometry=geometry, dim=dim, seed=seed
         )
         registry = Registry.init(resolve_root(root), **settings.to_dict())
         info = registry.feature_space_info()
@@ -147,7 +149,7 @@ def init(
         console.print(f"initialised registry at [bold]{registry.root}[/]")
         console.print(
             f"  backbone {info['backbone']} (weights sha256 {str(info['weights_sha256'])[:12]}), "
-            f"layers {info['layers']}, {info['resize']}->{info['crop']} px, D={info['dim']}"
+            f"layers {info['layers']}, {info['resize']}->{info['crop']} px ({info['input_geometry']}), D={info['dim']}"
         )
 
 
@@ -560,7 +562,8 @@ def infer(
                 target = overlay_files[record["path"]]
                 size, geometry = sizes.get(record["path"]), detector.extractor.geometry
                 regions = record["regions"] or []
-                boxes = boxes_on_model_map(regions, size, geometry.resize, geometry.crop) if size else []
+                shape = (int(anomaly_map.shape[0]), int(anomaly_map.shape[1])) if geometry.fits else None
+                boxes = boxes_on_model_map(regions, size, geometry.resize, geometry.crop, shape) if size else []
                 written[record["path"]] = str(save_overlay(record, image, anomaly_map, map_threshold, target, boxes))
 
         def on_full_map(record: PredictionRecord, full_map: np.ndarray, map_threshold: float) -> None:

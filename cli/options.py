@@ -72,6 +72,7 @@ BackboneOption = Annotated[str, _option(FEATURE_SPACE_PARAMETERS["backbone"])]
 WeightsOption = Annotated[Path | None, _option(FEATURE_SPACE_PARAMETERS["weights"])]
 ResizeOption = Annotated[int, _option(FEATURE_SPACE_PARAMETERS["resize"])]
 CropOption = Annotated[int, _option(FEATURE_SPACE_PARAMETERS["crop"])]
+GeometryOption = Annotated[str, _option(FEATURE_SPACE_PARAMETERS["input_geometry"])]
 DimOption = Annotated[int, _option(FEATURE_SPACE_PARAMETERS["dim"])]
 ProjectionSeedOption = Annotated[int, _option(FEATURE_SPACE_PARAMETERS["seed"])]
 
@@ -139,6 +140,7 @@ __all__ = [
     "CropOption",
     "DimOption",
     "FitSeedOption",
+    "GeometryOption",
     "KnnIndexOption",
     "MaxRegionsOption",
     "ProjectionSeedOption",

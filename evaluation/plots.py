@@ -227,6 +227,7 @@ def plot_overlays(collected: Collected, name: str, path: Path, count: int = 4) -
     high = max(float(m.max()) for m in maps)
     for row, (i, anomaly_map) in enumerate(zip(picks, maps, strict=True)):
         image = preprocess_image(load_image(run.data.test[i]), geometry).transpose(1, 2, 0)
+        image = image[: anomaly_map.shape[0], : anomaly_map.shape[1]]  # fit: the map covers the content
         mask_path = run.data.masks[i]
         mask = load_mask(mask_path, geometry) if mask_path is not None else np.zeros(image.shape[:2], dtype=bool)
         axes[row, 0].imshow(image)

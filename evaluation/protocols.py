@@ -361,7 +361,7 @@ def collect(
             for view, scorer in own_views.items():
                 run.records[view] += scorer.score_vectors(vectors, batch, on_map=keep_map, memo=memo, **own)
             for other, scorer in left_out.items():
-                routing = scorer.route(vectors)
+                routing = scorer.route(vectors, **own)
                 ratios[other].append(routing.unknown_scores)
                 flags[other].append(routing.unknown)
             timings["score"] += time.perf_counter() - started
@@ -480,6 +480,22 @@ def load_masks(data: CategoryData, geometry: Preprocessing) -> tuple[np.ndarray,
     return out, np.asarray(usable, dtype=np.int64)
 
 
+def _content_pixel_metrics(
+    collected: Collected, name: str, routed: Sequence[str], max_pixels: int | None
+) -> dict[str, float]:
+    """Pixel metrics at the model's scale for the ``fit`` geometry: each map with its mask on the image's content."""
+    run = collected.runs[name]
+    masks: list[np.ndarray] = []
+    maps: list[np.ndarray] = []
+    for i, (label, mask_path) in enumerate(zip(run.data.labels, run.data.masks, strict=True)):
+        if label != 0 and not mask_path:
+            continue
+        model_map = np.asarray(collected.maps.get((name, routed[i], int(i))))
+        maps.append(model_map)
+        masks.append(load_mask(mask_path, collected.geometry) if mask_path else np.zeros(model_map.shape, dtype=bool))
+    return dict(pixel_metrics_at_sizes(masks, maps, max_pixels=max_pixels))
+
+
 def category_metrics(
     collected: Collected,
     name: str,
@@ -538,11 +554,14 @@ def category_metrics(
         key = (name, *routed)
         cached = None if pixel_cache is None else pixel_cache.get(key)
         if cached is None:
-            masks, usable = load_masks(run.data, collected.geometry)
-            maps = np.stack([collected.maps.get((name, routed[i], int(i))) for i in usable])
-            found = pixel_metrics(masks, maps, max_pixels=max_pixels)
+            if collected.geometry.fits:  # each map (and mask) covers its image's content: sizes differ
+                found = _content_pixel_metrics(collected, name, routed, max_pixels)
+            else:
+                masks, usable = load_masks(run.data, collected.geometry)
+                maps = np.stack([collected.maps.get((name, routed[i], int(i))) for i in usable])
+                found = pixel_metrics(masks, maps, max_pixels=max_pixels)
+                del maps, masks
             cached = {f"pixel_{m}" if m != "aupro" else m: float(v) for m, v in found.items()}
-            del maps, masks
             cached.update(original_size_metrics(collected, name, routed, max_pixels=max_pixels))
             if pixel_cache is not None:
                 pixel_cache[key] = cached

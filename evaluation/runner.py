@@ -365,7 +365,11 @@ def run_evaluation(
                 "pixel": pixel,
                 "max_pixels": max_pixels,
                 "batch_size": batch_size,
-                "geometry": {"resize": collected.geometry.resize, "crop": collected.geometry.crop},
+                "geometry": {
+                    "resize": collected.geometry.resize,
+                    "crop": collected.geometry.crop,
+                    "input_geometry": collected.geometry.input_geometry,
+                },
             },
             "versions": library_versions(),
             "store": store.describe(),

@@ -88,8 +88,14 @@ class Scorer(Protocol):
         """The same versions, routing among ``names`` only."""
         ...
 
-    def route(self, patch_vectors: np.ndarray, category: str | None = None) -> Routing:
-        """Chosen category, route score and unknown score per image."""
+    def route(
+        self,
+        patch_vectors: np.ndarray,
+        category: str | None = None,
+        *,
+        sizes: Sequence[tuple[int, int] | None] | None = None,
+    ) -> Routing:
+        """Chosen category, route score and unknown score per image (``sizes``: originals, for ``fit``)."""
         ...
 
     def score_vectors(
@@ -195,6 +201,7 @@ class InMemoryStore:
             "kind": "memory",
             "resize": geometry.resize,
             "crop": geometry.crop,
+            "input_geometry": geometry.input_geometry,
             "grid": list(self._extractor.grid_shape()),
             **self._description,
         }

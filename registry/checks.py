@@ -25,6 +25,7 @@ from registry.errors import NotARegistryError, RegistryError
 from registry.models import CategoryVersionRow, FeatureSpaceRow
 from registry.records import ARRAY_NAMES, DB_FILE, OPTIONAL_ARRAY_NAMES, finite_or_none
 from registry.storage import STORES_DIR, TMP_DIR, ArrayRecord, array_sha256, registry_lock
+from structcore.feature_space import DESCRIPTION_DEFAULTS
 
 
 @dataclass(frozen=True)
@@ -482,7 +483,7 @@ def feature_space_differences(row: FeatureSpaceRow, store: Path) -> list[str]:
     if not isinstance(recorded, Mapping):
         return []  # a store without the description: nothing to compare
     described = row.description()
-    return [key for key in described if not _same(described[key], recorded.get(key))]
+    return [key for key in described if not _same(described[key], recorded.get(key, DESCRIPTION_DEFAULTS.get(key)))]
 
 
 def _not_null(value: str | None, column: str) -> str:

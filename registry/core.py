@@ -87,6 +87,7 @@ from structcore.settings import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CROP,
     DEFAULT_DIM,
+    DEFAULT_INPUT_GEOMETRY,
     DEFAULT_PROJECTION_SEED,
     DEFAULT_RESIZE,
     FeatureSpaceSettings,
@@ -159,6 +160,7 @@ class Registry:
         crop: int = DEFAULT_CROP,
         dim: int = DEFAULT_DIM,
         seed: int = DEFAULT_PROJECTION_SEED,
+        input_geometry: str = DEFAULT_INPUT_GEOMETRY,
     ) -> Registry:
         """Create a registry at ``root`` with a new feature space (W drawn once from ``seed``).
 
@@ -172,7 +174,13 @@ class Registry:
             structcore.settings.InvalidSettingError: a setting outside its allowed values.
         """
         FeatureSpaceSettings(
-            backbone=backbone, weights=weights, resize=resize, crop=crop, dim=dim, seed=seed
+            backbone=backbone,
+            weights=weights,
+            resize=resize,
+            crop=crop,
+            dim=dim,
+            seed=seed,
+            input_geometry=input_geometry,
         ).validate()
         root = Path(root)
         _check_init_target(root)
@@ -180,7 +188,7 @@ class Registry:
         from structcore.features import new_feature_space
 
         bb = load_backbone(backbone, weights)
-        space = new_feature_space(bb, resize=resize, crop=crop, dim=dim, seed=seed)
+        space = new_feature_space(bb, resize=resize, crop=crop, dim=dim, seed=seed, input_geometry=input_geometry)
         weights_path = None if weights is None else str(Path(weights).resolve())
         return cls._create(root, space, weights_path=weights_path, seed=seed)
 
@@ -1166,6 +1174,7 @@ def _install_feature_space(
         row.local_pool = int(space.local_pool)
         row.resize = int(space.resize)
         row.crop = int(space.crop)
+        row.input_geometry = space.input_geometry
         row.dim = int(space.dim)
         row.projection_seed = seed
         row.projection_path = target

@@ -85,6 +85,12 @@ def export_deployment(
     """
     if export_format not in DEPLOY_FORMATS:
         raise RegistryError(f"unknown export format {export_format!r}; choose one of {', '.join(DEPLOY_FORMATS)}")
+    geometry = registry.feature_space.input_geometry
+    if geometry != "squash":  # the exported runtime squashes every image: its scores would be wrong
+        raise RegistryError(
+            f"cannot export a registry with the {geometry} input geometry as --format {export_format}: "
+            "the exported runtime only squashes images; export it as a bundle (the default format) instead"
+        )
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RegistryError(f"cannot export to {out}: it exists and is not an empty folder")

@@ -35,7 +35,7 @@ from structcore.feature_space import FeatureSpace
 from structcore.features import FeatureExtractor, ImageSource, build_extractor
 from structcore.image_files import ImageReadError
 from structcore.model import CategoryModel
-from structcore.preprocess import load_image, preprocess_image
+from structcore.preprocess import load_image, preprocess_image, valid_patch_mask
 from structcore.progress import Progress, ProgressCallback
 from structcore.regions import Region, find_regions, map_at_original_size, regions_at_original_size
 from structcore.routing import DEFAULT_SHORTLIST, DEFAULT_UNKNOWN_STATISTIC, PrototypeRouter
@@ -333,11 +333,20 @@ class Detector:
         return lambda: self.model(name)
 
     # ----------------------------------------------------------------- scoring
-    def route(self, patch_vectors: np.ndarray, category: str | None = None) -> Routing:
+    def route(
+        self,
+        patch_vectors: np.ndarray,
+        category: str | None = None,
+        *,
+        sizes: Sequence[tuple[int, int] | None] | None = None,
+    ) -> Routing:
         """Route patch vectors (B, P, D): the nearest category, or ``category`` when it is forced.
 
         With a forced category the route and unknown scores are measured against it alone.
+        ``sizes``: each image's original (width, height), which the ``fit`` geometry needs (only
+        the patches of the image's content count).
         """
+        valid = self._valid(patch_vectors, sizes)
         if category is None:
             if not self._pinned:
                 msg = (
@@ -345,7 +354,7 @@ class Detector:
                     "add one with `registry add-category NAME --train DIR`"
                 )
                 raise RegistryError(msg)
-            routed = self._router.route(patch_vectors)
+            routed = self._router.route(patch_vectors, valid)
             assert routed.unknown_scores is not None
             return Routing(
                 categories=list(routed.categories),
@@ -355,9 +364,26 @@ class Detector:
         own = self.model(category)
         return Routing(
             categories=[category] * len(patch_vectors),
-            route_scores=np.asarray(own.route_score(patch_vectors), dtype=np.float64),
-            unknown_scores=np.asarray(own.unknown_score(patch_vectors), dtype=np.float64),
+            route_scores=np.asarray(own.route_score(patch_vectors, valid), dtype=np.float64),
+            unknown_scores=np.asarray(own.unknown_score(patch_vectors, valid), dtype=np.float64),
         )
+
+    def _contents(self, count: int, sizes: Sequence[tuple[int, int] | None] | None) -> np.ndarray | None:
+        """``fit`` geometry: each image's content (height, width) in the model's square; ``None`` for squash."""
+        extractor = self._extractor
+        if not extractor.geometry.fits or count == 0:
+            return None
+        if sizes is None or len(sizes) != count or any(size is None for size in sizes):
+            msg = "the fit geometry needs each image's original size (sizes) to know its padding"
+            raise ValueError(msg)
+        return extractor.contents([size for size in sizes if size is not None])
+
+    def _valid(self, patch_vectors: np.ndarray, sizes: Sequence[tuple[int, int] | None] | None) -> np.ndarray | None:
+        """``fit``: the valid patches (B, P) of each image (the padding's are not); ``None`` for squash."""
+        contents = self._contents(len(patch_vectors), sizes)
+        if contents is None:
+            return None
+        return valid_patch_mask(contents, self._extractor.grid_shape(), self._extractor.geometry.resize)
 
     def score_vectors(
         self,
@@ -391,7 +417,8 @@ class Detector:
             raise ValueError(f"{len(names)} names for {len(patch_vectors)} images")
         if sizes is not None and len(sizes) != len(names):
             raise ValueError(f"{len(sizes)} sizes for {len(names)} images")
-        routing = self.route(patch_vectors, category)
+        routing = self.route(patch_vectors, category, sizes=sizes)
+        contents = self._contents(len(patch_vectors), sizes)
         records: list[PredictionRecord | None] = [None] * len(names)
         for name in dict.fromkeys(routing.categories):
             rows = [j for j, chosen in enumerate(routing.categories) if chosen == name]
@@ -401,7 +428,7 @@ class Detector:
                 for j in rows:
                     records[j] = error_record(names[j], str(error))
                 continue
-            scored = self._scores(model, name, patch_vectors, rows, names, memo)
+            scored = self._scores(model, name, patch_vectors, rows, names, memo, contents)
             threshold = float(model.thresholds["hybrid"])
             map_threshold = float(model.thresholds["base"])
             version = self._pinned[name].version
@@ -459,13 +486,14 @@ class Detector:
         rows: Sequence[int],
         names: Sequence[str],
         memo: ScoreMemo | None,
+        contents: np.ndarray | None = None,
     ) -> list[ImageScore]:
         found: dict[int, ImageScore] = {}
         if memo is not None:
             found = {j: memo[(names[j], category)] for j in rows if (names[j], category) in memo}
         todo = [j for j in rows if j not in found]
         if todo:
-            prediction = model.predict(patch_vectors[todo])
+            prediction = model.predict(patch_vectors[todo], None if contents is None else contents[todo])
             scores = prediction.scores
             for k, j in enumerate(todo):
                 score = ImageScore(
@@ -531,7 +559,8 @@ class Detector:
                 except ImageReadError as error:
                     batch_records[i] = error_record(names[i], str(error))
             if images:
-                vectors = extractor.embed(extractor.prepare(images)).numpy()
+                batch_tensor, sizes = extractor.prepare_sized(images)
+                vectors = extractor.embed(batch_tensor).numpy()
 
                 on_map = None if on_image is None else _crop_callback(on_image, images, extractor)
                 scored = self.score_vectors(
@@ -539,7 +568,7 @@ class Detector:
                     [names[i] for i in positions],
                     category,
                     on_map=on_map,
-                    sizes=[image_size(image) for image in images],
+                    sizes=list(sizes),
                     on_full_map=None if on_full_map is None else _full_map_callback(on_full_map),
                 )
                 for i, record in zip(positions, scored, strict=True):
@@ -566,7 +595,10 @@ def _crop_callback(
     """An :data:`MapCallback` that hands ``on_image`` the preprocessed crop of each scored image too."""
 
     def on_map(row: int, record: PredictionRecord, anomaly_map: np.ndarray, threshold: float) -> None:
-        on_image(record, preprocess_image(images[row], extractor.geometry), anomaly_map, threshold)
+        image = preprocess_image(images[row], extractor.geometry)
+        if extractor.geometry.fits:  # fit: the map covers the image's content, not the padding
+            image = image[:, : anomaly_map.shape[0], : anomaly_map.shape[1]]
+        on_image(record, image, anomaly_map, threshold)
 
     return on_map
 

@@ -46,6 +46,8 @@ class FeatureSpaceRow(Base):
     local_pool: Mapped[int] = mapped_column(Integer)
     resize: Mapped[int] = mapped_column(Integer)
     crop: Mapped[int] = mapped_column(Integer)
+    #: ``squash`` or ``fit`` (revision 0007; registries made before read as ``squash``).
+    input_geometry: Mapped[str] = mapped_column(String(16), default="squash", server_default="squash")
     dim: Mapped[int] = mapped_column(Integer)
     #: Seed W was drawn from (informational: W itself is stored).
     projection_seed: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -332,7 +332,9 @@ class ScoringWorker:
                     self.metrics.images_unknown.labels(category=record["category"]).inc()
             found = collected.get(id(record))
             if want and found is not None and found[0] is record:
-                boxes = boxes_on_model_map(record["regions"] or [], size, *geometry)
+                shape = tuple(np.shape(found[2])[:2])  # fit: the map covers the content, not the square
+                square = shape == (geometry[1], geometry[1])
+                boxes = boxes_on_model_map(record["regions"] or [], size, *geometry, None if square else shape)
                 results.append(Scored(out, found[1], found[2], found[3], tuple(boxes)))
             else:
                 results.append(Scored(out))

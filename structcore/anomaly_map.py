@@ -92,3 +92,20 @@ def anomaly_maps(
     if isinstance(patch_scores, torch.Tensor):
         patch_scores = patch_scores.detach().cpu().numpy()
     return shared_maps.anomaly_maps(patch_scores, output_size, sigma)
+
+
+def content_map(patch_scores: np.ndarray, size: tuple[int, int], sigma: float = DEFAULT_SIGMA) -> np.ndarray:
+    """A grid of patch scores (h, w) -> the blurred map (height, width) = ``size`` it covers, float32.
+
+    The ``fit`` geometry's map: only the valid patches (the image's content, not the padding) are
+    upsampled, onto the content's pixels, and blurred with reflected borders at the content's
+    edges, so the padding never reaches the map. The same operators as :func:`anomaly_maps`, per axis.
+    """
+    grid = np.asarray(patch_scores, dtype=np.float32)
+    if grid.ndim != 2:
+        msg = f"patch scores must be (h, w), got shape {grid.shape}"
+        raise ValueError(msg)
+    rows = shared_maps.map_operator(int(grid.shape[0]), int(size[0]), float(sigma))
+    columns = shared_maps.map_operator(int(grid.shape[1]), int(size[1]), float(sigma))
+    with shared_maps.one_blas_thread():
+        return np.ascontiguousarray(rows @ grid @ columns.T, dtype=np.float32)

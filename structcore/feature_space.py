@@ -23,13 +23,18 @@ DESCRIPTION_FIELDS = (
     "local_pool",
     "resize",
     "crop",
+    "input_geometry",
     "dim",
 )
+
+#: Values of description fields that older descriptions lack (feature spaces made before the
+#: field existed): ``input_geometry`` appeared with revision 0007, and every earlier space squashes.
+DESCRIPTION_DEFAULTS: dict[str, object] = {"input_geometry": "squash"}
 
 
 def describe_fields(source: object) -> dict[str, object]:
     """The :data:`DESCRIPTION_FIELDS` of ``source`` (a :class:`FeatureSpace`, or a stored row of one), JSON-ready."""
-    values = {name: getattr(source, name) for name in DESCRIPTION_FIELDS}
+    values = {name: getattr(source, name, DESCRIPTION_DEFAULTS.get(name)) for name in DESCRIPTION_FIELDS}
     return {name: list(value) if isinstance(value, list | tuple) else value for name, value in values.items()}
 
 
@@ -51,6 +56,8 @@ class FeatureSpace:
     crop: int
     dim: int
     projection: np.ndarray
+    #: ``squash`` or ``fit`` (:data:`structcore.settings.INPUT_GEOMETRIES`).
+    input_geometry: str = "squash"
 
     def describe(self) -> dict[str, object]:
         """JSON-compatible description (everything but the projection matrix itself)."""
@@ -79,12 +86,13 @@ class FeatureSpace:
             crop=int(description["crop"]),  # type: ignore[call-overload]
             dim=int(description["dim"]),  # type: ignore[call-overload]
             projection=np.asarray(projection, dtype=np.float32),
+            input_geometry=str(description.get("input_geometry", DESCRIPTION_DEFAULTS["input_geometry"])),
         )
 
     @property
     def geometry(self) -> Preprocessing:
-        """Resize / crop settings."""
-        return Preprocessing(resize=self.resize, crop=self.crop)
+        """Resize / crop / input geometry settings."""
+        return Preprocessing(resize=self.resize, crop=self.crop, input_geometry=self.input_geometry)
 
 
-__all__ = ["DESCRIPTION_FIELDS", "FeatureSpace", "describe_fields"]
+__all__ = ["DESCRIPTION_DEFAULTS", "DESCRIPTION_FIELDS", "FeatureSpace", "describe_fields"]

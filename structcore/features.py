@@ -17,12 +17,13 @@ from PIL import Image
 
 from structcore.backbones.base import Backbone
 from structcore.feature_space import FeatureSpace
-from structcore.preprocess import Preprocessing, load_image, preprocess_image
+from structcore.preprocess import Preprocessing, fit_content, image_size, load_image, preprocess_image
 from structcore.runtime import tune_allocator
 from structcore.settings import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CROP,
     DEFAULT_DIM,
+    DEFAULT_INPUT_GEOMETRY,
     DEFAULT_PROJECTION_SEED,
     DEFAULT_RESIZE,
     backbone_runtime,
@@ -150,12 +151,27 @@ class FeatureExtractor:
 
     def prepare(self, sources: Sequence[ImageSource]) -> torch.Tensor:
         """Load + preprocess + normalise images into a (B, 3, crop, crop) tensor."""
-        arrays = [
-            preprocess_image(load_image(source) if isinstance(source, str | Path) else source, self.geometry)
-            for source in sources
-        ]
-        batch = torch.from_numpy(np.stack(arrays))
-        return (batch - self._mean) / self._std
+        return self.prepare_sized(sources)[0]
+
+    def prepare_sized(self, sources: Sequence[ImageSource]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        """:meth:`prepare`, and each image's original (width, height).
+
+        ``fit``: the padding is set to 0 after normalisation (the backbone's mean colour).
+        """
+        images = [load_image(source) if isinstance(source, str | Path) else source for source in sources]
+        sizes = [image_size(image) for image in images]
+        batch = torch.from_numpy(np.stack([preprocess_image(image, self.geometry) for image in images]))
+        batch = (batch - self._mean) / self._std
+        if self.geometry.fits:
+            for row, (height, width) in enumerate(self.contents(sizes)):
+                batch[row, :, height:, :] = 0.0
+                batch[row, :, :, width:] = 0.0
+        return batch, sizes
+
+    def contents(self, sizes: Sequence[tuple[int, int]]) -> np.ndarray:
+        """(B, 2) int: the (height, width) each image of ``sizes`` (width, height) covers in the ``fit`` square."""
+        side = self.geometry.resize
+        return np.asarray([fit_content(size, side) for size in sizes], dtype=np.int64).reshape(-1, 2)
 
     def extract_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The backbone's per-layer maps (its fast path when it has one and ``fast`` is on)."""
@@ -188,9 +204,16 @@ class FeatureExtractor:
 
     def iter_embeddings(self, sources: Sequence[ImageSource]) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (start index, (b, H*W, D) float32 array) per batch of ``sources``."""
+        for start, vectors, _ in self.iter_embeddings_sized(sources):
+            yield start, vectors
+
+    def iter_embeddings_sized(
+        self, sources: Sequence[ImageSource]
+    ) -> Iterator[tuple[int, np.ndarray, list[tuple[int, int]]]]:
+        """:meth:`iter_embeddings` with each image's original (width, height)."""
         for start in range(0, len(sources), self.batch_size):
-            batch = self.prepare(sources[start : start + self.batch_size])
-            yield start, self.embed(batch).numpy()
+            batch, sizes = self.prepare_sized(sources[start : start + self.batch_size])
+            yield start, self.embed(batch).numpy(), sizes
 
 
 def new_feature_space(
@@ -199,6 +222,7 @@ def new_feature_space(
     crop: int = DEFAULT_CROP,
     dim: int = DEFAULT_DIM,
     seed: int = DEFAULT_PROJECTION_SEED,
+    input_geometry: str = DEFAULT_INPUT_GEOMETRY,
 ) -> FeatureSpace:
     """A fresh feature space for ``backbone``, drawing ``W`` once from ``seed``."""
     info = backbone.info
@@ -214,6 +238,7 @@ def new_feature_space(
         crop=crop,
         dim=dim,
         projection=make_projection(sum(info.channels), dim, seed),
+        input_geometry=input_geometry,
     )
 
 

@@ -17,10 +17,11 @@ from typing import TypedDict
 import numpy as np
 import torch
 
-from structcore.anomaly_map import anomaly_maps
+from structcore.anomaly_map import anomaly_maps, content_map
 from structcore.coreset import KCenterGreedy
 from structcore.features import FeatureExtractor, ImageSource
 from structcore.knn import PatchKNN
+from structcore.preprocess import valid_patch_grid, valid_patch_mask
 from structcore.progress import Progress, ProgressCallback, quiet
 from structcore.routing import (
     FAR_QUANTILE_STATISTICS,
@@ -95,9 +96,13 @@ class UnknownRule(TypedDict):
 
 @dataclass(frozen=True)
 class CategoryPrediction:
-    """Per-image anomaly maps (B, H, W) and base / struct / hybrid scores."""
+    """Per-image anomaly maps (B, H, W) and base / struct / hybrid scores.
 
-    maps: np.ndarray
+    With ``contents`` (the ``fit`` geometry) ``maps`` is a list: each image's map covers its
+    content (height, width) only.
+    """
+
+    maps: np.ndarray | list[np.ndarray]
     scores: ImageScores
 
 
@@ -162,6 +167,8 @@ class CategoryModel:
     update_seconds_: dict[str, float] | None = None
     #: Share of the old train patches an update searched against the new bank vectors (the rest were ruled out).
     update_searched_share_: float | None = None
+    #: Fitted with ``contents`` (the ``fit`` geometry): its maps cover each image's content only.
+    fitted_on_contents_: bool = False
 
     def __init__(
         self,
@@ -212,6 +219,7 @@ class CategoryModel:
         grid: tuple[int, int],
         map_size: int,
         progress: ProgressCallback | None = None,
+        contents: np.ndarray | None = None,
     ) -> CategoryModel:
         """Fit from the projected patch vectors (n_images, P, D) of train-good images.
 
@@ -221,6 +229,11 @@ class CategoryModel:
             map_size: side of the anomaly maps (the crop size).
             progress: receives ``Progress(stage)`` as each stage (``coreset``, ``prototypes``,
                 ``calibration``) starts.
+            contents: ``fit`` geometry: (n_images, 2) the (height, width) of the square each image
+                covers; only the patches whose centre lies in it
+                (:func:`structcore.preprocess.valid_patch_mask`) are coreset candidates, routing
+                prototypes and unknown statistics, and the calibration maps cover it alone.
+                ``None``: every patch counts (``squash``).
         """
         started = time.perf_counter()
         FitSettings.from_values(self.get_params()).validate()  # structcore.settings: one table, one error
@@ -244,12 +257,16 @@ class CategoryModel:
         flat = patch_vectors.reshape(n_images * n_patches, dim)
         image_of_row = np.repeat(np.arange(n_images, dtype=np.int32), n_patches)
 
+        valid = None if contents is None else valid_patch_mask(contents, self.grid_, self.map_size_)
         report("coreset")
-        if len(bank_images) == n_images:
+        if len(bank_images) == n_images and valid is None:
             candidate_rows: np.ndarray | None = None
             candidates = flat
-        else:
-            candidate_rows = (bank_images[:, None] * n_patches + np.arange(n_patches)).ravel()
+        else:  # the bank images' patches (fit: their valid ones)
+            kept = np.zeros(n_images, dtype=bool)
+            kept[bank_images] = True
+            kept_rows = np.repeat(kept, n_patches) if valid is None else np.repeat(kept, n_patches) & valid.ravel()
+            candidate_rows = np.flatnonzero(kept_rows)
             candidates = flat[candidate_rows]
         selector = KCenterGreedy(
             ratio=self.coreset_ratio, proxy_dim=self.proxy_dim, seed=self.seed, method=self.coreset_method
@@ -259,7 +276,7 @@ class CategoryModel:
         self.bank_ = flat[rows].astype(self.bank_dtype)
         self.bank_image_ids_ = image_of_row[rows]
         self.coreset_radius_ = selector.radius_
-        self._fit_after_bank(patch_vectors, calibration_images, report)
+        self._fit_after_bank(patch_vectors, calibration_images, report, contents=contents)
         self.fit_seconds_ = time.perf_counter() - started
         return self
 
@@ -292,6 +309,9 @@ class CategoryModel:
         started = time.perf_counter()
         if self.calibration == "holdout":
             msg = "a holdout-calibrated version cannot be updated incrementally; refit it"
+            raise ValueError(msg)
+        if self.fitted_on_contents_:
+            msg = "a version of a fit-geometry registry cannot be updated incrementally yet; refit it"
             raise ValueError(msg)
         n_old, n_new = int(old_patches.shape[0]), int(new_patches.shape[0])
         if n_old != self.n_train_images_:
@@ -406,26 +426,38 @@ class CategoryModel:
         report: Callable[[str], None],
         distances: dict[str, np.ndarray] | None = None,
         seconds: dict[str, float] | None = None,
+        contents: np.ndarray | None = None,
     ) -> None:
         """Prototypes, unknown thresholds and calibration, once ``bank_`` is set (:meth:`fit`, :meth:`updated`).
 
         ``distances``: the calibration images' k-nearest bank distances when already known
         (:meth:`_updated_distances`); otherwise they are searched here. ``seconds`` gets the time
-        of each part.
+        of each part. ``contents``: as in :meth:`fit` (only the valid patches count).
         """
         timings = {} if seconds is None else seconds
         mark = time.perf_counter()
         n_images, n_patches, dim = patch_vectors.shape
         flat = patch_vectors.reshape(n_images * n_patches, dim)
         image_of_row = np.repeat(np.arange(n_images, dtype=np.int32), n_patches)
+        valid = None if contents is None else valid_patch_mask(contents, self.grid_, self.map_size_)
+        self.fitted_on_contents_ = valid is not None
         report("prototypes")
-        self.prototypes_, prototype_rows = patch_vectors_to_prototypes(flat, self.n_prototypes, seed=self.seed)
+        if valid is None:
+            self.prototypes_, prototype_rows = patch_vectors_to_prototypes(flat, self.n_prototypes, seed=self.seed)
+        else:
+            valid_rows = np.flatnonzero(valid.ravel())
+            self.prototypes_, picked = patch_vectors_to_prototypes(flat[valid_rows], self.n_prototypes, seed=self.seed)
+            prototype_rows = valid_rows[picked]
         timings["prototypes"] = time.perf_counter() - mark
         mark = time.perf_counter()
         own_distances = leave_one_out_patch_distances(patch_vectors, self.prototypes_, image_of_row[prototype_rows])
-        own_routes = own_distances.astype(np.float64).mean(axis=1)
+        if valid is None:
+            own_routes = own_distances.astype(np.float64).mean(axis=1)
+        else:
+            pairs = zip(own_distances, valid, strict=True)
+            own_routes = np.asarray([row[keep].astype(np.float64).mean() for row, keep in pairs])
         self.route_threshold_ = float(np.quantile(own_routes, self.route_quantile))
-        self._calibrate_unknown(own_distances)
+        self._calibrate_unknown(own_distances, valid)
         del own_distances
         timings["prototype_distances"] = time.perf_counter() - mark
 
@@ -437,25 +469,31 @@ class CategoryModel:
             timings["distances"] = time.perf_counter() - mark
         mark = time.perf_counter()
         self.train_distances_ = distances if self.calibration != "holdout" else None
+        calibration_contents = None if contents is None else contents[calibration_images]
         calibrator = StructCoreCalibrator(
             scoring=self.scoring, threshold_rule=self.threshold_rule, frr=self.threshold_frr
         )
         if self.calibration in {"in-sample", "holdout"}:
-            base, descriptors = self._map_statistics(distances["in_sample"].mean(axis=2))
+            base, descriptors = self._map_statistics(distances["in_sample"].mean(axis=2), calibration_contents)
             self.calibrator_ = calibrator.fit_descriptors(base, descriptors)
         elif self.calibration == "loo":
-            base, descriptors = self._map_statistics(distances["loo"].mean(axis=2))
+            base, descriptors = self._map_statistics(distances["loo"].mean(axis=2), calibration_contents)
             self.calibrator_ = calibrator.fit_descriptors(base, descriptors)
         else:  # mixed: statistics from the in-sample maps, thresholds from the leave-one-out ones
-            self.calibrator_ = calibrator.fit_descriptors(*self._map_statistics(distances["in_sample"].mean(axis=2)))
-            base, descriptors = self._map_statistics(distances["loo"].mean(axis=2))
+            self.calibrator_ = calibrator.fit_descriptors(
+                *self._map_statistics(distances["in_sample"].mean(axis=2), calibration_contents)
+            )
+            base, descriptors = self._map_statistics(distances["loo"].mean(axis=2), calibration_contents)
             self.calibrator_.fit_thresholds(base, descriptors)
         scores = self.calibrator_.score_descriptors(base, descriptors)
         self.calibration_scores_ = {"base": scores.base, "struct": scores.struct, "hybrid": scores.hybrid}
         timings["maps"] = time.perf_counter() - mark
 
-    def _calibrate_unknown(self, own_distances: np.ndarray) -> None:
-        """Unknown thresholds from the leave-one-out train patch distances (n_images, P)."""
+    def _calibrate_unknown(self, own_distances: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Unknown thresholds from the leave-one-out train patch distances (n_images, P) (``valid`` ones only)."""
+        if valid is not None:
+            self._calibrate_unknown_valid(own_distances, valid)
+            return
         if self.unknown_statistic in FAR_QUANTILE_STATISTICS:
             # quantile-N: the image's N% patch-distance quantile over the far patch threshold.
             self.far_threshold_ = float(np.quantile(own_distances, self.far_quantile))
@@ -467,6 +505,23 @@ class CategoryModel:
             return
         self.far_threshold_ = float("nan")
         own_statistic = patch_statistic(torch.from_numpy(own_distances.T), self.unknown_statistic).numpy()
+        self.unknown_threshold_ = float(np.quantile(own_statistic, self.route_quantile)) * self.unknown_margin
+
+    def _calibrate_unknown_valid(self, own_distances: np.ndarray, valid: np.ndarray) -> None:
+        """:meth:`_calibrate_unknown` over each image's valid patches (``fit``)."""
+        pooled = own_distances[valid]
+        if self.unknown_statistic in FAR_QUANTILE_STATISTICS or self.unknown_statistic == "far-share":
+            self.far_threshold_ = float(np.quantile(pooled, self.far_quantile))
+            far_share = self.unknown_statistic == "far-share"
+            self.unknown_threshold_ = float(self.far_share) if far_share else self.far_threshold_
+            return
+        self.far_threshold_ = float("nan")
+        own_statistic = np.asarray(
+            [
+                float(patch_statistic(torch.from_numpy(row[keep][:, None]), self.unknown_statistic).numpy()[0])
+                for row, keep in zip(own_distances, valid, strict=True)
+            ]
+        )
         self.unknown_threshold_ = float(np.quantile(own_statistic, self.route_quantile)) * self.unknown_margin
 
     def _split(self, n_images: int) -> tuple[np.ndarray, np.ndarray]:
@@ -544,7 +599,12 @@ class CategoryModel:
             distances[hit] = deeper[:, : self.k]
         return plain, distances, np.asarray(neighbours[:, 0])
 
-    def _map_statistics(self, patch_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _map_statistics(
+        self, patch_scores: np.ndarray, contents: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Base scores (n,) and descriptors (n, 3) of the maps of ``patch_scores`` (``contents``: fit's maps)."""
+        if contents is not None:
+            return _statistics_of(self._content_maps(patch_scores, contents), DEFAULT_TOP_RATIO)
         base, descriptors = [], []
         for start in range(0, len(patch_scores), _MAP_BATCH):
             maps = self._maps(patch_scores[start : start + _MAP_BATCH])
@@ -564,18 +624,40 @@ class CategoryModel:
         grids = patch_scores.reshape(len(patch_scores), *self.grid_)
         return anomaly_maps(grids, self.map_size_, self.sigma)
 
+    def _content_maps(self, patch_scores: np.ndarray, contents: np.ndarray) -> list[np.ndarray]:
+        """``fit``: each image's map over its content (height, width), from its valid patches only."""
+        maps = []
+        for scores, content in zip(patch_scores, np.asarray(contents).reshape(-1, 2), strict=True):
+            size = (int(content[0]), int(content[1]))
+            rows, columns = valid_patch_grid(size, self.grid_, self.map_size_)
+            grid = np.asarray(scores).reshape(self.grid_)[:rows, :columns]
+            maps.append(content_map(grid, size, self.sigma))
+        return maps
+
     def patch_scores(self, patch_vectors: np.ndarray) -> np.ndarray:
         """Patch scores (B, P) of projected patch vectors (B, P, D)."""
         batch, n_patches, dim = patch_vectors.shape
         return self.knn().score(patch_vectors.reshape(batch * n_patches, dim)).reshape(batch, n_patches)
 
-    def predict(self, patch_vectors: np.ndarray) -> CategoryPrediction:
-        """Anomaly maps and image scores for projected patch vectors (B, P, D)."""
+    def predict(self, patch_vectors: np.ndarray, contents: np.ndarray | None = None) -> CategoryPrediction:
+        """Anomaly maps and image scores for projected patch vectors (B, P, D).
+
+        ``contents`` (B, 2): ``fit`` geometry, each image's content (height, width); its map
+        covers the content only, from the valid patches (the padding's patches are not in it),
+        and the base score (max) and the descriptor see that map alone.
+        """
+        if contents is not None:
+            content_maps = self._content_maps(self.patch_scores(patch_vectors), contents)
+            base, descriptors = _statistics_of(content_maps, self.calibrator_.top_ratio)
+            scores = self.calibrator_.score_descriptors(base, descriptors)
+            return CategoryPrediction(maps=content_maps, scores=scores)
         maps = self._maps(self.patch_scores(patch_vectors))
         return CategoryPrediction(maps=maps, scores=self.calibrator_.score(maps))
 
-    def route_score(self, patch_vectors: np.ndarray) -> np.ndarray:
-        """Route scores (B,) against this category's own prototypes."""
+    def route_score(self, patch_vectors: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """Route scores (B,) against this category's own prototypes (``valid`` (B, P): the patches that count)."""
+        if valid is not None:
+            return _per_image(self.route_score, patch_vectors, valid)
         owners = np.zeros(len(self.prototypes_), dtype=np.int64)
         return route_distances(patch_vectors, self.prototypes_, owners, 1)[:, 0]
 
@@ -587,12 +669,15 @@ class CategoryModel:
             "far_threshold": _finite_or_none(self.far_threshold_),
         }
 
-    def unknown_score(self, patch_vectors: np.ndarray) -> np.ndarray:
+    def unknown_score(self, patch_vectors: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Unknown scores (B,): the unknown statistic over its threshold (``> 1`` = unlike this category).
 
         A model without an unknown threshold (loaded from an older registry) uses its route score
-        over its route threshold, the rule such registries were fitted with.
+        over its route threshold, the rule such registries were fitted with. ``valid`` (B, P):
+        the patches that count (``fit``).
         """
+        if valid is not None:
+            return _per_image(self.unknown_score, patch_vectors, valid)
         owners = np.zeros(len(self.prototypes_), dtype=np.int64)
         if not math.isfinite(self.unknown_threshold_):
             return unknown_ratio(self.route_score(patch_vectors), self.route_threshold_)
@@ -663,6 +748,8 @@ class CategoryModel:
             "calibrator": self.calibrator_.get_state(),
             "coreset_radius": self.coreset_radius_,
             "fit_seconds": self.fit_seconds_,
+            # only for fit-geometry versions: a squash version's metadata (and checksum) do not change
+            **({"fitted_on_contents": True} if self.fitted_on_contents_ else {}),
         }
 
     @classmethod
@@ -691,6 +778,7 @@ class CategoryModel:
         model.threshold_frr = model.calibrator_.frr
         model.coreset_radius_ = float(metadata.get("coreset_radius", float("nan")))  # type: ignore[arg-type]
         model.fit_seconds_ = float(metadata.get("fit_seconds", float("nan")))  # type: ignore[arg-type]
+        model.fitted_on_contents_ = bool(metadata.get("fitted_on_contents", False))
         model._knn = None
         return model
 
@@ -707,6 +795,20 @@ class CategoryModel:
 
 #: Settings stored in the calibrator's state rather than in ``params`` (or not stored: a fit-time switch).
 _CALIBRATOR_PARAMS = frozenset({"coreset_method", "scoring", "threshold_rule", "threshold_frr"})
+
+
+def _statistics_of(maps: list[np.ndarray], top_ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """Base scores (n,) and descriptors (n, 3) of maps of different shapes."""
+    if not maps:
+        return np.empty(0, dtype=np.float64), np.empty((0, 3), dtype=np.float64)
+    base = np.concatenate([base_scores(one[None]) for one in maps])
+    return base, np.concatenate([structural_descriptor(one[None], top_ratio) for one in maps])
+
+
+def _per_image(score: Callable[[np.ndarray], np.ndarray], patch_vectors: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """``score`` of each image's valid patch vectors, one image at a time (their counts differ)."""
+    found = [score(patch_vectors[i : i + 1, valid[i]]) for i in range(len(patch_vectors))]
+    return np.concatenate(found) if found else np.empty(0, dtype=np.float64)
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -726,13 +828,26 @@ def embed_images(
     The output is allocated once; besides it, memory holds one batch of backbone activations.
     ``progress`` receives ``Progress("embed", done, total, category)`` after each batch.
     """
+    return embed_images_sized(extractor, sources, progress, category=category)[0]
+
+
+def embed_images_sized(
+    extractor: FeatureExtractor,
+    sources: Sequence[ImageSource],
+    progress: ProgressCallback | None = None,
+    *,
+    category: str = "",
+) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """:func:`embed_images`, and each image's original (width, height)."""
     grid = extractor.grid_shape()
     output = np.empty((len(sources), grid[0] * grid[1], extractor.dim), dtype=np.float32)
-    for start, batch in extractor.iter_embeddings(sources):
+    sizes: list[tuple[int, int]] = []
+    for start, batch, batch_sizes in extractor.iter_embeddings_sized(sources):
         output[start : start + len(batch)] = batch
+        sizes.extend(batch_sizes)
         if progress is not None:
             progress(Progress("embed", start + len(batch), len(sources), category))
-    return output
+    return output, sizes
 
 
 def fit_category(
@@ -757,13 +872,14 @@ def fit_category(
     fitted = CategoryModel(**(model or CategoryModel()).get_params())  # type: ignore[arg-type]
     notify = progress or quiet
     notify(Progress("embed", 0, len(sources), category))
-    patch_vectors = embed_images(extractor, sources, notify, category=category)
+    patch_vectors, sizes = embed_images_sized(extractor, sources, notify, category=category)
+    contents = extractor.contents(sizes) if extractor.geometry.fits else None
     notify(Progress("fit", category=category))
 
     def stage(event: Progress) -> None:
         notify(dataclasses.replace(event, category=category))
 
-    fitted.fit(patch_vectors, extractor.grid_shape(), extractor.geometry.crop, progress=stage)
+    fitted.fit(patch_vectors, extractor.grid_shape(), extractor.geometry.crop, progress=stage, contents=contents)
     if keep_patches:
         fitted.train_patches_ = patch_vectors.astype(np.float16)
     return fitted
@@ -775,6 +891,7 @@ __all__ = [
     "CategoryModel",
     "CategoryPrediction",
     "embed_images",
+    "embed_images_sized",
     "fit_category",
     "l2_normalize",
 ]

@@ -4,6 +4,13 @@ Every image of a registry is preprocessed alike: RGB, resize to ``resize`` x ``r
 crop ``crop`` x ``crop`` (``crop == resize`` means no crop, the default of new registries:
 :data:`DEFAULT_RESIZE`), values in [0, 1]. Masks take the
 same geometric path with nearest-neighbour resampling.
+
+That is the ``squash`` input geometry. With ``fit`` (:data:`structcore.settings.INPUT_GEOMETRIES`)
+the image keeps its aspect ratio: its long side is resized to ``resize``, it is placed in the
+top-left corner of the square and the rest is padding (0 here; the extractor sets it to the
+backbone's mean colour, 0 after normalisation). The *content* is the top-left (height, width) of
+the square the image covers (:func:`fit_content`); the patches whose centre lies in it are the
+valid ones (:func:`valid_patch_mask`): the model never looks at the others.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from structcore_runtime.images import to_rgb
 
 from structcore.image_files import ImageReadError
-from structcore.settings import DEFAULT_CROP, DEFAULT_RESIZE
+from structcore.settings import DEFAULT_CROP, DEFAULT_INPUT_GEOMETRY, DEFAULT_RESIZE
 
 #: Largest image (in pixels) that is decoded; larger headers are refused before decoding
 #: (a decompression bomb would otherwise exhaust memory). 16k x 16k covers real line cameras.
@@ -36,15 +43,31 @@ MAX_IMAGE_PIXELS = 16384 * 16384
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Geometry of the preprocessing: resize to ``resize``, then centre crop ``crop``."""
+    """Geometry of the preprocessing: resize to ``resize``, then centre crop ``crop``.
+
+    ``input_geometry``: ``squash`` (resize whatever the aspect ratio) or ``fit`` (aspect kept, long
+    side to ``resize``, padded to the square; ``crop`` must equal ``resize``).
+    """
 
     resize: int = DEFAULT_RESIZE
     crop: int = DEFAULT_CROP
+    input_geometry: str = DEFAULT_INPUT_GEOMETRY
 
     def __post_init__(self) -> None:
         if not 0 < self.crop <= self.resize:
             msg = f"crop ({self.crop}) must be in 1..resize ({self.resize})"
             raise ValueError(msg)
+        if self.input_geometry not in {"squash", "fit"}:
+            msg = f"input geometry must be squash or fit, got {self.input_geometry!r}"
+            raise ValueError(msg)
+        if self.input_geometry == "fit" and self.crop != self.resize:
+            msg = f"the fit geometry takes no crop (crop {self.crop} must equal resize {self.resize})"
+            raise ValueError(msg)
+
+    @property
+    def fits(self) -> bool:
+        """Whether images keep their aspect ratio (``fit``): maps cover each image's content only."""
+        return self.input_geometry == "fit"
 
     @property
     def crop_box(self) -> tuple[int, int, int, int]:
@@ -189,11 +212,63 @@ def _read_error(path: str | Path, error: Exception, max_pixels: int) -> ImageRea
     return ImageReadError(path, f"corrupt or truncated image ({type(error).__name__}: {error})")
 
 
+def fit_content(size: tuple[int, int], side: int) -> tuple[int, int]:
+    """(height, width) an image of ``size`` (width, height) covers in the ``fit`` square of ``side``.
+
+    The long side becomes ``side``, the short one ``round(short * side / long)`` (at least 1).
+    """
+    width, height = int(size[0]), int(size[1])
+    if width < 1 or height < 1:
+        msg = f"an image size must be positive, got {size}"
+        raise ValueError(msg)
+    scale = side / max(width, height)
+    return max(1, min(side, round(height * scale))), max(1, min(side, round(width * scale)))
+
+
+def valid_patch_grid(content: tuple[int, int], grid: tuple[int, int], side: int) -> tuple[int, int]:
+    """(rows, columns) of the top-left block of valid patches: those whose centre lies in ``content``.
+
+    Patch ``j`` of a grid of ``n`` over ``side`` pixels is centred at ``(j + 0.5) * side / n``; at
+    least one patch per axis is valid.
+    """
+    counts = []
+    for extent, cells in zip(content, grid, strict=True):
+        stride = side / cells
+        counts.append(int(np.clip(np.ceil(extent / stride - 0.5), 1, cells)))
+    return counts[0], counts[1]
+
+
+def valid_patch_mask(contents: np.ndarray, grid: tuple[int, int], side: int) -> np.ndarray:
+    """(B, h*w) bool: the valid patches of each image's ``contents`` row (height, width)."""
+    contents = np.asarray(contents, dtype=np.int64).reshape(-1, 2)
+    mask = np.zeros((len(contents), grid[0], grid[1]), dtype=bool)
+    for row, content in enumerate(contents):
+        rows, columns = valid_patch_grid((int(content[0]), int(content[1])), grid, side)
+        mask[row, :rows, :columns] = True
+    return mask.reshape(len(contents), grid[0] * grid[1])
+
+
+def image_size(image: Image.Image | np.ndarray) -> tuple[int, int]:
+    """(width, height) of a PIL image or an (H, W[, C]) array."""
+    if isinstance(image, np.ndarray):
+        return int(image.shape[1]), int(image.shape[0])
+    return int(image.size[0]), int(image.size[1])
+
+
 def preprocess_image(image: Image.Image | np.ndarray, geometry: Preprocessing) -> np.ndarray:
-    """Resize + centre crop an image; returns float32 (3, crop, crop) in [0, 1]."""
+    """Resize + centre crop an image; returns float32 (3, crop, crop) in [0, 1].
+
+    ``fit``: the image, aspect kept, in the top-left (:func:`fit_content`) of a 0-filled square.
+    """
     if isinstance(image, np.ndarray):
         image = Image.fromarray(_as_uint8_rgb(image))
     image = to_rgb(image)
+    if geometry.fits:
+        height, width = fit_content(image.size, geometry.resize)
+        square = np.zeros((3, geometry.resize, geometry.resize), dtype=np.float32)
+        content = image.resize((width, height), Image.Resampling.BILINEAR)
+        square[:, :height, :width] = np.asarray(content, dtype=np.float32).transpose(2, 0, 1) / 255.0
+        return square
     resized = image.resize((geometry.resize, geometry.resize), Image.Resampling.BILINEAR)
     if geometry.crop != geometry.resize:
         resized = resized.crop(geometry.crop_box)
@@ -207,6 +282,9 @@ def preprocess_mask(mask: Image.Image | np.ndarray, geometry: Preprocessing) -> 
         mask = Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255, mode="L")
     if mask.mode not in {"L", "1"}:
         mask = mask.convert("L")
+    if geometry.fits:  # the content only, as the maps of fit cover it
+        height, width = fit_content(mask.size, geometry.resize)
+        return np.asarray(mask.resize((width, height), Image.Resampling.NEAREST)) > 0
     resized = mask.resize((geometry.resize, geometry.resize), Image.Resampling.NEAREST)
     if geometry.crop != geometry.resize:
         resized = resized.crop(geometry.crop_box)

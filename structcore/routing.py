@@ -215,6 +215,20 @@ class RouteResult:
     unknown_scores: np.ndarray | None = None
 
 
+def _joined(parts: list[RouteResult]) -> RouteResult:
+    """One :class:`RouteResult` of the images of ``parts``, in order."""
+    shortlists = [part.shortlist for part in parts]
+    unknown_scores = [part.unknown_scores for part in parts]
+    return RouteResult(
+        categories=[name for part in parts for name in part.categories],
+        route_scores=np.concatenate([part.route_scores for part in parts]),
+        all_scores=np.concatenate([part.all_scores for part in parts]),
+        unknown=np.concatenate([part.unknown for part in parts]),
+        shortlist=None if any(s is None for s in shortlists) else np.concatenate(shortlists),  # type: ignore[arg-type]
+        unknown_scores=None if any(u is None for u in unknown_scores) else np.concatenate(unknown_scores),  # type: ignore[arg-type]
+    )
+
+
 class PrototypeRouter:
     """Routes inputs to the category whose prototype bank is nearest (argmin of mean min distance).
 
@@ -381,11 +395,17 @@ class PrototypeRouter:
             ratios[image, columns] = self._unknown_ratios(found, columns[None])[0]
         return scores, ratios, shortlist.numpy()
 
-    def route(self, patch_vectors: np.ndarray) -> RouteResult:
-        """Pick the nearest category per image and flag inputs beyond its route threshold."""
+    def route(self, patch_vectors: np.ndarray, valid: np.ndarray | None = None) -> RouteResult:
+        """Pick the nearest category per image and flag inputs beyond its route threshold.
+
+        ``valid`` (B, P) bool: the patches that count per image (``fit``: not the padding); each
+        image is then routed on its valid patches alone.
+        """
         if not self.categories_:
             msg = "the router has no categories"
             raise ValueError(msg)
+        if valid is not None and len(patch_vectors):
+            return _joined([self.route(patch_vectors[i : i + 1, valid[i]]) for i in range(len(patch_vectors))])
         shortlist = None
         with torch_threads(small_op_threads()):
             if self.shortlist is None or self.shortlist >= len(self.categories_):

@@ -41,6 +41,13 @@ DEFAULT_CROP = 392
 #: The paper's (and method.md's) geometry, and that of registries made before the no-crop default.
 PAPER_RESIZE = 448
 PAPER_CROP = 392
+#: How an image is brought to the model's square (``registry init --geometry``, docs/quality.md §8):
+#: ``squash`` resizes it to ``resize`` x ``resize`` whatever its aspect ratio (registries made
+#: before the setting existed read as ``squash``); ``fit`` keeps the aspect ratio (long side to
+#: ``resize``, the short side padded) and every map, bank and statistic ignores the padding.
+#: ``tile`` (the image at its own resolution cut into model-size tiles) is not built yet.
+INPUT_GEOMETRIES = ("squash", "fit")
+DEFAULT_INPUT_GEOMETRY = "squash"
 #: Largest resize side of a feature space (bundles with larger ones are refused on import).
 MAX_IMAGE_SIDE = 4096
 #: Dimension D of the projected patch vectors, and the seed of the projection matrix W.
@@ -336,6 +343,14 @@ FEATURE_SPACE_PARAMETERS: dict[str, Parameter] = _table(
         "--crop",
     ),
     Parameter(
+        "input_geometry",
+        DEFAULT_INPUT_GEOMETRY,
+        (Options(INPUT_GEOMETRIES),),
+        "How images reach the model's square: squash (resize, aspect ignored) or fit (aspect kept, "
+        "long side to --resize, the padding ignored; needs --crop equal to --resize).",
+        "--geometry",
+    ),
+    Parameter(
         "dim",
         DEFAULT_DIM,
         (Interval(integer=True, low=1, high=MAX_DIM),),
@@ -519,6 +534,7 @@ class FeatureSpaceSettings(_Settings):
     weights: str | os.PathLike[str] | None = None
     resize: int = DEFAULT_RESIZE
     crop: int = DEFAULT_CROP
+    input_geometry: str = DEFAULT_INPUT_GEOMETRY
     dim: int = DEFAULT_DIM
     seed: int = DEFAULT_PROJECTION_SEED
 
@@ -530,6 +546,9 @@ class FeatureSpaceSettings(_Settings):
         if not found and self.crop > self.resize:
             label = FEATURE_SPACE_PARAMETERS["crop"].label if as_options else "crop"
             found.append(InvalidSettingError(label, self.crop, f"an integer in [1, resize = {self.resize}]"))
+        if not found and self.input_geometry == "fit" and self.crop != self.resize:
+            label = FEATURE_SPACE_PARAMETERS["crop"].label if as_options else "crop"
+            found.append(InvalidSettingError(label, self.crop, f"equal to resize ({self.resize}) with --geometry fit"))
         return found
 
     def validate(self, *, as_options: bool = False) -> FeatureSpaceSettings:
@@ -600,6 +619,7 @@ __all__ = [
     "DEFAULT_FRR",
     "DEFAULT_HOLDOUT_RATIO",
     "DEFAULT_INDEX",
+    "DEFAULT_INPUT_GEOMETRY",
     "DEFAULT_K",
     "DEFAULT_MAX_REGIONS",
     "DEFAULT_PROJECTION_SEED",
@@ -617,6 +637,7 @@ __all__ = [
     "FIT_PARAMETERS",
     "INDEX_KINDS",
     "INFER_PARAMETERS",
+    "INPUT_GEOMETRIES",
     "MAX_DIM",
     "MAX_FRR",
     "MAX_IMAGE_SIDE",

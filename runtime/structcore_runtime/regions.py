@@ -295,16 +295,22 @@ def boxes_on_model_map(
     size: tuple[int, int],
     resize: int,
     crop: int | None = None,
+    map_shape: tuple[int, int] | None = None,
 ) -> list[tuple[float, float, float, float]]:
     """The regions' boxes (x, y, w, h) moved from original pixels onto the model's (crop, crop) map.
 
     The inverse of :func:`map_at_original_size`'s geometry, for drawing regions on an overlay of
     the crop; a box outside the crop comes back clipped to it (possibly with zero size).
+    ``map_shape`` (height, width): a map that covers the whole image at that shape (the ``fit``
+    geometry's content map) instead of the square.
     """
     width, height = int(size[0]), int(size[1])
     crop = resize if crop is None else crop
     offset = (resize - crop) // 2
     scale_x, scale_y = resize / max(width, 1), resize / max(height, 1)
+    if map_shape is not None:
+        scale_x, scale_y = map_shape[1] / max(width, 1), map_shape[0] / max(height, 1)
+        crop = max(map_shape)
     boxes = []
     for region in regions:
         left = min(max(region["x"] * scale_x - offset, 0.0), float(crop))

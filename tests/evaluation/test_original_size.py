@@ -13,6 +13,7 @@ from PIL import Image
 from evaluation import run_evaluation
 from evaluation.metrics import pixel_metrics, pixel_metrics_at_sizes, recall_by_defect, region_scores
 from evaluation.synthetic import make_category, write_mvtec_layout
+from registry import Registry
 from structcore.model import CategoryModel
 
 
@@ -88,3 +89,28 @@ def test_eval_reports_original_size_metrics_on_non_square_images(tmp_path: Path)
     with (tmp_path / "out" / "per_category.csv").open() as handle:
         row = next(csv.DictReader(handle))
     assert row["aupro_original"] and row["region_hit_rate"]
+
+
+def test_eval_of_a_fit_registry_on_non_square_images(tmp_path: Path) -> None:
+    """The fit geometry through the evaluation: maps on each image's content, metrics at both sizes, plots."""
+    data = tmp_path / "data"
+    for seed, kind in enumerate(("wood", "pill")):  # two: the open-set protocol leaves one out
+        folder = write_mvtec_layout(make_category(kind, 5, 2, 3, seed=seed, size=128), data, kind)
+        for path in [*(folder / "test").rglob("*.png"), *(folder / "ground_truth").rglob("*.png")]:
+            picture = Image.open(path)
+            resample = Image.Resampling.NEAREST if "ground_truth" in path.parts else Image.Resampling.BILINEAR
+            picture.resize((192, 96), resample).save(path)
+    Registry.init(tmp_path / "registry", resize=128, crop=128, input_geometry="fit").close()
+    result = run_evaluation(
+        data,
+        out=tmp_path / "out",
+        protocols=("separate", "open-set"),
+        dataset=None,
+        registry=tmp_path / "registry",
+        model=CategoryModel(coreset_ratio=0.05, n_prototypes=16),
+        plots=True,
+    )
+    metrics = result.per_category("separate")["wood"]
+    for key in ("pixel_auroc", "aupro", "pixel_auroc_original", "aupro_original", "image_auroc_hybrid"):
+        assert math.isfinite(metrics[key]), key
+    assert result.results["config"]["geometry"]["input_geometry"] == "fit"

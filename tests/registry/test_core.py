@@ -268,6 +268,7 @@ def test_registry_at_first_revision_is_upgraded_on_open(base: Path, tmp_path: Pa
         assert registry.names() == ["pill"]
         shown = registry.show("pill")
         assert shown.description is None and shown.current.origin == "fit"
+        assert registry.feature_space.input_geometry == "squash"  # revision 0007 reads old registries as squash
         upgraded = scores(registry.predict(data["pill"][1], "pill"))
         assert registry.verify().ok
     with Registry.open(base, read_only=True) as original:

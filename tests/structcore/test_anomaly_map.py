@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from structcore.anomaly_map import anomaly_maps, gaussian_blur
+from structcore.anomaly_map import anomaly_maps, content_map, gaussian_blur
 
 
 def test_gaussian_blur_matches_scipy(rng: np.random.Generator) -> None:
@@ -30,3 +31,13 @@ def test_anomaly_map_peak_stays_at_defect() -> None:
     anomaly_map = anomaly_maps(grid, 64)[0]
     row, col = np.unravel_index(anomaly_map.argmax(), anomaly_map.shape)
     assert abs(row - 2.5 * 8) <= 2 and abs(col - 5.5 * 8) <= 2
+
+
+def test_content_map_equals_upsampling_and_blurring_the_valid_grid_alone() -> None:
+    """The fit geometry's map: the valid patch grid upsampled onto the content and blurred there."""
+    grid = np.random.default_rng(3).random((8, 16)).astype(np.float32)  # a 2:1 content's valid patches
+    found = content_map(grid, (64, 128), sigma=4.0)
+    upsampled = F.interpolate(torch.from_numpy(grid)[None, None], size=(64, 128), mode="bilinear", align_corners=False)
+    reference = gaussian_blur(upsampled[:, 0], sigma=4.0)[0].numpy()
+    assert found.shape == (64, 128) and found.dtype == np.float32
+    np.testing.assert_allclose(found, reference, rtol=1e-5, atol=1e-6)

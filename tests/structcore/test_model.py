@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
 from evaluation.synthetic import make_category
+from structcore.anomaly_map import gaussian_blur
 from structcore.model import CategoryModel, embed_images
+from structcore.preprocess import valid_patch_mask
 from structcore.routing import PrototypeRouter
 from structcore.thresholds import choose_threshold
 
@@ -162,3 +166,95 @@ def test_incremental_update_equals_the_full_search_on_the_same_bank(synthetic_fe
     assert incremental.update_seconds_ is not None and "distances" in incremental.update_seconds_
     with pytest.raises(ValueError, match="stored train distances"):
         model.updated(old, new, old_distances={})
+
+
+# ----------------------------------------------------------------------------- the fit geometry
+def _fit_contents(count: int) -> np.ndarray:
+    """Contents (height, width) in the 128 px square: landscape, portrait and square images."""
+    shapes = [(64, 128), (128, 64), (128, 128), (96, 128), (128, 40)]
+    return np.asarray([shapes[i % len(shapes)] for i in range(count)])
+
+
+def _with_padding(vectors: np.ndarray, contents: np.ndarray, value: float) -> np.ndarray:
+    """``vectors`` with every padding patch set to ``value``."""
+    out = vectors.copy()
+    out[~valid_patch_mask(contents, (16, 16), 128)] = value
+    return out
+
+
+def test_fit_padding_never_counts(synthetic_features, small_extractor) -> None:  # type: ignore[no-untyped-def]
+    """Padding patches are not in the bank nor the prototypes, and the statistics ignore them."""
+    train, _, _ = synthetic_features["carpet"]
+    contents = _fit_contents(len(train))
+    grid = small_extractor.grid_shape()
+    fitted = [
+        CategoryModel(coreset_ratio=0.2).fit(_with_padding(train, contents, value), grid, 128, contents=contents)
+        for value in (1000.0, -3.0)
+    ]
+    first, second = fitted
+    assert not np.any(first.bank_ == 1000.0)  # k-center greedy would pick the far marker first
+    np.testing.assert_array_equal(first.bank_, second.bank_)
+    np.testing.assert_array_equal(first.prototypes_, second.prototypes_)
+    for kind in ("base", "struct", "hybrid"):
+        np.testing.assert_array_equal(first.calibration_scores_[kind], second.calibration_scores_[kind])
+    assert first.route_threshold_ == second.route_threshold_
+    assert first.unknown_threshold_ == second.unknown_threshold_ and first.far_threshold_ == second.far_threshold_
+    assert first.to_metadata()["fitted_on_contents"] is True
+    assert "fitted_on_contents" not in CategoryModel(coreset_ratio=0.2).fit(train, grid, 128).to_metadata()
+
+
+def test_fit_maps_against_a_reference_on_the_valid_region(synthetic_features, small_extractor) -> None:  # type: ignore[no-untyped-def]
+    """A 2:1 image's map is the valid patches' scores upsampled and blurred onto its content alone."""
+    train, test, _ = synthetic_features["carpet"]
+    contents = _fit_contents(len(train))
+    grid = small_extractor.grid_shape()
+    model = CategoryModel(coreset_ratio=0.2).fit(train, grid, 128, contents=contents)
+    test_contents = np.asarray([[64, 128]] * len(test))
+    prediction = model.predict(_with_padding(test, test_contents, 50.0), test_contents)
+    valid_scores = model.knn().score(test[:, : 8 * 16].reshape(-1, test.shape[2])).reshape(len(test), 8, 16)
+    upsampled = F.interpolate(torch.from_numpy(valid_scores)[:, None], size=(64, 128), mode="bilinear")
+    reference = gaussian_blur(upsampled[:, 0].float(), model.sigma).numpy()
+    for found, expected in zip(prediction.maps, reference, strict=True):
+        assert found.shape == (64, 128)
+        np.testing.assert_allclose(found, expected, rtol=1e-4, atol=1e-5)
+    expected_scores = model.calibrator_.score(reference)
+    np.testing.assert_allclose(prediction.scores.base, expected_scores.base, rtol=1e-5)
+    np.testing.assert_allclose(prediction.scores.hybrid, expected_scores.hybrid, rtol=1e-4, atol=1e-6)
+    # routing sees the valid patches only: the padding's value does not move it
+    valid = valid_patch_mask(test_contents, grid, 128)
+    np.testing.assert_array_equal(
+        model.unknown_score(_with_padding(test, test_contents, 50.0), valid),
+        model.unknown_score(_with_padding(test, test_contents, -1.0), valid),
+    )
+    np.testing.assert_allclose(model.route_score(test, valid), model.route_score(test[:, : 8 * 16]), rtol=1e-12)
+
+
+def test_fit_with_full_contents_matches_squash(synthetic_features, small_extractor) -> None:  # type: ignore[no-untyped-def]
+    """Square images under fit: every patch valid, the same model and (up to rounding) the same maps."""
+    train, test, _ = synthetic_features["pill"]
+    grid = small_extractor.grid_shape()
+    squash = CategoryModel(coreset_ratio=0.2).fit(train, grid, 128)
+    full = np.full((len(train), 2), 128)
+    fit = CategoryModel(coreset_ratio=0.2).fit(train, grid, 128, contents=full)
+    np.testing.assert_array_equal(squash.bank_, fit.bank_)
+    np.testing.assert_array_equal(squash.prototypes_, fit.prototypes_)
+    np.testing.assert_allclose(squash.calibration_scores_["hybrid"], fit.calibration_scores_["hybrid"], rtol=1e-5)
+    squashed = squash.predict(test)
+    fitted = fit.predict(test, np.full((len(test), 2), 128))
+    np.testing.assert_allclose(np.stack(fitted.maps), squashed.maps, rtol=1e-5, atol=1e-6)
+
+
+def test_router_routes_each_image_on_its_valid_patches(synthetic_features, small_extractor) -> None:  # type: ignore[no-untyped-def]
+    grid = small_extractor.grid_shape()
+    router = PrototypeRouter()
+    for kind in ("carpet", "pill", "wood"):
+        train = synthetic_features[kind][0]
+        router.add(kind, CategoryModel(coreset_ratio=0.1).fit(train, grid, 128).prototypes_)
+    test = np.concatenate([synthetic_features[kind][1][:2] for kind in ("carpet", "pill", "wood")])
+    contents = _fit_contents(len(test))
+    valid = valid_patch_mask(contents, grid, 128)
+    routed = router.route(_with_padding(test, contents, 9.0), valid)
+    for i in range(len(test)):
+        alone = router.route(test[i : i + 1, valid[i]])
+        assert routed.categories[i] == alone.categories[0]
+        np.testing.assert_array_equal(routed.all_scores[i], alone.all_scores[0])

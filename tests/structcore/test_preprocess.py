@@ -10,7 +10,15 @@ import pytest
 from PIL import Image
 
 from structcore.image_files import ImageReadError
-from structcore.preprocess import Preprocessing, load_image, preprocess_image, preprocess_mask
+from structcore.preprocess import (
+    Preprocessing,
+    fit_content,
+    load_image,
+    preprocess_image,
+    preprocess_mask,
+    valid_patch_grid,
+    valid_patch_mask,
+)
 
 GEOMETRY = Preprocessing(resize=64, crop=48)
 
@@ -92,3 +100,36 @@ def test_mask_nearest_and_crop() -> None:
     processed = preprocess_mask(mask, GEOMETRY)
     assert processed.dtype == bool and processed.shape == (48, 48)
     assert processed.sum() == 16 and processed[22:26, 22:26].all()
+
+
+# ----------------------------------------------------------------------------- the fit geometry
+def test_fit_content_keeps_the_aspect_ratio() -> None:
+    assert fit_content((200, 100), 128) == (64, 128)  # (height, width): long side to 128
+    assert fit_content((100, 200), 128) == (128, 64)
+    assert fit_content((5000, 1), 128) == (1, 128)  # a 1-pixel strip keeps one row
+    assert fit_content((300, 300), 128) == (128, 128)
+
+
+def test_valid_patches_are_those_centred_in_the_content() -> None:
+    # 16 patches of 8 px over 128: centres at 4, 12, ..., 124
+    assert valid_patch_grid((64, 128), (16, 16), 128) == (8, 16)
+    assert valid_patch_grid((61, 128), (16, 16), 128) == (8, 16)  # centre 60 < 61
+    assert valid_patch_grid((60, 128), (16, 16), 128) == (7, 16)  # centre 60 is not inside
+    assert valid_patch_grid((1, 1), (16, 16), 128) == (1, 1)  # never empty
+    mask = valid_patch_mask(np.array([[64, 128], [128, 32]]), (16, 16), 128).reshape(2, 16, 16)
+    assert mask[0, :8].all() and not mask[0, 8:].any()
+    assert mask[1, :, :4].all() and not mask[1, :, 4:].any()
+
+
+def test_fit_puts_the_image_top_left_and_pads_the_rest() -> None:
+    geometry = Preprocessing(resize=64, crop=64, input_geometry="fit")
+    image = np.full((20, 40, 3), 255, dtype=np.uint8)  # 2:1, white
+    square = preprocess_image(image, geometry)
+    assert square.shape == (3, 64, 64)
+    assert np.all(square[:, :32, :] == 1.0) and np.all(square[:, 32:, :] == 0.0)
+    mask = np.zeros((20, 40), dtype=np.uint8)
+    mask[:, 20:] = 1
+    content_mask = preprocess_mask(mask, geometry)
+    assert content_mask.shape == (32, 64) and content_mask[:, 32:].all() and not content_mask[:, :32].any()
+    with pytest.raises(ValueError, match="fit geometry takes no crop"):
+        Preprocessing(resize=64, crop=48, input_geometry="fit")

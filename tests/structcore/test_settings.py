@@ -62,6 +62,7 @@ BAD_FEATURE_SPACE = [
     ("resize", 0, f"an integer in [1, {MAX_IMAGE_SIDE}]"),
     ("resize", MAX_IMAGE_SIDE + 1, f"an integer in [1, {MAX_IMAGE_SIDE}]"),
     ("crop", 392.0, f"an integer in [1, {MAX_IMAGE_SIDE}]"),
+    ("input_geometry", "stretch", "one of squash, fit"),
     ("dim", 0, "an integer in [1, 65536]"),
     ("seed", -1, f"an integer in [0, {MAX_SEED}]"),
 ]
@@ -97,6 +98,14 @@ def test_crop_larger_than_resize_is_refused() -> None:
     with pytest.raises(InvalidSettingError, match=r"^crop must be an integer in \[1, resize = 256\], got 392$"):
         FeatureSpaceSettings(resize=256, crop=392).validate()
     assert FeatureSpaceSettings(resize=448, crop=392).validate().crop == 392  # the paper's geometry
+
+
+def test_fit_geometry_takes_no_crop_and_tile_is_not_offered() -> None:
+    with pytest.raises(InvalidSettingError, match=r"^--crop must be equal to resize \(448\) with --geometry fit"):
+        FeatureSpaceSettings(resize=448, crop=392, input_geometry="fit").validate(as_options=True)
+    assert FeatureSpaceSettings(input_geometry="fit").validate().input_geometry == "fit"
+    with pytest.raises(InvalidSettingError, match=r"^--geometry must be one of squash, fit, got 'tile'$"):
+        FeatureSpaceSettings(input_geometry="tile").validate(as_options=True)
 
 
 def test_options_name_the_command_line_flag() -> None:
