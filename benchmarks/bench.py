@@ -32,6 +32,7 @@ processes share this machine. ``quick=True`` uses a few images and smaller input
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -48,6 +49,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from structcore_runtime.graph import GraphSession
+from structcore_runtime.knn import BankSearch, openvino_bf16_available
 from torch.utils.flop_counter import FlopCounterMode
 
 import structcore.coreset as coreset_module
@@ -59,6 +62,7 @@ from structcore.anomaly_map import DEFAULT_SIGMA, anomaly_maps, gaussian_blur, p
 from structcore.backbones.base import Backbone, create_backbone
 from structcore.backbones.efficientnet import EfficientNetLite2
 from structcore.coreset import KCenterGreedy, covering_radius
+from structcore.export_graph import cached_onnx
 from structcore.features import FeatureExtractor, build_extractor, new_feature_space
 from structcore.knn import PatchKNN, bf16_matmul_supported
 from structcore.model import CategoryModel, embed_images
@@ -69,7 +73,7 @@ from structcore.settings import DEFAULT_BACKBONE, backbone_runtime
 
 #: Sections of the bench (all run by default; ``large_fit`` only when asked).
 SECTIONS = ("table", "knn", "coreset", "extract", "routing", "loading", "memory")
-OPTIONAL_SECTIONS = ("large_fit", "start")
+OPTIONAL_SECTIONS = ("large_fit", "start", "deploy")
 #: Categories of the registry ``registry list`` is timed on (section ``start``).
 START_CATEGORIES = 1000
 #: Heavy libraries a model-free command must not import.
@@ -248,7 +252,8 @@ def run_bench(
         ratios: coreset ratios of the table rows (the first is the reference bank everywhere).
         quick: a few images and smaller inputs (a smoke test, seconds to a minute).
         threads: torch / faiss threads (default: torch's current setting).
-        sections: subset of :data:`SECTIONS` (+ ``"large_fit"``, ``"start"``); ``None`` runs :data:`SECTIONS`.
+        sections: subset of :data:`SECTIONS` (+ ``"large_fit"``, ``"start"``, ``"deploy"``); ``None`` runs
+            :data:`SECTIONS`.
         compile: also measure the ``torch.compile``-d fast path (first call compiles, ~30 s).
         seed: seeds the feature space, coresets and samples.
         resize, crop: preprocessing geometry (default 448 -> 392; ``quick``: 160 -> 160).
@@ -316,7 +321,7 @@ def run_bench(
         weights=weights,
         backbone_name=backbone,
     )
-    if any(section in chosen for section in ("table", "knn", "coreset", "extract", "routing", "loading")):
+    if any(section in chosen for section in ("table", "knn", "coreset", "extract", "routing", "loading", "deploy")):
         say(f"embedding {len(data.train)} train images")
         context.train = embed_images(extractor, data.train)
         say(f"preparing {len(data.test)} test images")
@@ -347,6 +352,9 @@ def run_bench(
         if "loading" in chosen:
             say("bank loading")
             result["loading"] = _loading_section(context)
+        if "deploy" in chosen:
+            say("backbone runtimes and kNN engines (issue 26)")
+            result["deploy"] = _deploy_section(context)
     if "memory" in chosen:
         say("fit memory (subprocess)")
         result["memory"] = _memory_section(context)
@@ -875,6 +883,69 @@ def _common_way_plain_process(sample: np.ndarray, seed: int) -> float | None:
 
 
 # -------------------------------------------------------------------------------- extract
+def _deploy_section(context: _Context) -> dict[str, Any]:
+    """Issue 26's components, interleaved: extract ms/img per backbone runtime, kNN ms/img per engine.
+
+    Extract: the test batch through torch, ONNX Runtime f32, OpenVINO f32 and bf16 (those
+    installed; the exported graph of this extractor, cached). kNN: the 1% bank searched by the
+    registry's bf16 engine (torch), the runtime's screened engine (OpenVINO bf16 screen) and
+    faiss ``IndexFlatL2``; all exact, so their scores agree to float32 rounding. End to end per
+    runtime (files -> records, the torch-free runtime included) is ``benchmarks/runtime_speed.py``.
+    """
+    batch = context.test_batches[0]
+    size = int(batch.shape[0])
+    extractors = {
+        "torch": FeatureExtractor(
+            context.backbone, context.extractor.projection, context.extractor.geometry, size, runtime="torch"
+        )
+    }
+    installed = [name for name, module in (("onnx", "onnxruntime"), ("openvino", "openvino")) if _installed(module)]
+    for runtime in installed:
+        extractors[runtime] = FeatureExtractor(
+            context.backbone, context.extractor.projection, context.extractor.geometry, size, runtime=runtime
+        )
+    functions: dict[str, Callable[[], object]] = {
+        f"extract {name}": _embedding(extractor, batch) for name, extractor in extractors.items()
+    }
+    if "openvino" in installed:
+        bf16 = GraphSession(cached_onnx(extractors["torch"]), "openvino", "bf16")
+        images = batch.numpy()
+        functions["extract openvino bf16"] = lambda: bf16.run(images)
+    model = context.model
+    assert model is not None
+    bank = np.asarray(model.bank_, dtype=np.float32)
+    queries = extractors["torch"].embed(batch).numpy().reshape(-1, bank.shape[1])
+    engines: dict[str, Any] = {"faiss": BankSearch(bank, model.k, engine="faiss")}
+    if bf16_matmul_supported():
+        engines["registry bf16 (torch)"] = PatchKNN(k=model.k, engine="bf16").fit(bank)
+    if "openvino" in installed and openvino_bf16_available():
+        engines["runtime screened (openvino)"] = BankSearch(bank, model.k, engine="screened")
+    for name, engine in engines.items():
+        score = engine.score if isinstance(engine, PatchKNN) else engine.patch_scores
+        functions[f"knn {name}"] = (lambda f: lambda: f(queries))(score)
+    times = median_times(functions, 1 if context.quick else 5)
+    reference = engines["faiss"].patch_scores(queries)
+    agreement = {
+        name: float(np.max(np.abs((e.score if isinstance(e, PatchKNN) else e.patch_scores)(queries) - reference)))
+        for name, e in engines.items()
+    }
+    return {
+        "batch_size": size,
+        "bank_size": int(bank.shape[0]),
+        "load_average": list(os.getloadavg()),
+        "ms_per_image": {name: 1000 * seconds / size for name, seconds in times.items()},
+        "knn_max_abs_difference_to_faiss": agreement,
+    }
+
+
+def _embedding(extractor: FeatureExtractor, batch: torch.Tensor) -> Callable[[], object]:
+    return lambda: extractor.embed(batch)
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
 def _extract_section(context: _Context, compile: bool) -> dict[str, Any]:
     batch = context.test_batches[0]
     with FlopCounterMode(display=False) as counter:
@@ -1421,6 +1492,13 @@ def format_bench(result: dict[str, Any]) -> str:
             f"   registry list on {start['categories']} categories: median {_fmt(start['median_seconds'], 2)} s "
             f"of {start['runs']} runs ({_verdict(result, 'list_start_seconds')} on an idle core; "
             f"load {_fmt(start['load_average'], 1)}); heavy modules imported: {heavy}"
+        )
+    deploy = result.get("deploy")
+    if deploy:
+        times = ", ".join(f"{name} {_fmt(ms, 1)}" for name, ms in deploy["ms_per_image"].items())
+        lines.append(
+            f"   deploy (issue 26), ms/img, batch {deploy['batch_size']}, bank {deploy['bank_size']}, "
+            f"load {_fmt(deploy['load_average'][0], 1)}: {times}"
         )
     if "seconds" in result:
         lines.append(f"bench took {_fmt(result['seconds'])} s")

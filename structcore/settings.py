@@ -65,14 +65,15 @@ DEFAULT_PROJECTION_SEED = 42
 BACKBONE_RUNTIMES = ("auto", "torch", "onnx", "openvino")
 DEFAULT_BACKBONE_RUNTIME = "auto"
 BACKBONE_RUNTIME_ENV = "STRUCTCORE_BACKBONE_RUNTIME"
-#: ``auto``'s order of preference: (backbone runtime, the module it needs).
-_AUTO_BACKBONE_RUNTIMES = (("openvino", "openvino"), ("onnx", "onnxruntime"))
+#: ``auto``'s order of preference: (backbone runtime, the modules it needs: the graph is exported with onnx).
+_AUTO_BACKBONE_RUNTIMES = (("openvino", ("openvino", "onnx")), ("onnx", ("onnxruntime", "onnx")))
 
 
 def backbone_runtime(value: str | None = None) -> str:
     """The backbone runtime that runs: ``value``, else ``$STRUCTCORE_BACKBONE_RUNTIME``, else ``auto``.
 
-    ``auto`` resolves to the first installed of OpenVINO, ONNX Runtime, and torch.
+    ``auto`` resolves to the first installed of OpenVINO, ONNX Runtime (each with onnx, the
+    graph's exporter: the ``deploy`` extra), and torch.
     """
     chosen = (value if value is not None else os.environ.get(BACKBONE_RUNTIME_ENV, "")).strip().lower()
     chosen = chosen or DEFAULT_BACKBONE_RUNTIME
@@ -82,8 +83,8 @@ def backbone_runtime(value: str | None = None) -> str:
         raise ValueError(msg)
     if chosen != "auto":
         return chosen
-    for runtime, module in _AUTO_BACKBONE_RUNTIMES:
-        if importlib.util.find_spec(module) is not None:
+    for runtime, modules in _AUTO_BACKBONE_RUNTIMES:
+        if all(importlib.util.find_spec(module) is not None for module in modules):
             return runtime
     return "torch"
 

@@ -42,3 +42,13 @@ def test_run_bench_quick_synthetic() -> None:
     import json
 
     json.dumps(result)  # JSON-compatible
+
+
+def test_run_bench_deploy_section() -> None:
+    result = run_bench("synthetic", quick=True, batch_size=4, sections=["deploy"])
+    deploy = result["deploy"]
+    assert "extract torch" in deploy["ms_per_image"] and "knn faiss" in deploy["ms_per_image"]
+    assert all(ms > 0 for ms in deploy["ms_per_image"].values())
+    assert all(difference < 1e-3 for difference in deploy["knn_max_abs_difference_to_faiss"].values())
+    assert result["machine"]["backbone_runtime"] == "torch"  # the suite pins the reference
+    assert "deploy (issue 26)" in format_bench(result)
