@@ -30,7 +30,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from structcore_runtime.images import to_rgb
 
 from structcore.image_files import ImageReadError
-from structcore.settings import DEFAULT_CROP, DEFAULT_INPUT_GEOMETRY, DEFAULT_RESIZE
+from structcore.settings import DEFAULT_CROP, DEFAULT_INPUT_GEOMETRY, DEFAULT_RESIZE, INPUT_GEOMETRIES
 
 #: Largest image (in pixels) that is decoded; larger headers are refused before decoding
 #: (a decompression bomb would otherwise exhaust memory). 16k x 16k covers real line cameras.
@@ -57,8 +57,8 @@ class Preprocessing:
         if not 0 < self.crop <= self.resize:
             msg = f"crop ({self.crop}) must be in 1..resize ({self.resize})"
             raise ValueError(msg)
-        if self.input_geometry not in {"squash", "fit"}:
-            msg = f"input geometry must be squash or fit, got {self.input_geometry!r}"
+        if self.input_geometry not in INPUT_GEOMETRIES:
+            msg = f"input geometry must be one of {', '.join(INPUT_GEOMETRIES)}, got {self.input_geometry!r}"
             raise ValueError(msg)
         if self.input_geometry == "fit" and self.crop != self.resize:
             msg = f"the fit geometry takes no crop (crop {self.crop} must equal resize {self.resize})"

@@ -146,6 +146,20 @@ def test_clear_errors(fitted_registry: Path, tmp_path: Path) -> None:
     assert result.exit_code == 1 and "--knn-index must be one of flat, hnsw" in result.output
 
 
+def test_init_geometry(tmp_path: Path) -> None:
+    root = tmp_path / "fit"
+    result = invoke("init", "--root", str(root), "--resize", "128", "--crop", "128", "--geometry", "fit", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["feature_space"]["input_geometry"] == "fit"
+    result = invoke("init", "--root", str(tmp_path / "tiled"), "--geometry", "tile")
+    assert result.exit_code == 1 and "--geometry must be one of squash, fit, got 'tile'" in result.output
+    result = invoke(
+        "init", "--root", str(tmp_path / "cropped"), "--resize", "448", "--crop", "392", "--geometry", "fit"
+    )
+    assert result.exit_code == 1 and "--crop must be equal to resize (448) with --geometry fit" in result.output
+    assert not (tmp_path / "tiled").exists() and not (tmp_path / "cropped").exists()
+
+
 def test_export_import_then_infer_subprocess(fitted_registry: Path, dataset: Path, tmp_path: Path) -> None:
     assert REGISTRY_SCRIPT.exists(), "the console script `registry` is not installed"
     env = {**os.environ, "STRUCTCORE_REGISTRY": str(tmp_path / "second")}

@@ -121,3 +121,18 @@ def test_a_fit_bundle_carries_its_geometry(fit_root: Path, wide: tuple[list[Path
         target.import_(bundle)
         assert target.feature_space.input_geometry == "fit"
         assert [r["score_hybrid"] for r in target.predict(wide[1], "pill")] == expected
+
+
+def test_strips_and_tiny_images_under_fit(fit_root: Path, tmp_path: Path) -> None:
+    """A 5000 x 1 strip keeps one row of valid patches, a 3 x 3 image one patch: scored or refused, never a crash."""
+    paths = []
+    for name, size in (("strip.png", (5000, 1)), ("tall.png", (1, 700)), ("tiny.png", (3, 3))):
+        Image.fromarray(np.full((size[1], size[0], 3), 128, dtype=np.uint8)).save(tmp_path / name)
+        paths.append(tmp_path / name)
+    with Registry.open(fit_root, read_only=True) as registry:
+        records = registry.detector().predict(paths, "pill")
+    for record, size in zip(records, ((5000, 1), (1, 700), (3, 3)), strict=True):
+        if record["error"] is None:
+            assert np.isfinite(record["score_hybrid"])  # type: ignore[arg-type]
+            for region in record["regions"] or []:
+                assert region["x"] + region["w"] <= size[0] and region["y"] + region["h"] <= size[1]
