@@ -467,6 +467,15 @@ class Registry:
                 f"map size: {model.map_size_} vs crop {self._row.crop}",
             ]
             raise FeatureSpaceMismatchError(f"the model for {name!r}", differences, "fit it with registry.extractor()")
+        fits = self._row.input_geometry == "fit"
+        if bool(getattr(model, "fitted_on_contents_", False)) != fits:  # its maps would be calibrated otherwise
+            fitted_as = "fit" if not fits else "squash"
+            differences = [f"input_geometry: fitted as {fitted_as} vs {self._row.input_geometry}"]
+            raise FeatureSpaceMismatchError(
+                f"the model for {name!r}",
+                differences,
+                "fit it with structcore.model.fit_category(registry.extractor(), ...)",
+            )
         arrays = model.to_arrays()
         patches = getattr(model, "train_patches_", None)
         if patches is not None and len(patches) == model.n_train_images_:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from registry import BundleFeatureSpaceError, Registry, RegistryError
+from registry import BundleFeatureSpaceError, FeatureSpaceMismatchError, Registry, RegistryError
 from registry.deploy import export_deployment
 from structcore.preprocess import load_image
 from tests.support_registry import SIZE, make_base, small_model, write_data
@@ -136,3 +136,15 @@ def test_strips_and_tiny_images_under_fit(fit_root: Path, tmp_path: Path) -> Non
             assert np.isfinite(record["score_hybrid"])  # type: ignore[arg-type]
             for region in record["regions"] or []:
                 assert region["x"] + region["w"] <= size[0] and region["y"] + region["h"] <= size[1]
+
+
+def test_a_model_fitted_for_another_geometry_is_refused(fit_root: Path, tmp_path: Path) -> None:
+    with Registry.init(tmp_path / "fit", resize=64, crop=64, input_geometry="fit") as registry:
+        grid = registry.extractor().grid_shape()
+        vectors = np.random.default_rng(0).standard_normal((6, grid[0] * grid[1], registry.feature_space.dim))
+        squashed = small_model().fit(vectors.astype(np.float32), grid, 64)
+        with pytest.raises(FeatureSpaceMismatchError, match="input_geometry: fitted as squash vs fit"):
+            registry.add_fitted("noise", squashed)
+        contents = np.full((6, 2), 64)
+        registry.add_fitted("noise", small_model().fit(vectors.astype(np.float32), grid, 64, contents=contents))
+        assert registry.names() == ["noise"]
