@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from cli.main import app
 from evaluation.synthetic import make_category, write_mvtec_layout
 from registry import Registry
-from registry.records import TRAIN_PATCHES
+from registry.records import TRAIN_DISTANCES, TRAIN_PATCHES
 from structcore.model import embed_images, fit_category
 from tests.support_registry import SIZE, clone, db_rows, make_base, small_model, tree_hashes, write_data
 
@@ -166,10 +166,11 @@ def test_bad_input_leaves_the_current_version(root: Path, base: Path, new_good: 
     assert_untouched(root, base)
 
 
-def test_damaged_stored_patches(root: Path, base: Path, new_good: Path) -> None:
+@pytest.mark.parametrize("damaged", [TRAIN_PATCHES, TRAIN_DISTANCES["loo"]])
+def test_damaged_stored_patches(root: Path, base: Path, new_good: Path, damaged: str) -> None:
     with Registry.open(root) as registry:
         store = root / registry.version_info("pill").store_path
-    array = zarr.open_array(str(store / TRAIN_PATCHES), mode="r+")
+    array = zarr.open_array(str(store / damaged), mode="r+")
     array[0, 0, 0] = array[0, 0, 0] + 1
     before = tree_hashes(root / "stores")
     result = invoke("update", "pill", "--add-good", str(new_good), "--root", str(root))

@@ -21,7 +21,7 @@ from registry import (
     BundleNameCollisionError,
     Registry,
 )
-from registry.records import TRAIN_PATCHES
+from registry.records import OPTIONAL_ARRAY_NAMES, TRAIN_PATCHES
 from registry.storage import array_sha256
 from tests.support_registry import SIZE, clone, make_base, scores, small_model, write_data
 
@@ -68,8 +68,9 @@ def test_round_trip_gives_bit_identical_scores(source: Path, bundle: Path, data:
         assert scores(target.predict(_tests(data))) == scores(original.predict(_tests(data)))
         for name in ("pill", "grid"):
             assert scores(target.predict(data[name][1], name)) == scores(original.predict(data[name][1], name))
-            # bundles carry every array but the train patches (an imported version updates by refitting)
-            shipped = {k: v for k, v in original.version_info(name).arrays.items() if k != TRAIN_PATCHES}
+            # bundles carry every array but the optional ones (train patches and distances: an
+            # imported version updates by refitting)
+            shipped = {k: v for k, v in original.version_info(name).arrays.items() if k not in OPTIONAL_ARRAY_NAMES}
             assert target.version_info(name).arrays == shipped
             assert TRAIN_PATCHES in original.version_info(name).arrays
         assert target.verify().ok

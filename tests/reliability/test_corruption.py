@@ -20,6 +20,7 @@ import pytest
 from registry import IntegrityError, Registry, RegistryError
 from registry import core as registry_core
 from registry.errors import DatabaseDamagedError
+from registry.records import OPTIONAL_ARRAY_NAMES
 from tests.support_registry import clone
 from tests.support_reliability import (
     Data,
@@ -77,7 +78,7 @@ def test_a_flipped_byte_in_any_zarr_chunk_is_reported_with_category_version_and_
     rng = np.random.default_rng(SEED)
     base: Path = world["base"]
     chunks = [p for p in _store_files(base) if "/c/" in p.as_posix()]
-    assert len(chunks) == 2 * 7 + 1  # seven arrays per category (train_patches included), W
+    assert len(chunks) == 2 * 10 + 1  # ten arrays per category (train patches and distances included), W
     for number, chunk in enumerate(chunks):
         root = clone(base, tmp_path / f"r{number}")
         size = (root / chunk).stat().st_size
@@ -96,7 +97,7 @@ def test_a_flipped_byte_in_any_zarr_chunk_is_reported_with_category_version_and_
             assert [(p.category, p.version) for p in problems] == [(name, 1)], problems
             assert problems[0].path == f"stores/{name}/{parts[2]}/{array}"
             assert problems[0].kind in {"checksum-mismatch", "bad-array"}
-            if array == "train_patches":  # read by `registry update` only (which refuses it: tests/cli/test_update.py)
+            if array in OPTIONAL_ARRAY_NAMES:  # read by `registry update` only, which refuses them (test_update.py)
                 assert (
                     registry.load_category(name).predict(world["vectors"]).scores.hybrid.tolist()
                     == (world["fingerprint"]["scores"][(name, 1)])
