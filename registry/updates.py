@@ -164,6 +164,8 @@ def update_category(
         reason = "it holds no stored patch vectors (fitted before incremental updates, or imported from a bundle)"
     elif calibration == "holdout":
         reason = "its holdout calibration splits the train images anew"
+    elif metadata.get("fitted_on_contents"):
+        reason = "the fit input geometry is not updated incrementally yet"
     if reason is None:
         model = registry._build_model(parent, metadata, train_images)  # verified arrays
         old_patches = registry._read_checked(parent, TRAIN_PATCHES)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from registry import BundleFeatureSpaceError, FeatureSpaceMismatchError, Registry, RegistryError
 from registry.deploy import export_deployment
+from registry.updates import update_category
 from structcore.preprocess import load_image
 from tests.support_registry import SIZE, make_base, small_model, write_data
 
@@ -111,6 +112,25 @@ def test_a_fit_version_is_not_updated_incrementally(fit_root: Path) -> None:
     empty = np.zeros((model.n_train_images_, model.grid_[0] * model.grid_[1], model.bank_.shape[1]), np.float32)
     with pytest.raises(ValueError, match="fit-geometry registry cannot be updated incrementally"):
         model.updated(empty, empty[:1])
+
+
+def test_registry_update_refits_a_fit_version_with_a_note(wide: tuple[list[Path], list[Path]], tmp_path: Path) -> None:
+    """A fit version with stored patches goes to the refit path (named in a note), not to a traceback."""
+    root = tmp_path / "registry"
+    with Registry.init(root, resize=SIZE, crop=SIZE, input_geometry="fit") as registry:
+        registry.add_category("pill", wide[0][:-2], small_model(), keep_patches=True)
+    new = tmp_path / "new"
+    new.mkdir()
+    for path in wide[0][-2:]:
+        (new / path.name).write_bytes(path.read_bytes())
+    notes: list[str] = []
+    with Registry.open(root) as registry:
+        result = update_category(registry, "pill", sorted(new.iterdir()), notice=notes.append)
+    assert result.mode == "refit"
+    assert any("refitted" in note and "fit input geometry" in note for note in notes), notes
+    with Registry.open(root, read_only=True) as registry:
+        assert registry.version_info("pill").n_train_images == len(wide[0])
+        assert registry.load_category("pill").fitted_on_contents_
 
 
 def test_a_fit_bundle_carries_its_geometry(fit_root: Path, wide: tuple[list[Path], list[Path]], tmp_path: Path) -> None:
