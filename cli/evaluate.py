@@ -25,6 +25,7 @@ from cli.options import (
     fit_settings,
     use_backbone_runtime,
 )
+from structcore.settings import CONTINUAL_VARIANTS, DEFAULT_UPDATE_STEPS
 
 if TYPE_CHECKING:
     from evaluation.protocols import Progress
@@ -66,7 +67,7 @@ def eval_command(
     ] = "categories",
     update_steps: Annotated[
         int, typer.Option("--update-steps", min=1, help="Steps of --continual update (4: 25% of train images each).")
-    ] = 4,
+    ] = DEFAULT_UPDATE_STEPS,
     dataset: Annotated[str, typer.Option(help="Manifest to check the copy against: auto, mvtec_ad, visa, none.")] = (
         "auto"
     ),
@@ -95,7 +96,6 @@ def eval_command(
     from evaluation.protocols import PROTOCOLS
     from evaluation.report import jsonable
     from evaluation.runner import run_evaluation
-    from evaluation.updates import CONTINUAL_VARIANTS
     from structcore.model import CategoryModel
 
     with user_errors():

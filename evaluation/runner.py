@@ -34,15 +34,17 @@ from evaluation.protocols import (
 )
 from evaluation.report import jsonable, markdown_report, write_csv, write_json, write_markdown, write_records
 from evaluation.store import CategoryStore, InMemoryStore, open_registry_store
-from evaluation.updates import CONTINUAL_VARIANTS, DEFAULT_UPDATE_STEPS, evaluate_updates
+from evaluation.updates import evaluate_updates
 from registry.detector import load_backbone
 from structcore.features import build_extractor, new_feature_space
 from structcore.model import CategoryModel
 from structcore.settings import (
+    CONTINUAL_VARIANTS,
     DEFAULT_BACKBONE,
     DEFAULT_BATCH_SIZE,
     DEFAULT_CROP,
     DEFAULT_RESIZE,
+    DEFAULT_UPDATE_STEPS,
     FeatureSpaceSettings,
     FitSettings,
 )
@@ -246,7 +248,7 @@ def run_evaluation(
         map_memory_bytes: anomaly maps kept in memory before spilling to a temporary file.
         check: compare the copy with the dataset's manifest (counts, downscaling).
         progress: called with a :class:`Progress` for each fitted batch, test batch, metric step.
-        continual: the ``continual`` protocol's variant (:data:`evaluation.updates.CONTINUAL_VARIANTS`):
+        continual: the ``continual`` protocol's variant (:data:`structcore.settings.CONTINUAL_VARIANTS`):
             ``"categories"`` added step by step, or ``"update"``: each category fitted on its first
             ``update_steps``-th of train images and grown by updates, scored after each step
             (:func:`evaluation.updates.evaluate_updates`, results under ``"continual-update"``).

@@ -24,11 +24,8 @@ from evaluation.datasets import CategoryData, Dataset
 from evaluation.metrics import image_metrics
 from structcore.model import CategoryModel, embed_images
 from structcore.progress import Progress, ProgressCallback, quiet
+from structcore.settings import DEFAULT_UPDATE_STEPS
 
-#: The continual protocol's variants: categories added step by step, or one category updated step by step.
-CONTINUAL_VARIANTS = ("categories", "update")
-#: Steps of the update variant by default (25% of the train images each).
-DEFAULT_UPDATE_STEPS = 4
 #: Images per predict call when scoring the test set.
 _BATCH = 16
 
@@ -148,8 +145,6 @@ def evaluate_updates(
 
 
 __all__ = [
-    "CONTINUAL_VARIANTS",
-    "DEFAULT_UPDATE_STEPS",
     "evaluate_category_updates",
     "evaluate_updates",
     "step_bounds",

@@ -112,6 +112,10 @@ DEFAULT_THRESHOLD_RULE = "robust-conformal"
 OPERATING_POINT_RULES = ("value", "labelled-frr", "labelled-f1")
 DEFAULT_FRR = 0.01
 MAX_FRR = 0.5
+#: ``registry eval --protocol continual`` variants: categories added step by step, or one category
+#: grown by ``registry update`` step by step; and the update variant's steps (25% of the train images each).
+CONTINUAL_VARIANTS = ("categories", "update")
+DEFAULT_UPDATE_STEPS = 4
 #: Routing prototypes K per category, and the quantile of train route scores behind ``unknown``.
 DEFAULT_PROTOTYPES = 64
 DEFAULT_ROUTE_QUANTILE = 0.995
@@ -606,6 +610,7 @@ __all__ = [
     "BANK_DTYPES",
     "BUILTIN_BACKBONES",
     "CALIBRATION_MODES",
+    "CONTINUAL_VARIANTS",
     "CORESET_METHODS",
     "DEFAULT_BACKBONE",
     "DEFAULT_BANK_DTYPE",
@@ -634,6 +639,7 @@ __all__ = [
     "DEFAULT_THRESHOLD_RULE",
     "DEFAULT_UNKNOWN_MARGIN",
     "DEFAULT_UNKNOWN_STATISTIC",
+    "DEFAULT_UPDATE_STEPS",
     "FEATURE_SPACE_PARAMETERS",
     "FIT_PARAMETERS",
     "INDEX_KINDS",

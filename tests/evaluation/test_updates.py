@@ -14,9 +14,10 @@ from cli.evaluate import eval_command
 from cli.main import app
 from evaluation import InMemoryStore, load_mvtec, run_evaluation
 from evaluation.synthetic import make_category, write_mvtec_layout
-from evaluation.updates import DEFAULT_UPDATE_STEPS, evaluate_category_updates, step_bounds
+from evaluation.updates import evaluate_category_updates, step_bounds
 from structcore.features import FeatureExtractor
 from structcore.model import CategoryModel
+from structcore.settings import DEFAULT_UPDATE_STEPS
 
 
 def small_model() -> CategoryModel:
