@@ -84,6 +84,10 @@ unknown_ratio = shared_routing.unknown_ratio
 l2_normalize = shared_routing.l2_normalize
 
 
+#: Patch rows per block of :func:`leave_one_out_patch_distances` (64 MB of float32 vectors at D = 512).
+_LOO_BLOCK_ROWS = 32768
+
+
 def patch_vectors_to_prototypes(
     patch_vectors: np.ndarray, count: int = DEFAULT_PROTOTYPES, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -119,23 +123,35 @@ def leave_one_out_patch_distances(
 
     A train image's own prototypes sit at distance 0 from some of its patches, so in-sample route
     scores are biased low and a threshold on them flags ordinary test images as ``unknown``.
-    Images are processed one at a time (no normalised copy of the whole matrix).
+    Images go through in blocks of about :data:`_LOO_BLOCK_ROWS` patches: one product with all
+    prototypes per block, each image's own prototypes masked out (no normalised copy of the whole
+    matrix, and no per-image loop of small products).
+
+    Raises:
+        ValueError: an image owns every prototype (no other image's prototype to measure against).
     """
     n_images, n_patches = patch_vectors.shape[:2]
-    owners = np.asarray(prototype_images)
+    owners = torch.from_numpy(np.asarray(prototype_images, dtype=np.int64))
+    if n_images and bool((owners == owners[0]).all()):
+        msg = f"every prototype comes from image {int(owners[0])}: leave-one-out distances need two images' prototypes"
+        raise ValueError(msg)
     protos = torch.from_numpy(np.ascontiguousarray(prototypes, dtype=np.float32))
     proto_norms = (protos * protos).sum(dim=1)
     out = np.empty((n_images, n_patches), dtype=np.float32)
+    images_per_block = max(1, _LOO_BLOCK_ROWS // max(n_patches, 1))
     with torch.inference_mode():
-        for image in range(n_images):
-            keep = torch.from_numpy(np.flatnonzero(owners != image))
-            block = torch.from_numpy(np.ascontiguousarray(patch_vectors[image], dtype=np.float32))
+        for first in range(0, n_images, images_per_block):
+            last = min(first + images_per_block, n_images)
+            block = torch.from_numpy(
+                np.ascontiguousarray(patch_vectors[first:last], dtype=np.float32).reshape(-1, protos.shape[1])
+            )
             norms = torch.linalg.vector_norm(block, dim=1, keepdim=True)
             inverse = 1.0 / norms.clamp_min(1e-12)
-            kept = protos.index_select(0, keep)
-            distances = (block @ kept.T).mul_(inverse).mul_(-2.0)
-            distances.add_((norms * inverse).square_()).add_(proto_norms.index_select(0, keep))
-            out[image] = distances.amin(dim=1).clamp_min_(0.0).numpy()
+            distances = (block @ protos.T).mul_(inverse).mul_(-2.0)
+            distances.add_((norms * inverse).square_()).add_(proto_norms)
+            own = owners.unsqueeze(0) == torch.arange(first, last).unsqueeze(1)  # (images, K)
+            distances = distances.view(last - first, n_patches, -1).masked_fill_(own.unsqueeze(1), float("inf"))
+            out[first:last] = distances.amin(dim=2).clamp_min_(0.0).numpy()
     return out
 
 

@@ -18,6 +18,7 @@ from structcore.routing import (
     PrototypeRouter,
     check_unknown_statistic,
     l2_normalize,
+    leave_one_out_patch_distances,
     patch_statistic,
     route_statistics,
 )
@@ -176,3 +177,24 @@ def test_router_rejects_duplicates_and_empty() -> None:
     router.add("a", np.eye(8, dtype=np.float32))
     with pytest.raises(ValueError, match="already"):
         router.add("a", np.eye(8, dtype=np.float32))
+
+
+@pytest.mark.parametrize("block_rows", [7, 32768])
+def test_leave_one_out_patch_distances_against_a_per_image_reference(
+    monkeypatch: pytest.MonkeyPatch, block_rows: int
+) -> None:
+    """Blocks of images (one product, own prototypes masked) give each patch's squared distance to the
+    nearest prototype of another image, as a per-image numpy computation does; block edges do not matter."""
+    monkeypatch.setattr("structcore.routing._LOO_BLOCK_ROWS", block_rows)
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(9, 5, DIM)).astype(np.float32)
+    prototypes = l2_normalize(rng.normal(size=(6, DIM)).astype(np.float32))
+    owners = np.array([0, 0, 2, 5, 8, 8])
+    found = leave_one_out_patch_distances(vectors, prototypes, owners)
+    unit = vectors / np.linalg.norm(vectors, axis=2, keepdims=True)
+    for image in range(len(vectors)):
+        others = prototypes[owners != image]
+        expected = ((unit[image][:, None, :] - others[None, :, :]) ** 2).sum(axis=2).min(axis=1)
+        np.testing.assert_allclose(found[image], expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="every prototype comes from image 4"):
+        leave_one_out_patch_distances(vectors, prototypes, np.full(6, 4))
