@@ -480,10 +480,10 @@ class CategoryModel:
             base, descriptors = self._map_statistics(distances["loo"].mean(axis=2), calibration_contents)
             self.calibrator_ = calibrator.fit_descriptors(base, descriptors)
         else:  # mixed: statistics from the in-sample maps, thresholds from the leave-one-out ones
+            base, descriptors = self._map_statistics(distances["loo"].mean(axis=2), calibration_contents)
             self.calibrator_ = calibrator.fit_descriptors(
                 *self._map_statistics(distances["in_sample"].mean(axis=2), calibration_contents)
             )
-            base, descriptors = self._map_statistics(distances["loo"].mean(axis=2), calibration_contents)
             self.calibrator_.fit_thresholds(base, descriptors)
         scores = self.calibrator_.score_descriptors(base, descriptors)
         self.calibration_scores_ = {"base": scores.base, "struct": scores.struct, "hybrid": scores.hybrid}

@@ -40,8 +40,8 @@ def test_mtd_hybrid_beats_base(backbone: Backbone, mtd_magnetic_tile: Path) -> N
     statistics = model._map_statistics
     kept: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def keep(patch_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        kept.append(statistics(patch_scores))  # first the loo maps' (base, phi), then the in-sample maps'
+    def keep(patch_scores: np.ndarray, contents: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        kept.append(statistics(patch_scores, contents))  # first the loo maps' (base, phi), then the in-sample maps'
         return kept[-1]
 
     model._map_statistics = keep  # type: ignore[method-assign]
