@@ -343,17 +343,7 @@ def pixel_metrics(
     m, s = _as_maps(masks, maps)
     labeled, inv_size = _label_regions(m)
     flat, regions = s.ravel(), labeled.ravel()
-    run_end, region_sorted = _sort_desc_with_payload(flat, regions)
-    aupro_value = _aupro_from_curve(_pro_curve_sorted(run_end, region_sorted, inv_size), pro_fpr_limit)
-    if max_pixels is not None and max_pixels < flat.size:
-        if max_pixels < 1:
-            raise ValueError(f"max_pixels must be positive, got {max_pixels}")
-        del run_end, region_sorted
-        pick = np.sort(np.random.default_rng(seed).choice(flat.size, size=max_pixels, replace=False))
-        run_end, region_sorted = _sort_desc_with_payload(flat[pick], regions[pick])
-    result = _curve_metrics(run_end, region_sorted != 0)
-    result["aupro"] = aupro_value
-    return result
+    return _metrics_of_pixels(flat, regions, inv_size, pro_fpr_limit, max_pixels, seed)
 
 
 def forgetting_measure(matrix: ArrayLike) -> float:
@@ -417,6 +407,29 @@ def continual_summary(matrix: ArrayLike) -> dict[str, float]:
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
+def _metrics_of_pixels(
+    flat: NDArray[np.floating[Any]],
+    regions: NDArray[np.integer[Any]],
+    inv_size: NDArray[np.float64],
+    pro_fpr_limit: float,
+    max_pixels: int | None,
+    seed: int,
+) -> dict[str, float]:
+    """AUROC, AP, F1-max (on a seeded pixel subset past ``max_pixels``) and exact AUPRO of flat
+    scores with their region labels (0: normal pixel) and each region's inverse size."""
+    run_end, region_sorted = _sort_desc_with_payload(flat, regions)
+    aupro_value = _aupro_from_curve(_pro_curve_sorted(run_end, region_sorted, inv_size), pro_fpr_limit)
+    if max_pixels is not None and max_pixels < flat.size:
+        if max_pixels < 1:
+            raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+        del run_end, region_sorted
+        pick = np.sort(np.random.default_rng(seed).choice(flat.size, size=max_pixels, replace=False))
+        run_end, region_sorted = _sort_desc_with_payload(flat[pick], regions[pick])
+    result = _curve_metrics(run_end, region_sorted != 0)
+    result["aupro"] = aupro_value
+    return result
+
+
 def _sized_pairs(
     masks: Sequence[ArrayLike], maps: Sequence[ArrayLike]
 ) -> list[tuple[NDArray[np.bool_], NDArray[np.floating[Any]]]]:
@@ -463,17 +476,7 @@ def pixel_metrics_at_sizes(
     sizes = np.bincount(regions, minlength=offset + 1).astype(np.float64)
     inv_size = np.zeros(offset + 1, dtype=np.float64)
     inv_size[1:] = 1.0 / np.maximum(sizes[1:], 1.0)
-    run_end, region_sorted = _sort_desc_with_payload(flat, regions)
-    aupro_value = _aupro_from_curve(_pro_curve_sorted(run_end, region_sorted, inv_size), pro_fpr_limit)
-    if max_pixels is not None and max_pixels < flat.size:
-        if max_pixels < 1:
-            raise ValueError(f"max_pixels must be positive, got {max_pixels}")
-        del run_end, region_sorted
-        pick = np.sort(np.random.default_rng(seed).choice(flat.size, size=max_pixels, replace=False))
-        run_end, region_sorted = _sort_desc_with_payload(flat[pick], regions[pick])
-    result = _curve_metrics(run_end, region_sorted != 0)
-    result["aupro"] = aupro_value
-    return result
+    return _metrics_of_pixels(flat, regions, inv_size, pro_fpr_limit, max_pixels, seed)
 
 
 def region_scores(
