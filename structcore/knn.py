@@ -261,3 +261,80 @@ class PatchKNN:
         """Patch scores (n,) = mean squared L2 distance to the ``k`` nearest bank vectors."""
         distances, _ = self.search(queries)
         return distances.mean(axis=1)
+
+
+#: Relative slack of :func:`pairs_within`'s bounds and filters (float32 rounding of expanded distances).
+_PAIR_TOLERANCE = 1e-4
+
+
+def pairs_within(
+    queries: np.ndarray,
+    limits: np.ndarray,
+    vectors: np.ndarray,
+    anchors: np.ndarray,
+    anchor_of_query: np.ndarray,
+    anchor_distances: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (query, vector) pair at squared distance below the query's limit, exactly; pruned through anchors.
+
+    ``registry update`` asks this of the old train patches (``queries``, (N, D)) and the bank
+    vectors the update added (``vectors``, (M, D)), each patch's limit its k-th stored distance.
+    Each query comes with an anchor it is known to be near: ``anchors[anchor_of_query[i]]`` at
+    squared distance ``anchor_distances[i]`` (the patch's nearest old bank vector, stored at fit
+    time). By the triangle inequality ``|v - q| >= |v - a| - |q - a|``, a vector farther than
+    ``|q - a| + sqrt(limit)`` from the anchor cannot qualify. Queries are grouped by anchor, each
+    group meets only the vectors within its widest reach (on MVTec bottle about 2% of them, where
+    a per-query test of the nearest vector alone ruled out 5% of the queries), and the survivors'
+    expanded products are filtered with a float32 slack; the pairs left are measured from
+    differences (as the exact kNN engines measure neighbours). Exact: slack only adds work.
+
+    Returns:
+        Query rows, vector rows and squared distances, sorted by query row, then by distance.
+    """
+    vector_rows = np.ascontiguousarray(vectors, dtype=np.float32)
+    with torch.inference_mode():
+        vectors_t = torch.from_numpy(vector_rows)
+        vector_norms = vectors_t.square().sum(dim=1)
+        anchors_t = torch.from_numpy(np.ascontiguousarray(anchors, dtype=np.float32))
+        anchor_norms = anchors_t.square().sum(dim=1)
+        anchor_to_vector = torch.addmm(anchor_norms.unsqueeze(1), anchors_t, vectors_t.T, alpha=-2.0)
+        anchor_to_vector += vector_norms.unsqueeze(0)
+        anchor_to_vector -= _PAIR_TOLERANCE * (anchor_norms.unsqueeze(1) + vector_norms.unsqueeze(0))
+        reach = np.sqrt(np.maximum(anchor_distances, 0.0)) + np.sqrt(np.maximum(limits, 0.0))
+        order = np.argsort(anchor_of_query, kind="stable")
+        sorted_anchors = anchor_of_query[order]
+        starts = np.flatnonzero(np.r_[True, sorted_anchors[1:] != sorted_anchors[:-1]]) if len(order) else order
+        ends = np.r_[starts[1:], len(order)]
+        group_reach = np.maximum.reduceat(reach[order], starts) if len(order) else reach
+        group_anchor = torch.from_numpy(sorted_anchors[starts].astype(np.int64))
+        squared_reach = torch.from_numpy(np.square(group_reach * (1.0 + _PAIR_TOLERANCE)).astype(np.float32))
+        allowed = anchor_to_vector.index_select(0, group_anchor) < squared_reach.unsqueeze(1)
+        groups = np.flatnonzero(allowed.any(dim=1).numpy())
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    with torch.inference_mode(), torch_threads(1):  # small products: threads cost more than they give
+        for group in groups:
+            rows = order[starts[group] : ends[group]]
+            candidates = torch.nonzero(allowed[group], as_tuple=True)[0]
+            block = np.ascontiguousarray(queries[rows], dtype=np.float32)
+            block_t = torch.from_numpy(block)
+            block_norms = block_t.square().sum(dim=1, keepdim=True)
+            candidate_vectors = vectors_t.index_select(0, candidates)
+            candidate_norms = vector_norms.index_select(0, candidates).unsqueeze(0)
+            lowered = (block_norms + candidate_norms).mul_(1.0 - _PAIR_TOLERANCE)  # (1 - tol)(|x|^2 + |c|^2) - 2 x.c
+            approximate = torch.addmm(lowered, block_t, candidate_vectors.T, alpha=-2.0)
+            hit_rows_t, hit_columns_t = torch.nonzero(
+                approximate < torch.from_numpy(limits[rows]).unsqueeze(1), as_tuple=True
+            )
+            if len(hit_rows_t) == 0:
+                continue
+            hit_rows, hit_columns = hit_rows_t.numpy(), candidates[hit_columns_t].numpy()
+            differences = torch.from_numpy(block[hit_rows] - vector_rows[hit_columns])
+            distances = torch.linalg.vector_norm(differences, dim=1).square_().numpy()  # as the engines measure
+            inside = distances < limits[rows[hit_rows]]
+            found.append((rows[hit_rows[inside]], hit_columns[inside], distances[inside]))
+    if not found:
+        empty = np.empty(0, np.int64)
+        return empty, empty.copy(), np.empty(0, np.float32)
+    pair_queries, pair_vectors, distances = (np.concatenate(parts) for parts in zip(*found, strict=True))
+    ordered = np.lexsort((distances, pair_queries))
+    return pair_queries[ordered], pair_vectors[ordered], distances[ordered]

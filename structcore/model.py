@@ -20,7 +20,7 @@ import torch
 from structcore.anomaly_map import anomaly_maps, content_map
 from structcore.coreset import KCenterGreedy
 from structcore.features import FeatureExtractor, ImageSource
-from structcore.knn import PatchKNN
+from structcore.knn import PatchKNN, pairs_within
 from structcore.preprocess import valid_patch_grid, valid_patch_mask
 from structcore.progress import Progress, ProgressCallback, quiet
 from structcore.routing import (
@@ -70,20 +70,23 @@ _MAP_BATCH = 16
 _MERGE_BLOCK = 1 << 16
 #: Key of ``train_distances_`` holding each train patch's nearest bank vector (n, P) int32.
 NEAREST = "nearest"
-#: Relative margin of :func:`_needs_search` (float32 distances are good to ~1e-6 relative).
-_BOUND_MARGIN = 1e-3
+#: Largest relative error of a vector's norm stored as float16 (half a unit in the last of 11 bits).
+_FLOAT16_ROUNDING = 2.0**-11
 
 
-def _needs_search(to_fresh: np.ndarray, nearest: np.ndarray, farthest: np.ndarray) -> np.ndarray:
-    """Whether a new bank vector can be among an old patch's k nearest (see ``_updated_distances``).
+def _k_smallest_per_row(
+    rows: np.ndarray, columns: np.ndarray, distances: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``k`` smallest distances of each row that has pairs, from pairs sorted by row then distance.
 
-    Squared distances in.
-    ``to_fresh``: from the patch's nearest old bank vector to its nearest new one; ``nearest``: from
-    the patch to that old bank vector; ``farthest``: the patch's k-th stored distance. False only
-    when ``sqrt(to_fresh) - sqrt(nearest)`` exceeds ``sqrt(farthest)`` by the margin.
+    Returns (T, k) distances padded with ``inf``, each row's nearest column (T,), and the rows (T,).
     """
-    bound = np.sqrt(np.maximum(to_fresh, 0.0)) * (1.0 - _BOUND_MARGIN) - np.sqrt(np.maximum(nearest, 0.0))
-    return bound <= np.sqrt(np.maximum(farthest, 0.0)) * (1.0 + _BOUND_MARGIN) + 1e-6
+    touched, first, counts = np.unique(rows, return_index=True, return_counts=True)
+    rank = np.arange(len(rows)) - np.repeat(first, counts)
+    keep = rank < k
+    smallest = np.full((len(touched), k), np.inf, dtype=np.float32)
+    smallest[np.repeat(np.arange(len(touched)), counts)[keep], rank[keep]] = distances[keep]
+    return smallest, columns[first], touched
 
 
 class UnknownRule(TypedDict):
@@ -368,11 +371,13 @@ class CategoryModel:
         vectors: only old patches x new vectors are searched, and the merge is exact. The new images
         get the full search (:meth:`_calibration_distances`).
 
-        Most old patches need no search at all: with ``b`` a patch's nearest old bank vector
-        (stored as ``nearest``) at distance ``d1``, every new vector ``c`` is at least
-        ``|c - b| - sqrt(d1)`` away (triangle inequality), so when ``b``'s nearest new vector is
-        farther than ``sqrt(d1) + sqrt(dk)`` (``dk``: the patch's largest stored distance) none
-        can enter its k nearest (:func:`_needs_search`, with a margin for float32 rounding).
+        Most old patch / new vector pairs need no measuring: with ``b`` a patch's nearest old bank
+        vector (stored as ``nearest``) at distance ``d1``, a new vector ``c`` is at least
+        ``|c - b| - sqrt(d1)`` away (triangle inequality), so only the new vectors within
+        ``sqrt(d1) + sqrt(dk)`` of ``b`` (``dk``: the patch's largest stored distance) can enter its
+        k nearest (:func:`structcore.knn.pairs_within`: patches grouped by ``b``; about 2% of the
+        new vectors per patch on MVTec bottle). Without stored nearest vectors every old patch is
+        searched against all new vectors.
         """
         kinds = self.distance_kinds()
         missing = [kind for kind in kinds if kind not in old_distances]
@@ -390,24 +395,31 @@ class CategoryModel:
         nearest = np.array(stored_nearest, np.int32).ravel() if has_nearest else np.zeros(rows_old, np.int32)
         fresh = np.asarray(self.bank_[n_old_bank:], dtype=np.float32)
         self.update_searched_share_ = 0.0
-        if len(fresh) and n_old:
+        flat_old = patch_vectors[:n_old].reshape(rows_old, -1)
+        farthest = merged["loo" if "loo" in merged else "in_sample"][:, -1]
+        if len(fresh) and n_old and has_nearest:
+            old_bank = np.asarray(self.bank_[:n_old_bank], dtype=np.float32)
+            # the stored distances came from the float32 patches, ``flat_old`` from their float16
+            # copies: widen each patch's distance to its nearest bank vector by that rounding
+            rounding = np.sqrt(np.einsum("ij,ij->i", flat_old, flat_old)) * _FLOAT16_ROUNDING
+            to_anchor = np.square(np.sqrt(np.maximum(merged["in_sample"][:, 0], 0.0)) + rounding)
+            rows, columns, found = pairs_within(flat_old, farthest, fresh, old_bank, nearest, to_anchor)
+            self.update_searched_share_ = len(np.unique(rows)) / rows_old
+            near, near_index, touched = _k_smallest_per_row(rows, columns, found, self.k)
+            for kind in kinds:
+                both = np.concatenate([merged[kind][touched], near], axis=1)
+                merged[kind][touched] = np.sort(both, axis=1)[:, : self.k]
+            closer = near[:, 0] < old_distances["in_sample"].reshape(-1, self.k)[touched, 0]
+            nearest[touched[closer]] = n_old_bank + near_index[closer]
+        elif len(fresh) and n_old:  # no stored nearest vectors: every old patch is searched
             fresh_knn = PatchKNN(k=min(self.k, len(fresh)), index=self.index).fit(fresh)
-            farthest = merged["loo" if "loo" in merged else "in_sample"][:, -1]
-            if has_nearest:
-                to_fresh, _ = fresh_knn.search(np.asarray(self.bank_[:n_old_bank], dtype=np.float32), 1)
-                rows = np.flatnonzero(_needs_search(to_fresh[nearest, 0], merged["in_sample"][:, 0], farthest))
-            else:
-                rows = np.arange(rows_old)
-            self.update_searched_share_ = len(rows) / rows_old
-            flat_old = patch_vectors[:n_old].reshape(n_old * n_patches, -1)
-            for start in range(0, len(rows), _MERGE_BLOCK):
-                block = rows[start : start + _MERGE_BLOCK]
-                near, near_index = fresh_knn.search(flat_old[block])
+            self.update_searched_share_ = 1.0
+            for start in range(0, rows_old, _MERGE_BLOCK):
+                block = np.arange(start, min(start + _MERGE_BLOCK, rows_old))
+                near, _ = fresh_knn.search(flat_old[block])
                 for kind in kinds:
                     both = np.concatenate([merged[kind][block], near], axis=1)
                     merged[kind][block] = np.sort(both, axis=1)[:, : self.k]
-                closer = near[:, 0] < old_distances["in_sample"].reshape(-1, self.k)[block, 0]
-                nearest[block[closer]] = n_old_bank + near_index[closer, 0]
         result: dict[str, np.ndarray] = {
             kind: values.reshape(n_old, n_patches, self.k) for kind, values in merged.items()
         }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from structcore.knn import PatchKNN, bf16_matmul_supported
+from structcore.knn import PatchKNN, bf16_matmul_supported, pairs_within
 
 
 def test_flat_knn_equals_brute_force(rng: np.random.Generator) -> None:
@@ -49,3 +49,29 @@ def test_exact_engines_equal_brute_force(engine: str) -> None:
 def test_bf16_engine_is_picked_when_supported() -> None:
     knn = PatchKNN().fit(np.random.default_rng(0).normal(size=(100, 8)).astype(np.float32))
     assert knn.engine_ == ("bf16" if bf16_matmul_supported() else "faiss")
+
+
+def test_pairs_within_finds_every_pair_below_each_limit() -> None:
+    """The anchor-pruned radius search equals brute force: same pairs, same distances, sorted."""
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(6, 32)).astype(np.float32) * 3
+    queries = (centres[rng.integers(0, 6, 600)] + rng.normal(size=(600, 32))).astype(np.float32)
+    vectors = (centres[rng.integers(0, 6, 80)] + rng.normal(size=(80, 32))).astype(np.float32)
+    anchors = (centres + rng.normal(size=(6, 32)) * 0.5).astype(np.float32)
+    to_anchors = ((queries[:, None, :] - anchors[None]) ** 2).sum(axis=2)
+    anchor_of_query = to_anchors.argmin(axis=1)
+    anchor_distances = to_anchors[np.arange(600), anchor_of_query]
+    limits = rng.uniform(10, 60, size=600).astype(np.float32)
+    rows, columns, distances = pairs_within(queries, limits, vectors, anchors, anchor_of_query, anchor_distances)
+    brute = ((queries[:, None, :] - vectors[None]) ** 2).sum(axis=2)
+    want_rows, want_columns = np.nonzero(brute < limits[:, None])
+    assert 0 < len(want_rows) < brute.size // 2  # some pairs in, most out: the pruning has work to do
+    assert sorted(zip(rows.tolist(), columns.tolist(), strict=True)) == sorted(
+        zip(want_rows.tolist(), want_columns.tolist(), strict=True)
+    )
+    np.testing.assert_allclose(distances, brute[rows, columns], rtol=1e-5)
+    assert np.all(np.diff(rows) >= 0)
+    same_row = np.diff(rows) == 0
+    assert np.all(np.diff(distances)[same_row] >= 0)
+    empty = pairs_within(queries, np.zeros(600, np.float32), vectors, anchors, anchor_of_query, anchor_distances)
+    assert all(len(part) == 0 for part in empty)
