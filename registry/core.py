@@ -521,7 +521,11 @@ class Registry:
                         "train_images": item.train_images,
                     }
                     if item.arrays_path is None:
-                        records.append(storage.write_store(tmp, item.arrays(), attributes))
+                        leading = {
+                            array: (self._root / store / array, rows)
+                            for array, (store, rows) in (item.leading_rows or {}).items()
+                        }
+                        records.append(storage.write_store(tmp, item.arrays(), attributes, leading=leading))
                     else:  # shares another version's arrays: its own store holds attributes only
                         shared = {k: ArrayRecord.from_json(v) for k, v in (item.shared_arrays or {}).items()}
                         attributes["arrays_path"] = item.arrays_path

@@ -288,6 +288,10 @@ class PendingVersion:
     #: root, and the records of its arrays; ``arrays`` then returns nothing.
     arrays_path: str | None = None
     shared_arrays: dict[str, Any] | None = None
+    #: Arrays whose first rows equal the same array's in another version's store (``registry
+    #: update``'s train patches): that store, relative to the root, and the rows. Their chunk
+    #: files are hard-linked rather than written again (:func:`registry.storage.write_store`).
+    leading_rows: dict[str, tuple[str, int]] | None = None
 
 
 __all__ = [

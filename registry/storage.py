@@ -111,18 +111,61 @@ def _chunks(shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
     return (rows, *[max(1, v) for v in shape[1:]])
 
 
+def _link_leading_chunks(source: Path, target: Any, rows: int) -> int:
+    """Hard-link ``source``'s chunk files that lie wholly in its first ``rows`` rows into ``target``'s folder.
+
+    ``source`` is the same-named array in another store, ``target`` the array just created (same
+    dtype, chunking and codecs, else nothing is linked). Returns the rows now covered by links (a
+    whole number of chunks; 0 when the layouts differ or the file system refuses links, in which
+    case nothing stays linked). Chunk files are never written in place (zarr writes each through a
+    temporary file and a rename), so the two stores cannot change each other's files; removing one
+    store leaves the other's links intact.
+    """
+    try:
+        origin = zarr.open_array(str(source), mode="r", zarr_format=3)
+    except Exception:  # no such array (or not one zarr can open): nothing to link, write it
+        return 0
+    layout = {key: value for key, value in target.metadata.to_dict().items() if key != "shape"}
+    if {key: value for key, value in origin.metadata.to_dict().items() if key != "shape"} != layout:
+        return 0
+    chunk_rows = int(target.chunks[0])
+    whole = min(rows, int(origin.shape[0]), int(target.shape[0])) // chunk_rows
+    rest = (0,) * (len(target.shape) - 1)
+    folder = Path(target.store.root) / target.path
+    linked: list[Path] = []
+    try:
+        for index in range(whole):
+            key = target.metadata.encode_chunk_key((index, *rest))
+            chunk = source / key
+            if not chunk.exists():  # a chunk of fill values is not stored: none to link either
+                continue
+            destination = folder / key
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.link(chunk, destination)
+            linked.append(destination)
+    except OSError:
+        for destination in linked:
+            destination.unlink(missing_ok=True)
+        return 0
+    return whole * chunk_rows
+
+
 def write_store(
     path: Path,
     arrays: Mapping[str, np.ndarray],
     attributes: Mapping[str, Any],
     shared: Mapping[str, ArrayRecord] | None = None,
+    leading: Mapping[str, tuple[Path, int]] | None = None,
 ) -> dict[str, ArrayRecord]:
     """Write ``arrays`` as a new zarr v3 group at ``path`` and flush it to disk.
 
     Calls :func:`checkpoint` ``("store-partial")`` after the first array. Returns each array's
     record, computed from the in-memory arrays. ``shared``: the records of arrays that live in
     another store (a version sharing them writes no array of its own); they are recorded and
-    returned as if written here.
+    returned as if written here. ``leading``: arrays whose first rows equal those of the
+    same-named array in another store (``(that array's folder, rows)``): those rows' chunk files
+    are hard-linked instead of compressed and written again (``registry update``'s train
+    patches); the record is still computed from all of ``arrays``.
     """
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
     group.attrs.update(dict(attributes))
@@ -135,8 +178,10 @@ def write_store(
         target = group.create_array(
             name, shape=data.shape, dtype=data.dtype, chunks=_chunks(data.shape, data.dtype.itemsize)
         )
-        if data.size:
-            target[...] = data
+        same_rows = (leading or {}).get(name)
+        linked = _link_leading_chunks(same_rows[0], target, same_rows[1]) if same_rows and data.size else 0
+        if data.size and linked < len(data):
+            target[linked:] = data[linked:]
         records[name] = ArrayRecord.of(data)
         if position == 0:
             checkpoint("store-partial")

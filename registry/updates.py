@@ -188,6 +188,7 @@ def update_category(
         )
         seconds.update(fitted.update_seconds_ or {})
         fitted.train_patches_ = np.concatenate([old_patches, new_patches.astype(np.float16)])
+        unchanged_rows: int | None = len(old_patches)
         mode = "update"
     else:
         old_paths = [str(item["name"]) for item in old_records]
@@ -211,6 +212,7 @@ def update_category(
         _set_rule(settings, rule, frr)
         fitted = fit_category(extractor, [*old_paths, *new_sources], settings, report, category=name, keep_patches=True)
         checkpoint("update-embedded")
+        unchanged_rows = None
         old_records = [{**item, "sha256": item.get("sha256") or image_sha256(item["name"])} for item in old_records]
         mode = "refit"
     note = _carry_threshold(fitted, parent, carried)
@@ -239,6 +241,8 @@ def update_category(
         metadata=_name_outliers(new_metadata, names),
         train_images=names,
         origin=f"{source}:v{parent.version}",
+        # the old images' patches are the parent's, unchanged: link their chunk files
+        leading_rows=None if unchanged_rows is None else {TRAIN_PATCHES: (parent.array_store, unchanged_rows)},
     )
     mark = time.perf_counter()
     info = registry.commit_versions([pending])[0]

@@ -186,3 +186,35 @@ def test_lock_is_released_after_the_block(tmp_path: Path) -> None:
     with registry_lock(tmp_path, exclusive=True):
         assert (tmp_path / LOCK_FILE).exists()
     assert _try_lock(tmp_path, exclusive=True)
+
+
+def _chunk_files(store: Path, name: str) -> dict[str, os.stat_result]:
+    folder = store / name
+    return {str(path.relative_to(folder)): path.stat() for path in folder.rglob("c/**/*") if path.is_file()}
+
+
+def test_leading_rows_are_hard_linked_not_rewritten(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``leading``: whole chunks within the equal first rows are links to the other store's files;
+    the rest is written; contents and records are those of the full array."""
+    monkeypatch.setattr(storage, "CHUNK_BYTES", 4 * 8 * 2)  # 4 rows of 8 float16 per chunk
+    rng = np.random.default_rng(1)
+    first = rng.normal(size=(10, 8)).astype(np.float16)
+    write_store(tmp_path / "a.zarr", {"patches": first}, {})
+    grown = np.concatenate([first, rng.normal(size=(7, 8)).astype(np.float16)])
+    leading = {"patches": (tmp_path / "a.zarr" / "patches", len(first))}
+    records = write_store(tmp_path / "b.zarr", {"patches": grown, "other": grown[:3]}, {}, leading=leading)
+    old, new = _chunk_files(tmp_path / "a.zarr", "patches"), _chunk_files(tmp_path / "b.zarr", "patches")
+    linked = sorted(key for key in new if key in old and new[key].st_ino == old[key].st_ino)
+    assert linked == ["c/0/0", "c/1/0"]  # rows 0-7; chunk 2 holds old row 8-9 and new rows: rewritten
+    assert len(new) == 5 and new["c/2/0"].st_ino != old["c/2/0"].st_ino
+    np.testing.assert_array_equal(read_array(tmp_path / "b.zarr", "patches"), grown)
+    assert records["patches"] == ArrayRecord.of(grown)
+    discard(tmp_path, tmp_path / "a.zarr")  # the other store's removal leaves the links' contents
+    np.testing.assert_array_equal(read_array(tmp_path / "b.zarr", "patches"), grown)
+    # another layout (dtype) links nothing and still writes everything
+    write_store(tmp_path / "c.zarr", {"patches": grown}, {})
+    leading = {"patches": (tmp_path / "c.zarr" / "patches", len(grown))}
+    write_store(tmp_path / "d.zarr", {"patches": grown.astype(np.float32)}, {}, leading=leading)
+    np.testing.assert_array_equal(read_array(tmp_path / "d.zarr", "patches"), grown.astype(np.float32))
+    inodes = {stat.st_ino for stat in _chunk_files(tmp_path / "c.zarr", "patches").values()}
+    assert not inodes & {stat.st_ino for stat in _chunk_files(tmp_path / "d.zarr", "patches").values()}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from evaluation.synthetic import make_category, write_mvtec_layout
-from registry import Registry
+from registry import Registry, storage
 from registry.errors import RegistryError
 from registry.records import TRAIN_DISTANCES, TRAIN_IMAGE_INFO, TRAIN_PATCHES
 from registry.updates import image_records, train_image_list, update_category
@@ -53,6 +53,8 @@ def test_update_category_through_the_api(tmp_path: Path) -> None:
             assert registry.version_info("pill", 1).arrays[array]["shape"] == [6, 256, *tail], kind
             assert registry.version_info("pill").arrays[array]["shape"] == [9, 256, *tail], kind
         assert result.seconds["distances"] > 0
+        for version in (1, 2):  # chunks of 64 images: nothing to link from 6 old ones, all written
+            assert (root / registry.version_info("pill", version).array_store / TRAIN_PATCHES / "c").is_dir()
         with pytest.raises(RegistryError, match="nothing to add"):
             update_category(registry, "pill", new)
         assert registry.verify().ok
@@ -98,3 +100,32 @@ def test_a_version_without_stored_distances_updates_and_keeps_them(tmp_path: Pat
         )
         assert update_category(registry, "pill", extra, notice=notes.append).mode == "update" and not notes
         assert registry.verify().ok
+
+
+def test_an_update_links_the_old_images_patch_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The old images' patches are the parent's, unchanged: their whole chunks are hard links to the
+    parent's files (not compressed and written again), and removing the parent keeps them readable."""
+    monkeypatch.setattr(storage, "CHUNK_BYTES", 2 * 256 * 512 * 2)  # two images' float16 patches per chunk
+    data = write_data(tmp_path / "images")
+    root = make_base(tmp_path / "registry", data, ("pill",), keep_patches=True)
+    new = sorted(
+        (
+            write_mvtec_layout(make_category("pill", 3, 0, 0, 42, size=SIZE), tmp_path / "new", "pill")
+            / "train"
+            / "good"
+        ).glob("*.png")
+    )
+    with Registry.open(root) as registry:
+        update_category(registry, "pill", new)
+        parent, child = (root / registry.version_info("pill", v).array_store / TRAIN_PATCHES for v in (1, 2))
+        inode = {path.relative_to(parent): path.stat().st_ino for path in parent.rglob("c/**/*") if path.is_file()}
+        shared = sorted(
+            str(path.relative_to(child))
+            for path in child.rglob("c/**/*")
+            if path.is_file() and inode.get(path.relative_to(child)) == path.stat().st_ino
+        )
+        assert shared == ["c/0/0/0", "c/1/0/0", "c/2/0/0"]  # the 6 old images; the new 3 are written
+        stored = registry._read_checked(registry.version_info("pill"), TRAIN_PATCHES)
+        registry.remove("pill", 1)
+        assert registry.verify().ok
+        np.testing.assert_array_equal(registry._read_checked(registry.version_info("pill"), TRAIN_PATCHES), stored)
