@@ -49,7 +49,9 @@ MTD = Path("/work/shared/data/mtd/magnetic_tile")
 FEATURES = ("both", "shallow", "deep")
 
 
-def layer_parts(layer_maps: list[torch.Tensor], projection: torch.Tensor, local_pool: int) -> list[torch.Tensor]:
+def layer_parts(
+    layer_maps: list[torch.Tensor], projection: torch.Tensor, local_pool: int, normalize: bool = True
+) -> list[torch.Tensor]:
     """Each layer's term of ``structcore.features.project_layers`` (their sum is the shipped vector)."""
     height = max(int(layer.shape[-2]) for layer in layer_maps)
     width = max(int(layer.shape[-1]) for layer in layer_maps)
@@ -62,13 +64,17 @@ def layer_parts(layer_maps: list[torch.Tensor], projection: torch.Tensor, local_
             layer = F.avg_pool2d(layer, kernel_size=local_pool, stride=1, padding=local_pool // 2)
         if layer.shape[-2:] != (height, width):
             layer = F.interpolate(layer, size=(height, width), mode="bilinear", align_corners=False)
-        rows = F.normalize(layer.permute(0, 2, 3, 1).reshape(batch * height * width, channels), dim=1, eps=1e-12)
+        rows = layer.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
+        if normalize:
+            rows = F.normalize(rows, dim=1, eps=1e-12)
         parts.append((rows @ projection[offset : offset + channels]).reshape(batch, height * width, -1))
         offset += channels
     return parts
 
 
-def embed_parts(extractor, paths: list[Path]) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+def embed_parts(
+    extractor, paths: list[Path], normalize: bool = True
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
     """(n, P, D) float16 shallow and deep parts of the projected vectors, and the (width, height) sizes."""
     grid = extractor.grid_shape()
     shallow = np.empty((len(paths), grid[0] * grid[1], extractor.dim), dtype=np.float16)
@@ -79,8 +85,8 @@ def embed_parts(extractor, paths: list[Path]) -> tuple[np.ndarray, np.ndarray, l
         for start in range(0, len(paths), extractor.batch_size):
             batch, batch_sizes = extractor.prepare_sized(paths[start : start + extractor.batch_size])
             maps = extractor.extract_maps(batch)
-            low, high = layer_parts(maps, projection, extractor.backbone.info.local_pool)
-            if start == 0:  # the parts add up to what the registry embeds
+            low, high = layer_parts(maps, projection, extractor.backbone.info.local_pool, normalize)
+            if start == 0 and normalize:  # the parts add up to what the registry embeds
                 shipped = extractor.embed(batch)
                 assert torch.allclose(low + high, shipped, atol=1e-4), float((low + high - shipped).abs().max())
             shallow[start : start + len(batch)] = low.numpy()
@@ -96,16 +102,24 @@ def variant(shallow: np.ndarray, deep: np.ndarray, name: str) -> np.ndarray:
     return (shallow if name == "shallow" else deep).astype(np.float32)
 
 
-def patch_grids(bank_source: np.ndarray, queries: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """1% coreset of ``bank_source`` (n, P, D), then the k = 5 patch scores of ``queries`` as (m, h, w) grids."""
+def patch_grids(
+    bank_source: np.ndarray,
+    queries: np.ndarray,
+    grid: tuple[int, int],
+    ratio: float = DEFAULT_CORESET_RATIO,
+    k: int = DEFAULT_K,
+) -> np.ndarray:
+    """Coreset of ``bank_source`` (n, P, D), then the k-NN patch scores of ``queries`` as (m, h, w) grids."""
     points = bank_source.reshape(-1, bank_source.shape[-1])
-    coreset = KCenterGreedy(ratio=DEFAULT_CORESET_RATIO, seed=DEFAULT_SEED).fit(points)
-    knn = PatchKNN(k=DEFAULT_K).fit(points[coreset.indices_])
+    coreset = KCenterGreedy(ratio=ratio, seed=DEFAULT_SEED).fit(points)
+    knn = PatchKNN(k=k).fit(points[coreset.indices_])
     scores = knn.score(queries.reshape(-1, queries.shape[-1]))
     return scores.reshape(len(queries), *grid).astype(np.float32)
 
 
-def run_embed(cache: Path, max_train: int, max_test: int | None, seed: int) -> None:
+def run_embed(
+    cache: Path, max_train: int, max_test: int | None, seed: int, features: tuple[str, ...] = FEATURES
+) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     data = load_dataset(MTD).categories["magnetic_tile"].subset(max_test=max_test, max_train=max_train, seed=seed)
     backbone = create_backbone(DEFAULT_BACKBONE)
@@ -118,7 +132,7 @@ def run_embed(cache: Path, max_train: int, max_test: int | None, seed: int) -> N
     # Train-only check images: the bank from the first half of the train images scores the second half.
     half = len(data.train) // 2
     out: dict[str, np.ndarray] = {}
-    for name in FEATURES:
+    for name in features:
         started = time.perf_counter()
         train = variant(train_low, train_high, name)
         out[f"test_{name}"] = patch_grids(train, variant(test_low, test_high, name), grid)
@@ -284,6 +298,68 @@ def check_metrics_by_hand() -> dict[str, float]:
     }
 
 
+def _load(cache: Path) -> tuple[dict, np.ndarray, list[str], list[tuple[int, int]], list[np.ndarray]]:
+    meta = json.loads((cache / "meta.json").read_text())
+    sizes = [(int(s[0]), int(s[1])) for s in meta["sizes"]]
+    masks = [
+        load_mask_at_size(m, size) if m else np.zeros((size[1], size[0]), dtype=bool)
+        for m, size in zip(meta["masks"], sizes, strict=True)
+    ]
+    return meta, np.asarray(meta["labels"]), list(meta["defects"]), sizes, masks
+
+
+def run_diagnose(cache: Path, out: Path) -> dict[str, object]:
+    """Where the pooled figure loses: positive pixels per defect type, pooling across images, bank variants."""
+    out.mkdir(parents=True, exist_ok=True)
+    _meta, labels, defects, sizes, masks = _load(cache)
+    grids = np.load(cache / "grids.npz")
+    maps = [map_at_original_size(model_map(g, 4.0), size) for g, size in zip(grids["test_both"], sizes, strict=True)]
+    kinds = np.asarray(defects)
+    positives = {d: int(sum(int(m.sum()) for m, k in zip(masks, kinds, strict=True) if k == d)) for d in set(defects)}
+    total = sum(positives.values())
+    result: dict[str, object] = {
+        "shipped map": _per_defect(masks, maps, defects, labels, np.asarray([m.max() for m in maps])),
+        "positive_pixel_share": {d: v / total for d, v in sorted(positives.items())},
+    }
+    result["mean_mask_share_of_image"] = {
+        d: float(np.mean([m.mean() for m, k in zip(masks, kinds, strict=True) if k == d]))
+        for d in sorted(set(defects) - {"good"})
+    }
+    result["all_but_uneven"] = _metrics(masks, maps, kinds != "uneven")
+    within = {}
+    for d in sorted(set(defects) - {"good"}):
+        values = [
+            roc_auc_score(m.ravel(), s.ravel())
+            for m, s, k in zip(masks, maps, kinds, strict=True)
+            if k == d and 0 < m.sum() < m.size
+        ]
+        within[d] = float(np.mean(values))
+    result["mean_within_image_pixel_auroc"] = within
+    uneven = [
+        (s[m].mean(), s[~m].mean()) for m, s, k in zip(masks, maps, kinds, strict=True) if k == "uneven" and m.any()
+    ]
+    good_mean = float(np.mean([s.mean() for s, lab in zip(maps, labels, strict=True) if not lab]))
+    result["uneven_map_mean_inside_outside_vs_good"] = (
+        float(np.mean([u[0] for u in uneven])),
+        float(np.mean([u[1] for u in uneven])),
+        good_mean,
+    )
+    extra = cache / "grids_extra.npz"
+    if extra.exists():
+        loaded = np.load(extra)
+        for name in loaded.files:
+            variant_maps = [
+                map_at_original_size(model_map(g, 4.0), size) for g, size in zip(loaded[name], sizes, strict=True)
+            ]
+            result[f"bank: {name}"] = _per_defect(
+                masks, variant_maps, defects, labels, np.asarray([m.max() for m in variant_maps])
+            )
+    for key, value in result.items():
+        print(key, value, flush=True)
+    (out / "diagnose.json").write_text(json.dumps(result, indent=1, default=float))
+    return result
+
+
 def run_analyze(cache: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     grids = np.load(cache / "grids.npz")
@@ -351,17 +427,47 @@ def run_analyze(cache: Path, out: Path) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
 
 
+def run_extra(cache: Path) -> None:
+    """Bank-side variants on the same subset: a 10% coreset, k = 1, and features without the per-layer L2 norm."""
+    meta = json.loads((cache / "meta.json").read_text())
+    backbone = create_backbone(DEFAULT_BACKBONE)
+    extractor = build_extractor(new_feature_space(backbone), backbone)
+    grid = extractor.grid_shape()
+    train = [Path(p) for p in meta["train"]]
+    test = [Path(p) for p in meta["test"]]
+    out: dict[str, np.ndarray] = {}
+    low, high, _ = embed_parts(extractor, train)
+    train_both = variant(low, high, "both")
+    low, high, _ = embed_parts(extractor, test)
+    test_both = variant(low, high, "both")
+    for name, ratio, k in (("coreset 10%", 0.1, DEFAULT_K), ("k 1", DEFAULT_CORESET_RATIO, 1)):
+        started = time.perf_counter()
+        out[name] = patch_grids(train_both, test_both, grid, ratio, k)
+        print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
+    del train_both, test_both
+    low, high, _ = embed_parts(extractor, train, normalize=False)
+    train_raw = variant(low, high, "both")
+    low, high, _ = embed_parts(extractor, test, normalize=False)
+    out["no per-layer L2 norm"] = patch_grids(train_raw, variant(low, high, "both"), grid)
+    np.savez_compressed(cache / "grids_extra.npz", **out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("phase", choices=("embed", "analyze"))
+    parser.add_argument("phase", choices=("embed", "extra", "analyze", "diagnose"))
     parser.add_argument("cache", type=Path)
     parser.add_argument("--max-train", type=int, default=200)
-    parser.add_argument("--max-test", type=int, default=292)
+    parser.add_argument("--max-test", type=int, default=292, help="0: all test images")
+    parser.add_argument("--features", nargs="+", default=list(FEATURES), choices=FEATURES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("/tmp/25p-out"))
     args = parser.parse_args()
     if args.phase == "embed":
-        run_embed(args.cache, args.max_train, args.max_test, args.seed)
+        run_embed(args.cache, args.max_train, args.max_test or None, args.seed, tuple(args.features))
+    elif args.phase == "extra":
+        run_extra(args.cache)
+    elif args.phase == "diagnose":
+        run_diagnose(args.cache, args.out)
     else:
         run_analyze(args.cache, args.out)
 
