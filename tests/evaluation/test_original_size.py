@@ -96,6 +96,19 @@ def test_region_scores_count_hits_and_false_regions() -> None:
     assert found["gt_regions"] == 2 and found["good_images"] == 1
 
 
+def test_region_scores_do_not_count_a_defective_image_with_an_empty_mask_as_good() -> None:
+    """MTD's empty ``uneven`` masks: pixels all normal for AUROC / AUPRO, but not a good image here."""
+    empty = np.zeros((6, 6), dtype=bool)
+    flagged = np.zeros((6, 6), dtype=np.float32)
+    flagged[2, 2] = 1.0
+    assert region_scores([empty], [flagged], [0.5])["false_regions_per_good"] == pytest.approx(1.0)
+    found = region_scores([empty, empty], [flagged, np.zeros_like(flagged)], [0.5, 0.5], labels=[1, 0])
+    assert found["false_regions_per_good"] == pytest.approx(0.0)
+    assert found["good_images"] == 1 and found["gt_regions"] == 0
+    with pytest.raises(ValueError, match="1 labels for 2 images"):
+        region_scores([empty, empty], [flagged, flagged], [0.5, 0.5], labels=[1])
+
+
 def test_recall_by_defect() -> None:
     defects = ["good", "crack", "crack", "uneven", "good"]
     assert recall_by_defect(defects, [True, True, False, True, False]) == {"crack": 0.5, "uneven": 1.0}
