@@ -73,7 +73,7 @@ def layer_parts(
 
 
 def embed_parts(
-    extractor, paths: list[Path], normalize: bool = True
+    extractor, paths: list[Path], normalize: bool = True, local_pool: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
     """(n, P, D) float16 shallow and deep parts of the projected vectors, and the (width, height) sizes."""
     grid = extractor.grid_shape()
@@ -85,8 +85,11 @@ def embed_parts(
         for start in range(0, len(paths), extractor.batch_size):
             batch, batch_sizes = extractor.prepare_sized(paths[start : start + extractor.batch_size])
             maps = extractor.extract_maps(batch)
-            low, high = layer_parts(maps, projection, extractor.backbone.info.local_pool, normalize)
-            if start == 0 and normalize:  # the parts add up to what the registry embeds
+            pool = extractor.backbone.info.local_pool if local_pool is None else local_pool
+            low, high = layer_parts(maps, projection, pool, normalize)
+            if (
+                start == 0 and normalize and pool == extractor.backbone.info.local_pool
+            ):  # the parts add up to what the registry embeds
                 shipped = extractor.embed(batch)
                 assert torch.allclose(low + high, shipped, atol=1e-4), float((low + high - shipped).abs().max())
             shallow[start : start + len(batch)] = low.numpy()
@@ -344,8 +347,13 @@ def run_diagnose(cache: Path, out: Path) -> dict[str, object]:
         float(np.mean([u[1] for u in uneven])),
         good_mean,
     )
-    extra = cache / "grids_extra.npz"
-    if extra.exists():
+    centred = [m - np.float32(np.median(m)) for m in maps]  # an image-wide rise removed (diagnostic)
+    result["map minus its image's median"] = _per_defect(
+        masks, centred, defects, labels, np.asarray([m.max() for m in centred])
+    )
+    for extra in (cache / "grids_extra.npz", cache / "grids_pool.npz"):
+        if not extra.exists():
+            continue
         loaded = np.load(extra)
         for name in loaded.files:
             variant_maps = [
@@ -453,9 +461,25 @@ def run_extra(cache: Path) -> None:
     np.savez_compressed(cache / "grids_extra.npz", **out)
 
 
+def run_pool(cache: Path) -> None:
+    """Feature variant: the local average pool over 5 x 5 and 7 x 7 patches instead of 3 x 3 (more context)."""
+    meta = json.loads((cache / "meta.json").read_text())
+    backbone = create_backbone(DEFAULT_BACKBONE)
+    extractor = build_extractor(new_feature_space(backbone), backbone)
+    grid = extractor.grid_shape()
+    out: dict[str, np.ndarray] = {}
+    for pool in (5, 7):
+        low, high, _ = embed_parts(extractor, [Path(p) for p in meta["train"]], local_pool=pool)
+        train = variant(low, high, "both")
+        low, high, _ = embed_parts(extractor, [Path(p) for p in meta["test"]], local_pool=pool)
+        out[f"local pool {pool}"] = patch_grids(train, variant(low, high, "both"), grid)
+        del train
+        np.savez_compressed(cache / "grids_pool.npz", **out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("phase", choices=("embed", "extra", "analyze", "diagnose"))
+    parser.add_argument("phase", choices=("embed", "extra", "pool", "analyze", "diagnose"))
     parser.add_argument("cache", type=Path)
     parser.add_argument("--max-train", type=int, default=200)
     parser.add_argument("--max-test", type=int, default=292, help="0: all test images")
@@ -467,6 +491,8 @@ def main() -> None:
         run_embed(args.cache, args.max_train, args.max_test or None, args.seed, tuple(args.features))
     elif args.phase == "extra":
         run_extra(args.cache)
+    elif args.phase == "pool":
+        run_pool(args.cache)
     elif args.phase == "diagnose":
         run_diagnose(args.cache, args.out)
     else:
