@@ -2,22 +2,37 @@
 
 Phase ``embed`` embeds a seeded subset of Magnetic Tile Defects once (EfficientNet-Lite2, 392 px
 squash, the registry's defaults), keeps each backbone layer's projected part separately
-(``project_layers`` is the sum of the two), builds a 1% coreset bank and scores the test patches
-(k = 5) for three feature variants: both layers (the shipped features), the shallow block-6 layer
-alone and the deep block-14 layer alone. It caches the (n_test, 49, 49) patch-score grids, also
-for the train images themselves through a leave-one-out-free held-out half (used only to choose a
-setting on train-good images), and the test metadata in ``CACHE``.
+(``project_layers`` is their sum; checked on the first batch), builds a 1% coreset bank (k = 5)
+and scores the test patches for three feature variants: both layers (the shipped features), the
+shallow block-6 layer alone and the deep block-14 layer alone. It caches the (n_test, 49, 49)
+patch-score grids and the test metadata in ``CACHE`` (and ``heldout_both``: the second half of the
+train images scored against a bank of the first half, for a choice made on train-good images
+only; unused, since no setting was chosen). All test features are held in memory: the full test
+set (``--max-test 0``) with 200 train images needs about 8 GB and was killed on the shared machine.
+
+Phase ``extra``: bank variants on the same images (k = 1, a 3% coreset) and features without the
+per-layer L2 norm; ``pool``: the local average pool over 5 x 5 and 7 x 7 patches instead of 3 x 3.
 
 Phase ``analyze`` reads the cache and computes, per map variant (Gaussian sigma, upsampling
-mode, order of blur and upsampling, blur at the original size), pixel AUROC and AUPRO (0.3 FPR
-limit) at each image's own size with ``evaluation.metrics.pixel_metrics_at_sizes``, per defect
-type (that type's images plus all good test images), base image AUROC (max of the map), the
-masks' share on the image border, empty masks, and overlays of cracks / uneven areas in ``OUT``.
+mode, order of blur and upsampling, blur at the original size) and per feature variant, pixel
+AUROC and AUPRO (0.3 FPR limit) at each image's own size with
+``evaluation.metrics.pixel_metrics_at_sizes``, per defect type (that type's images plus all good
+test images), image AUROC of the map's max, the masks' share on the image border, the figures
+without the border ring and without the empty defective masks, the maps shifted by 2-4 own pixels
+(alignment), a hand-made check of the metric code against sklearn, and overlays (image with the
+mask's outline | the map over it) of cracks, uneven areas, blowholes and frays in ``--out``.
+Phase ``diagnose``: each defect type's share of the defect pixels and of its image, the figures
+without ``uneven``, the mean within-image pixel AUROC, uneven's map inside / outside its mask, a
+per-image median-centred map, and the ``extra`` / ``pool`` grids when present.
 
     PYTHONPATH=. .venv/bin/python experiments/geometry/mtd_pixel_limits.py embed /tmp/25p-cache \\
         --max-train 200 --max-test 292
-    PYTHONPATH=. .venv/bin/python experiments/geometry/mtd_pixel_limits.py analyze /tmp/25p-cache \\
-        --out /tmp/25p-out
+    PYTHONPATH=. .venv/bin/python experiments/geometry/mtd_pixel_limits.py extra /tmp/25p-cache
+    PYTHONPATH=. .venv/bin/python experiments/geometry/mtd_pixel_limits.py pool /tmp/25p-cache
+    PYTHONPATH=. .venv/bin/python experiments/geometry/mtd_pixel_limits.py analyze /tmp/25p-cache --out /tmp/25p-out
+    PYTHONPATH=. .venv/bin/python experiments/geometry/mtd_pixel_limits.py diagnose /tmp/25p-cache --out /tmp/25p-out
+
+About 1 min to embed 492 images and 1 min per bank at load 2-3, 5-6 min for ``analyze``.
 """
 
 from __future__ import annotations
