@@ -136,10 +136,16 @@ def patch_grids(
 
 
 def run_embed(
-    cache: Path, max_train: int, max_test: int | None, seed: int, features: tuple[str, ...] = FEATURES
+    cache: Path,
+    max_train: int,
+    max_test: int | None,
+    seed: int,
+    features: tuple[str, ...] = FEATURES,
+    root: Path = MTD,
 ) -> None:
     cache.mkdir(parents=True, exist_ok=True)
-    data = load_dataset(MTD).categories["magnetic_tile"].subset(max_test=max_test, max_train=max_train, seed=seed)
+    dataset = load_dataset(root)
+    data = dataset.categories[dataset.names[0]].subset(max_test=max_test, max_train=max_train, seed=seed)
     backbone = create_backbone(DEFAULT_BACKBONE)
     extractor = build_extractor(new_feature_space(backbone), backbone)
     grid = extractor.grid_shape()
@@ -450,7 +456,7 @@ def run_analyze(cache: Path, out: Path) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
 
 
-def run_extra(cache: Path) -> None:
+def run_extra(cache: Path, only_raw: bool = False) -> None:
     """Bank-side variants on the same subset: k = 1, a 3% coreset, and features without the per-layer L2 norm."""
     meta = json.loads((cache / "meta.json").read_text())
     backbone = create_backbone(DEFAULT_BACKBONE)
@@ -463,7 +469,8 @@ def run_extra(cache: Path) -> None:
     train_both = variant(low, high, "both")
     low, high, _ = embed_parts(extractor, test)
     test_both = variant(low, high, "both")
-    for name, ratio, k in (("k 1", DEFAULT_CORESET_RATIO, 1), ("coreset 3%", 0.03, DEFAULT_K)):
+    bank_variants = () if only_raw else (("k 1", DEFAULT_CORESET_RATIO, 1), ("coreset 3%", 0.03, DEFAULT_K))
+    for name, ratio, k in bank_variants:
         started = time.perf_counter()
         out[name] = patch_grids(train_both, test_both, grid, ratio, k)
         print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
@@ -501,11 +508,13 @@ def main() -> None:
     parser.add_argument("--features", nargs="+", default=list(FEATURES), choices=FEATURES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("/tmp/25p-out"))
+    parser.add_argument("--data", type=Path, default=MTD, help="a category folder (MVTec AD layout): MTD or bottle")
+    parser.add_argument("--only-raw", action="store_true", help="extra: only the features without the L2 norm")
     args = parser.parse_args()
     if args.phase == "embed":
-        run_embed(args.cache, args.max_train, args.max_test or None, args.seed, tuple(args.features))
+        run_embed(args.cache, args.max_train, args.max_test or None, args.seed, tuple(args.features), args.data)
     elif args.phase == "extra":
-        run_extra(args.cache)
+        run_extra(args.cache, args.only_raw)
     elif args.phase == "pool":
         run_pool(args.cache)
     elif args.phase == "diagnose":
