@@ -41,6 +41,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -155,7 +156,7 @@ def run_embed(
     print(f"embedded in {time.perf_counter() - started:.0f} s", flush=True)
     # Train-only check images: the bank from the first half of the train images scores the second half.
     half = len(data.train) // 2
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, Any] = {}
     for name in features:
         started = time.perf_counter()
         train = variant(train_low, train_high, name)
@@ -464,7 +465,7 @@ def run_extra(cache: Path, only_raw: bool = False) -> None:
     grid = extractor.grid_shape()
     train = [Path(p) for p in meta["train"]]
     test = [Path(p) for p in meta["test"]]
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, Any] = {}
     low, high, _ = embed_parts(extractor, train)
     train_both = variant(low, high, "both")
     low, high, _ = embed_parts(extractor, test)
@@ -489,7 +490,7 @@ def run_pool(cache: Path) -> None:
     backbone = create_backbone(DEFAULT_BACKBONE)
     extractor = build_extractor(new_feature_space(backbone), backbone)
     grid = extractor.grid_shape()
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, Any] = {}
     for pool in (5, 7):
         low, high, _ = embed_parts(extractor, [Path(p) for p in meta["train"]], local_pool=pool)
         train = variant(low, high, "both")
