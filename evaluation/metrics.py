@@ -480,13 +480,19 @@ def pixel_metrics_at_sizes(
 
 
 def region_scores(
-    masks: Sequence[ArrayLike], maps: Sequence[ArrayLike], thresholds: Sequence[float]
+    masks: Sequence[ArrayLike],
+    maps: Sequence[ArrayLike],
+    thresholds: Sequence[float],
+    labels: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """Region-level detection: ground-truth regions hit by a predicted region, predicted regions on good images.
 
     A predicted region is an 8-connected area of a map above its image's threshold (the
     category's map threshold: what ``regions`` in a record holds, uncapped); a ground-truth
-    region is hit when at least one of its pixels lies in a predicted region.
+    region is hit when at least one of its pixels lies in a predicted region. ``labels`` (0 good,
+    1 defective; ``None``: an empty mask means good) keeps a defective image whose mask is empty
+    (MTD has five such ``uneven`` images) out of the good images: it has no region to hit, and its
+    predicted regions are not false ones.
 
     Returns:
         ``region_hit_rate`` (hit ground-truth regions / all of them; ``nan`` without any),
@@ -496,13 +502,18 @@ def region_scores(
     pairs = _sized_pairs(masks, maps)
     if len(thresholds) != len(pairs):
         raise ValueError(f"{len(thresholds)} thresholds for {len(pairs)} images")
+    if labels is not None and len(labels) != len(pairs):
+        raise ValueError(f"{len(labels)} labels for {len(pairs)} images")
+    defective = [bool(label) for label in labels] if labels is not None else [False] * len(pairs)
     gt_regions = hit = good_images = good_regions = 0
-    for (mask, values), threshold in zip(pairs, thresholds, strict=True):
+    for (mask, values), threshold, known_bad in zip(pairs, thresholds, defective, strict=True):
         predicted = values > threshold
         if mask.any():
             labeled, count = ndimage.label(mask, structure=_EIGHT)
             gt_regions += int(count)
             hit += int(np.unique(labeled[predicted & (labeled > 0)]).size)
+        elif known_bad:
+            continue
         else:
             good_images += 1
             good_regions += int(ndimage.label(predicted, structure=_EIGHT)[1])

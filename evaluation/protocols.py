@@ -604,9 +604,11 @@ def original_size_metrics(
     masks: list[np.ndarray] = []
     maps: list[np.ndarray] = []
     thresholds: list[float] = []
+    labels: list[int] = []
     for i, (label, mask_path) in enumerate(zip(run.data.labels, run.data.masks, strict=True)):
         if label != 0 and not mask_path:
             continue
+        labels.append(int(label))
         size = _own_size(run.data.test[i])
         if size is None:  # the image file is gone: no figure at its own size
             return {}
@@ -616,7 +618,7 @@ def original_size_metrics(
         thresholds.append(collected.thresholds[routed[i]]["base"])
     found = pixel_metrics_at_sizes(masks, maps, max_pixels=max_pixels)
     out = {f"pixel_{m}_original" if m != "aupro" else "aupro_original": float(v) for m, v in found.items()}
-    regions = region_scores(masks, maps, thresholds)
+    regions = region_scores(masks, maps, thresholds, labels)
     out["region_hit_rate"] = regions["region_hit_rate"]
     out["false_regions_per_good"] = regions["false_regions_per_good"]
     return out

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
+from sklearn.metrics import auc, average_precision_score, roc_auc_score
 
 from evaluation import run_evaluation
 from evaluation.metrics import pixel_metrics, pixel_metrics_at_sizes, recall_by_defect, region_scores
@@ -41,6 +43,44 @@ def test_at_sizes_takes_images_of_different_sizes() -> None:
         pixel_metrics_at_sizes([small], [large.astype(np.float32)])
 
 
+def _pro_loop_aupro(masks: list[np.ndarray], maps: list[np.ndarray], limit: float) -> float:
+    """AUPRO by the definition: one threshold per distinct score, PRO = mean overlap of each region."""
+    regions = []
+    for mask, values in zip(masks, maps, strict=True):
+        labelled, count = ndimage.label(mask, structure=np.ones((3, 3)))
+        regions += [values[labelled == r] for r in range(1, count + 1)]
+    normal = np.concatenate([values[~mask] for mask, values in zip(masks, maps, strict=True)])
+    every = np.concatenate([values.ravel() for values in maps])
+    fprs, pros = [0.0], [0.0]
+    for threshold in np.unique(every)[::-1]:
+        fprs.append(float(np.mean(normal >= threshold)))
+        pros.append(float(np.mean([np.mean(region >= threshold) for region in regions])))
+    fprs_a, pros_a = np.asarray([*fprs, 1.0]), np.asarray([*pros, 1.0])
+    cut = int(np.searchsorted(fprs_a, limit, side="right"))
+    x = np.append(fprs_a[:cut], limit)
+    y = np.append(pros_a[:cut], np.interp(limit, fprs_a, pros_a))
+    return float(auc(x, y) / limit)
+
+
+def test_at_sizes_matches_sklearn_and_the_pro_definition_on_mixed_sizes() -> None:
+    """Images of three sizes, one defective image with an empty mask (its pixels are all normal, as
+    MTD's five empty ``uneven`` masks are read) and a tie across images: pooled AUROC / AP equal
+    sklearn's on the concatenated pixels, AUPRO (0.3 FPR) the definition's loop."""
+    rng = np.random.default_rng(0)
+    masks = [np.zeros((7, 9), dtype=bool), np.zeros((5, 6), dtype=bool), np.zeros((8, 4), dtype=bool)]
+    masks[0][1:3, 2:5] = True
+    masks[0][5, 7] = True  # a second, one-pixel region
+    masks[1][2:5, 0:2] = True
+    maps = [rng.random(mask.shape).astype(np.float32) + np.float32(0.6) * mask for mask in masks]
+    maps[2][0, 0] = maps[0][1, 2]
+    found = pixel_metrics_at_sizes(masks, maps)
+    pixels = np.concatenate([mask.ravel() for mask in masks])
+    scores = np.concatenate([values.ravel() for values in maps])
+    assert found["auroc"] == pytest.approx(roc_auc_score(pixels, scores), abs=1e-12)
+    assert found["ap"] == pytest.approx(average_precision_score(pixels, scores), abs=1e-12)
+    assert found["aupro"] == pytest.approx(_pro_loop_aupro(masks, maps, 0.3), abs=1e-12)
+
+
 def test_region_scores_count_hits_and_false_regions() -> None:
     mask = np.zeros((10, 10), dtype=bool)
     mask[0:2, 0:2] = True  # region A: hit
@@ -54,6 +94,19 @@ def test_region_scores_count_hits_and_false_regions() -> None:
     assert found["region_hit_rate"] == pytest.approx(0.5)
     assert found["false_regions_per_good"] == pytest.approx(2.0)
     assert found["gt_regions"] == 2 and found["good_images"] == 1
+
+
+def test_region_scores_do_not_count_a_defective_image_with_an_empty_mask_as_good() -> None:
+    """MTD's empty ``uneven`` masks: pixels all normal for AUROC / AUPRO, but not a good image here."""
+    empty = np.zeros((6, 6), dtype=bool)
+    flagged = np.zeros((6, 6), dtype=np.float32)
+    flagged[2, 2] = 1.0
+    assert region_scores([empty], [flagged], [0.5])["false_regions_per_good"] == pytest.approx(1.0)
+    found = region_scores([empty, empty], [flagged, np.zeros_like(flagged)], [0.5, 0.5], labels=[1, 0])
+    assert found["false_regions_per_good"] == pytest.approx(0.0)
+    assert found["good_images"] == 1 and found["gt_regions"] == 0
+    with pytest.raises(ValueError, match="1 labels for 2 images"):
+        region_scores([empty, empty], [flagged, flagged], [0.5, 0.5], labels=[1])
 
 
 def test_recall_by_defect() -> None:
