@@ -90,6 +90,8 @@ from structcore.settings import (
     DEFAULT_INPUT_GEOMETRY,
     DEFAULT_PROJECTION_SEED,
     DEFAULT_RESIZE,
+    DEFAULT_TILE_MAX_SIDE,
+    DEFAULT_TILE_OVERLAP,
     FeatureSpaceSettings,
 )
 
@@ -161,6 +163,8 @@ class Registry:
         dim: int = DEFAULT_DIM,
         seed: int = DEFAULT_PROJECTION_SEED,
         input_geometry: str = DEFAULT_INPUT_GEOMETRY,
+        tile_max_side: int = DEFAULT_TILE_MAX_SIDE,
+        tile_overlap: int = DEFAULT_TILE_OVERLAP,
     ) -> Registry:
         """Create a registry at ``root`` with a new feature space (W drawn once from ``seed``).
 
@@ -181,6 +185,8 @@ class Registry:
             dim=dim,
             seed=seed,
             input_geometry=input_geometry,
+            tile_max_side=tile_max_side,
+            tile_overlap=tile_overlap,
         ).validate()
         root = Path(root)
         _check_init_target(root)
@@ -188,7 +194,16 @@ class Registry:
         from structcore.features import new_feature_space
 
         bb = load_backbone(backbone, weights)
-        space = new_feature_space(bb, resize=resize, crop=crop, dim=dim, seed=seed, input_geometry=input_geometry)
+        space = new_feature_space(
+            bb,
+            resize=resize,
+            crop=crop,
+            dim=dim,
+            seed=seed,
+            input_geometry=input_geometry,
+            tile_max_side=tile_max_side,
+            tile_overlap=tile_overlap,
+        )
         weights_path = None if weights is None else str(Path(weights).resolve())
         return cls._create(root, space, weights_path=weights_path, seed=seed)
 
@@ -1184,6 +1199,8 @@ def _install_feature_space(
         row.resize = int(space.resize)
         row.crop = int(space.crop)
         row.input_geometry = space.input_geometry
+        row.tile_max_side = space.tile_max_side
+        row.tile_overlap = space.tile_overlap
         row.dim = int(space.dim)
         row.projection_seed = seed
         row.projection_path = target
