@@ -482,10 +482,12 @@ class Registry:
                 f"map size: {model.map_size_} vs crop {self._row.crop}",
             ]
             raise FeatureSpaceMismatchError(f"the model for {name!r}", differences, "fit it with registry.extractor()")
-        fits = self._row.input_geometry == "fit"
-        if bool(getattr(model, "fitted_on_contents_", False)) != fits:  # its maps would be calibrated otherwise
-            fitted_as = "fit" if not fits else "squash"
-            differences = [f"input_geometry: fitted as {fitted_as} vs {self._row.input_geometry}"]
+        geometry = self._row.input_geometry
+        tiled = getattr(model, "tile_overlap_", None) is not None
+        fitted_as = ("tile" if tiled else "fit") if getattr(model, "fitted_on_contents_", False) else "squash"
+        overlap = self._row.tile_overlap if geometry == "tile" else None
+        if fitted_as != geometry or (tiled and model.tile_overlap_ != overlap):  # its maps would differ
+            differences = [f"input_geometry: fitted as {fitted_as} vs {geometry}"]
             raise FeatureSpaceMismatchError(
                 f"the model for {name!r}",
                 differences,
