@@ -12,9 +12,9 @@ from evaluation.synthetic import make_category
 from structcore.anomaly_map import gaussian_blur
 from structcore.model import CategoryModel, embed_images
 from structcore.preprocess import valid_patch_mask
-from structcore.tiles import stitch_map, tiled_valid_mask
 from structcore.routing import PrototypeRouter
 from structcore.thresholds import choose_threshold
+from structcore.tiles import stitch_map, tiled_valid_mask
 
 
 @pytest.fixture(scope="module")
@@ -276,7 +276,7 @@ def test_tile_model_bank_leave_one_out_and_stitched_maps(synthetic_features, sma
     tiled = _tiled(train, 2)  # 6 images of two 128 px tiles: 128 x 200 px (tiles at 0 and 72)
     contents = np.asarray([[128, 200]] * 5 + [[100, 128]])  # the last: one tile, part padding, one empty slot
     valid = tiled_valid_mask(contents, grid, 128, 56, 2)
-    assert valid[:5].all() and not valid[5, patches:].any() and not valid[5, : patches].all()
+    assert valid[:5].all() and not valid[5, patches:].any() and not valid[5, :patches].all()
     tiled[~valid] = 1000.0
     model = CategoryModel(coreset_ratio=0.2).fit(tiled, grid, 128, contents=contents, tile_overlap=56)
     assert not np.any(model.bank_ == 1000.0)
