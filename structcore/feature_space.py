@@ -80,7 +80,8 @@ class FeatureSpace:
     def differences(self, other: FeatureSpace) -> list[str]:
         """Human-readable differences to ``other`` (empty when the spaces are the same)."""
         mine, theirs = self.describe(), other.describe()
-        found = [f"{key}: {mine[key]} vs {theirs[key]}" for key in mine if mine[key] != theirs[key]]
+        keys = list(dict.fromkeys([*mine, *theirs]))  # a tile space has fields the others lack
+        found = [f"{key}: {mine.get(key)} vs {theirs.get(key)}" for key in keys if mine.get(key) != theirs.get(key)]
         if not found and not np.array_equal(self.projection, other.projection):
             found.append("projection matrix W differs")
         return found

@@ -326,7 +326,8 @@ class CategoryModel:
             msg = "a holdout-calibrated version cannot be updated incrementally; refit it"
             raise ValueError(msg)
         if self.fitted_on_contents_:
-            msg = "a version of a fit- or tile-geometry registry cannot be updated incrementally yet; refit it"
+            geometry = "fit" if self.tile_overlap_ is None else "tile"
+            msg = f"a version of a {geometry}-geometry registry cannot be updated incrementally yet; refit it"
             raise ValueError(msg)
         n_old, n_new = int(old_patches.shape[0]), int(new_patches.shape[0])
         if n_old != self.n_train_images_:

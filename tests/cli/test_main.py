@@ -151,8 +151,12 @@ def test_init_geometry(tmp_path: Path) -> None:
     result = invoke("init", "--root", str(root), "--resize", "128", "--crop", "128", "--geometry", "fit", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["feature_space"]["input_geometry"] == "fit"
-    result = invoke("init", "--root", str(tmp_path / "tiled"), "--geometry", "tile")
-    assert result.exit_code == 1 and "--geometry must be one of squash, fit, got 'tile'" in result.output
+    result = invoke("init", "--root", str(tmp_path / "tiled"), "--geometry", "tiles")
+    assert result.exit_code == 1 and "--geometry must be one of squash, fit, tile, got 'tiles'" in result.output
+    result = invoke("init", "--root", str(tmp_path / "tiled"), "--geometry", "tile", "--tile-overlap", "392")
+    assert result.exit_code == 1 and "--tile-overlap must be an integer in [0, resize = 392)" in result.output
+    result = invoke("init", "--root", str(tmp_path / "tiled"), "--geometry", "tile", "--crop", "300")
+    assert result.exit_code == 1 and "--crop must be equal to resize (392) with --geometry tile" in result.output
     result = invoke(
         "init", "--root", str(tmp_path / "cropped"), "--resize", "448", "--crop", "392", "--geometry", "fit"
     )
