@@ -51,9 +51,11 @@ PAPER_CROP = 392
 INPUT_GEOMETRIES = ("squash", "fit", "tile")
 DEFAULT_INPUT_GEOMETRY = "squash"
 #: ``tile``: the longest image side that is kept; larger images are scaled down (aspect kept) to it
-#: first. 2048 keeps 2-3 megapixel cameras (2048 x 1536) at their own resolution, where a 0.05%-area
-#: defect still covers ~2 x 2 patches, and bounds the cost at 7 x 7 = 49 tiles of 392 px.
-DEFAULT_TILE_MAX_SIDE = 2048
+#: first. 1024 bounds an image at 3 x 3 = 9 tiles of 392 px: a 2048 x 1536 frame becomes 1024 x 768,
+#: where a 0.05%-area defect still covers ~2.5 x 2.5 patches of 8 px (one at the 392 px squash). The
+#: train patch matrix and the bank grow with the tile count: 40 such frames at 1024 took 6.6 GB and
+#: a 8.6k bank (docs/quality.md §8); at 2048 (35 tiles) about four times that, more than a 24 GB machine.
+DEFAULT_TILE_MAX_SIDE = 1024
 #: ``tile``: the least overlap (pixels) of neighbouring tiles; the tiles of an axis are spread
 #: evenly so that they end at its edges, which can make the overlap larger. 64 px (16% of a
 #: 392 px tile) gives every patch near a tile's border a second, interior view in the blend.

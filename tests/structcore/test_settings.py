@@ -110,7 +110,7 @@ def test_fit_and_tile_geometries_take_no_crop_and_tiles_overlap_less_than_a_tile
         FeatureSpaceSettings(resize=448, crop=392, input_geometry="tile").validate(as_options=True)
     with pytest.raises(InvalidSettingError, match=r"^--tile-overlap must be an integer in \[0, resize = 392\)"):
         FeatureSpaceSettings(input_geometry="tile", tile_overlap=392).validate(as_options=True)
-    assert FeatureSpaceSettings(input_geometry="tile", tile_overlap=391).validate().tile_max_side == 2048
+    assert FeatureSpaceSettings(input_geometry="tile", tile_overlap=391).validate().tile_max_side == 1024
 
 
 def test_options_name_the_command_line_flag() -> None:
