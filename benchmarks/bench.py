@@ -73,7 +73,7 @@ from structcore.settings import DEFAULT_BACKBONE, backbone_runtime
 
 #: Sections of the bench (all run by default; ``large_fit`` only when asked).
 SECTIONS = ("table", "knn", "coreset", "extract", "routing", "loading", "memory")
-OPTIONAL_SECTIONS = ("large_fit", "start", "deploy")
+OPTIONAL_SECTIONS = ("large_fit", "start", "deploy", "tile")
 #: Categories of the registry ``registry list`` is timed on (section ``start``).
 START_CATEGORIES = 1000
 #: Heavy libraries a model-free command must not import.
@@ -362,6 +362,9 @@ def run_bench(
     if "large_fit" in chosen:
         say("large add-category (subprocess)")
         result["large_fit"] = _large_fit_section(context)
+    if "tile" in chosen:
+        say("tile geometry: cost per image and per megapixel against squash (issue 25)")
+        result["tile"] = _tile_section(context)
     if "start" in chosen:
         say(f"registry list start time on {START_CATEGORIES} categories (subprocesses)")
         result["start"] = _start_section(context, START_CATEGORIES)
@@ -1283,6 +1286,78 @@ def _memory_section(context: _Context) -> dict[str, Any]:
     return _run_child(spec, timeout=3600)
 
 
+#: Image sizes (width, height) of the tile section: 4, 9 and 20 tiles of 392 px (overlap 64).
+TILE_SIZES = ((640, 480), (1024, 768), (1536, 1152))
+#: ``--quick``: 4, 6 and 9 tiles of the quick side.
+TILE_SIZES_QUICK = ((256, 192), (384, 256), (384, 384))
+
+
+def _tile_section(context: _Context, repeats: int = 3) -> dict[str, Any]:
+    """Per image cost (load excluded: images in memory) of the tile geometry at :data:`TILE_SIZES`, and of squash.
+
+    One category is fitted per geometry on synthetic ``tile``-kind images of the smallest size;
+    then each size's test images go through :meth:`registry.detector.Detector.predict` (embed,
+    score, regions), the geometries interleaved per repeat (the median is kept), so that a busy
+    machine slows them alike. Cost per tile should stay flat across the sizes (linear in tiles).
+    """
+    from registry.detector import Detector, PinnedCategory
+    from structcore.model import fit_category
+    from structcore.tiles import tile_count
+
+    side = context.crop
+    sizes = TILE_SIZES_QUICK if context.quick else TILE_SIZES
+    n_train, n_test = (3, 2) if context.quick else (6, 3)
+    overlap = 64 if side >= 256 else side // 6
+    spaces = {
+        "squash": new_feature_space(context.backbone, resize=side, crop=side, seed=context.seed),
+        "tile": new_feature_space(
+            context.backbone,
+            resize=side,
+            crop=side,
+            seed=context.seed,
+            input_geometry="tile",
+            tile_max_side=max(max(size) for size in sizes),
+            tile_overlap=overlap,
+        ),
+    }
+    extractors = {name: build_extractor(space, context.backbone, batch_size=8) for name, space in spaces.items()}
+    width, height = sizes[0]
+    train = make_category("tile", n_train, 0, 0, context.seed, size=width, height=height).train_images
+    detectors = {}
+    for name, extractor in extractors.items():
+        model = fit_category(extractor, list(train), CategoryModel(coreset_ratio=0.01, seed=context.seed))
+        detectors[name] = Detector(extractor, [PinnedCategory.of_model("tile", 1, model)])
+    tests = {
+        size: make_category("tile", 0, n_test, 0, context.seed + 1, size=size[0], height=size[1]) for size in sizes
+    }
+    seconds: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        for size, category in tests.items():
+            for name, detector in detectors.items():
+                if name == "squash" and size != sizes[1]:
+                    continue  # squash costs the same at any size (one square); measured at the middle size
+                started = time.perf_counter()
+                detector.predict(list(category.test_images), "tile")
+                seconds.setdefault(f"{name} {size[0]}x{size[1]}", []).append(time.perf_counter() - started)
+    rows = []
+    for key, found in seconds.items():
+        name, shape = key.split(" ")
+        w, h = (int(v) for v in shape.split("x"))
+        per_image = float(np.median(found)) / n_test
+        tiles = tile_count((h, w), side, overlap) if name == "tile" else 1
+        rows.append(
+            {
+                "geometry": name,
+                "size": [w, h],
+                "tiles": tiles,
+                "ms_per_image": 1000 * per_image,
+                "ms_per_megapixel": 1000 * per_image / (w * h / 1e6),
+                "ms_per_tile": 1000 * per_image / tiles,
+            }
+        )
+    return {"side": side, "overlap": overlap, "repeats": repeats, "load_average": os.getloadavg()[0], "rows": rows}
+
+
 def _large_fit_section(context: _Context) -> dict[str, Any]:
     count = 48 if context.quick else 761
     spec: dict[str, Any] = {
@@ -1484,6 +1559,18 @@ def format_bench(result: dict[str, Any]) -> str:
             lines.append(
                 f"   add-category of {large['images']} images at 1%: {_fmt(large['seconds'])} s ({stages}); "
                 f"peak RSS {_fmt(large['peak_rss_mb'], 0)} MB"
+            )
+    tile = result.get("tile")
+    if tile:
+        lines.append(
+            f"   tile geometry (issue 25), {tile['side']} px tiles overlapping >= {tile['overlap']} px, median of "
+            f"{tile['repeats']}, load {_fmt(tile['load_average'], 1)}:"
+        )
+        for row in tile["rows"]:
+            lines.append(
+                f"     {row['geometry']:6s} {row['size'][0]}x{row['size'][1]}: {row['tiles']} tile(s), "
+                f"{_fmt(row['ms_per_image'], 0)} ms/image, {_fmt(row['ms_per_megapixel'], 0)} ms/MP, "
+                f"{_fmt(row['ms_per_tile'], 0)} ms/tile"
             )
     start = result.get("start")
     if start:

@@ -41,13 +41,24 @@ from cli.options import (
     ScoringOption,
     ThresholdFrrOption,
     ThresholdRuleOption,
+    TileMaxSideOption,
+    TileOverlapOption,
     WeightsOption,
     feature_space_settings,
     fit_settings,
     max_regions_setting,
     use_backbone_runtime,
 )
-from cli.output import Column, fitted_table, overlay_names, records_table, save_mask, save_overlay, write_records
+from cli.output import (
+    Column,
+    fitted_table,
+    geometry_label,
+    overlay_names,
+    records_table,
+    save_mask,
+    save_overlay,
+    write_records,
+)
 from registry.catalogue import Catalogue
 from registry.errors import SchemaOutdatedError
 from structcore.settings import DEFAULT_MAX_REGIONS
@@ -130,6 +141,8 @@ def init(
     resize: ResizeOption = FEATURE_SPACE_DEFAULTS.resize,
     crop: CropOption = FEATURE_SPACE_DEFAULTS.crop,
     geometry: GeometryOption = FEATURE_SPACE_DEFAULTS.input_geometry,
+    tile_max_side: TileMaxSideOption = FEATURE_SPACE_DEFAULTS.tile_max_side,
+    tile_overlap: TileOverlapOption = FEATURE_SPACE_DEFAULTS.tile_overlap,
     dim: DimOption = FEATURE_SPACE_DEFAULTS.dim,
     seed: ProjectionSeedOption = FEATURE_SPACE_DEFAULTS.seed,
     as_json: JsonOption = False,
@@ -139,7 +152,15 @@ def init(
 
     with user_errors():
         settings = feature_space_settings(
-            backbone=backbone, weights=weights, resize=resize, crop=crop, input_geometry=geometry, dim=dim, seed=seed
+            backbone=backbone,
+            weights=weights,
+            resize=resize,
+            crop=crop,
+            input_geometry=geometry,
+            tile_max_side=tile_max_side,
+            tile_overlap=tile_overlap,
+            dim=dim,
+            seed=seed,
         )
         registry = Registry.init(resolve_root(root), **settings.to_dict())
         info = registry.feature_space_info()
@@ -149,7 +170,7 @@ def init(
         console.print(f"initialised registry at [bold]{registry.root}[/]")
         console.print(
             f"  backbone {info['backbone']} (weights sha256 {str(info['weights_sha256'])[:12]}), "
-            f"layers {info['layers']}, {info['resize']}->{info['crop']} px ({info['input_geometry']}), D={info['dim']}"
+            f"layers {info['layers']}, {info['resize']}->{info['crop']} px ({geometry_label(info)}), D={info['dim']}"
         )
 
 
@@ -562,7 +583,7 @@ def infer(
                 target = overlay_files[record["path"]]
                 size, geometry = sizes.get(record["path"]), detector.extractor.geometry
                 regions = record["regions"] or []
-                shape = (int(anomaly_map.shape[0]), int(anomaly_map.shape[1])) if geometry.fits else None
+                shape = (int(anomaly_map.shape[0]), int(anomaly_map.shape[1])) if geometry.masks_content else None
                 boxes = boxes_on_model_map(regions, size, geometry.resize, geometry.crop, shape) if size else []
                 written[record["path"]] = str(save_overlay(record, image, anomaly_map, map_threshold, target, boxes))
 

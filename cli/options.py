@@ -73,6 +73,8 @@ WeightsOption = Annotated[Path | None, _option(FEATURE_SPACE_PARAMETERS["weights
 ResizeOption = Annotated[int, _option(FEATURE_SPACE_PARAMETERS["resize"])]
 CropOption = Annotated[int, _option(FEATURE_SPACE_PARAMETERS["crop"])]
 GeometryOption = Annotated[str, _option(FEATURE_SPACE_PARAMETERS["input_geometry"])]
+TileMaxSideOption = Annotated[int, _option(FEATURE_SPACE_PARAMETERS["tile_max_side"])]
+TileOverlapOption = Annotated[int, _option(FEATURE_SPACE_PARAMETERS["tile_overlap"])]
 DimOption = Annotated[int, _option(FEATURE_SPACE_PARAMETERS["dim"])]
 ProjectionSeedOption = Annotated[int, _option(FEATURE_SPACE_PARAMETERS["seed"])]
 

@@ -278,3 +278,11 @@ def save_overlay(
     )
     picture.save(path)
     return path
+
+
+def geometry_label(info: Mapping[str, object]) -> str:
+    """The input geometry of a feature-space description: ``squash``, ``fit``, ``tile, max side 2048, overlap 64``."""
+    geometry = str(info.get("input_geometry", "squash"))
+    if geometry != "tile":
+        return geometry
+    return f"tile, max side {info.get('tile_max_side')}, overlap {info.get('tile_overlap')}"

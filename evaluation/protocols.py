@@ -554,7 +554,7 @@ def category_metrics(
         key = (name, *routed)
         cached = None if pixel_cache is None else pixel_cache.get(key)
         if cached is None:
-            if collected.geometry.fits:  # each map (and mask) covers its image's content: sizes differ
+            if collected.geometry.masks_content:  # each map (and mask) covers its image's content: sizes differ
                 found = _content_pixel_metrics(collected, name, routed, max_pixels)
             else:
                 masks, usable = load_masks(run.data, collected.geometry)

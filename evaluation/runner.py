@@ -315,6 +315,13 @@ def run_evaluation(
             if registry is not None
             else _default_store(backbone, resize, crop, model, batch_size)
         )
+    geometry = store.extractor().geometry.input_geometry
+    if update_variant and geometry != "squash":  # CategoryModel.updated handles squash only
+        msg = (
+            f"--continual update measures incremental updates, which a registry with the {geometry} input "
+            "geometry does not have yet (registry update refits it); use a squash registry"
+        )
+        raise ValueError(msg)
     fit_started = time.perf_counter()
     fits = fit_missing(store, loaded, names, report, refit=refit)
     fit_seconds = time.perf_counter() - fit_started

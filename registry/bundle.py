@@ -45,7 +45,7 @@ from registry.errors import (
 from registry.models import utcnow
 from registry.records import ARRAY_NAMES, NAME_PATTERN, PendingVersion, StoredVersion, library_version
 from registry.storage import ALLOWED_DTYPES, array_sha256, canonical, dtype_name
-from structcore.feature_space import DESCRIPTION_DEFAULTS, FeatureSpace
+from structcore.feature_space import DESCRIPTION_DEFAULTS, TILE_FIELDS, FeatureSpace
 from structcore.settings import (
     BANK_DTYPES,
     FIT_PARAMETERS,
@@ -418,12 +418,18 @@ def _check_description(description: Any, path: Path) -> None:
     resize, crop, dim = description.get("resize"), description.get("crop"), description.get("dim")
     geometry = description.get("input_geometry", DESCRIPTION_DEFAULTS["input_geometry"])  # absent before 0007
     # the settings `registry init` accepts (structcore.settings), checked by the same table
-    settings = FeatureSpaceSettings(resize=resize, crop=crop, dim=dim, input_geometry=geometry)  # type: ignore[arg-type]
+    tiles = {name: description[name] for name in TILE_FIELDS if description.get(name) is not None}
+    settings = FeatureSpaceSettings(resize=resize, crop=crop, dim=dim, input_geometry=geometry, **tiles)  # type: ignore[arg-type]
     refused = {problem.parameter for problem in settings.problems()}
     if refused & {"resize", "crop"}:
-        problems.append(f"resize/crop {resize}/{crop} (1 <= crop <= resize <= {MAX_IMAGE_SIDE}; fit: crop = resize)")
+        problems.append(
+            f"resize/crop {resize}/{crop} (1 <= crop <= resize <= {MAX_IMAGE_SIDE}; fit, tile: crop = resize)"
+        )
     if "input_geometry" in refused:
         problems.append(f"input_geometry {geometry!r}")
+    problems.extend(f"{name} {description.get(name)!r}" for name in TILE_FIELDS if name in refused)
+    if geometry == "tile" and any(description.get(name) is None for name in TILE_FIELDS):
+        problems.append("tile settings missing (tile_max_side, tile_overlap)")
     if "dim" in refused:
         problems.append(f"dim {dim!r}")
     if not _is_int(description.get("local_pool"), 1, 64):

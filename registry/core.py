@@ -90,6 +90,8 @@ from structcore.settings import (
     DEFAULT_INPUT_GEOMETRY,
     DEFAULT_PROJECTION_SEED,
     DEFAULT_RESIZE,
+    DEFAULT_TILE_MAX_SIDE,
+    DEFAULT_TILE_OVERLAP,
     FeatureSpaceSettings,
 )
 
@@ -161,6 +163,8 @@ class Registry:
         dim: int = DEFAULT_DIM,
         seed: int = DEFAULT_PROJECTION_SEED,
         input_geometry: str = DEFAULT_INPUT_GEOMETRY,
+        tile_max_side: int = DEFAULT_TILE_MAX_SIDE,
+        tile_overlap: int = DEFAULT_TILE_OVERLAP,
     ) -> Registry:
         """Create a registry at ``root`` with a new feature space (W drawn once from ``seed``).
 
@@ -181,6 +185,8 @@ class Registry:
             dim=dim,
             seed=seed,
             input_geometry=input_geometry,
+            tile_max_side=tile_max_side,
+            tile_overlap=tile_overlap,
         ).validate()
         root = Path(root)
         _check_init_target(root)
@@ -188,7 +194,16 @@ class Registry:
         from structcore.features import new_feature_space
 
         bb = load_backbone(backbone, weights)
-        space = new_feature_space(bb, resize=resize, crop=crop, dim=dim, seed=seed, input_geometry=input_geometry)
+        space = new_feature_space(
+            bb,
+            resize=resize,
+            crop=crop,
+            dim=dim,
+            seed=seed,
+            input_geometry=input_geometry,
+            tile_max_side=tile_max_side,
+            tile_overlap=tile_overlap,
+        )
         weights_path = None if weights is None else str(Path(weights).resolve())
         return cls._create(root, space, weights_path=weights_path, seed=seed)
 
@@ -467,10 +482,12 @@ class Registry:
                 f"map size: {model.map_size_} vs crop {self._row.crop}",
             ]
             raise FeatureSpaceMismatchError(f"the model for {name!r}", differences, "fit it with registry.extractor()")
-        fits = self._row.input_geometry == "fit"
-        if bool(getattr(model, "fitted_on_contents_", False)) != fits:  # its maps would be calibrated otherwise
-            fitted_as = "fit" if not fits else "squash"
-            differences = [f"input_geometry: fitted as {fitted_as} vs {self._row.input_geometry}"]
+        geometry = self._row.input_geometry
+        tiled = getattr(model, "tile_overlap_", None) is not None
+        fitted_as = ("tile" if tiled else "fit") if getattr(model, "fitted_on_contents_", False) else "squash"
+        overlap = self._row.tile_overlap if geometry == "tile" else None
+        if fitted_as != geometry or (tiled and model.tile_overlap_ != overlap):  # its maps would differ
+            differences = [f"input_geometry: fitted as {fitted_as} vs {geometry}"]
             raise FeatureSpaceMismatchError(
                 f"the model for {name!r}",
                 differences,
@@ -1188,6 +1205,8 @@ def _install_feature_space(
         row.resize = int(space.resize)
         row.crop = int(space.crop)
         row.input_geometry = space.input_geometry
+        row.tile_max_side = space.tile_max_side
+        row.tile_overlap = space.tile_overlap
         row.dim = int(space.dim)
         row.projection_seed = seed
         row.projection_path = target

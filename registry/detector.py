@@ -35,7 +35,7 @@ from structcore.feature_space import FeatureSpace
 from structcore.features import FeatureExtractor, ImageSource, build_extractor
 from structcore.image_files import ImageReadError
 from structcore.model import CategoryModel
-from structcore.preprocess import load_image, preprocess_image, valid_patch_mask
+from structcore.preprocess import load_image, preprocess_image
 from structcore.progress import Progress, ProgressCallback
 from structcore.regions import Region, find_regions, map_at_original_size, regions_at_original_size
 from structcore.routing import DEFAULT_SHORTLIST, DEFAULT_UNKNOWN_STATISTIC, PrototypeRouter
@@ -369,21 +369,25 @@ class Detector:
         )
 
     def _contents(self, count: int, sizes: Sequence[tuple[int, int] | None] | None) -> np.ndarray | None:
-        """``fit`` geometry: each image's content (height, width) in the model's square; ``None`` for squash."""
+        """``fit`` geometry: each image's content (height, width) in the model's square; ``None`` for squash.
+
+        ``tile``: each image's tiled (height, width).
+        """
         extractor = self._extractor
-        if not extractor.geometry.fits or count == 0:
+        if not extractor.geometry.masks_content or count == 0:
             return None
         if sizes is None or len(sizes) != count or any(size is None for size in sizes):
-            msg = "the fit geometry needs each image's original size (sizes) to know its padding"
+            geometry = extractor.geometry.input_geometry
+            msg = f"the {geometry} geometry needs each image's original size (sizes) to know its padding"
             raise ValueError(msg)
         return extractor.contents([size for size in sizes if size is not None])
 
     def _valid(self, patch_vectors: np.ndarray, sizes: Sequence[tuple[int, int] | None] | None) -> np.ndarray | None:
-        """``fit``: the valid patches (B, P) of each image (the padding's are not); ``None`` for squash."""
-        contents = self._contents(len(patch_vectors), sizes)
-        if contents is None:
+        """``fit`` / ``tile``: the valid patches (B, P) of each image (the padding's are not); ``None`` for squash."""
+        if self._contents(len(patch_vectors), sizes) is None:
             return None
-        return valid_patch_mask(contents, self._extractor.grid_shape(), self._extractor.geometry.resize)
+        known = [size for size in sizes or () if size is not None]
+        return self._extractor.valid_patches(known, int(patch_vectors.shape[1]))
 
     def score_vectors(
         self,
@@ -546,6 +550,8 @@ class Detector:
         extractor = self._extractor
         records: list[PredictionRecord] = []
         total = len(sources)
+        if extractor.geometry.tiles:  # one image's tiles fill the backbone's batches; its rows are large
+            batch_size = 1
         for start in range(0, total, batch_size):
             batch = sources[start : start + batch_size]
             names = [_name(source, start + i) for i, source in enumerate(batch)]
@@ -559,8 +565,7 @@ class Detector:
                 except ImageReadError as error:
                     batch_records[i] = error_record(names[i], str(error))
             if images:
-                batch_tensor, sizes = extractor.prepare_sized(images)
-                vectors = extractor.embed(batch_tensor).numpy()
+                vectors, sizes = extractor.embed_sized(images)
 
                 on_map = None if on_image is None else _crop_callback(on_image, images, extractor)
                 scored = self.score_vectors(
@@ -586,7 +591,7 @@ class Detector:
             with suppress(RegistryError):  # reported when an image is routed to it
                 self.model(name)
         side = self._extractor.geometry.resize
-        self._extractor.embed(self._extractor.prepare([Image.new("RGB", (side, side))]))
+        self._extractor.embed_sized([Image.new("RGB", (side, side))])
 
 
 def _crop_callback(
@@ -596,7 +601,7 @@ def _crop_callback(
 
     def on_map(row: int, record: PredictionRecord, anomaly_map: np.ndarray, threshold: float) -> None:
         image = preprocess_image(images[row], extractor.geometry)
-        if extractor.geometry.fits:  # fit: the map covers the image's content, not the padding
+        if extractor.geometry.masks_content:  # fit: the map covers the image's content, not the padding
             image = image[:, : anomaly_map.shape[0], : anomaly_map.shape[1]]
         on_image(record, image, anomaly_map, threshold)
 

@@ -48,6 +48,9 @@ class FeatureSpaceRow(Base):
     crop: Mapped[int] = mapped_column(Integer)
     #: ``squash`` or ``fit`` (revision 0007; registries made before read as ``squash``).
     input_geometry: Mapped[str] = mapped_column(String(16), default="squash", server_default="squash")
+    #: ``tile`` only (revision 0008): the cap on an image's long side and the least tile overlap.
+    tile_max_side: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tile_overlap: Mapped[int | None] = mapped_column(Integer, nullable=True)
     dim: Mapped[int] = mapped_column(Integer)
     #: Seed W was drawn from (informational: W itself is stored).
     projection_seed: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -165,7 +165,7 @@ def update_category(
     elif calibration == "holdout":
         reason = "its holdout calibration splits the train images anew"
     elif metadata.get("fitted_on_contents"):
-        reason = "the fit input geometry is not updated incrementally yet"
+        reason = f"the {registry.feature_space.input_geometry} input geometry is not updated incrementally yet"
     if reason is None:
         model = registry._build_model(parent, metadata, train_images)  # verified arrays
         old_patches = registry._read_checked(parent, TRAIN_PATCHES)

@@ -31,10 +31,21 @@ DESCRIPTION_FIELDS = (
 #: field existed): ``input_geometry`` appeared with revision 0007, and every earlier space squashes.
 DESCRIPTION_DEFAULTS: dict[str, object] = {"input_geometry": "squash"}
 
+#: Fields that only a ``tile`` feature space describes (after ``input_geometry``); squash and fit
+#: descriptions stay as they were before the tile geometry existed (revision 0008).
+TILE_FIELDS = ("tile_max_side", "tile_overlap")
+
 
 def describe_fields(source: object) -> dict[str, object]:
-    """The :data:`DESCRIPTION_FIELDS` of ``source`` (a :class:`FeatureSpace`, or a stored row of one), JSON-ready."""
-    values = {name: getattr(source, name, DESCRIPTION_DEFAULTS.get(name)) for name in DESCRIPTION_FIELDS}
+    """The :data:`DESCRIPTION_FIELDS` of ``source`` (a :class:`FeatureSpace`, or a stored row of one), JSON-ready.
+
+    A ``tile`` space also has its :data:`TILE_FIELDS`.
+    """
+    names: list[str] = list(DESCRIPTION_FIELDS)
+    if getattr(source, "input_geometry", None) == "tile":
+        at = names.index("input_geometry") + 1
+        names[at:at] = TILE_FIELDS
+    values = {name: getattr(source, name, DESCRIPTION_DEFAULTS.get(name)) for name in names}
     return {name: list(value) if isinstance(value, list | tuple) else value for name, value in values.items()}
 
 
@@ -56,8 +67,11 @@ class FeatureSpace:
     crop: int
     dim: int
     projection: np.ndarray
-    #: ``squash`` or ``fit`` (:data:`structcore.settings.INPUT_GEOMETRIES`).
+    #: ``squash``, ``fit`` or ``tile`` (:data:`structcore.settings.INPUT_GEOMETRIES`).
     input_geometry: str = "squash"
+    #: ``tile`` only: the cap on an image's long side and the least overlap of tiles (pixels).
+    tile_max_side: int | None = None
+    tile_overlap: int | None = None
 
     def describe(self) -> dict[str, object]:
         """JSON-compatible description (everything but the projection matrix itself)."""
@@ -66,7 +80,8 @@ class FeatureSpace:
     def differences(self, other: FeatureSpace) -> list[str]:
         """Human-readable differences to ``other`` (empty when the spaces are the same)."""
         mine, theirs = self.describe(), other.describe()
-        found = [f"{key}: {mine[key]} vs {theirs[key]}" for key in mine if mine[key] != theirs[key]]
+        keys = list(dict.fromkeys([*mine, *theirs]))  # a tile space has fields the others lack
+        found = [f"{key}: {mine.get(key)} vs {theirs.get(key)}" for key in keys if mine.get(key) != theirs.get(key)]
         if not found and not np.array_equal(self.projection, other.projection):
             found.append("projection matrix W differs")
         return found
@@ -87,12 +102,14 @@ class FeatureSpace:
             dim=int(description["dim"]),  # type: ignore[call-overload]
             projection=np.asarray(projection, dtype=np.float32),
             input_geometry=str(description.get("input_geometry", DESCRIPTION_DEFAULTS["input_geometry"])),
+            **{name: int(description[name]) for name in TILE_FIELDS if description.get(name) is not None},  # type: ignore[call-overload]
         )
 
     @property
     def geometry(self) -> Preprocessing:
         """Resize / crop / input geometry settings."""
-        return Preprocessing(resize=self.resize, crop=self.crop, input_geometry=self.input_geometry)
+        tiles = {name: getattr(self, name) for name in TILE_FIELDS if getattr(self, name) is not None}
+        return Preprocessing(resize=self.resize, crop=self.crop, input_geometry=self.input_geometry, **tiles)
 
 
-__all__ = ["DESCRIPTION_DEFAULTS", "DESCRIPTION_FIELDS", "FeatureSpace", "describe_fields"]
+__all__ = ["DESCRIPTION_DEFAULTS", "DESCRIPTION_FIELDS", "TILE_FIELDS", "FeatureSpace", "describe_fields"]

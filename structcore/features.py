@@ -17,7 +17,14 @@ from PIL import Image
 
 from structcore.backbones.base import Backbone
 from structcore.feature_space import FeatureSpace
-from structcore.preprocess import Preprocessing, fit_content, image_size, load_image, preprocess_image
+from structcore.preprocess import (
+    Preprocessing,
+    displayed_size,
+    image_size,
+    load_image,
+    preprocess_image,
+    valid_patch_mask,
+)
 from structcore.runtime import tune_allocator
 from structcore.settings import (
     DEFAULT_BATCH_SIZE,
@@ -26,8 +33,11 @@ from structcore.settings import (
     DEFAULT_INPUT_GEOMETRY,
     DEFAULT_PROJECTION_SEED,
     DEFAULT_RESIZE,
+    DEFAULT_TILE_MAX_SIDE,
+    DEFAULT_TILE_OVERLAP,
     backbone_runtime,
 )
+from structcore.tiles import cut_tiles, tile_count, tiled_valid_mask
 
 ImageSource = str | Path | Image.Image | np.ndarray
 
@@ -162,6 +172,9 @@ class FeatureExtractor:
         sizes = [image_size(image) for image in images]
         batch = torch.from_numpy(np.stack([preprocess_image(image, self.geometry) for image in images]))
         batch = (batch - self._mean) / self._std
+        if self.geometry.tiles:
+            msg = "the tile geometry embeds through embed_sized (each image is several tiles)"
+            raise ValueError(msg)
         if self.geometry.fits:
             for row, (height, width) in enumerate(self.contents(sizes)):
                 batch[row, :, height:, :] = 0.0
@@ -169,9 +182,72 @@ class FeatureExtractor:
         return batch, sizes
 
     def contents(self, sizes: Sequence[tuple[int, int]]) -> np.ndarray:
-        """(B, 2) int: the (height, width) each image of ``sizes`` (width, height) covers in the ``fit`` square."""
-        side = self.geometry.resize
-        return np.asarray([fit_content(size, side) for size in sizes], dtype=np.int64).reshape(-1, 2)
+        """(B, 2) int: the (height, width) each image of ``sizes`` (width, height) covers.
+
+        ``fit``: its part of the model's square; ``tile``: the tiled image (its own size, capped).
+        """
+        return np.asarray([self.geometry.content(size) for size in sizes], dtype=np.int64).reshape(-1, 2)
+
+    def tile_slots(self, sizes: Sequence[tuple[int, int]]) -> int:
+        """``tile``: the most tiles among images of ``sizes`` (width, height): the slots of their patch rows."""
+        geometry = self.geometry
+        counts = [tile_count(content, geometry.resize, geometry.tile_overlap) for content in self.contents(sizes)]
+        return max(counts, default=1)
+
+    def valid_patches(self, sizes: Sequence[tuple[int, int]], n_patches: int) -> np.ndarray | None:
+        """(B, n_patches) bool: the patches that count in each image's ``n_patches`` rows; ``None`` for squash."""
+        geometry = self.geometry
+        if not geometry.masks_content:
+            return None
+        grid = self.grid_shape()
+        contents = self.contents(sizes)
+        if geometry.tiles:
+            slots = n_patches // (grid[0] * grid[1])
+            return tiled_valid_mask(contents, grid, geometry.resize, geometry.tile_overlap, slots)
+        return valid_patch_mask(contents, grid, geometry.resize)
+
+    def embed_sized(
+        self, sources: Sequence[ImageSource], slots: int | None = None
+    ) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Projected patch vectors (B, P, D) of ``sources`` and each image's original (width, height).
+
+        ``tile``: each image's tiles are embedded (``batch_size`` tiles per backbone call) and its
+        rows are its tiles' patches one after the other, ``P = slots * h * w``; ``slots`` (at least
+        the batch's largest tile count, which is the default) pads the shorter images with zero rows
+        that their valid-patch mask leaves out (:mod:`structcore.tiles`).
+        """
+        if not self.geometry.tiles:
+            batch, sizes = self.prepare_sized(sources)
+            return self.embed(batch).numpy(), sizes
+        images = [load_image(source) if isinstance(source, str | Path) else source for source in sources]
+        sizes = [image_size(image) for image in images]
+        tiles = np.concatenate([self._tiles(image) for image in images]) if images else np.empty((0, 3, 1, 1))
+        side, overlap = self.geometry.resize, self.geometry.tile_overlap
+        counts = [tile_count(content, side, overlap) for content in self.contents(sizes)]
+        slots = max(counts, default=1) if slots is None else slots
+        if counts and max(counts) > slots:
+            msg = f"{max(counts)} tiles in an image, more than the {slots} slots given"
+            raise ValueError(msg)
+        grid = self.grid_shape()
+        patches = grid[0] * grid[1]
+        output = np.zeros((len(images), slots * patches, self.dim), dtype=np.float32)
+        vectors = np.empty((len(tiles), patches, self.dim), dtype=np.float32)
+        for start in range(0, len(tiles), self.batch_size):
+            chunk = torch.from_numpy(tiles[start : start + self.batch_size])
+            vectors[start : start + len(chunk)] = self.embed(chunk).numpy()
+        first = 0
+        for row, count in enumerate(counts):
+            output[row, : count * patches] = vectors[first : first + count].reshape(count * patches, self.dim)
+            first += count
+        return output, sizes
+
+    def _tiles(self, image: Image.Image | np.ndarray) -> np.ndarray:
+        """``tile``: the normalised tiles (T, 3, tile, tile) of one image, the padding 0 (the mean colour)."""
+        pixels = preprocess_image(image, self.geometry)
+        mean = self._mean.numpy().reshape(3, 1, 1)
+        std = self._std.numpy().reshape(3, 1, 1)
+        normalised = ((pixels - mean) / std).astype(np.float32)
+        return cut_tiles(normalised, self.geometry.resize, self.geometry.tile_overlap, fill=0.0)
 
     def extract_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The backbone's per-layer maps (its fast path when it has one and ``fast`` is on)."""
@@ -208,12 +284,23 @@ class FeatureExtractor:
             yield start, vectors
 
     def iter_embeddings_sized(
-        self, sources: Sequence[ImageSource]
+        self, sources: Sequence[ImageSource], slots: int | None = None
     ) -> Iterator[tuple[int, np.ndarray, list[tuple[int, int]]]]:
-        """:meth:`iter_embeddings` with each image's original (width, height)."""
-        for start in range(0, len(sources), self.batch_size):
-            batch, sizes = self.prepare_sized(sources[start : start + self.batch_size])
-            yield start, self.embed(batch).numpy(), sizes
+        """:meth:`iter_embeddings` with each image's original (width, height).
+
+        ``tile``: one image per step (its tiles fill the backbone's batches), padded to ``slots``.
+        """
+        step = 1 if self.geometry.tiles else self.batch_size
+        for start in range(0, len(sources), step):
+            vectors, sizes = self.embed_sized(sources[start : start + step], slots)
+            yield start, vectors, sizes
+
+
+def source_size(source: ImageSource) -> tuple[int, int]:
+    """(width, height) of an image source as :func:`load_image` returns it (a file: from its header)."""
+    if isinstance(source, str | Path):
+        return displayed_size(source)
+    return image_size(source)
 
 
 def new_feature_space(
@@ -223,6 +310,8 @@ def new_feature_space(
     dim: int = DEFAULT_DIM,
     seed: int = DEFAULT_PROJECTION_SEED,
     input_geometry: str = DEFAULT_INPUT_GEOMETRY,
+    tile_max_side: int = DEFAULT_TILE_MAX_SIDE,
+    tile_overlap: int = DEFAULT_TILE_OVERLAP,
 ) -> FeatureSpace:
     """A fresh feature space for ``backbone``, drawing ``W`` once from ``seed``."""
     info = backbone.info
@@ -239,6 +328,7 @@ def new_feature_space(
         dim=dim,
         projection=make_projection(sum(info.channels), dim, seed),
         input_geometry=input_geometry,
+        **({"tile_max_side": tile_max_side, "tile_overlap": tile_overlap} if input_geometry == "tile" else {}),
     )
 
 

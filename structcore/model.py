@@ -19,7 +19,7 @@ import torch
 
 from structcore.anomaly_map import anomaly_maps, content_map
 from structcore.coreset import KCenterGreedy
-from structcore.features import FeatureExtractor, ImageSource
+from structcore.features import FeatureExtractor, ImageSource, source_size
 from structcore.knn import PatchKNN, pairs_within
 from structcore.preprocess import valid_patch_grid, valid_patch_mask
 from structcore.progress import Progress, ProgressCallback, quiet
@@ -63,6 +63,7 @@ from structcore.settings import (
     DEFAULT_UNKNOWN_STATISTIC,
     FitSettings,
 )
+from structcore.tiles import stitch_map, tiled_valid_mask
 
 #: Images scored per anomaly-map batch during calibration (bounds the memory of the maps).
 _MAP_BATCH = 16
@@ -101,8 +102,8 @@ class UnknownRule(TypedDict):
 class CategoryPrediction:
     """Per-image anomaly maps (B, H, W) and base / struct / hybrid scores.
 
-    With ``contents`` (the ``fit`` geometry) ``maps`` is a list: each image's map covers its
-    content (height, width) only.
+    With ``contents`` (the ``fit`` and ``tile`` geometries) ``maps`` is a list: each image's map
+    covers its content (height, width) only (``tile``: the whole tiled image).
     """
 
     maps: np.ndarray | list[np.ndarray]
@@ -170,8 +171,10 @@ class CategoryModel:
     update_seconds_: dict[str, float] | None = None
     #: Share of the old train patches an update searched against the new bank vectors (the rest were ruled out).
     update_searched_share_: float | None = None
-    #: Fitted with ``contents`` (the ``fit`` geometry): its maps cover each image's content only.
+    #: Fitted with ``contents`` (the ``fit`` or ``tile`` geometry): its maps cover each image's content only.
     fitted_on_contents_: bool = False
+    #: ``tile`` geometry: the least overlap of the tiles (pixels); ``None``: one square per image.
+    tile_overlap_: int | None = None
 
     def __init__(
         self,
@@ -223,6 +226,7 @@ class CategoryModel:
         map_size: int,
         progress: ProgressCallback | None = None,
         contents: np.ndarray | None = None,
+        tile_overlap: int | None = None,
     ) -> CategoryModel:
         """Fit from the projected patch vectors (n_images, P, D) of train-good images.
 
@@ -237,12 +241,22 @@ class CategoryModel:
                 (:func:`structcore.preprocess.valid_patch_mask`) are coreset candidates, routing
                 prototypes and unknown statistics, and the calibration maps cover it alone.
                 ``None``: every patch counts (``squash``).
+            tile_overlap: ``tile`` geometry (with ``contents``: each tiled image's (height, width)):
+                each image's rows are ``P / (h * w)`` slots of ``map_size`` tiles overlapping by at
+                least this many pixels (:mod:`structcore.tiles`); its valid patches are those of
+                its tiles' content, and its map is the tiles' maps stitched. The bank, the
+                leave-one-out exclusion (the whole image's patches) and the thresholds are as for
+                one square per image.
         """
         started = time.perf_counter()
         FitSettings.from_values(self.get_params()).validate()  # structcore.settings: one table, one error
         n_images, n_patches, dim = patch_vectors.shape
-        if n_patches != grid[0] * grid[1]:
+        tiled = tile_overlap is not None
+        if (n_patches % (grid[0] * grid[1]) if tiled else n_patches != grid[0] * grid[1]) or n_patches == 0:
             msg = f"patch count {n_patches} does not match grid {grid}"
+            raise ValueError(msg)
+        if tiled and contents is None:
+            msg = "the tile geometry needs each image's contents (its tiled height and width)"
             raise ValueError(msg)
         min_images = 3 if self.calibration == "holdout" else 2
         if n_images < min_images:
@@ -250,6 +264,7 @@ class CategoryModel:
             raise ValueError(msg)
         self.grid_ = (int(grid[0]), int(grid[1]))
         self.map_size_ = int(map_size)
+        self.tile_overlap_ = None if tile_overlap is None else int(tile_overlap)
         self.n_train_images_ = n_images
         notify = progress or quiet
 
@@ -260,7 +275,7 @@ class CategoryModel:
         flat = patch_vectors.reshape(n_images * n_patches, dim)
         image_of_row = np.repeat(np.arange(n_images, dtype=np.int32), n_patches)
 
-        valid = None if contents is None else valid_patch_mask(contents, self.grid_, self.map_size_)
+        valid = self.valid_patches(contents, n_patches)
         report("coreset")
         if len(bank_images) == n_images and valid is None:
             candidate_rows: np.ndarray | None = None
@@ -314,7 +329,8 @@ class CategoryModel:
             msg = "a holdout-calibrated version cannot be updated incrementally; refit it"
             raise ValueError(msg)
         if self.fitted_on_contents_:
-            msg = "a version of a fit-geometry registry cannot be updated incrementally yet; refit it"
+            geometry = "fit" if self.tile_overlap_ is None else "tile"
+            msg = f"a version of a {geometry}-geometry registry cannot be updated incrementally yet; refit it"
             raise ValueError(msg)
         n_old, n_new = int(old_patches.shape[0]), int(new_patches.shape[0])
         if n_old != self.n_train_images_:
@@ -451,7 +467,7 @@ class CategoryModel:
         n_images, n_patches, dim = patch_vectors.shape
         flat = patch_vectors.reshape(n_images * n_patches, dim)
         image_of_row = np.repeat(np.arange(n_images, dtype=np.int32), n_patches)
-        valid = None if contents is None else valid_patch_mask(contents, self.grid_, self.map_size_)
+        valid = self.valid_patches(contents, n_patches)
         self.fitted_on_contents_ = valid is not None
         report("prototypes")
         if valid is None:
@@ -636,8 +652,27 @@ class CategoryModel:
         grids = patch_scores.reshape(len(patch_scores), *self.grid_)
         return anomaly_maps(grids, self.map_size_, self.sigma)
 
+    def valid_patches(self, contents: np.ndarray | None, n_patches: int) -> np.ndarray | None:
+        """(B, n_patches) bool: the patches that count for images of ``contents`` (``None``: squash, all)."""
+        if contents is None:
+            return None
+        if self.tile_overlap_ is not None:
+            slots = n_patches // (self.grid_[0] * self.grid_[1])
+            return tiled_valid_mask(contents, self.grid_, self.map_size_, self.tile_overlap_, slots)
+        return valid_patch_mask(contents, self.grid_, self.map_size_)
+
     def _content_maps(self, patch_scores: np.ndarray, contents: np.ndarray) -> list[np.ndarray]:
-        """``fit``: each image's map over its content (height, width), from its valid patches only."""
+        """``fit``: each image's map over its content (height, width), from its valid patches only.
+
+        ``tile``: each image's tiles' maps stitched (:func:`structcore.tiles.stitch_map`).
+        """
+        if self.tile_overlap_ is not None:
+            overlap = self.tile_overlap_
+            pairs = zip(patch_scores, np.asarray(contents).reshape(-1, 2), strict=True)
+            return [
+                stitch_map(scores, (int(c[0]), int(c[1])), self.grid_, self.map_size_, overlap, self.sigma)
+                for scores, c in pairs
+            ]
         maps = []
         for scores, content in zip(patch_scores, np.asarray(contents).reshape(-1, 2), strict=True):
             size = (int(content[0]), int(content[1]))
@@ -656,7 +691,8 @@ class CategoryModel:
 
         ``contents`` (B, 2): ``fit`` geometry, each image's content (height, width); its map
         covers the content only, from the valid patches (the padding's patches are not in it),
-        and the base score (max) and the descriptor see that map alone.
+        and the base score (max) and the descriptor see that map alone. ``tile`` (a model fitted
+        with ``tile_overlap``): each tiled image's (height, width); its map is stitched from its tiles.
         """
         if contents is not None:
             content_maps = self._content_maps(self.patch_scores(patch_vectors), contents)
@@ -762,6 +798,7 @@ class CategoryModel:
             "fit_seconds": self.fit_seconds_,
             # only for fit-geometry versions: a squash version's metadata (and checksum) do not change
             **({"fitted_on_contents": True} if self.fitted_on_contents_ else {}),
+            **({"tile_overlap": self.tile_overlap_} if self.tile_overlap_ is not None else {}),
         }
 
     @classmethod
@@ -791,6 +828,8 @@ class CategoryModel:
         model.coreset_radius_ = float(metadata.get("coreset_radius", float("nan")))  # type: ignore[arg-type]
         model.fit_seconds_ = float(metadata.get("fit_seconds", float("nan")))  # type: ignore[arg-type]
         model.fitted_on_contents_ = bool(metadata.get("fitted_on_contents", False))
+        tile_overlap = metadata.get("tile_overlap")
+        model.tile_overlap_ = None if tile_overlap is None else int(tile_overlap)  # type: ignore[call-overload]
         model._knn = None
         return model
 
@@ -850,11 +889,15 @@ def embed_images_sized(
     *,
     category: str = "",
 ) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """:func:`embed_images`, and each image's original (width, height)."""
+    """:func:`embed_images`, and each image's original (width, height).
+
+    ``tile``: every image's rows have the slots of the largest tile count among ``sources``.
+    """
     grid = extractor.grid_shape()
-    output = np.empty((len(sources), grid[0] * grid[1], extractor.dim), dtype=np.float32)
+    slots = extractor.tile_slots([source_size(source) for source in sources]) if extractor.geometry.tiles else 1
+    output = np.empty((len(sources), slots * grid[0] * grid[1], extractor.dim), dtype=np.float32)
     sizes: list[tuple[int, int]] = []
-    for start, batch, batch_sizes in extractor.iter_embeddings_sized(sources):
+    for start, batch, batch_sizes in extractor.iter_embeddings_sized(sources, slots=slots):
         output[start : start + len(batch)] = batch
         sizes.extend(batch_sizes)
         if progress is not None:
@@ -885,13 +928,21 @@ def fit_category(
     notify = progress or quiet
     notify(Progress("embed", 0, len(sources), category))
     patch_vectors, sizes = embed_images_sized(extractor, sources, notify, category=category)
-    contents = extractor.contents(sizes) if extractor.geometry.fits else None
+    geometry = extractor.geometry
+    contents = extractor.contents(sizes) if geometry.masks_content else None
     notify(Progress("fit", category=category))
 
     def stage(event: Progress) -> None:
         notify(dataclasses.replace(event, category=category))
 
-    fitted.fit(patch_vectors, extractor.grid_shape(), extractor.geometry.crop, progress=stage, contents=contents)
+    fitted.fit(
+        patch_vectors,
+        extractor.grid_shape(),
+        geometry.crop,
+        progress=stage,
+        contents=contents,
+        tile_overlap=geometry.tile_overlap if geometry.tiles else None,
+    )
     if keep_patches:
         fitted.train_patches_ = patch_vectors.astype(np.float16)
     return fitted

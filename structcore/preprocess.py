@@ -30,7 +30,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from structcore_runtime.images import to_rgb
 
 from structcore.image_files import ImageReadError
-from structcore.settings import DEFAULT_CROP, DEFAULT_INPUT_GEOMETRY, DEFAULT_RESIZE, INPUT_GEOMETRIES
+from structcore.settings import (
+    DEFAULT_CROP,
+    DEFAULT_INPUT_GEOMETRY,
+    DEFAULT_RESIZE,
+    DEFAULT_TILE_MAX_SIDE,
+    DEFAULT_TILE_OVERLAP,
+    INPUT_GEOMETRIES,
+)
 
 #: Largest image (in pixels) that is decoded; larger headers are refused before decoding
 #: (a decompression bomb would otherwise exhaust memory). 16k x 16k covers real line cameras.
@@ -45,13 +52,17 @@ MAX_IMAGE_PIXELS = 16384 * 16384
 class Preprocessing:
     """Geometry of the preprocessing: resize to ``resize``, then centre crop ``crop``.
 
-    ``input_geometry``: ``squash`` (resize whatever the aspect ratio) or ``fit`` (aspect kept, long
-    side to ``resize``, padded to the square; ``crop`` must equal ``resize``).
+    ``input_geometry``: ``squash`` (resize whatever the aspect ratio), ``fit`` (aspect kept, long
+    side to ``resize``, padded to the square; ``crop`` must equal ``resize``) or ``tile`` (own
+    resolution, long side capped at ``tile_max_side``, cut into ``resize`` tiles overlapping by at
+    least ``tile_overlap`` pixels: :mod:`structcore.tiles`; ``crop`` must equal ``resize``).
     """
 
     resize: int = DEFAULT_RESIZE
     crop: int = DEFAULT_CROP
     input_geometry: str = DEFAULT_INPUT_GEOMETRY
+    tile_max_side: int = DEFAULT_TILE_MAX_SIDE
+    tile_overlap: int = DEFAULT_TILE_OVERLAP
 
     def __post_init__(self) -> None:
         if not 0 < self.crop <= self.resize:
@@ -60,14 +71,33 @@ class Preprocessing:
         if self.input_geometry not in INPUT_GEOMETRIES:
             msg = f"input geometry must be one of {', '.join(INPUT_GEOMETRIES)}, got {self.input_geometry!r}"
             raise ValueError(msg)
-        if self.input_geometry == "fit" and self.crop != self.resize:
-            msg = f"the fit geometry takes no crop (crop {self.crop} must equal resize {self.resize})"
+        if self.input_geometry in {"fit", "tile"} and self.crop != self.resize:
+            msg = f"the {self.input_geometry} geometry takes no crop (crop {self.crop} must equal resize {self.resize})"
+            raise ValueError(msg)
+        if self.input_geometry == "tile" and not (0 <= self.tile_overlap < self.resize and self.tile_max_side >= 1):
+            msg = f"tile overlap {self.tile_overlap} must be in [0, {self.resize}) and the max side positive"
             raise ValueError(msg)
 
     @property
     def fits(self) -> bool:
         """Whether images keep their aspect ratio (``fit``): maps cover each image's content only."""
         return self.input_geometry == "fit"
+
+    @property
+    def tiles(self) -> bool:
+        """Whether images are cut into tiles at their own resolution (``tile``)."""
+        return self.input_geometry == "tile"
+
+    @property
+    def masks_content(self) -> bool:
+        """Whether maps cover each image's content only (``fit`` and ``tile``), with invalid patches masked."""
+        return self.input_geometry in {"fit", "tile"}
+
+    def content(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(height, width) the map of an image of ``size`` (width, height) covers (``fit`` / ``tile``)."""
+        if self.tiles:
+            return tiled_size(size, self.tile_max_side)
+        return fit_content(size, self.resize)
 
     @property
     def crop_box(self) -> tuple[int, int, int, int]:
@@ -225,6 +255,26 @@ def fit_content(size: tuple[int, int], side: int) -> tuple[int, int]:
     return max(1, min(side, round(height * scale))), max(1, min(side, round(width * scale)))
 
 
+def tiled_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """(height, width) of an image of ``size`` (width, height) in the ``tile`` geometry.
+
+    Its own size, or scaled down (aspect kept, at least 1 pixel a side) so that the long side
+    is ``max_side``; never scaled up.
+    """
+    width, height = int(size[0]), int(size[1])
+    if width < 1 or height < 1:
+        msg = f"an image size must be positive, got {size}"
+        raise ValueError(msg)
+    if max_side < 1:
+        msg = f"max_side must be positive, got {max_side}"
+        raise ValueError(msg)
+    longest = max(width, height)
+    if longest <= max_side:
+        return height, width
+    scale = max_side / longest
+    return max(1, min(max_side, round(height * scale))), max(1, min(max_side, round(width * scale)))
+
+
 def valid_patch_grid(content: tuple[int, int], grid: tuple[int, int], side: int) -> tuple[int, int]:
     """(rows, columns) of the top-left block of valid patches: those whose centre lies in ``content``.
 
@@ -259,10 +309,17 @@ def preprocess_image(image: Image.Image | np.ndarray, geometry: Preprocessing) -
     """Resize + centre crop an image; returns float32 (3, crop, crop) in [0, 1].
 
     ``fit``: the image, aspect kept, in the top-left (:func:`fit_content`) of a 0-filled square.
+    ``tile``: the whole image at its own size, or scaled down to :func:`tiled_size`: (3, height,
+    width), which :func:`structcore.tiles.cut_tiles` cuts.
     """
     if isinstance(image, np.ndarray):
         image = Image.fromarray(_as_uint8_rgb(image))
     image = to_rgb(image)
+    if geometry.tiles:
+        height, width = tiled_size(image.size, geometry.tile_max_side)
+        if (width, height) != image.size:
+            image = image.resize((width, height), Image.Resampling.BILINEAR)
+        return np.ascontiguousarray(np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0)
     if geometry.fits:
         height, width = fit_content(image.size, geometry.resize)
         square = np.zeros((3, geometry.resize, geometry.resize), dtype=np.float32)
@@ -282,8 +339,8 @@ def preprocess_mask(mask: Image.Image | np.ndarray, geometry: Preprocessing) -> 
         mask = Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255, mode="L")
     if mask.mode not in {"L", "1"}:
         mask = mask.convert("L")
-    if geometry.fits:  # the content only, as the maps of fit cover it
-        height, width = fit_content(mask.size, geometry.resize)
+    if geometry.masks_content:  # the content only, as the maps of fit and tile cover it
+        height, width = geometry.content(mask.size)
         return np.asarray(mask.resize((width, height), Image.Resampling.NEAREST)) > 0
     resized = mask.resize((geometry.resize, geometry.resize), Image.Resampling.NEAREST)
     if geometry.crop != geometry.resize:

@@ -45,9 +45,21 @@ PAPER_CROP = 392
 #: ``squash`` resizes it to ``resize`` x ``resize`` whatever its aspect ratio (registries made
 #: before the setting existed read as ``squash``); ``fit`` keeps the aspect ratio (long side to
 #: ``resize``, the short side padded) and every map, bank and statistic ignores the padding.
-#: ``tile`` (the image at its own resolution cut into model-size tiles) is not built yet.
-INPUT_GEOMETRIES = ("squash", "fit")
+#: ``tile`` keeps the image at its own resolution (its long side capped at ``tile_max_side``) and
+#: cuts it into overlapping ``resize`` x ``resize`` tiles whose maps are stitched
+#: (:mod:`structcore.tiles`).
+INPUT_GEOMETRIES = ("squash", "fit", "tile")
 DEFAULT_INPUT_GEOMETRY = "squash"
+#: ``tile``: the longest image side that is kept; larger images are scaled down (aspect kept) to it
+#: first. 1024 bounds an image at 3 x 3 = 9 tiles of 392 px: a 2048 x 1536 frame becomes 1024 x 768,
+#: where a 0.05%-area defect still covers ~2.5 x 2.5 patches of 8 px (one at the 392 px squash). The
+#: train patch matrix and the bank grow with the tile count: 40 such frames at 1024 took 6.6 GB and
+#: a 8.6k bank (docs/quality.md §8); at 2048 (35 tiles) about four times that, more than a 24 GB machine.
+DEFAULT_TILE_MAX_SIDE = 1024
+#: ``tile``: the least overlap (pixels) of neighbouring tiles; the tiles of an axis are spread
+#: evenly so that they end at its edges, which can make the overlap larger. 64 px (16% of a
+#: 392 px tile) gives every patch near a tile's border a second, interior view in the blend.
+DEFAULT_TILE_OVERLAP = 64
 #: Largest resize side of a feature space (bundles with larger ones are refused on import).
 MAX_IMAGE_SIDE = 4096
 #: Dimension D of the projected patch vectors, and the seed of the projection matrix W.
@@ -351,9 +363,24 @@ FEATURE_SPACE_PARAMETERS: dict[str, Parameter] = _table(
         "input_geometry",
         DEFAULT_INPUT_GEOMETRY,
         (Options(INPUT_GEOMETRIES),),
-        "How images reach the model's square: squash (resize, aspect ignored) or fit (aspect kept, "
-        "long side to --resize, the padding ignored; needs --crop equal to --resize).",
+        "How images reach the model's square: squash (resize, aspect ignored), fit (aspect kept, "
+        "long side to --resize, the padding ignored) or tile (own resolution, long side capped at "
+        "--tile-max-side, cut into overlapping --resize tiles); fit and tile need --crop equal to --resize.",
         "--geometry",
+    ),
+    Parameter(
+        "tile_max_side",
+        DEFAULT_TILE_MAX_SIDE,
+        (Interval(integer=True, low=1, high=MAX_IMAGE_SIDE),),
+        "With --geometry tile: longer image sides are scaled down to this first (aspect kept).",
+        "--tile-max-side",
+    ),
+    Parameter(
+        "tile_overlap",
+        DEFAULT_TILE_OVERLAP,
+        (Interval(integer=True, low=0, high=MAX_IMAGE_SIDE),),
+        "With --geometry tile: the least overlap of neighbouring tiles in pixels (below --resize).",
+        "--tile-overlap",
     ),
     Parameter(
         "dim",
@@ -540,6 +567,8 @@ class FeatureSpaceSettings(_Settings):
     resize: int = DEFAULT_RESIZE
     crop: int = DEFAULT_CROP
     input_geometry: str = DEFAULT_INPUT_GEOMETRY
+    tile_max_side: int = DEFAULT_TILE_MAX_SIDE
+    tile_overlap: int = DEFAULT_TILE_OVERLAP
     dim: int = DEFAULT_DIM
     seed: int = DEFAULT_PROJECTION_SEED
 
@@ -551,9 +580,13 @@ class FeatureSpaceSettings(_Settings):
         if not found and self.crop > self.resize:
             label = FEATURE_SPACE_PARAMETERS["crop"].label if as_options else "crop"
             found.append(InvalidSettingError(label, self.crop, f"an integer in [1, resize = {self.resize}]"))
-        if not found and self.input_geometry == "fit" and self.crop != self.resize:
+        if not found and self.input_geometry in {"fit", "tile"} and self.crop != self.resize:
             label = FEATURE_SPACE_PARAMETERS["crop"].label if as_options else "crop"
-            found.append(InvalidSettingError(label, self.crop, f"equal to resize ({self.resize}) with --geometry fit"))
+            wanted = f"equal to resize ({self.resize}) with --geometry {self.input_geometry}"
+            found.append(InvalidSettingError(label, self.crop, wanted))
+        if not found and self.input_geometry == "tile" and self.tile_overlap >= self.resize:
+            label = FEATURE_SPACE_PARAMETERS["tile_overlap"].label if as_options else "tile_overlap"
+            found.append(InvalidSettingError(label, self.tile_overlap, f"an integer in [0, resize = {self.resize})"))
         return found
 
     def validate(self, *, as_options: bool = False) -> FeatureSpaceSettings:
@@ -637,6 +670,8 @@ __all__ = [
     "DEFAULT_SEED",
     "DEFAULT_SIGMA",
     "DEFAULT_THRESHOLD_RULE",
+    "DEFAULT_TILE_MAX_SIDE",
+    "DEFAULT_TILE_OVERLAP",
     "DEFAULT_UNKNOWN_MARGIN",
     "DEFAULT_UNKNOWN_STATISTIC",
     "DEFAULT_UPDATE_STEPS",

@@ -52,3 +52,17 @@ def test_run_bench_deploy_section() -> None:
     assert all(difference < 1e-3 for difference in deploy["knn_max_abs_difference_to_faiss"].values())
     assert result["machine"]["backbone_runtime"] == "torch"  # the suite pins the reference
     assert "deploy (issue 26)" in format_bench(result)
+
+
+def test_run_bench_tile_section() -> None:
+    """The tile section: one row per geometry and size, tile counts as planned, the line in the text."""
+    result = run_bench("synthetic", quick=True, batch_size=4, sections=["tile"])
+    rows = result["tile"]["rows"]
+    assert [(row["geometry"], row["tiles"]) for row in rows if row["geometry"] == "tile"] == [
+        ("tile", 4),
+        ("tile", 6),
+        ("tile", 9),
+    ]
+    assert [row["geometry"] for row in rows].count("squash") == 1
+    assert all(row["ms_per_image"] > 0 and row["ms_per_tile"] > 0 for row in rows)
+    assert "tile geometry (issue 25)" in format_bench(result)

@@ -151,8 +151,12 @@ def test_init_geometry(tmp_path: Path) -> None:
     result = invoke("init", "--root", str(root), "--resize", "128", "--crop", "128", "--geometry", "fit", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["feature_space"]["input_geometry"] == "fit"
-    result = invoke("init", "--root", str(tmp_path / "tiled"), "--geometry", "tile")
-    assert result.exit_code == 1 and "--geometry must be one of squash, fit, got 'tile'" in result.output
+    result = invoke("init", "--root", str(tmp_path / "tiled"), "--geometry", "tiles")
+    assert result.exit_code == 1 and "--geometry must be one of squash, fit, tile, got 'tiles'" in result.output
+    result = invoke("init", "--root", str(tmp_path / "tiled"), "--geometry", "tile", "--tile-overlap", "392")
+    assert result.exit_code == 1 and "--tile-overlap must be an integer in [0, resize = 392)" in result.output
+    result = invoke("init", "--root", str(tmp_path / "tiled"), "--geometry", "tile", "--crop", "300")
+    assert result.exit_code == 1 and "--crop must be equal to resize (392) with --geometry tile" in result.output
     result = invoke(
         "init", "--root", str(tmp_path / "cropped"), "--resize", "448", "--crop", "392", "--geometry", "fit"
     )
@@ -192,3 +196,31 @@ def test_infer_non_image_in_folder_is_ignored_but_named_file_fails(fitted_regist
     shutil.copy(folder / "notes.txt", folder / "fake.jpg")
     result = invoke("infer", str(folder / "fake.jpg"), "--root", str(fitted_registry), "--json")
     assert result.exit_code == 1
+
+
+def test_tile_registry_end_to_end(tmp_path: Path) -> None:
+    """init --geometry tile, add a category of non-square images larger than a tile, infer with masks at their size."""
+    category = make_category("carpet", n_train=6, n_test_good=1, n_test_bad=2, seed=4, size=200, height=120)
+    write_mvtec_layout(category, tmp_path / "data", "carpet")
+    root = tmp_path / "registry"
+    result = invoke(
+        "init", "--root", str(root), "--resize", "64", "--crop", "64", "--geometry", "tile",
+        "--tile-max-side", "160", "--tile-overlap", "16",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "tile, max side 160, overlap 16" in " ".join(result.output.split())
+    result = invoke("add-category", "carpet", "--train", str(tmp_path / "data" / "carpet"), "--root", str(root))
+    assert result.exit_code == 0, result.output
+    test = tmp_path / "data" / "carpet" / "test"
+    masks = tmp_path / "masks"
+    result = invoke("infer", str(test), "--root", str(root), "--json", "--masks", str(masks))
+    assert result.exit_code == 0, result.output
+    records = json.loads(result.stdout)
+    assert len(records) == 3 and all(record["error"] is None for record in records)
+    for record in records:
+        with Image.open(record["mask"]) as mask:
+            assert mask.size == (200, 120)  # the original size, not the capped 160 x 96 nor a tile
+        for region in record["regions"]:
+            assert region["x"] + region["w"] <= 200 and region["y"] + region["h"] <= 120
+    result = invoke("export", "carpet", "--root", str(root), "--out", str(tmp_path / "deploy"), "--format", "onnx")
+    assert result.exit_code == 1 and "tile input geometry" in result.output

@@ -144,8 +144,12 @@ def test_eval_reports_original_size_metrics_on_non_square_images(tmp_path: Path)
     assert row["aupro_original"] and row["region_hit_rate"]
 
 
-def test_eval_of_a_fit_registry_on_non_square_images(tmp_path: Path) -> None:
-    """The fit geometry through the evaluation: maps on each image's content, metrics at both sizes, plots."""
+@pytest.mark.parametrize("geometry", ["fit", "tile"])
+def test_eval_of_a_fit_registry_on_non_square_images(tmp_path: Path, geometry: str) -> None:
+    """The fit and tile geometries through the evaluation: maps on each image's content, metrics at both sizes, plots.
+
+    ``tile`` with 64 px tiles: the 192 x 96 images are three by two tiles at their own size.
+    """
     data = tmp_path / "data"
     for seed, kind in enumerate(("wood", "pill")):  # two: the open-set protocol leaves one out
         folder = write_mvtec_layout(make_category(kind, 5, 2, 3, seed=seed, size=128), data, kind)
@@ -153,7 +157,8 @@ def test_eval_of_a_fit_registry_on_non_square_images(tmp_path: Path) -> None:
             picture = Image.open(path)
             resample = Image.Resampling.NEAREST if "ground_truth" in path.parts else Image.Resampling.BILINEAR
             picture.resize((192, 96), resample).save(path)
-    Registry.init(tmp_path / "registry", resize=128, crop=128, input_geometry="fit").close()
+    side = 128 if geometry == "fit" else 64
+    Registry.init(tmp_path / "registry", resize=side, crop=side, input_geometry=geometry, tile_overlap=16).close()
     result = run_evaluation(
         data,
         out=tmp_path / "out",
@@ -166,4 +171,4 @@ def test_eval_of_a_fit_registry_on_non_square_images(tmp_path: Path) -> None:
     metrics = result.per_category("separate")["wood"]
     for key in ("pixel_auroc", "aupro", "pixel_auroc_original", "aupro_original", "image_auroc_hybrid"):
         assert math.isfinite(metrics[key]), key
-    assert result.results["config"]["geometry"]["input_geometry"] == "fit"
+    assert result.results["config"]["geometry"]["input_geometry"] == geometry

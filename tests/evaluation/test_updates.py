@@ -86,3 +86,17 @@ def test_cli_continual_option() -> None:
     assert inspect.signature(eval_command).parameters["update_steps"].default == DEFAULT_UPDATE_STEPS
     result = CliRunner().invoke(app, ["eval", "/nonexistent", "--protocol", "continual", "--continual", "sideways"])
     assert result.exit_code == 1 and "--continual must be one of categories, update" in result.output
+
+
+@pytest.mark.parametrize("geometry", ["fit", "tile"])
+def test_update_variant_refuses_a_registry_that_is_not_squash(data_root: Path, tmp_path: Path, geometry: str) -> None:
+    """fit and tile versions have no incremental update yet: refused before anything is fitted."""
+    from registry import Registry
+
+    Registry.init(tmp_path / "registry", resize=64, crop=64, input_geometry=geometry, tile_overlap=16).close()
+    with pytest.raises(ValueError, match=f"incremental updates, which a registry with the {geometry} input"):
+        run_evaluation(
+            data_root, protocols=("continual",), continual="update", registry=tmp_path / "registry", dataset=None
+        )
+    with Registry.open(tmp_path / "registry", read_only=True) as registry:
+        assert registry.names() == []

@@ -54,8 +54,8 @@ def test_the_geometry_is_stored_and_shown(fit_root: Path) -> None:
         assert registry.feature_space.input_geometry == "fit"
         assert registry.feature_space_info()["input_geometry"] == "fit"
         assert registry.verify().ok
-    with pytest.raises(ValueError, match=r"input_geometry must be one of squash, fit"):
-        Registry.init(fit_root.parent / "tiled", input_geometry="tile")
+    with pytest.raises(ValueError, match=r"input_geometry must be one of squash, fit, tile"):
+        Registry.init(fit_root.parent / "cropped", input_geometry="crop")
 
 
 def test_records_and_regions_at_the_original_size(fit_root: Path, wide: tuple[list[Path], list[Path]]) -> None:

@@ -14,6 +14,7 @@ from structcore.model import CategoryModel, embed_images
 from structcore.preprocess import valid_patch_mask
 from structcore.routing import PrototypeRouter
 from structcore.thresholds import choose_threshold
+from structcore.tiles import stitch_map, tiled_valid_mask
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +259,48 @@ def test_router_routes_each_image_on_its_valid_patches(synthetic_features, small
         alone = router.route(test[i : i + 1, valid[i]])
         assert routed.categories[i] == alone.categories[0]
         np.testing.assert_array_equal(routed.all_scores[i], alone.all_scores[0])
+
+
+# ----------------------------------------------------------------------------- the tile geometry
+def _tiled(vectors: np.ndarray, slots: int) -> np.ndarray:
+    """Squash images' patch vectors (n, P, D) regrouped as tiled images of ``slots`` tiles (n / slots, slots * P, D)."""
+    count = len(vectors) // slots
+    return vectors[: count * slots].reshape(count, slots * vectors.shape[1], vectors.shape[2]).copy()
+
+
+def test_tile_model_bank_leave_one_out_and_stitched_maps(synthetic_features, small_extractor) -> None:  # type: ignore[no-untyped-def]
+    """Tiled images: padding never counts, leave-one-out leaves out the whole image, maps are the tiles stitched."""
+    train, test, _ = synthetic_features["carpet"]
+    grid = small_extractor.grid_shape()
+    patches = grid[0] * grid[1]
+    tiled = _tiled(train, 2)  # 6 images of two 128 px tiles: 128 x 200 px (tiles at 0 and 72)
+    contents = np.asarray([[128, 200]] * 5 + [[100, 128]])  # the last: one tile, part padding, one empty slot
+    valid = tiled_valid_mask(contents, grid, 128, 56, 2)
+    assert valid[:5].all() and not valid[5, patches:].any() and not valid[5, :patches].all()
+    tiled[~valid] = 1000.0
+    model = CategoryModel(coreset_ratio=0.2).fit(tiled, grid, 128, contents=contents, tile_overlap=56)
+    assert not np.any(model.bank_ == 1000.0)
+    assert model.bank_image_ids_.max() < len(tiled)  # ids of images, not of tiles
+    # leave-one-out: the nearest bank vectors of image 0's patches come from the other images only
+    others = model.bank_[model.bank_image_ids_ != 0].astype(np.float32)
+    queries = tiled[0, :patches]
+    brute = ((queries[:, None, :] - others[None, :, :]) ** 2).sum(axis=2)
+    brute.sort(axis=1)
+    assert model.train_distances_ is not None
+    np.testing.assert_allclose(model.train_distances_["loo"][0, :patches], brute[:, : model.k], rtol=1e-3, atol=1e-3)
+    # predict: the stitched map of each image's patch scores; the scores are the calibrator's on it
+    test_tiled = _tiled(test, 2)
+    test_contents = np.asarray([[128, 200]] * len(test_tiled))
+    prediction = model.predict(test_tiled, test_contents)
+    scores = model.patch_scores(test_tiled)
+    for found, row in zip(prediction.maps, scores, strict=True):
+        assert found.shape == (128, 200)
+        np.testing.assert_allclose(found, stitch_map(row, (128, 200), grid, 128, 56, model.sigma), rtol=1e-6)
+    expected = model.calibrator_.score(np.stack(prediction.maps))
+    np.testing.assert_allclose(prediction.scores.hybrid, expected.hybrid, rtol=1e-5, atol=1e-6)
+    # stored and read back as a tiled model; incremental updates refuse it
+    again = CategoryModel.from_parts(model.to_arrays(), model.to_metadata())
+    assert again.tile_overlap_ == 56 and model.to_metadata()["tile_overlap"] == 56
+    np.testing.assert_allclose(np.stack(again.predict(test_tiled, test_contents).maps), np.stack(prediction.maps))
+    with pytest.raises(ValueError, match="tile-geometry"):
+        model.updated(tiled.astype(np.float16), tiled[:1])

@@ -62,7 +62,9 @@ BAD_FEATURE_SPACE = [
     ("resize", 0, f"an integer in [1, {MAX_IMAGE_SIDE}]"),
     ("resize", MAX_IMAGE_SIDE + 1, f"an integer in [1, {MAX_IMAGE_SIDE}]"),
     ("crop", 392.0, f"an integer in [1, {MAX_IMAGE_SIDE}]"),
-    ("input_geometry", "stretch", "one of squash, fit"),
+    ("input_geometry", "stretch", "one of squash, fit, tile"),
+    ("tile_max_side", 0, "an integer in [1, 4096]"),
+    ("tile_overlap", -1, "an integer in [0, 4096]"),
     ("dim", 0, "an integer in [1, 65536]"),
     ("seed", -1, f"an integer in [0, {MAX_SEED}]"),
 ]
@@ -100,12 +102,15 @@ def test_crop_larger_than_resize_is_refused() -> None:
     assert FeatureSpaceSettings(resize=448, crop=392).validate().crop == 392  # the paper's geometry
 
 
-def test_fit_geometry_takes_no_crop_and_tile_is_not_offered() -> None:
+def test_fit_and_tile_geometries_take_no_crop_and_tiles_overlap_less_than_a_tile() -> None:
     with pytest.raises(InvalidSettingError, match=r"^--crop must be equal to resize \(448\) with --geometry fit"):
         FeatureSpaceSettings(resize=448, crop=392, input_geometry="fit").validate(as_options=True)
     assert FeatureSpaceSettings(input_geometry="fit").validate().input_geometry == "fit"
-    with pytest.raises(InvalidSettingError, match=r"^--geometry must be one of squash, fit, got 'tile'$"):
-        FeatureSpaceSettings(input_geometry="tile").validate(as_options=True)
+    with pytest.raises(InvalidSettingError, match=r"^--crop must be equal to resize \(448\) with --geometry tile"):
+        FeatureSpaceSettings(resize=448, crop=392, input_geometry="tile").validate(as_options=True)
+    with pytest.raises(InvalidSettingError, match=r"^--tile-overlap must be an integer in \[0, resize = 392\)"):
+        FeatureSpaceSettings(input_geometry="tile", tile_overlap=392).validate(as_options=True)
+    assert FeatureSpaceSettings(input_geometry="tile", tile_overlap=391).validate().tile_max_side == 1024
 
 
 def test_options_name_the_command_line_flag() -> None:
