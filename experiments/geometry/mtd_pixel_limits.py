@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,19 @@ from structcore.settings import DEFAULT_BACKBONE, DEFAULT_CORESET_RATIO, DEFAULT
 
 MTD = Path("/work/shared/data/mtd/magnetic_tile")
 FEATURES = ("both", "shallow", "deep")
+
+
+def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write named arrays to an HDF5 cache file (no pickle anywhere, as the code base requires)."""
+    with h5py.File(path, "w") as file:
+        for name, array in arrays.items():
+            file.create_dataset(name, data=array, compression="gzip")
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The named arrays of :func:`save_arrays`."""
+    with h5py.File(path, "r") as file:
+        return {name: np.asarray(file[name]) for name in file}
 
 
 def layer_parts(
@@ -165,7 +179,7 @@ def run_embed(
             out["heldout_both"] = patch_grids(train[:half], train[half:], grid)
         del train
         print(f"{name}: bank + scores in {time.perf_counter() - started:.0f} s", flush=True)
-    np.savez_compressed(cache / "grids.npz", **out)
+    save_arrays(cache / "grids.h5", out)
     meta = {
         "test": [str(p) for p in data.test],
         "labels": [int(v) for v in data.labels],
@@ -337,7 +351,7 @@ def run_diagnose(cache: Path, out: Path) -> dict[str, object]:
     """Where the pooled figure loses: positive pixels per defect type, pooling across images, bank variants."""
     out.mkdir(parents=True, exist_ok=True)
     _meta, labels, defects, sizes, masks = _load(cache)
-    grids = np.load(cache / "grids.npz")
+    grids = load_arrays(cache / "grids.h5")
     maps = [map_at_original_size(model_map(g, 4.0), size) for g, size in zip(grids["test_both"], sizes, strict=True)]
     kinds = np.asarray(defects)
     positives = {d: int(sum(int(m.sum()) for m, k in zip(masks, kinds, strict=True) if k == d)) for d in set(defects)}
@@ -373,11 +387,11 @@ def run_diagnose(cache: Path, out: Path) -> dict[str, object]:
     result["map minus its image's median"] = _per_defect(
         masks, centred, defects, labels, np.asarray([m.max() for m in centred])
     )
-    for extra in (cache / "grids_extra.npz", cache / "grids_pool.npz"):
+    for extra in (cache / "grids_extra.h5", cache / "grids_pool.h5"):
         if not extra.exists():
             continue
-        loaded = np.load(extra)
-        for name in loaded.files:
+        loaded = load_arrays(extra)
+        for name in loaded:
             variant_maps = [
                 map_at_original_size(model_map(g, 4.0), size) for g, size in zip(loaded[name], sizes, strict=True)
             ]
@@ -392,7 +406,7 @@ def run_diagnose(cache: Path, out: Path) -> dict[str, object]:
 
 def run_analyze(cache: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    grids = np.load(cache / "grids.npz")
+    grids = load_arrays(cache / "grids.h5")
     meta = json.loads((cache / "meta.json").read_text())
     labels = np.asarray(meta["labels"])
     defects = meta["defects"]
@@ -475,13 +489,13 @@ def run_extra(cache: Path, only_raw: bool = False) -> None:
         started = time.perf_counter()
         out[name] = patch_grids(train_both, test_both, grid, ratio, k)
         print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
-        np.savez_compressed(cache / "grids_extra.npz", **out)
+        save_arrays(cache / "grids_extra.h5", out)
     del train_both, test_both
     low, high, _ = embed_parts(extractor, train, normalize=False)
     train_raw = variant(low, high, "both")
     low, high, _ = embed_parts(extractor, test, normalize=False)
     out["no per-layer L2 norm"] = patch_grids(train_raw, variant(low, high, "both"), grid)
-    np.savez_compressed(cache / "grids_extra.npz", **out)
+    save_arrays(cache / "grids_extra.h5", out)
 
 
 def run_pool(cache: Path) -> None:
@@ -497,7 +511,7 @@ def run_pool(cache: Path) -> None:
         low, high, _ = embed_parts(extractor, [Path(p) for p in meta["test"]], local_pool=pool)
         out[f"local pool {pool}"] = patch_grids(train, variant(low, high, "both"), grid)
         del train
-        np.savez_compressed(cache / "grids_pool.npz", **out)
+        save_arrays(cache / "grids_pool.h5", out)
 
 
 def main() -> None:
