@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from evaluation.synthetic import make_category, write_mvtec_layout
 from registry import Registry
@@ -168,3 +169,15 @@ def start_child(args: dict[str, Any]) -> subprocess.Popen[bytes]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+
+
+def landscape_copies(paths: list[Path], folder: Path) -> list[Path]:
+    """The images cut to their top half (2:1), as new files in ``folder`` (the fit and tile geometry tests)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for path in paths:
+        with Image.open(path) as image:
+            target = folder / f"{path.parent.name}-{path.name}"
+            image.crop((0, 0, image.width, image.height // 2)).save(target)
+            out.append(target)
+    return out

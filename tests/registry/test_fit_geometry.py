@@ -13,21 +13,9 @@ from registry import BundleFeatureSpaceError, FeatureSpaceMismatchError, Registr
 from registry.deploy import export_deployment
 from registry.updates import update_category
 from structcore.preprocess import load_image
-from tests.support_registry import SIZE, make_base, small_model, write_data
+from tests.support_registry import SIZE, landscape_copies, make_base, small_model, write_data
 
 Data = dict[str, tuple[list[Path], list[Path]]]
-
-
-def _landscape(paths: list[Path], folder: Path) -> list[Path]:
-    """The images cut to their top half (2:1), as new files in ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for path in paths:
-        with Image.open(path) as image:
-            target = folder / f"{path.parent.name}-{path.name}"
-            image.crop((0, 0, image.width, image.height // 2)).save(target)
-            out.append(target)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +26,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
 @pytest.fixture(scope="module")
 def wide(data: Data, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], list[Path]]:
     folder = tmp_path_factory.mktemp("wide")
-    return _landscape(data["pill"][0], folder / "train"), _landscape(data["pill"][1], folder / "test")
+    return landscape_copies(data["pill"][0], folder / "train"), landscape_copies(data["pill"][1], folder / "test")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +62,7 @@ def test_records_and_regions_at_the_original_size(fit_root: Path, wide: tuple[li
 
 
 def test_the_maps_cover_the_content_only(fit_root: Path, wide: tuple[list[Path], list[Path]]) -> None:
-    shapes: list[tuple[int, ...]] = []
+    shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
     full: list[tuple[int, ...]] = []
     with Registry.open(fit_root, read_only=True) as registry:
         registry.detector().predict(

@@ -13,8 +13,7 @@ from registry import BundleFeatureSpaceError, FeatureSpaceMismatchError, Registr
 from registry.deploy import export_deployment
 from registry.updates import update_category
 from structcore.preprocess import load_image
-from tests.registry.test_fit_geometry import _landscape
-from tests.support_registry import SIZE, make_base, small_model, write_data
+from tests.support_registry import SIZE, landscape_copies, make_base, small_model, write_data
 
 Data = dict[str, tuple[list[Path], list[Path]]]
 #: 64 px tiles over 128 x 64 px images: three tiles (at 0, 32 and 64 px) per image.
@@ -30,7 +29,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
 @pytest.fixture(scope="module")
 def wide(data: Data, tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], list[Path]]:
     folder = tmp_path_factory.mktemp("wide")
-    return _landscape(data["pill"][0], folder / "train"), _landscape(data["pill"][1], folder / "test")
+    return landscape_copies(data["pill"][0], folder / "train"), landscape_copies(data["pill"][1], folder / "test")
 
 
 @pytest.fixture(scope="module")
