@@ -58,17 +58,24 @@ def fuse_layers(layer_maps: Sequence[torch.Tensor], local_pool: int = 1) -> torc
     Returns:
         (B, H, W, sum C_l) float32, on the finest grid among the layers.
     """
+    fused = [F.normalize(layer, p=2.0, dim=1, eps=1e-12) for layer in aligned_layers(layer_maps, local_pool)]
+    return torch.cat(fused, dim=1).permute(0, 2, 3, 1)
+
+
+def aligned_layers(layer_maps: Sequence[torch.Tensor], local_pool: int = 1) -> Iterator[torch.Tensor]:
+    """Each layer map as float32, locally averaged (``local_pool``) and resized to the finest grid.
+
+    The common first half of :func:`fuse_layers` and :func:`project_layers`: (B, C_l, H, W) each.
+    """
     height = max(int(layer.shape[-2]) for layer in layer_maps)
     width = max(int(layer.shape[-1]) for layer in layer_maps)
-    fused = []
     for layer in layer_maps:
         layer = layer.float()
         if local_pool > 1:
             layer = F.avg_pool2d(layer, kernel_size=local_pool, stride=1, padding=local_pool // 2)
         if layer.shape[-2:] != (height, width):
             layer = F.interpolate(layer, size=(height, width), mode="bilinear", align_corners=False)
-        fused.append(F.normalize(layer, p=2.0, dim=1, eps=1e-12))
-    return torch.cat(fused, dim=1).permute(0, 2, 3, 1)
+        yield layer
 
 
 def project_layers(layer_maps: Sequence[torch.Tensor], projection: torch.Tensor, local_pool: int = 1) -> torch.Tensor:
@@ -87,13 +94,8 @@ def project_layers(layer_maps: Sequence[torch.Tensor], projection: torch.Tensor,
     batch = int(layer_maps[0].shape[0])
     output: torch.Tensor | None = None
     offset = 0
-    for layer in layer_maps:
-        layer = layer.float()
+    for layer in aligned_layers(layer_maps, local_pool):
         channels = int(layer.shape[1])
-        if local_pool > 1:
-            layer = F.avg_pool2d(layer, kernel_size=local_pool, stride=1, padding=local_pool // 2)
-        if layer.shape[-2:] != (height, width):
-            layer = F.interpolate(layer, size=(height, width), mode="bilinear", align_corners=False)
         rows = layer.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
         norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True).clamp_min_(1e-12)
         rows = rows / norms

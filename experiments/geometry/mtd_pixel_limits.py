@@ -56,7 +56,7 @@ from evaluation.datasets import load_dataset
 from evaluation.metrics import pixel_metrics_at_sizes
 from structcore.backbones.base import create_backbone
 from structcore.coreset import KCenterGreedy
-from structcore.features import build_extractor, new_feature_space
+from structcore.features import aligned_layers, build_extractor, new_feature_space
 from structcore.knn import PatchKNN
 from structcore.preprocess import load_mask_at_size
 from structcore.regions import map_at_original_size
@@ -87,13 +87,8 @@ def layer_parts(
     width = max(int(layer.shape[-1]) for layer in layer_maps)
     batch = int(layer_maps[0].shape[0])
     parts, offset = [], 0
-    for layer in layer_maps:
-        layer = layer.float()
+    for layer in aligned_layers(layer_maps, local_pool):
         channels = int(layer.shape[1])
-        if local_pool > 1:
-            layer = F.avg_pool2d(layer, kernel_size=local_pool, stride=1, padding=local_pool // 2)
-        if layer.shape[-2:] != (height, width):
-            layer = F.interpolate(layer, size=(height, width), mode="bilinear", align_corners=False)
         rows = layer.permute(0, 2, 3, 1).reshape(batch * height * width, channels)
         if normalize:
             rows = F.normalize(rows, dim=1, eps=1e-12)

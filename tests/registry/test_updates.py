@@ -16,6 +16,12 @@ from structcore.model import CategoryModel, fit_category
 from tests.support_registry import SIZE, make_base, small_model, write_data
 
 
+def _new_pill_images(folder: Path, count: int, seed: int) -> list[Path]:
+    """``count`` new good pill images (synthetic, seeded), written under ``folder``."""
+    written = write_mvtec_layout(make_category("pill", count, 0, 0, seed, size=SIZE), folder, "pill")
+    return sorted((written / "train" / "good").glob("*.png"))
+
+
 def test_image_records_of_versions_without_hashes() -> None:
     assert image_records({}, ["a.png", "b.png"]) == [
         {"name": "a.png", "sha256": None, "source": "fit"},
@@ -28,13 +34,7 @@ def test_image_records_of_versions_without_hashes() -> None:
 def test_update_category_through_the_api(tmp_path: Path) -> None:
     data = write_data(tmp_path / "images")
     root = make_base(tmp_path / "registry", data, ("pill",), keep_patches=True)
-    new = sorted(
-        (
-            write_mvtec_layout(make_category("pill", 3, 0, 0, 42, size=SIZE), tmp_path / "new", "pill")
-            / "train"
-            / "good"
-        ).glob("*.png")
-    )
+    new = _new_pill_images(tmp_path / "new", 3, seed=42)
     stages: list[str] = []
     with Registry.open(root) as registry:
         with pytest.raises(ValueError, match="source"):
@@ -91,13 +91,7 @@ def test_a_version_without_stored_distances_updates_and_keeps_them(tmp_path: Pat
         assert result.mode == "update" and any("stores no train distances" in note for note in notes)
         assert set(TRAIN_DISTANCES.values()) <= set(registry.version_info("pill").arrays)
         notes.clear()
-        extra = sorted(
-            (
-                write_mvtec_layout(make_category("pill", 2, 0, 0, 7, size=SIZE), tmp_path / "new", "pill")
-                / "train"
-                / "good"
-            ).glob("*.png")
-        )
+        extra = _new_pill_images(tmp_path / "new", 2, seed=7)
         assert update_category(registry, "pill", extra, notice=notes.append).mode == "update" and not notes
         assert registry.verify().ok
 
@@ -108,13 +102,7 @@ def test_an_update_links_the_old_images_patch_chunks(tmp_path: Path, monkeypatch
     monkeypatch.setattr(storage, "CHUNK_BYTES", 2 * 256 * 512 * 2)  # two images' float16 patches per chunk
     data = write_data(tmp_path / "images")
     root = make_base(tmp_path / "registry", data, ("pill",), keep_patches=True)
-    new = sorted(
-        (
-            write_mvtec_layout(make_category("pill", 3, 0, 0, 42, size=SIZE), tmp_path / "new", "pill")
-            / "train"
-            / "good"
-        ).glob("*.png")
-    )
+    new = _new_pill_images(tmp_path / "new", 3, seed=42)
     with Registry.open(root) as registry:
         update_category(registry, "pill", new)
         parent, child = (root / registry.version_info("pill", v).array_store / TRAIN_PATCHES for v in (1, 2))
