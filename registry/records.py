@@ -46,15 +46,16 @@ ARRAY_NAMES: tuple[str, ...] = (
 TRAIN_PATCHES = "train_patches"
 #: Optional arrays stored beside ``train_patches``: each train image's squared distances (n, P, k)
 #: float32 to its k nearest bank vectors, by kind (``structcore.model.CategoryModel.train_distances_``):
-#: ``in_sample`` and, for loo / mixed calibration, ``loo``; and ``nearest``, each train patch's nearest
-#: bank vector (n, P) int32. With them an update searches only the old patches that a new bank vector
-#: can reach, against the new bank vectors (docs/registry.md "Keeping a category up to date").
+#: ``in_sample`` and, for loo / mixed calibration, ``loo``. With them an update does not search the
+#: old images again (docs/registry.md "Keeping a category up to date").
 TRAIN_DISTANCES: dict[str, str] = {
     "in_sample": "train_distances_in_sample",
     "loo": "train_distances_loo",
-    "nearest": "train_nearest_bank",
 }
-OPTIONAL_ARRAY_NAMES: tuple[str, ...] = (TRAIN_PATCHES, *TRAIN_DISTANCES.values())
+#: Optional arrays that older versions may hold and that are no longer written or read: each train
+#: patch's nearest bank vector (n, P) int32, which the earlier anchored update search used.
+RETIRED_ARRAY_NAMES: tuple[str, ...] = ("train_nearest_bank",)
+OPTIONAL_ARRAY_NAMES: tuple[str, ...] = (TRAIN_PATCHES, *TRAIN_DISTANCES.values(), *RETIRED_ARRAY_NAMES)
 #: Key of the model metadata listing the train images: ``[{"name", "sha256", "source"}]`` in the
 #: order of ``bank_image_ids`` (source: ``fit``, ``update`` or ``feedback``).
 TRAIN_IMAGE_INFO = "train_image_info"

@@ -263,78 +263,105 @@ class PatchKNN:
         return distances.mean(axis=1)
 
 
-#: Relative slack of :func:`pairs_within`'s bounds and filters (float32 rounding of expanded distances).
-_PAIR_TOLERANCE = 1e-4
+#: Query rows per block of :func:`pairs_within` (its scores stay near 20 MB for ~1,200 vectors).
+_PAIR_BLOCK = 8192
 
 
 def pairs_within(
-    queries: np.ndarray,
-    limits: np.ndarray,
-    vectors: np.ndarray,
-    anchors: np.ndarray,
-    anchor_of_query: np.ndarray,
-    anchor_distances: np.ndarray,
+    queries: np.ndarray, limits: np.ndarray, vectors: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every (query, vector) pair at squared distance below the query's limit, exactly; pruned through anchors.
+    """Every (query, vector) pair at squared distance below the query's limit, exactly.
 
-    ``registry update`` asks this of the old train patches (``queries``, (N, D)) and the bank
-    vectors the update added (``vectors``, (M, D)), each patch's limit its k-th stored distance.
-    Each query comes with an anchor it is known to be near: ``anchors[anchor_of_query[i]]`` at
-    squared distance ``anchor_distances[i]`` (the patch's nearest old bank vector, stored at fit
-    time). By the triangle inequality ``|v - q| >= |v - a| - |q - a|``, a vector farther than
-    ``|q - a| + sqrt(limit)`` from the anchor cannot qualify. Queries are grouped by anchor, each
-    group meets only the vectors within its widest reach (on MVTec bottle about 2% of them, where
-    a per-query test of the nearest vector alone ruled out 5% of the queries), and the survivors'
-    expanded products are filtered with a float32 slack; the pairs left are measured from
-    differences (as the exact kNN engines measure neighbours). Exact: slack only adds work.
+    ``registry update`` asks this of the train patches (``queries``, (N, D), float16 or float32)
+    and the bank vectors the update added (``vectors``, (M, D)), each patch's limit its k-th
+    distance so far: the pairs are the new vectors that enter its k nearest. One product per block
+    of queries screens all pairs, then the survivors are measured from differences (as the exact
+    kNN engines measure neighbours) and kept below their limit. The screen only ever keeps too
+    many pairs, never too few:
+
+    * on CPUs with bfloat16 matrix units, the bfloat16 GEMM of
+      :class:`structcore_runtime.knn.ScreenedBank` (about 5x float32), whose rigorous error bound
+      turns each limit into a threshold on the screening output;
+    * elsewhere, float32 products with a relative slack of ``(D + 2) 2^-22`` (above the float32
+      rounding of expanded distances).
 
     Returns:
         Query rows, vector rows and squared distances, sorted by query row, then by distance.
     """
     vector_rows = np.ascontiguousarray(vectors, dtype=np.float32)
+    limit_rows = np.asarray(limits, dtype=np.float32)
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    screen = _BF16PairScreen(vector_rows) if bf16_matmul_supported() else _Float32PairScreen(vector_rows)
     with torch.inference_mode():
         vectors_t = torch.from_numpy(vector_rows)
-        vector_norms = vectors_t.square().sum(dim=1)
-        anchors_t = torch.from_numpy(np.ascontiguousarray(anchors, dtype=np.float32))
-        anchor_norms = anchors_t.square().sum(dim=1)
-        anchor_to_vector = torch.addmm(anchor_norms.unsqueeze(1), anchors_t, vectors_t.T, alpha=-2.0)
-        anchor_to_vector += vector_norms.unsqueeze(0)
-        anchor_to_vector -= _PAIR_TOLERANCE * (anchor_norms.unsqueeze(1) + vector_norms.unsqueeze(0))
-        reach = np.sqrt(np.maximum(anchor_distances, 0.0)) + np.sqrt(np.maximum(limits, 0.0))
-        order = np.argsort(anchor_of_query, kind="stable")
-        sorted_anchors = anchor_of_query[order]
-        starts = np.flatnonzero(np.r_[True, sorted_anchors[1:] != sorted_anchors[:-1]]) if len(order) else order
-        ends = np.r_[starts[1:], len(order)]
-        group_reach = np.maximum.reduceat(reach[order], starts) if len(order) else reach
-        group_anchor = torch.from_numpy(sorted_anchors[starts].astype(np.int64))
-        squared_reach = torch.from_numpy(np.square(group_reach * (1.0 + _PAIR_TOLERANCE)).astype(np.float32))
-        allowed = anchor_to_vector.index_select(0, group_anchor) < squared_reach.unsqueeze(1)
-        groups = np.flatnonzero(allowed.any(dim=1).numpy())
-    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    with torch.inference_mode(), torch_threads(1):  # small products: threads cost more than they give
-        for group in groups:
-            rows = order[starts[group] : ends[group]]
-            candidates = torch.nonzero(allowed[group], as_tuple=True)[0]
-            block = np.ascontiguousarray(queries[rows], dtype=np.float32)
-            block_t = torch.from_numpy(block)
-            block_norms = block_t.square().sum(dim=1, keepdim=True)
-            candidate_vectors = vectors_t.index_select(0, candidates)
-            candidate_norms = vector_norms.index_select(0, candidates).unsqueeze(0)
-            lowered = (block_norms + candidate_norms).mul_(1.0 - _PAIR_TOLERANCE)  # (1 - tol)(|x|^2 + |c|^2) - 2 x.c
-            approximate = torch.addmm(lowered, block_t, candidate_vectors.T, alpha=-2.0)
-            hit_rows_t, hit_columns_t = torch.nonzero(
-                approximate < torch.from_numpy(limits[rows]).unsqueeze(1), as_tuple=True
-            )
+        for start in range(0, len(queries), _PAIR_BLOCK):
+            block = np.ascontiguousarray(queries[start : start + _PAIR_BLOCK], dtype=np.float32)
+            block_limits = limit_rows[start : start + len(block)]
+            hit_rows_t, hit_columns_t = screen.candidates(torch.from_numpy(block), block_limits)
             if len(hit_rows_t) == 0:
                 continue
-            hit_rows, hit_columns = hit_rows_t.numpy(), candidates[hit_columns_t].numpy()
-            differences = torch.from_numpy(block[hit_rows] - vector_rows[hit_columns])
+            differences = torch.from_numpy(block).index_select(0, hit_rows_t) - vectors_t.index_select(0, hit_columns_t)
             distances = torch.linalg.vector_norm(differences, dim=1).square_().numpy()  # as the engines measure
-            inside = distances < limits[rows[hit_rows]]
-            found.append((rows[hit_rows[inside]], hit_columns[inside], distances[inside]))
+            hit_rows = hit_rows_t.numpy()
+            inside = distances < block_limits[hit_rows]
+            found.append((start + hit_rows[inside], hit_columns_t.numpy()[inside], distances[inside]))
     if not found:
         empty = np.empty(0, np.int64)
         return empty, empty.copy(), np.empty(0, np.float32)
     pair_queries, pair_vectors, distances = (np.concatenate(parts) for parts in zip(*found, strict=True))
     ordered = np.lexsort((distances, pair_queries))
     return pair_queries[ordered], pair_vectors[ordered], distances[ordered]
+
+
+class _BF16PairScreen:
+    """The pairs of a query block that may lie below their limits, by one bfloat16 screening GEMM.
+
+    The output ``s`` of :class:`~structcore_runtime.knn.ScreenedBank`'s screen bounds every
+    distance from below, ``d >= s (1 - c - 4u) - o_q - E(q) - 4u (|q|^2 + max|b|^2) - 1e-7``
+    (``ScreenedBank.proven`` with ``u`` the float32 roundoff), so a pair can only be below the limit
+    ``L`` when ``s < (L (1 + 4u) + o_q + E(q) + 4u (|q|^2 + max|b|^2) + 1e-7) / (1 - c - 4u)``.
+    That threshold, rounded up to bfloat16, is compared with the outputs as int16 bit patterns
+    (positive bfloat16 values order like them).
+    """
+
+    def __init__(self, vectors: np.ndarray):
+        self.shared = shared_knn.ScreenedBank(vectors)
+        self.columns = torch.from_numpy(self.shared.columns).bfloat16().contiguous()
+        self.shrink = 1.0 - shared_knn.BF16_U / (1.0 - shared_knn.BF16_U) - 4.0 * shared_knn.F32_U
+
+    def candidates(self, block: torch.Tensor, limits: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        dim, rows = self.shared.dim, int(block.shape[0])
+        augmented = torch.zeros(rows, self.shared.padded_dim, dtype=torch.bfloat16)
+        augmented[:, :dim] = block
+        augmented[:, dim : dim + 2] = 1.0
+        residuals = torch.linalg.vector_norm(block - augmented[:, :dim].float(), dim=1)
+        q_squared, offset, error, high, low = self.shared.query_bounds(block.numpy(), residuals.numpy())
+        augmented[:, dim + 2] = torch.from_numpy(high)  # exact: bfloat16 values
+        augmented[:, dim + 3] = torch.from_numpy(low)
+        scores = torch.mm(augmented, self.columns)
+        slack = 4.0 * shared_knn.F32_U
+        allowed = limits.astype(np.float64) * (1.0 + slack) + offset + error
+        allowed += slack * (q_squared + self.shared.max_squared_norm) + 1e-7
+        threshold = torch.from_numpy((allowed / self.shrink).astype(np.float32))
+        threshold = torch.nextafter(threshold, torch.tensor(float("inf")))  # float64 -> float32 rounded up
+        rounded = threshold.bfloat16()
+        bits = rounded.view(torch.int16) + (rounded.float() < threshold).to(torch.int16)  # rounded up
+        hit_rows, hit_columns = torch.nonzero(scores.view(torch.int16) < bits.unsqueeze(1), as_tuple=True)
+        real = hit_columns < self.shared.size  # padding columns score 2^100: never, but cheap to be sure
+        return hit_rows[real], hit_columns[real]
+
+
+class _Float32PairScreen:
+    """The pairs of a query block that may lie below their limits, by float32 products with a slack."""
+
+    def __init__(self, vectors: np.ndarray):
+        self.vectors = torch.from_numpy(vectors)
+        self.norms = self.vectors.square().sum(dim=1)
+        self.tolerance = (vectors.shape[1] + 2) * 2.0**-22
+
+    def candidates(self, block: torch.Tensor, limits: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        block_norms = block.square().sum(dim=1, keepdim=True)
+        lowered = (block_norms + self.norms.unsqueeze(0)).mul_(1.0 - self.tolerance)  # (1 - t)(|x|^2 + |c|^2)
+        approximate = torch.addmm(lowered, block, self.vectors.T, alpha=-2.0)
+        hit_rows, hit_columns = torch.nonzero(approximate < torch.from_numpy(limits).unsqueeze(1), as_tuple=True)
+        return hit_rows, hit_columns

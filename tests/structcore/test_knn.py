@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from structcore.knn import PatchKNN, bf16_matmul_supported, pairs_within
+from structcore import knn as knn_module
+from structcore.knn import PatchKNN, bf16_matmul_supported
 
 
 def test_flat_knn_equals_brute_force(rng: np.random.Generator) -> None:
@@ -51,27 +53,31 @@ def test_bf16_engine_is_picked_when_supported() -> None:
     assert knn.engine_ == ("bf16" if bf16_matmul_supported() else "faiss")
 
 
-def test_pairs_within_finds_every_pair_below_each_limit() -> None:
-    """The anchor-pruned radius search equals brute force: same pairs, same distances, sorted."""
+@pytest.mark.parametrize("bf16", [True, False], ids=["bf16-screen", "float32-screen"])
+def test_pairs_within_finds_every_pair_below_each_limit(monkeypatch: pytest.MonkeyPatch, bf16: bool) -> None:
+    """The screened radius search equals brute force: same pairs, same distances, sorted, strict at the limit."""
+    monkeypatch.setattr(knn_module, "bf16_matmul_supported", lambda: bf16)
     rng = np.random.default_rng(3)
     centres = rng.normal(size=(6, 32)).astype(np.float32) * 3
-    queries = (centres[rng.integers(0, 6, 600)] + rng.normal(size=(600, 32))).astype(np.float32)
+    queries = (centres[rng.integers(0, 6, 9000)] + rng.normal(size=(9000, 32))).astype(np.float32)
     vectors = (centres[rng.integers(0, 6, 80)] + rng.normal(size=(80, 32))).astype(np.float32)
-    anchors = (centres + rng.normal(size=(6, 32)) * 0.5).astype(np.float32)
-    to_anchors = ((queries[:, None, :] - anchors[None]) ** 2).sum(axis=2)
-    anchor_of_query = to_anchors.argmin(axis=1)
-    anchor_distances = to_anchors[np.arange(600), anchor_of_query]
-    limits = rng.uniform(10, 60, size=600).astype(np.float32)
-    rows, columns, distances = pairs_within(queries, limits, vectors, anchors, anchor_of_query, anchor_distances)
-    brute = ((queries[:, None, :] - vectors[None]) ** 2).sum(axis=2)
+    limits = rng.uniform(10, 60, size=9000).astype(np.float32)
+    # as the engines measure: from differences, by torch in float32
+    differences = torch.from_numpy(queries)[:, None, :] - torch.from_numpy(vectors)[None]
+    brute = torch.linalg.vector_norm(differences, dim=2).square_().numpy()
+    limits[:50] = brute[:50, 7]  # exactly at a pair's distance: that pair is out (strictly below)
+    limits[50:100] = np.nextafter(brute[50:100, 7], np.float32(np.inf))  # just above: in
+    rows, columns, distances = knn_module.pairs_within(queries, limits, vectors)
     want_rows, want_columns = np.nonzero(brute < limits[:, None])
-    assert 0 < len(want_rows) < brute.size // 2  # some pairs in, most out: the pruning has work to do
+    assert 0 < len(want_rows) < brute.size // 2  # some pairs in, most out: the screen has work to do
     assert sorted(zip(rows.tolist(), columns.tolist(), strict=True)) == sorted(
         zip(want_rows.tolist(), want_columns.tolist(), strict=True)
     )
+    found = set(zip(rows.tolist(), columns.tolist(), strict=True))
+    assert not any((row, 7) in found for row in range(50)) and all((row, 7) in found for row in range(50, 100))
     np.testing.assert_allclose(distances, brute[rows, columns], rtol=1e-5)
     assert np.all(np.diff(rows) >= 0)
     same_row = np.diff(rows) == 0
     assert np.all(np.diff(distances)[same_row] >= 0)
-    empty = pairs_within(queries, np.zeros(600, np.float32), vectors, anchors, anchor_of_query, anchor_distances)
+    empty = knn_module.pairs_within(queries, np.zeros(9000, np.float32), vectors)
     assert all(len(part) == 0 for part in empty)
