@@ -140,6 +140,7 @@ def test_incremental_update_equals_the_full_search_on_the_same_bank(synthetic_fe
     assert model.train_distances_["in_sample"].shape == (8, grid[0] * grid[1], model.k)
     incremental = model.updated(old, new, old_distances=model.train_distances_)
     full = model.updated(old, new)
+    assert (incremental.update_search_, full.update_search_) == ("merged", "full")
     assert np.array_equal(incremental.bank_, full.bank_) and len(full.bank_) > len(model.bank_)
     assert incremental.train_distances_ is not None and full.train_distances_ is not None
     for kind in model.distance_kinds():
@@ -160,6 +161,23 @@ def test_incremental_update_equals_the_full_search_on_the_same_bank(synthetic_fe
     assert incremental.update_seconds_ is not None and "distances" in incremental.update_seconds_
     with pytest.raises(ValueError, match="stored train distances"):
         model.updated(old, new, old_distances={})
+
+
+def test_update_with_many_new_images_on_few_old_ones_searches_the_grown_bank() -> None:
+    """When most of the bank is new, merging would measure hundreds of pairs per patch: the update
+    searches every image against the grown bank instead, with the same result as without stored distances."""
+    rng = np.random.default_rng(5)
+    old = rng.normal(size=(3, 64, 32)).astype(np.float32)
+    new = rng.normal(size=(40, 64, 32)).astype(np.float32)
+    model = CategoryModel(coreset_ratio=0.25, n_prototypes=4, proxy_dim=None).fit(old, (8, 8), 32)
+    assert model.train_distances_ is not None
+    dense = model.updated(old, new, old_distances=model.train_distances_)
+    plain = model.updated(old, new)
+    assert (dense.update_search_, plain.update_search_) == ("full", "full")
+    assert dense.train_distances_ is not None and plain.train_distances_ is not None
+    for kind in model.distance_kinds():
+        np.testing.assert_array_equal(dense.train_distances_[kind], plain.train_distances_[kind])
+    assert dense.thresholds == plain.thresholds
 
 
 # ----------------------------------------------------------------------------- the fit geometry
