@@ -48,6 +48,8 @@ class UpdateResult:
     reason: str | None = None
     threshold_note: str | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    #: How the k-nearest distances were found (``CategoryModel.update_search_``): ``merged`` or ``full``.
+    distance_search: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible summary."""
@@ -60,6 +62,7 @@ class UpdateResult:
             "refit_reason": self.reason,
             "threshold_note": self.threshold_note,
             "seconds": self.seconds,
+            "distance_search": self.distance_search,
         }
 
 
@@ -250,7 +253,8 @@ def update_category(
     seconds["total"] = time.perf_counter() - started
     report(Progress("done", category=name))
     added = [str(r["name"]) for r in new_records]
-    return UpdateResult(info, parent, mode, added, duplicates, reason, note, seconds)
+    search = fitted.update_search_ if mode == "update" else None
+    return UpdateResult(info, parent, mode, added, duplicates, reason, note, seconds, search)
 
 
 def _stored_distances(registry: Registry, info: VersionInfo, model: CategoryModel) -> dict[str, np.ndarray] | None:

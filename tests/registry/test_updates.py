@@ -51,7 +51,7 @@ def test_update_category_through_the_api(tmp_path: Path) -> None:
         for kind, array in TRAIN_DISTANCES.items():  # mixed calibration: both lists (k = 5)
             assert registry.version_info("pill", 1).arrays[array]["shape"] == [6, 256, 5], kind
             assert registry.version_info("pill").arrays[array]["shape"] == [9, 256, 5], kind
-        assert result.seconds["distances"] > 0
+        assert result.seconds["distances"] > 0 and result.distance_search == "merged"
         for version in (1, 2):  # chunks of 64 images: nothing to link from 6 old ones, all written
             assert (root / registry.version_info("pill", version).array_store / TRAIN_PATCHES / "c").is_dir()
         with pytest.raises(RegistryError, match="nothing to add"):
