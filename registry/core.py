@@ -751,7 +751,10 @@ class Registry:
     def _version_row(self, session: Session, category: CategoryRow, version: int | None) -> CategoryVersionRow:
         if version is None:
             if category.current_version_id is None:
-                msg = f"category {category.name!r} has no current version; pick one with set_current"
+                msg = (
+                    f"category {category.name!r} has no current version; pick one with "
+                    f"`registry set-current {category.name} N` (`registry show {category.name}` lists its versions)"
+                )
                 raise RegistryError(msg)
             row = session.get(CategoryVersionRow, category.current_version_id)
         else:

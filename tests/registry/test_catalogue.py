@@ -16,6 +16,7 @@ from registry import (
     DatabaseDamagedError,
     NotARegistryError,
     Registry,
+    RegistryError,
     SchemaOutdatedError,
     SchemaTooNewError,
     UnknownCategoryError,
@@ -106,3 +107,15 @@ def test_catalogue_knows_every_schema_revision() -> None:
     revisions = [revision.revision for revision in reversed(list(script.walk_revisions()))]
     assert tuple(revisions) == SCHEMA_REVISIONS
     assert head_revision() == HEAD_REVISION
+
+
+def test_a_category_without_a_current_version_says_which_command_picks_one(tmp_path: Path) -> None:
+    root = random_registry(tmp_path / "registry", [("pill", None)])
+    connection = sqlite3.connect(root / "registry.sqlite")
+    with connection:
+        connection.execute("UPDATE categories SET current_version_id = NULL WHERE name = 'pill'")
+    connection.close()
+    with Registry.open(root) as registry, pytest.raises(RegistryError) as caught:
+        registry.version_info("pill")
+    assert "category 'pill' has no current version" in str(caught.value)
+    assert "`registry set-current pill N`" in str(caught.value) and "`registry show pill`" in str(caught.value)
