@@ -60,6 +60,31 @@ def bf16_matmul_supported() -> bool:
     return native and any(units)
 
 
+def _screen_buffer(shared: shared_knn.ScreenedBank, rows: int) -> torch.Tensor:
+    """A (rows, padded_dim) bfloat16 buffer for :func:`_screen_queries`, its two constant columns set."""
+    buffer = torch.zeros(rows, shared.padded_dim, dtype=torch.bfloat16)
+    buffer[:, shared.dim : shared.dim + 2] = 1.0
+    return buffer
+
+
+def _screen_queries(
+    shared: shared_knn.ScreenedBank, queries: torch.Tensor, buffer: torch.Tensor
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
+    """The augmented bfloat16 queries ``[q, 1, 1, h_q, l_q]`` of ``shared``'s screen, in ``buffer``'s first rows.
+
+    Returns them with each query's ``||q||^2``, offset and error bound
+    (:meth:`~structcore_runtime.knn.ScreenedBank.query_bounds`).
+    """
+    dim = shared.dim
+    augmented = buffer[: int(queries.shape[0])]
+    augmented[:, :dim] = queries
+    residuals = torch.linalg.vector_norm(queries - augmented[:, :dim].float(), dim=1)
+    q_squared, offset, error, high, low = shared.query_bounds(queries.numpy(), residuals.numpy())
+    augmented[:, dim + 2] = torch.from_numpy(high)  # exact: bfloat16 values
+    augmented[:, dim + 3] = torch.from_numpy(low)
+    return augmented, q_squared, offset, error
+
+
 class _ScreenedFlat:
     """Exact kNN: bfloat16 screening GEMM in torch + float32 re-scoring + a per-query error proof.
 
@@ -108,19 +133,13 @@ class _ScreenedFlat:
             self._exhaustive(q_all, k, distances, indices, torch.arange(n))
             return distances.numpy(), indices.numpy()
         block = max(32, min(n, _BLOCK_ELEMENTS // self.padded_size, _BLOCK_ELEMENTS // (candidates * self.dim)))
-        augmented = torch.zeros(min(block, n), self.padded_dim, dtype=torch.bfloat16)
-        augmented[:, self.dim : self.dim + 2] = 1.0
+        augmented = _screen_buffer(self.shared, min(block, n))
         offsets = (torch.arange(_GROUPS) * self.groups).view(1, 1, _GROUPS)
         failed: list[torch.Tensor] = []
         for start in range(0, n, block):
             q = q_all[start : start + block]
             rows = int(q.shape[0])
-            aug = augmented[:rows]
-            aug[:, : self.dim] = q
-            q_residual = torch.linalg.vector_norm(q - aug[:, : self.dim].float(), dim=1)
-            q_squared, offset, error, high, low = self.shared.query_bounds(q.numpy(), q_residual.numpy())
-            aug[:, self.dim + 2] = torch.from_numpy(high)  # exact: bfloat16 values
-            aug[:, self.dim + 3] = torch.from_numpy(low)
+            aug, q_squared, offset, error = _screen_queries(self.shared, q, augmented)
             scores = torch.mm(aug, self.columns).view(torch.int16)  # d + offset > 0, as int16 bits
             group_min = scores.view(rows, _GROUPS, self.groups).amin(dim=1)
             _, best_groups = torch.topk(group_min, candidates, dim=1, largest=False, sorted=False)
@@ -330,14 +349,9 @@ class _BF16PairScreen:
         self.shrink = 1.0 - shared_knn.BF16_U / (1.0 - shared_knn.BF16_U) - 4.0 * shared_knn.F32_U
 
     def candidates(self, block: torch.Tensor, limits: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        dim, rows = self.shared.dim, int(block.shape[0])
-        augmented = torch.zeros(rows, self.shared.padded_dim, dtype=torch.bfloat16)
-        augmented[:, :dim] = block
-        augmented[:, dim : dim + 2] = 1.0
-        residuals = torch.linalg.vector_norm(block - augmented[:, :dim].float(), dim=1)
-        q_squared, offset, error, high, low = self.shared.query_bounds(block.numpy(), residuals.numpy())
-        augmented[:, dim + 2] = torch.from_numpy(high)  # exact: bfloat16 values
-        augmented[:, dim + 3] = torch.from_numpy(low)
+        augmented, q_squared, offset, error = _screen_queries(
+            self.shared, block, _screen_buffer(self.shared, int(block.shape[0]))
+        )
         scores = torch.mm(augmented, self.columns)
         slack = 4.0 * shared_knn.F32_U
         allowed = limits.astype(np.float64) * (1.0 + slack) + offset + error
