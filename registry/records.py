@@ -47,10 +47,13 @@ TRAIN_PATCHES = "train_patches"
 #: Optional arrays stored beside ``train_patches``: each train image's squared distances (n, P, k)
 #: float32 to its k nearest bank vectors, by kind (``structcore.model.CategoryModel.train_distances_``):
 #: ``in_sample`` and, for loo / mixed calibration, ``loo``. With them an update does not search the
-#: old images again (docs/registry.md "Keeping a category up to date").
+#: old images again (docs/registry.md "Keeping a category up to date"). ``coreset``: (n, P) float32,
+#: each train patch's squared distance to its nearest bank vector in the coreset's proxy space (an
+#: upper bound), with which an update continues the bank over the old patches too.
 TRAIN_DISTANCES: dict[str, str] = {
     "in_sample": "train_distances_in_sample",
     "loo": "train_distances_loo",
+    "coreset": "train_coreset_distances",
 }
 #: Optional arrays that older versions may hold and that are no longer written or read: each train
 #: patch's nearest bank vector (n, P) int32, which the earlier anchored update search used.

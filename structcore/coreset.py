@@ -26,6 +26,7 @@ Both algorithms select in the same seeded proxy space (a random projection to ``
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -51,6 +52,21 @@ COARSE_PROBES = 8
 #: Centers accepted per batch of the exact greedy at most (the candidate pool is 4x this).
 BATCH_CENTERS = 64
 METHODS = CORESET_METHODS
+#: Rows whose stored bound may exceed the pool's are measured this many at a time
+#: (:meth:`KCenterGreedy.extend` with ``bounds``): fewer top-k rounds over all rows.
+MEASURE_BLOCK = 8192
+
+
+class Traversal(NamedTuple):
+    """A farthest-point traversal: picked rows, squared covering radius, each row's squared distance."""
+
+    #: selected row indices, in selection order
+    selected: np.ndarray
+    #: the largest min-distance before the last pick (see :func:`exact_greedy`)
+    squared_radius: float
+    #: (N,) every row's squared distance to its nearest pick (an upper bound after the coarse phase
+    #: of ``approx``); ``-inf`` for the picked rows
+    min_distances: torch.Tensor
 
 
 class KCenterGreedy:
@@ -99,14 +115,20 @@ class KCenterGreedy:
             count = math.ceil(n_points * self.ratio)
         return max(1, min(int(count), n_points))
 
-    def _proxy(self, points: np.ndarray) -> torch.Tensor:
-        data = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32))
-        if self.proxy_dim is None or self.proxy_dim >= points.shape[1]:
-            return data
+    def _projection(self, dim: int) -> torch.Tensor | None:
+        """The seeded (dim, proxy_dim) random projection; ``None``: distances in the input space."""
+        if self.proxy_dim is None or self.proxy_dim >= dim:
+            return None
         generator = np.random.default_rng(self.seed)
-        projection = generator.standard_normal((points.shape[1], self.proxy_dim)).astype(np.float32)
+        projection = generator.standard_normal((dim, self.proxy_dim)).astype(np.float32)
         projection /= np.sqrt(self.proxy_dim)
-        return data @ torch.from_numpy(projection)
+        return torch.from_numpy(projection)
+
+    def _proxy(self, points: np.ndarray, projection: torch.Tensor | None = None) -> torch.Tensor:
+        data = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32))
+        if projection is None:
+            projection = self._projection(points.shape[1])
+        return data if projection is None else data @ projection
 
     def resolve_method(self, n_points: int) -> str:
         """The algorithm ``fit`` runs for ``n_points`` points."""
@@ -130,46 +152,163 @@ class KCenterGreedy:
             norms = squared_norms(proxy)
             start = int(np.random.default_rng(self.seed).integers(n_points))
             if method == "approx":
-                selected, radius = _approx_greedy(proxy, norms, start, target, self.seed)
+                traversal = _approx_greedy(proxy, norms, start, target, self.seed)
             else:
-                selected, radius = exact_greedy(proxy, norms, start, target)
-        self.indices_ = selected
-        self.radius_ = math.sqrt(max(radius, 0.0))
+                traversal = exact_greedy(proxy, norms, start, target)
+        self.indices_ = traversal.selected
+        self.radius_ = math.sqrt(max(traversal.squared_radius, 0.0))
+        self.min_distances_ = traversal.min_distances.clamp_min(0.0).numpy()
         self.method_ = method
         return self
 
-    def extend(self, existing: np.ndarray, points: np.ndarray, n_select: int) -> KCenterGreedy:
+    def extend(
+        self, existing: np.ndarray, points: np.ndarray, n_select: int, bounds: np.ndarray | None = None
+    ) -> KCenterGreedy:
         """Continue a coreset: pick ``n_select`` of ``points`` (N, D) by farthest-point greedy,
         starting from the centers ``existing`` (M, D) (``registry update``).
 
-        Every new point starts at its squared proxy distance to the nearest existing center, so
-        the first pick is the new point farthest from the current bank, and so on: the result is
-        what the textbook greedy over ``existing + points`` would add after ``existing`` had it
-        reached them (exactly so when ``existing`` was itself a greedy traversal), without the
-        existing centers' own points. ``indices_`` index ``points``; ``radius_`` is the covering
-        radius of ``points`` by ``existing`` plus the picks.
+        Every point starts at its squared proxy distance to the nearest existing center, so the
+        first pick is the point farthest from the current bank, and so on: the result is what the
+        textbook greedy over ``existing + points`` would add after ``existing`` had it reached
+        them (exactly so when ``existing`` was itself a greedy traversal).
+
+        ``bounds`` (N,): where finite, an upper bound on the row's squared proxy distance to the
+        nearest existing center (the ``min_distances_`` of the traversal that chose ``existing``,
+        for the points it covered). Those rows are *settled*: they are projected and measured only
+        when their bound reaches the candidate pool of a pick (distances only shrink, so a bound
+        below the pool's cannot be the farthest point), which makes continuing a bank over all of
+        a category's patches cost about what the rows near the covering radius cost. The picks are
+        the same as with every row measured (up to the order of float-equal distances). Rows with
+        ``bounds`` absent or not finite are measured against ``existing`` first.
+
+        ``indices_`` index ``points``; ``radius_`` is the covering radius of ``points`` by
+        ``existing`` plus the picks; ``min_distances_`` (N,) each row's squared distance to its
+        nearest center after the picks (for settled rows never measured: their bound).
         """
         if points.ndim != 2 or existing.ndim != 2 or points.shape[1] != existing.shape[1]:
             msg = f"expected (N, D) and (M, D) arrays of one D, got {points.shape} and {existing.shape}"
             raise ValueError(msg)
         n_points = int(points.shape[0])
+        if bounds is not None and bounds.shape != (n_points,):
+            msg = f"expected one bound per point ({n_points},), got shape {bounds.shape}"
+            raise ValueError(msg)
         target = max(0, min(int(n_select), n_points))
         with torch.inference_mode():
-            proxy = self._proxy(points)
-            norms = squared_norms(proxy)
+            projection = self._projection(int(points.shape[1]))
             min_distances = torch.full((n_points,), float("inf"), dtype=torch.float32)
-            if len(existing) and n_points:
-                centers = self._proxy(existing)
-                _update_from(proxy, norms, min_distances, centers, squared_norms(centers))
-            selected = np.empty(target, dtype=np.int64)
-            if target:
-                selected, radius = _farthest_points(proxy, norms, selected, 0, min_distances, BATCH_CENTERS)
-            else:
-                radius = _max_or_zero(min_distances)
+            settled = np.zeros(n_points, dtype=bool) if bounds is None else np.isfinite(bounds)
+            if settled.any():
+                assert bounds is not None
+                settled_rows = torch.from_numpy(np.flatnonzero(settled))
+                min_distances[settled_rows] = torch.from_numpy(bounds[settled].astype(np.float32)).clamp_min_(0.0)
+            measured = _MeasuredRows(points, projection)
+            measured.add(torch.from_numpy(np.flatnonzero(~settled)))
+            centers = self._proxy(existing, projection)
+            picks = [(centers, squared_norms(centers))] if len(existing) else []
+            if picks:
+                measured.update(min_distances, *picks[0])
+            selected, radius = _lazy_farthest_points(measured, min_distances, target, BATCH_CENTERS, picks)
         self.indices_ = selected
         self.radius_ = math.sqrt(max(radius, 0.0))
+        self.min_distances_ = min_distances.clamp_min(0.0).numpy()
+        #: rows whose distance was measured (the others kept their bound)
+        self.measured_rows_ = int(measured.is_measured.sum())
         self.method_ = "extend"
         return self
+
+    def distance_bounds(self, existing: np.ndarray, points: np.ndarray) -> np.ndarray:
+        """Upper bounds (N,) on each point's squared proxy distance to the nearest row of ``existing``.
+
+        The distance to a *near* existing center found by a faiss inverted-file search (see
+        :func:`_distance_to_nearby_center`): what :meth:`extend` takes as ``bounds`` when the
+        traversal that chose ``existing`` left no distances (a bank stored before they were kept).
+        """
+        with torch.inference_mode():
+            projection = self._projection(int(points.shape[1]))
+            centers = self._proxy(existing, projection)
+            proxy = self._proxy(points, projection)
+            found = _distance_to_nearby_center(proxy, centers, self.seed)
+        return found.clamp_min(0.0).numpy()
+
+
+class _MeasuredRows:
+    """The rows of a lazy traversal whose distance to the centers is kept exact, as proxy blocks."""
+
+    def __init__(self, points: np.ndarray, projection: torch.Tensor | None):
+        self._points = points
+        self._projection = projection
+        self.is_measured = torch.zeros(int(points.shape[0]), dtype=torch.bool)
+        self._blocks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def proxy_of(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Proxy vectors and their squared norms of ``rows`` (indices into the points)."""
+        index = rows.numpy()
+        picked = self._points if len(index) == len(self._points) else self._points[index]
+        data = torch.from_numpy(np.ascontiguousarray(picked, dtype=np.float32))
+        proxy = data if self._projection is None else data @ self._projection
+        return proxy, squared_norms(proxy)
+
+    def add(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Start measuring ``rows``; returns their proxy vectors and squared norms."""
+        proxy, norms = self.proxy_of(rows)
+        self._blocks.append((rows, proxy, norms))
+        self.is_measured[rows] = True
+        return proxy, norms
+
+    def update(self, min_distances: torch.Tensor, centers: torch.Tensor, center_norms: torch.Tensor) -> None:
+        """``min_distances[rows] = min(itself, squared distances to centers)`` for every measured row."""
+        for rows, proxy, norms in self._blocks:
+            values = min_distances[rows]
+            _update_from(proxy, norms, values, centers, center_norms)
+            min_distances[rows] = values
+
+
+def _lazy_farthest_points(
+    measured: _MeasuredRows,
+    min_distances: torch.Tensor,
+    target: int,
+    batch: int,
+    picks: list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[np.ndarray, float]:
+    """Farthest-point greedy where unmeasured rows hold upper bounds (:meth:`KCenterGreedy.extend`).
+
+    ``picks`` holds the centers so far as (proxy rows, squared norms) blocks (the existing ones);
+    the measured rows' ``min_distances`` are exact against them. Before each batch, unmeasured rows
+    that reach the candidate pool are measured against all centers so far until the pool holds
+    measured rows only; the pool is then worked through as in :func:`_farthest_points`. Rows
+    outside the pool are bounded by its smallest value whether measured or not, so every pick is
+    the true farthest row. Returns (picks, squared radius as :func:`_farthest_points` defines it).
+    """
+    n_points = int(min_distances.shape[0])
+    selected = np.empty(target, dtype=np.int64)
+    radius = _max_or_zero(min_distances)
+    count = 0
+    while count < target:
+        wanted = min(batch, target - count)
+        while True:
+            bounds, candidates, limit = _candidate_pool(min_distances, n_points - count, wanted)
+            if bool(measured.is_measured[candidates].all()):
+                break
+            wide = min(n_points - count, max(len(candidates), MEASURE_BLOCK))
+            top = torch.topk(min_distances, wide, sorted=False).indices
+            rows = top[~measured.is_measured[top]]
+            proxy, norms = measured.add(rows)
+            values = min_distances[rows]
+            for centers, center_norms in picks:
+                _update_from(proxy, norms, values, centers, center_norms)
+            min_distances[rows] = values
+        rows_proxy, row_norms = measured.proxy_of(candidates)
+        accepted, radius = _pick_from_pool(rows_proxy, row_norms, bounds.clone(), limit, wanted, radius)
+        positions = torch.tensor(accepted)
+        chosen = candidates[positions]
+        selected[count : count + len(accepted)] = chosen.numpy()
+        count += len(accepted)
+        picks.append((rows_proxy[positions], row_norms[positions]))
+        measured.update(min_distances, *picks[-1])
+        min_distances.index_fill_(0, chosen, float("-inf"))
+    if target and (target == 1 or n_points == target):
+        radius = _max_or_zero(min_distances)
+    return selected, radius
 
 
 def squared_norms(rows: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
@@ -188,8 +327,8 @@ def exact_greedy(
     target: int,
     batch: int = BATCH_CENTERS,
     scale: torch.Tensor | None = None,
-) -> tuple[np.ndarray, float]:
-    """Farthest-point greedy over all rows of ``proxy`` from ``start``; returns (indices, squared radius).
+) -> Traversal:
+    """Farthest-point greedy over all rows of ``proxy`` from ``start`` (see :class:`Traversal`).
 
     ``norms`` are the rows' squared norms. With ``scale`` (N,), the points are
     ``scale[i] * proxy[i]`` (e.g. L2-normalised rows without a normalised copy of the matrix) and
@@ -220,7 +359,7 @@ def _farthest_points(
     min_distances: torch.Tensor,
     batch: int,
     scale: torch.Tensor | None = None,
-) -> tuple[np.ndarray, float]:
+) -> Traversal:
     """Fill ``selected[count:]`` by exact farthest-point greedy (see the module doc).
 
     ``min_distances`` holds every row's squared distance to its nearest center in
@@ -233,30 +372,12 @@ def _farthest_points(
     block = _block_rows(batch)
     while count < target:
         wanted = min(batch, target - count)
-        pool = min(n_points - count, 4 * wanted + 1)
-        bounds, candidates = torch.topk(min_distances, pool, sorted=True)
-        if pool < n_points - count:  # the last one only bounds everything outside the pool
-            limit = float(bounds[-1])
-            bounds, candidates = bounds[:-1], candidates[:-1]
-        else:
-            limit = float("-inf")
-        current = bounds.clone()
+        bounds, candidates, limit = _candidate_pool(min_distances, n_points - count, wanted)
         rows = proxy.index_select(0, candidates)
         if scale is not None:
             rows.mul_(scale.index_select(0, candidates).unsqueeze(1))
         row_norms = norms.index_select(0, candidates)
-        accepted: list[int] = []
-        with torch_threads(small_op_threads()):
-            while len(accepted) < wanted:
-                position = int(torch.argmax(current))
-                best = float(current[position])
-                if accepted and best < limit:  # a point outside the pool may be farther
-                    break
-                accepted.append(position)
-                radius = best
-                distances = torch.addmv(row_norms, rows, rows[position], alpha=-2.0).add_(float(row_norms[position]))
-                torch.minimum(current, distances, out=current)
-                current[position] = float("-inf")
+        accepted, radius = _pick_from_pool(rows, row_norms, bounds.clone(), limit, wanted, radius)
         chosen = candidates[torch.tensor(accepted)]
         selected[count : count + len(accepted)] = chosen.numpy()
         count += len(accepted)
@@ -264,7 +385,45 @@ def _farthest_points(
         min_distances.index_fill_(0, chosen, float("-inf"))
     if target == 1 or n_points == target:
         radius = _max_or_zero(min_distances)
-    return selected, radius
+    return Traversal(selected, radius, min_distances)
+
+
+def _candidate_pool(
+    min_distances: torch.Tensor, unselected: int, wanted: int
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The ``4 x wanted`` rows with the largest distance (descending) and the bound on all others.
+
+    The bound is the next row's distance (``-inf`` when the pool holds every unselected row).
+    """
+    pool = min(unselected, 4 * wanted + 1)
+    bounds, candidates = torch.topk(min_distances, pool, sorted=True)
+    if pool < unselected:  # the last one only bounds everything outside the pool
+        return bounds[:-1], candidates[:-1], float(bounds[-1])
+    return bounds, candidates, float("-inf")
+
+
+def _pick_from_pool(
+    rows: torch.Tensor, row_norms: torch.Tensor, current: torch.Tensor, limit: float, wanted: int, radius: float
+) -> tuple[list[int], float]:
+    """Accept up to ``wanted`` pool rows one at a time, while the farthest is at least ``limit``.
+
+    ``current`` holds the pool rows' squared distances to the centers so far (updated in place
+    with each accepted row). Returns the accepted positions and the last accepted distance
+    (``radius`` when none: the first is always accepted).
+    """
+    accepted: list[int] = []
+    with torch_threads(small_op_threads()):
+        while len(accepted) < wanted:
+            position = int(torch.argmax(current))
+            best = float(current[position])
+            if accepted and best < limit:  # a point outside the pool may be farther
+                break
+            accepted.append(position)
+            radius = best
+            distances = torch.addmv(row_norms, rows, rows[position], alpha=-2.0).add_(float(row_norms[position]))
+            torch.minimum(current, distances, out=current)
+            current[position] = float("-inf")
+    return accepted, radius
 
 
 def _update(
@@ -312,9 +471,7 @@ def _max_or_zero(min_distances: torch.Tensor) -> float:
     return float(finite.clamp_min(0).max()) if len(finite) else 0.0
 
 
-def _approx_greedy(
-    proxy: torch.Tensor, norms: torch.Tensor, start: int, target: int, seed: int
-) -> tuple[np.ndarray, float]:
+def _approx_greedy(proxy: torch.Tensor, norms: torch.Tensor, start: int, target: int, seed: int) -> Traversal:
     """Coarse (greedy on a sample) to fine (farthest point on all points); see the module doc."""
     n_points = int(proxy.shape[0])
     sample_size = min(n_points, max(COARSE_MIN_SAMPLE, math.ceil(n_points * COARSE_SAMPLE_SHARE)))
@@ -328,7 +485,7 @@ def _approx_greedy(
         sample.sort()
     sample_t = torch.from_numpy(sample)
     sample_start = int(np.searchsorted(sample, start))
-    picked, _ = exact_greedy(proxy[sample_t], norms[sample_t], sample_start, coarse)
+    picked = exact_greedy(proxy[sample_t], norms[sample_t], sample_start, coarse).selected
     selected = np.empty(target, dtype=np.int64)
     selected[:coarse] = sample[picked]
     min_distances = _distance_to_nearby_center(proxy, proxy[torch.from_numpy(selected[:coarse])], seed)

@@ -180,8 +180,13 @@ class CategoryModel:
     #: The calibration images' squared distances (n, P, k) to their ``k`` nearest bank vectors, by
     #: kind: ``in_sample`` (plain search) and, in ``loo`` / ``mixed`` calibration, ``loo`` (past the
     #: image's own bank vectors). Set by :meth:`fit` and :meth:`updated`; what makes an update's
-    #: kNN part incremental (:meth:`updated`), stored beside ``train_patches_``.
+    #: kNN part incremental (:meth:`updated`), stored beside ``train_patches_``. Also ``coreset``
+    #: (n, P): each patch's squared distance to its nearest bank vector in the coreset's proxy space
+    #: (an upper bound where the traversal kept one, :attr:`KCenterGreedy.min_distances_`), what lets
+    #: an update continue the bank over old patches without measuring them all.
     train_distances_: dict[str, np.ndarray] | None = None
+    #: Old patches an update's coreset continuation measured (the others kept their stored bound).
+    coreset_measured_rows_: int | None = None
     update_seconds_: dict[str, float] | None = None
     #: How an update found the k-nearest distances: ``merged`` (the stored ones merged with the new
     #: bank vectors', :meth:`_updated_distances`) or ``full`` (every image searched against the grown
@@ -311,6 +316,8 @@ class CategoryModel:
         self.bank_image_ids_ = image_of_row[rows]
         self.coreset_radius_ = selector.radius_
         self._fit_after_bank(patch_vectors, calibration_images, report, contents=contents)
+        if self.train_distances_ is not None and candidate_rows is None:
+            self.train_distances_["coreset"] = selector.min_distances_.reshape(n_images, n_patches)
         self.fit_seconds_ = time.perf_counter() - started
         return self
 
@@ -325,9 +332,12 @@ class CategoryModel:
 
         ``old_patches`` (n_old, P, D) are the stored patch vectors of this model's train images
         (in the order of ``bank_image_ids_``), ``new_patches`` (n_new, P, D) those of the new
-        images. The bank is *continued*: its vectors stay and greedy k-center picks among the new
-        patches (distances to the current bank included, :meth:`KCenterGreedy.extend`) until it
-        holds ``coreset_ratio`` of all patches. The routing prototypes, the unknown thresholds, the
+        images. The bank is *continued*: its vectors stay and farthest-point greedy picks among all
+        patches, old and new, starting from the current bank (:meth:`KCenterGreedy.extend`), until
+        it holds ``coreset_ratio`` of all patches. The old patches enter with their stored distance
+        to the bank (``old_distances["coreset"]``; searched once when absent) and are measured only
+        when they could be the farthest, so the picks go to the new condition first and to old
+        patches once the new ones are covered as densely. The routing prototypes, the unknown thresholds, the
         StructCore statistics and the leave-one-out thresholds are then recomputed for old and new
         images exactly as :meth:`fit` computes them. This model is not modified.
 
@@ -366,18 +376,24 @@ class CategoryModel:
         model.grid_, model.map_size_ = self.grid_, self.map_size_
         model.n_train_images_ = n_old + n_new
         report("coreset")
-        total = (n_old + n_new) * n_patches
-        target = math.ceil(total * self.coreset_ratio)
-        wanted = max(0, min(target - len(self.bank_), n_new * n_patches))
-        flat_new = np.ascontiguousarray(new_patches.reshape(n_new * n_patches, dim), dtype=np.float32)
-        selector = KCenterGreedy(proxy_dim=self.proxy_dim, seed=self.seed)
-        picked = selector.extend(np.asarray(self.bank_, dtype=np.float32), flat_new, wanted).indices_
-        model.bank_ = np.concatenate([self.bank_, flat_new[picked].astype(self.bank_dtype)])
-        new_ids = (n_old + picked // n_patches).astype(self.bank_image_ids_.dtype)
-        model.bank_image_ids_ = np.concatenate([self.bank_image_ids_, new_ids])
-        model.coreset_radius_ = max(float(self.coreset_radius_), float(selector.radius_))
-        seconds = {"coreset": time.perf_counter() - started}
         patch_vectors = _float32_stack([old_patches, new_patches])
+        flat = patch_vectors.reshape((n_old + n_new) * n_patches, dim)
+        target = math.ceil(len(flat) * self.coreset_ratio)
+        wanted = max(0, min(target - len(self.bank_), len(flat)))
+        selector = KCenterGreedy(proxy_dim=self.proxy_dim, seed=self.seed)
+        old_bank = np.asarray(self.bank_, dtype=np.float32)
+        old_bounds = (old_distances or {}).get("coreset")
+        if old_bounds is None or old_bounds.shape != (n_old, n_patches):
+            old_bounds = selector.distance_bounds(old_bank, flat[: n_old * n_patches])
+        bounds = np.concatenate([np.ravel(old_bounds), np.full(n_new * n_patches, np.inf, np.float32)])
+        selector.extend(old_bank, flat, wanted, bounds=bounds)
+        picked = selector.indices_
+        model.bank_ = np.concatenate([self.bank_, flat[picked].astype(self.bank_dtype)])
+        new_ids = (picked // n_patches).astype(self.bank_image_ids_.dtype)
+        model.bank_image_ids_ = np.concatenate([self.bank_image_ids_, new_ids])
+        model.coreset_radius_ = float(selector.radius_)
+        seconds = {"coreset": time.perf_counter() - started}
+        model.coreset_measured_rows_ = selector.measured_rows_ - n_new * n_patches
         distances = None
         if old_distances is not None:
             report("calibration-distances")
@@ -386,6 +402,8 @@ class CategoryModel:
             seconds["distances"] = time.perf_counter() - mark
         model.update_search_ = "full" if distances is None else "merged"
         model._fit_after_bank(patch_vectors, np.arange(n_old + n_new), report, distances, seconds)
+        if model.train_distances_ is not None:
+            model.train_distances_["coreset"] = selector.min_distances_.reshape(n_old + n_new, n_patches)
         model.fit_seconds_ = time.perf_counter() - started
         #: where :meth:`updated` spent its time (benchmarks/update_cost.py)
         model.update_seconds_ = seconds
@@ -396,11 +414,12 @@ class CategoryModel:
     ) -> dict[str, np.ndarray] | None:
         """The k-nearest distances of all train images to this (continued) bank, from the old images' stored ones.
 
-        The bank's first ``n_old_bank`` vectors are the parent's, unchanged, and every vector after
-        them came from a new image. So:
+        The bank's first ``n_old_bank`` vectors are the parent's, unchanged; the vectors after them
+        came from old or new images (``bank_image_ids_``). So:
 
         * an old image's new k nearest (in-sample, or past its own bank vectors: leave-one-out)
-          are the k smallest of its stored k and its distances to the new vectors;
+          are the k smallest of its stored k and its distances to the new vectors (leave-one-out:
+          past the new vectors taken from it);
         * a new image's k nearest among the old vectors are one plain search (none of them came
           from it, so in-sample and leave-one-out agree there), merged in the same way with its
           distances to the new vectors (leave-one-out: those of other new images).

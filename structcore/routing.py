@@ -110,7 +110,7 @@ def patch_vectors_to_prototypes(
         inverse = 1.0 / norms.clamp_min(1e-12)
         unit_squared = (norms * inverse).square_()  # 1, or 0 for all-zero rows
         start = int(np.random.default_rng(seed).integers(n_rows))
-        selected, _ = exact_greedy(data, unit_squared, start, target, scale=inverse)
+        selected = exact_greedy(data, unit_squared, start, target, scale=inverse).selected
         picked = torch.from_numpy(selected)
         prototypes = (data[picked] * inverse[picked].unsqueeze(1)).numpy()
     return prototypes, selected

@@ -48,9 +48,10 @@ def test_update_category_through_the_api(tmp_path: Path) -> None:
         assert info.version == 2 and info.origin == "feedback:v1"
         assert [r["source"] for r in records] == ["fit"] * 6 + ["feedback"] * 3
         assert registry.version_info("pill").arrays[TRAIN_PATCHES]["shape"] == [9, 256, 512]
-        for kind, array in TRAIN_DISTANCES.items():  # mixed calibration: both lists (k = 5)
-            assert registry.version_info("pill", 1).arrays[array]["shape"] == [6, 256, 5], kind
-            assert registry.version_info("pill").arrays[array]["shape"] == [9, 256, 5], kind
+        for kind, array in TRAIN_DISTANCES.items():  # mixed calibration: both lists (k = 5), and the coreset's
+            last = [] if kind == "coreset" else [5]
+            assert registry.version_info("pill", 1).arrays[array]["shape"] == [6, 256, *last], kind
+            assert registry.version_info("pill").arrays[array]["shape"] == [9, 256, *last], kind
         assert result.seconds["distances"] > 0 and result.distance_search == "merged"
         for version in (1, 2):  # chunks of 64 images: nothing to link from 6 old ones, all written
             assert (root / registry.version_info("pill", version).array_store / TRAIN_PATCHES / "c").is_dir()

@@ -78,7 +78,7 @@ def test_a_flipped_byte_in_any_zarr_chunk_is_reported_with_category_version_and_
     rng = np.random.default_rng(SEED)
     base: Path = world["base"]
     chunks = [p for p in _store_files(base) if "/c/" in p.as_posix()]
-    assert len(chunks) == 2 * 9 + 1  # nine arrays per category (train patches and distances included), W
+    assert len(chunks) == 2 * 10 + 1  # ten arrays per category (train patches and distances included), W
     for number, chunk in enumerate(chunks):
         root = clone(base, tmp_path / f"r{number}")
         size = (root / chunk).stat().st_size

@@ -89,8 +89,8 @@ def test_batched_exact_with_small_batches_equals_one_by_one() -> None:
     points = clustered(20000, 40, 32, seed=6)
     proxy = torch.from_numpy(points)
     norms = (proxy * proxy).sum(dim=1)
-    one, one_radius = exact_greedy(proxy, norms, 11, 300, batch=1)
-    many, many_radius = exact_greedy(proxy, norms, 11, 300, batch=64)
+    one, one_radius, _ = exact_greedy(proxy, norms, 11, 300, batch=1)
+    many, many_radius, _ = exact_greedy(proxy, norms, 11, 300, batch=64)
     # Same points in the same order, up to float rounding of near-equal distances.
     assert len(set(one.tolist()) & set(many.tolist())) >= 297
     assert abs(many_radius - one_radius) <= 1e-4 * one_radius
@@ -163,6 +163,47 @@ def test_extend_continues_the_greedy_from_existing_centers() -> None:
     after = covering_radius(new, np.concatenate([centers, new[extended.indices_]]))
     assert after < 0.7 * before
     assert extended.radius_ == pytest.approx(after, rel=1e-3)
+
+
+def test_extend_over_settled_rows_measures_only_the_far_ones_and_picks_the_textbook_points(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Old points with bounds (their fit's, or looser ones) are picked too, as the textbook greedy picks them."""
+    import structcore.coreset
+
+    monkeypatch.setattr(structcore.coreset, "MEASURE_BLOCK", 64)  # measure a few rows at a time
+    rng = np.random.default_rng(7)
+    old = np.concatenate([rng.normal(size=(600, 16)), rng.normal(0.0, 3.0, size=(60, 16))]).astype(np.float32)
+    fitted = KCenterGreedy(n_select=30, proxy_dim=None, seed=0).fit(old)
+    centers = old[fitted.indices_]
+    exact = ((old[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2).min(axis=1)
+    np.testing.assert_allclose(fitted.min_distances_, exact, rtol=1e-4, atol=1e-4)
+    new = np.concatenate([rng.normal(size=(300, 16)), rng.normal(8.0, 1.0, size=(100, 16))]).astype(np.float32)
+    points = np.concatenate([old, new])
+    expected = _textbook_extend(centers, points, 120)
+    assert min(expected) < len(old) < max(expected)  # both old and new points are picked
+    for looseness in (1.0, 1.5):
+        bounds = np.concatenate([fitted.min_distances_ * looseness, np.full(len(new), np.inf, np.float32)])
+        extended = KCenterGreedy(proxy_dim=None, seed=0).extend(centers, points, 120, bounds=bounds)
+        assert extended.indices_.tolist() == expected
+        assert len(new) < extended.measured_rows_ < len(points)  # some old rows kept their bound
+        after = np.concatenate([centers, points[extended.indices_]])
+        true = ((points[:, None, :] - after[None, :, :]) ** 2).sum(axis=2).min(axis=1)
+        assert (extended.min_distances_ >= true - 1e-3).all()  # upper bounds everywhere
+    with pytest.raises(ValueError, match="one bound per point"):
+        KCenterGreedy(proxy_dim=None).extend(centers, points, 3, bounds=bounds[:5])
+
+
+def test_distance_bounds_are_upper_bounds_to_the_nearest_center() -> None:
+    rng = np.random.default_rng(8)
+    centers = rng.normal(size=(400, 64)).astype(np.float32)
+    points = rng.normal(size=(2000, 64)).astype(np.float32)
+    selector = KCenterGreedy(proxy_dim=16, seed=2)
+    bounds = selector.distance_bounds(centers, points)
+    proxy_points, proxy_centers = selector._proxy(points).numpy(), selector._proxy(centers).numpy()
+    nearest = ((proxy_points[:, None, :] - proxy_centers[None, :, :]) ** 2).sum(axis=2).min(axis=1)
+    assert bounds.shape == (2000,) and (bounds >= nearest - 1e-3).all()
+    assert np.mean(bounds <= nearest + 1e-3) > 0.5  # a near center is usually the nearest
 
 
 def test_extend_edges() -> None:

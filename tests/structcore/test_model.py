@@ -136,12 +136,15 @@ def test_incremental_update_equals_the_full_search_on_the_same_bank(synthetic_fe
     grid, crop = small_extractor.grid_shape(), small_extractor.geometry.crop
     model = CategoryModel(coreset_ratio=0.1, calibration=mode, n_prototypes=8).fit(old, grid, crop)
     assert model.train_distances_ is not None
-    assert set(model.train_distances_) == set(model.distance_kinds())
+    assert set(model.train_distances_) == {*model.distance_kinds(), "coreset"}
     assert model.train_distances_["in_sample"].shape == (8, grid[0] * grid[1], model.k)
+    assert model.train_distances_["coreset"].shape == (8, grid[0] * grid[1])
     incremental = model.updated(old, new, old_distances=model.train_distances_)
-    full = model.updated(old, new)
+    full = model.updated(old, new)  # no stored distances: searched (the coreset's: bounds from a near center)
     assert (incremental.update_search_, full.update_search_) == ("merged", "full")
     assert np.array_equal(incremental.bank_, full.bank_) and len(full.bank_) > len(model.bank_)
+    added_from = incremental.bank_image_ids_[len(model.bank_) :]
+    assert (added_from < 8).any() and (added_from >= 8).any()  # the continuation picks old patches too
     assert incremental.train_distances_ is not None and full.train_distances_ is not None
     for kind in model.distance_kinds():
         assert incremental.train_distances_[kind].shape == (12, grid[0] * grid[1], model.k)
