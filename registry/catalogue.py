@@ -34,7 +34,7 @@ from registry.errors import (
 from registry.records import DB_FILE, CategoryInfo, VersionInfo
 
 #: The schema revisions of :mod:`migrations`, oldest first (a test keeps them equal to Alembic's).
-SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008")
+SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009")
 #: The newest schema revision this library writes.
 HEAD_REVISION = SCHEMA_REVISIONS[-1]
 #: How long a read waits for a writer's lock, in seconds (reads in WAL mode rarely wait at all).
