@@ -88,7 +88,12 @@ class KCenterGreedy:
         indices_: selected row indices, in selection order (``indices_[0]`` is the start point).
         radius_: covering radius in the proxy space (max over points of the distance to the
             nearest selected point), measured before the last point was added.
-        method_: the algorithm that ran (``"exact"`` or ``"approx"``).
+        method_: the algorithm that ran (``"exact"``, ``"approx"`` or ``"extend"``).
+        min_distances_: (N,) each point's squared proxy distance to its nearest selected point (0
+            for the selected ones; an upper bound where the traversal kept one: the coarse phase
+            of ``approx``, the rows :meth:`extend` did not measure). What a later :meth:`extend`
+            takes as ``bounds``.
+        measured_rows_: :meth:`extend` only: the rows whose distance it measured.
     """
 
     def __init__(
