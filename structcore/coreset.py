@@ -296,7 +296,9 @@ def _lazy_farthest_points(
                 break
             wide = min(n_points - count, max(len(candidates), MEASURE_BLOCK))
             top = torch.topk(min_distances, wide, sorted=False).indices
-            rows = top[~measured.is_measured[top]]
+            # the pool's own rows too: with ties at its edge the wider top-k may hold other rows
+            rows = torch.cat([candidates, top]).unique()
+            rows = rows[~measured.is_measured[rows]]
             proxy, norms = measured.add(rows)
             values = min_distances[rows]
             for centers, center_norms in picks:

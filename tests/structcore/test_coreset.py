@@ -194,6 +194,24 @@ def test_extend_over_settled_rows_measures_only_the_far_ones_and_picks_the_textb
         KCenterGreedy(proxy_dim=None).extend(centers, points, 3, bounds=bounds[:5])
 
 
+def test_extend_over_settled_rows_with_tied_bounds_covers_as_the_textbook(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Identical old patches (a uniform background) share one bound: ties at the pool's edge, few measured at a time."""
+    import structcore.coreset
+
+    monkeypatch.setattr(structcore.coreset, "MEASURE_BLOCK", 8)
+    rng = np.random.default_rng(9)
+    old = np.concatenate([np.ones((300, 8)), rng.normal(size=(100, 8))]).astype(np.float32)
+    centers = rng.normal(size=(5, 8)).astype(np.float32) + 4.0
+    exact = ((old[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2).min(axis=1)
+    points = np.concatenate([old, rng.normal(size=(50, 8)).astype(np.float32)])
+    bounds = np.concatenate([exact, np.full(50, np.inf)]).astype(np.float32)
+    extended = KCenterGreedy(proxy_dim=None).extend(centers, points, 40, bounds=bounds)
+    assert len(extended.indices_) == len(set(extended.indices_.tolist())) == 40
+    after = np.concatenate([centers, points[extended.indices_]])
+    expected = covering_radius(points, np.concatenate([centers, points[_textbook_extend(centers, points, 40)]]))
+    assert covering_radius(points, after) == pytest.approx(expected, rel=1e-5)
+
+
 def test_distance_bounds_are_upper_bounds_to_the_nearest_center() -> None:
     rng = np.random.default_rng(8)
     centers = rng.normal(size=(400, 64)).astype(np.float32)
