@@ -129,11 +129,8 @@ class KCenterGreedy:
         projection /= np.sqrt(self.proxy_dim)
         return torch.from_numpy(projection)
 
-    def _proxy(self, points: np.ndarray, projection: torch.Tensor | None = None) -> torch.Tensor:
-        data = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32))
-        if projection is None:
-            projection = self._projection(points.shape[1])
-        return data if projection is None else data @ projection
+    def _proxy(self, points: np.ndarray) -> torch.Tensor:
+        return _project(points, self._projection(int(points.shape[1])))
 
     def resolve_method(self, n_points: int) -> str:
         """The algorithm ``fit`` runs for ``n_points`` points."""
@@ -208,7 +205,7 @@ class KCenterGreedy:
                 min_distances[settled_rows] = torch.from_numpy(bounds[settled].astype(np.float32)).clamp_min_(0.0)
             measured = _MeasuredRows(points, projection)
             measured.add(torch.from_numpy(np.flatnonzero(~settled)))
-            centers = self._proxy(existing, projection)
+            centers = _project(existing, projection)
             picks = [(centers, squared_norms(centers))] if len(existing) else []
             if picks:
                 measured.update(min_distances, *picks[0])
@@ -230,10 +227,16 @@ class KCenterGreedy:
         """
         with torch.inference_mode():
             projection = self._projection(int(points.shape[1]))
-            centers = self._proxy(existing, projection)
-            proxy = self._proxy(points, projection)
+            centers = _project(existing, projection)
+            proxy = _project(points, projection)
             found = _distance_to_nearby_center(proxy, centers, self.seed)
         return found.clamp_min(0.0).numpy()
+
+
+def _project(points: np.ndarray, projection: torch.Tensor | None) -> torch.Tensor:
+    """``points`` (N, D) as float32 in the proxy space (``projection`` None: as they are)."""
+    data = torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32))
+    return data if projection is None else data @ projection
 
 
 class _MeasuredRows:
@@ -248,9 +251,7 @@ class _MeasuredRows:
     def proxy_of(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Proxy vectors and their squared norms of ``rows`` (indices into the points)."""
         index = rows.numpy()
-        picked = self._points if len(index) == len(self._points) else self._points[index]
-        data = torch.from_numpy(np.ascontiguousarray(picked, dtype=np.float32))
-        proxy = data if self._projection is None else data @ self._projection
+        proxy = _project(self._points if len(index) == len(self._points) else self._points[index], self._projection)
         return proxy, squared_norms(proxy)
 
     def add(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
